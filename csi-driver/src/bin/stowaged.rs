@@ -1,0 +1,131 @@
+//! `stowaged`: the Stowage daemon. Parses flags, sets up logging, opens the pool and
+//! serves CSI on a unix socket.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+use csi_driver::DriverConfig;
+use csi_driver::endpoint::{bind_private, socket_path};
+use csi_driver::server::{StateLayout, open_driver, serve};
+use volume_core::PoolConfig;
+use volume_core::os::Host;
+use volume_core::size::parse_size;
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Stowage storage daemon: CSI Identity, Controller and Node services.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// CSI endpoint to listen on (unix:///path).
+    #[arg(
+        long,
+        env = "CSI_ENDPOINT",
+        default_value = "unix:///run/stowage/csi.sock"
+    )]
+    endpoint: String,
+    /// State root: metadata, the embedded pool image and its mount point.
+    #[arg(long, env = "STOWAGE_STATE_DIR", default_value = "/var/lib/stowage")]
+    state_dir: PathBuf,
+    /// This node's id (defaults to the host name).
+    #[arg(long, env = "STOWAGE_NODE_ID")]
+    node_id: Option<String>,
+    /// Pool: `embedded` (btrfs image under the state dir), `btrfs:/path` (an existing
+    /// btrfs mount) or `dir:/path` (any filesystem; directory sizes not enforced).
+    #[arg(long, env = "STOWAGE_POOL", default_value = "embedded")]
+    pool: String,
+    /// Size of the embedded pool image when it is first created (sparse).
+    #[arg(long, env = "STOWAGE_POOL_SIZE", default_value = "20GiB")]
+    pool_size: String,
+    /// Volumes this node accepts (NodeGetInfo max_volumes_per_node; 0 = no limit).
+    #[arg(long, env = "STOWAGE_MAX_VOLUMES_PER_NODE", default_value_t = 256)]
+    max_volumes_per_node: i64,
+    /// Log format.
+    #[arg(long, env = "STOWAGE_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+fn pool_config(args: &Args, layout: &StateLayout) -> anyhow::Result<PoolConfig> {
+    Ok(match args.pool.as_str() {
+        "embedded" => PoolConfig::Embedded {
+            image: layout.pool_image(),
+            mount: layout.pool_mount(),
+            size: parse_size(&args.pool_size).context("--pool-size")?,
+        },
+        other => match other.split_once(':') {
+            Some(("btrfs", p)) => PoolConfig::Btrfs { path: p.into() },
+            Some(("dir", p)) => PoolConfig::Dir { path: p.into() },
+            _ => anyhow::bail!("--pool {other:?}: expected embedded, btrfs:/path or dir:/path"),
+        },
+    })
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch SIGTERM");
+            return std::future::pending().await;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_tracing(args.log_format);
+    let layout = StateLayout {
+        root: std::path::absolute(&args.state_dir).context("--state-dir")?,
+    };
+    let pool = pool_config(&args, &layout)?;
+    let node_id = match &args.node_id {
+        Some(n) => n.clone(),
+        None => nix::unistd::gethostname()
+            .context("host name for --node-id")?
+            .to_string_lossy()
+            .into_owned(),
+    };
+    let config = DriverConfig {
+        node_id: node_id.clone(),
+        max_volumes_per_node: args.max_volumes_per_node,
+    };
+    let socket = socket_path(&args.endpoint)?;
+    let (driver, report) =
+        tokio::task::spawn_blocking(move || open_driver(&layout, &pool, config, Host::real()))
+            .await??;
+    if report.needs_attention() {
+        tracing::warn!(
+            ?report,
+            "reconcile found things it cannot explain; left in place"
+        );
+    } else {
+        tracing::info!(?report, "reconciled");
+    }
+    let listener = bind_private(&socket)?;
+    tracing::info!(endpoint = %args.endpoint, node.id = %node_id, version = env!("CARGO_PKG_VERSION"), "serving CSI");
+    serve(driver, listener, shutdown_signal()).await?;
+    let _ = std::fs::remove_file(&socket);
+    Ok(())
+}

@@ -1,0 +1,138 @@
+//! The state the CSI services share: the volume manager and this node's identity.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use stowage_proto::csi::v1 as csi;
+use volume_core::model::VolumeHealth;
+use volume_core::{VolumeManager, VolumeRecord};
+
+use crate::TOPOLOGY_KEY;
+
+/// Node identity and limits, from the daemon's flags.
+#[derive(Debug, Clone)]
+pub struct DriverConfig {
+    /// This node's id (NodeGetInfo, topology).
+    pub node_id: String,
+    /// Volumes this node accepts (0: no limit).
+    pub max_volumes_per_node: i64,
+}
+
+/// Shared by the Identity, Controller and Node services.
+#[derive(Debug)]
+pub struct Driver {
+    /// The volume manager (blocking calls: run them through [`crate::rpc::blocking`]).
+    pub manager: Arc<VolumeManager>,
+    /// Node identity and limits.
+    pub config: DriverConfig,
+}
+
+impl Driver {
+    /// Wraps a reconciled manager.
+    pub fn new(manager: VolumeManager, config: DriverConfig) -> Arc<Self> {
+        Arc::new(Driver {
+            manager: Arc::new(manager),
+            config,
+        })
+    }
+
+    /// This node's topology segment.
+    pub fn topology(&self) -> csi::Topology {
+        csi::Topology {
+            segments: HashMap::from([(TOPOLOGY_KEY.to_string(), self.config.node_id.clone())]),
+        }
+    }
+
+    /// True when `topology` names this node (or names no node at all).
+    pub fn topology_matches(&self, topology: &csi::Topology) -> bool {
+        topology
+            .segments
+            .get(TOPOLOGY_KEY)
+            .is_none_or(|n| *n == self.config.node_id)
+    }
+
+    /// The CSI view of a volume record.
+    pub fn to_csi_volume(&self, rec: &VolumeRecord) -> csi::Volume {
+        csi::Volume {
+            capacity_bytes: i64::try_from(rec.capacity).unwrap_or(i64::MAX),
+            volume_id: rec.id.clone(),
+            volume_context: rec
+                .parameters
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            content_source: None,
+            accessible_topology: vec![self.topology()],
+        }
+    }
+
+    /// Node ids where the volume is in use (this node, if staged or published).
+    pub fn published_nodes(&self, rec: &VolumeRecord) -> Vec<String> {
+        if rec.in_use() {
+            vec![self.config.node_id.clone()]
+        } else {
+            Vec::new()
+        }
+    }
+}
+
+/// The CSI condition of a health value.
+pub fn condition(h: &VolumeHealth) -> csi::VolumeCondition {
+    csi::VolumeCondition {
+        abnormal: h.abnormal,
+        message: h.message.clone(),
+    }
+}
+
+/// Checks that a capability is one this driver serves; the error says why not.
+pub fn check_capability(cap: &csi::VolumeCapability) -> Result<(), String> {
+    use csi::volume_capability::AccessType;
+    use csi::volume_capability::access_mode::Mode;
+    match &cap.access_type {
+        Some(AccessType::Mount(_)) => {}
+        Some(AccessType::Block(_)) => return Err("block access is not supported yet".into()),
+        None => return Err("volume capability has no access type".into()),
+    }
+    let mode = cap
+        .access_mode
+        .as_ref()
+        .map(|m| Mode::try_from(m.mode).unwrap_or(Mode::Unknown))
+        .unwrap_or(Mode::Unknown);
+    match mode {
+        Mode::SingleNodeWriter | Mode::SingleNodeReaderOnly => Ok(()),
+        Mode::Unknown => Err("volume capability has no access mode".into()),
+        other => Err(format!(
+            "access mode {} is not supported",
+            other.as_str_name()
+        )),
+    }
+}
+
+/// The mount fs_type of a capability, if it names one.
+pub fn mount_fs_type(cap: &csi::VolumeCapability) -> Option<&str> {
+    match &cap.access_type {
+        Some(csi::volume_capability::AccessType::Mount(m)) if !m.fs_type.is_empty() => {
+            Some(m.fs_type.as_str())
+        }
+        _ => None,
+    }
+}
+
+/// The mount flags of a capability.
+pub fn mount_flags(cap: &csi::VolumeCapability) -> Vec<String> {
+    match &cap.access_type {
+        Some(csi::volume_capability::AccessType::Mount(m)) => m.mount_flags.clone(),
+        _ => Vec::new(),
+    }
+}
+
+/// True when the capability's access mode allows no writes.
+pub fn is_reader_only(cap: &csi::VolumeCapability) -> bool {
+    use csi::volume_capability::access_mode::Mode;
+    cap.access_mode.as_ref().is_some_and(|m| {
+        matches!(
+            Mode::try_from(m.mode),
+            Ok(Mode::SingleNodeReaderOnly) | Ok(Mode::MultiNodeReaderOnly)
+        )
+    })
+}

@@ -1,0 +1,75 @@
+//! CSI Identity: who we are, what we can do, whether we are ready.
+
+use std::sync::Arc;
+
+use stowage_proto::csi::v1 as csi;
+use stowage_proto::csi::v1::identity_server::Identity;
+use tonic::{Request, Response, Status};
+
+use crate::DRIVER_NAME;
+use crate::driver::Driver;
+use crate::rpc::{blocking, observe};
+
+/// The Identity service.
+#[derive(Debug, Clone)]
+pub struct IdentityService {
+    driver: Arc<Driver>,
+}
+
+impl IdentityService {
+    /// Serves identity for `driver`.
+    pub fn new(driver: Arc<Driver>) -> Self {
+        IdentityService { driver }
+    }
+}
+
+#[tonic::async_trait]
+impl Identity for IdentityService {
+    async fn get_plugin_info(
+        &self,
+        request: Request<csi::GetPluginInfoRequest>,
+    ) -> Result<Response<csi::GetPluginInfoResponse>, Status> {
+        observe("GetPluginInfo", "", request.metadata(), async {
+            Ok(csi::GetPluginInfoResponse {
+                name: DRIVER_NAME.to_string(),
+                vendor_version: env!("CARGO_PKG_VERSION").to_string(),
+                manifest: Default::default(),
+            })
+        })
+        .await
+    }
+
+    async fn get_plugin_capabilities(
+        &self,
+        request: Request<csi::GetPluginCapabilitiesRequest>,
+    ) -> Result<Response<csi::GetPluginCapabilitiesResponse>, Status> {
+        use csi::plugin_capability::service::Type;
+        let cap = |t: Type| csi::PluginCapability {
+            r#type: Some(csi::plugin_capability::Type::Service(
+                csi::plugin_capability::Service { r#type: t as i32 },
+            )),
+        };
+        observe("GetPluginCapabilities", "", request.metadata(), async {
+            Ok(csi::GetPluginCapabilitiesResponse {
+                capabilities: vec![
+                    cap(Type::ControllerService),
+                    cap(Type::VolumeAccessibilityConstraints),
+                ],
+            })
+        })
+        .await
+    }
+
+    async fn probe(
+        &self,
+        request: Request<csi::ProbeRequest>,
+    ) -> Result<Response<csi::ProbeResponse>, Status> {
+        let manager = Arc::clone(&self.driver.manager);
+        observe("Probe", "", request.metadata(), async move {
+            // Ready when the pool answers statvfs: mounted and reachable.
+            blocking(move || manager.capacity()).await?;
+            Ok(csi::ProbeResponse { ready: Some(true) })
+        })
+        .await
+    }
+}

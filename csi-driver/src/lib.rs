@@ -1,0 +1,19 @@
+//! Stowage's gRPC surface: the CSI Identity, Controller and Node services over a
+//! volume-core [`VolumeManager`](volume_core::VolumeManager), the unix-socket server
+//! that hosts them, and the glue the `stowaged` binary wires together.
+
+pub mod controller;
+pub mod driver;
+pub mod endpoint;
+pub mod identity;
+pub mod node;
+pub mod rpc;
+pub mod server;
+pub mod status;
+
+pub use driver::{Driver, DriverConfig};
+
+/// The CSI driver name (GetPluginInfo, CSIDriver object, StorageClass provisioner).
+pub const DRIVER_NAME: &str = "csi.stowage.dev";
+/// Topology key under which a volume's node is reported.
+pub const TOPOLOGY_KEY: &str = "topology.stowage.dev/node";

@@ -1,0 +1,130 @@
+//! The one place where volume-core errors become gRPC status codes, following the
+//! CSI spec's code for each case. Every variant is named, so a new one forces a choice.
+
+use tonic::{Code, Status};
+use volume_core::Error;
+
+/// Maps a volume-core error to the CSI status code for that case; the message carries
+/// the whole error chain.
+pub fn to_status(err: &Error) -> Status {
+    let code = match err {
+        Error::InvalidArgument(_) => Code::InvalidArgument,
+        Error::VolumeNotFound(_) => Code::NotFound,
+        Error::PathNotFound { .. } => Code::NotFound,
+        Error::NameConflict { .. } => Code::AlreadyExists,
+        Error::PublishConflict(_) => Code::AlreadyExists,
+        Error::OutOfRange(_) => Code::OutOfRange,
+        Error::NoSpace(_) => Code::ResourceExhausted,
+        Error::FailedPrecondition(_) => Code::FailedPrecondition,
+        Error::Busy(_) => Code::Aborted,
+        Error::Io { source, .. } => errno_code(source.raw_os_error()),
+        Error::Command { .. } if err.is_no_space() => Code::ResourceExhausted,
+        Error::Command { .. } => Code::Internal,
+        Error::Store(_) => Code::Internal,
+        Error::Corrupt { .. } => Code::Internal,
+    };
+    Status::new(code, chain(err))
+}
+
+fn errno_code(errno: Option<i32>) -> Code {
+    match errno {
+        Some(libc::ENOSPC) | Some(libc::EDQUOT) => Code::ResourceExhausted,
+        Some(libc::ENOENT) => Code::NotFound,
+        Some(libc::EEXIST) => Code::AlreadyExists,
+        Some(libc::EBUSY) => Code::FailedPrecondition,
+        Some(libc::EACCES) | Some(libc::EPERM) => Code::PermissionDenied,
+        Some(libc::EINVAL) | Some(libc::ENOTDIR) | Some(libc::ENAMETOOLONG) => {
+            Code::InvalidArgument
+        }
+        _ => Code::Internal,
+    }
+}
+
+/// The error and its sources, joined with ": ".
+pub fn chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+    use std::path::PathBuf;
+
+    use super::*;
+
+    #[test]
+    fn every_domain_error_has_its_csi_code() {
+        let cases: Vec<(Error, Code)> = vec![
+            (Error::InvalidArgument("x".into()), Code::InvalidArgument),
+            (Error::VolumeNotFound("v".into()), Code::NotFound),
+            (
+                Error::PathNotFound {
+                    id: "v".into(),
+                    path: PathBuf::from("/p"),
+                },
+                Code::NotFound,
+            ),
+            (
+                Error::NameConflict {
+                    name: "n".into(),
+                    reason: "r".into(),
+                },
+                Code::AlreadyExists,
+            ),
+            (Error::PublishConflict("/t".into()), Code::AlreadyExists),
+            (Error::OutOfRange("x".into()), Code::OutOfRange),
+            (Error::NoSpace("x".into()), Code::ResourceExhausted),
+            (
+                Error::FailedPrecondition("x".into()),
+                Code::FailedPrecondition,
+            ),
+            (Error::Busy("v".into()), Code::Aborted),
+            (
+                Error::io("write", io::Error::from_raw_os_error(libc::EDQUOT)),
+                Code::ResourceExhausted,
+            ),
+            (
+                Error::io("open", io::Error::from_raw_os_error(libc::ENOENT)),
+                Code::NotFound,
+            ),
+            (
+                Error::io("mount", io::Error::from_raw_os_error(libc::EIO)),
+                Code::Internal,
+            ),
+            (
+                Error::Command {
+                    program: "mkfs.ext4".into(),
+                    status: "exit status: 1".into(),
+                    stderr: "No space left on device".into(),
+                },
+                Code::ResourceExhausted,
+            ),
+            (
+                Error::Command {
+                    program: "btrfs".into(),
+                    status: "exit status: 1".into(),
+                    stderr: "ERROR: bad".into(),
+                },
+                Code::Internal,
+            ),
+        ];
+        for (err, code) in cases {
+            assert_eq!(to_status(&err).code(), code, "{err:?}");
+        }
+    }
+
+    #[test]
+    fn message_carries_the_source() {
+        let err = Error::io("mount /x", io::Error::from_raw_os_error(libc::EIO));
+        let msg = to_status(&err).message().to_string();
+        assert!(msg.starts_with("mount /x: "), "{msg}");
+        assert!(msg.contains("Input/output error"), "{msg}");
+    }
+}

@@ -1,0 +1,26 @@
+//! Stowage's volume domain: where volumes live (pools), how they are made (directory
+//! subvolumes and loop image files), how a node mounts them, and the metadata that ties
+//! the two together across restarts.
+//!
+//! Every side effect on the host goes through the traits in [`os`], so the logic here is
+//! tested with recording fakes; the real implementations need root.
+
+pub mod error;
+pub mod guard;
+pub mod manager;
+pub mod model;
+pub mod node;
+pub mod os;
+pub mod params;
+pub mod pool;
+pub mod reconcile;
+pub mod size;
+pub mod store;
+mod sys;
+
+pub use error::{Error, Result};
+pub use guard::{InFlight, OperationGuard};
+pub use manager::{CreateRequest, VolumeManager};
+pub use model::{FsType, VolumeKind, VolumeRecord, VolumeState};
+pub use params::VolumeParams;
+pub use pool::{Pool, PoolBackend, PoolConfig};

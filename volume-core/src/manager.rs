@@ -1,0 +1,497 @@
+//! The volume manager: the controller-side operations (create, delete, list, get,
+//! capacity) over a pool and the metadata store. Node-side operations live in
+//! [`crate::node`], recovery after a restart in [`crate::reconcile`].
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::error::{Error, Result};
+use crate::guard::{InFlight, OperationGuard};
+use crate::model::{PoolUsage, VolumeHealth, VolumeKind, VolumeRecord, VolumeState};
+use crate::os::Host;
+use crate::params::VolumeParams;
+use crate::pool::Pool;
+use crate::size::round_up;
+use crate::store::Store;
+
+/// Size of a volume whose request names no capacity.
+pub const DEFAULT_CAPACITY: u64 = 1 << 30;
+/// Longest volume name accepted (CSI COs use up to 128 bytes).
+pub const MAX_NAME_LEN: usize = 128;
+const ID_PREFIX: &str = "v-";
+
+/// A request to create a volume.
+#[derive(Debug, Clone)]
+pub struct CreateRequest {
+    /// The CO's name, the idempotency key.
+    pub name: String,
+    /// Minimum bytes (0: unspecified).
+    pub required_bytes: u64,
+    /// Maximum bytes (0: unlimited).
+    pub limit_bytes: u64,
+    /// Validated parameters.
+    pub params: VolumeParams,
+}
+
+/// Controller and node operations on the volumes of one pool.
+#[derive(Debug)]
+pub struct VolumeManager {
+    pub(crate) store: Store,
+    pub(crate) pool: Pool,
+    pub(crate) host: Host,
+    inflight: InFlight,
+}
+
+/// True when `id` has the shape of an id this driver issues (and so cannot name
+/// anything outside the pool's volumes directory).
+pub fn is_valid_id(id: &str) -> bool {
+    id.strip_prefix(ID_PREFIX).is_some_and(|hex| {
+        hex.len() == 32
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
+/// Checks a volume name: 1 to 128 bytes, no control characters or path separators.
+pub fn validate_name(name: &str) -> Result<()> {
+    if name.is_empty() {
+        return Err(Error::InvalidArgument("volume name is empty".into()));
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(Error::InvalidArgument(format!(
+            "volume name is {} bytes, the limit is {MAX_NAME_LEN}",
+            name.len()
+        )));
+    }
+    if name == "." || name == ".." || name.chars().any(|c| c == '/' || c.is_control()) {
+        return Err(Error::InvalidArgument(format!(
+            "volume name {name:?} contains '/', a control character, or is a dot name"
+        )));
+    }
+    Ok(())
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl VolumeManager {
+    /// Builds a manager over an open pool and store. Call [`VolumeManager::reconcile`]
+    /// before serving requests.
+    pub fn new(store: Store, pool: Pool, host: Host) -> Self {
+        VolumeManager {
+            store,
+            pool,
+            host,
+            inflight: InFlight::default(),
+        }
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// The in-flight operation set (for metrics).
+    pub fn inflight(&self) -> &InFlight {
+        &self.inflight
+    }
+
+    /// Claims a volume id for one operation; a concurrent claim gets [`Error::Busy`].
+    pub fn claim(&self, id: &str) -> Result<OperationGuard> {
+        self.inflight.try_claim([format!("id:{id}")])
+    }
+
+    /// The record of volume `id`, or [`Error::VolumeNotFound`].
+    pub fn get(&self, id: &str) -> Result<VolumeRecord> {
+        if !is_valid_id(id) {
+            return Err(Error::VolumeNotFound(id.to_string()));
+        }
+        match self.store.get(id)? {
+            Some(rec) if rec.state == VolumeState::Ready => Ok(rec),
+            _ => Err(Error::VolumeNotFound(id.to_string())),
+        }
+    }
+
+    /// Ready volumes with ids after `after` (a previous page's last id), at most `limit`.
+    pub fn list(&self, after: Option<&str>, limit: usize) -> Result<Vec<VolumeRecord>> {
+        let mut out = Vec::new();
+        let mut cursor = after.map(str::to_string);
+        // Skip records mid-create or mid-delete without shortening the page.
+        while out.len() < limit {
+            let want = limit - out.len();
+            let batch = self.store.list_after(cursor.as_deref(), want)?;
+            let Some(last) = batch.last() else { break };
+            cursor = Some(last.id.clone());
+            let n = batch.len();
+            out.extend(batch.into_iter().filter(|r| r.state == VolumeState::Ready));
+            if n < want {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Pool capacity for GetCapacity.
+    pub fn capacity(&self) -> Result<PoolUsage> {
+        self.pool.usage()
+    }
+
+    /// Picks the size to provision for a request, or says why none fits.
+    pub fn choose_capacity(&self, req: &CreateRequest) -> Result<u64> {
+        let (required, limit) = (req.required_bytes, req.limit_bytes);
+        if limit != 0 && required > limit {
+            return Err(Error::InvalidArgument(format!(
+                "required_bytes {required} exceeds limit_bytes {limit}"
+            )));
+        }
+        let mut size = match (required, limit) {
+            (0, 0) => DEFAULT_CAPACITY,
+            (0, l) => DEFAULT_CAPACITY.min(l),
+            (r, _) => r,
+        };
+        let min = match (req.params.kind, req.params.fs) {
+            (VolumeKind::Loop, Some(fs)) => fs.min_bytes(),
+            _ => 1 << 20,
+        };
+        size = round_up(size.max(min), 1 << 20);
+        if limit != 0 && size > limit {
+            return Err(Error::OutOfRange(format!(
+                "the smallest {} volume is {size} bytes, above limit_bytes {limit}",
+                req.params.kind
+            )));
+        }
+        Ok(size)
+    }
+
+    /// Creates a volume, or returns the existing one of the same name when it is
+    /// compatible (CreateVolume is idempotent by name).
+    pub fn create(&self, req: &CreateRequest) -> Result<VolumeRecord> {
+        validate_name(&req.name)?;
+        let _guard = self.inflight.try_claim([format!("name:{}", req.name)])?;
+        let capacity = self.choose_capacity(req)?;
+        if let Some(existing) = self.store.get_by_name(&req.name)? {
+            match existing.state {
+                VolumeState::Ready => return compatible(existing, req),
+                // Left by a crash that reconcile has not cleared: finish it first.
+                VolumeState::Creating | VolumeState::Deleting => self.forget(&existing)?,
+            }
+        }
+        let id = format!("{ID_PREFIX}{}", uuid::Uuid::new_v4().simple());
+        let mut rec = VolumeRecord {
+            id: id.clone(),
+            name: req.name.clone(),
+            kind: req.params.kind,
+            fs: req.params.fs,
+            capacity,
+            state: VolumeState::Creating,
+            capacity_enforced: false,
+            subvolume_id: None,
+            parameters: req.params.normalized.clone(),
+            created_at: now(),
+            staging: None,
+            publications: Vec::new(),
+        };
+        let _id_guard = self.claim(&id)?;
+        // Persist the intent first: a crash from here on is rolled back at restart.
+        self.store.put(&rec)?;
+        if let Err(e) = self.pool.allocate(&mut rec) {
+            // allocate cleaned its own storage; drop the record too.
+            if let Err(store_err) = self.store.remove(&id) {
+                tracing::warn!(volume.id = %id, error = %store_err, "remove record of failed create");
+            }
+            return Err(e);
+        }
+        rec.state = VolumeState::Ready;
+        self.store.put(&rec)?;
+        tracing::info!(volume.id = %id, volume.name = %rec.name, kind = %rec.kind, capacity, "created volume");
+        Ok(rec)
+    }
+
+    /// Deletes volume `id`; a volume that does not exist is already deleted.
+    pub fn delete(&self, id: &str) -> Result<()> {
+        if !is_valid_id(id) {
+            return Ok(());
+        }
+        let _guard = self.claim(id)?;
+        let Some(mut rec) = self.store.get(id)? else {
+            return Ok(());
+        };
+        if rec.in_use() {
+            let place = rec
+                .staging
+                .as_ref()
+                .map(|s| s.path.display().to_string())
+                .or_else(|| {
+                    rec.publications
+                        .first()
+                        .map(|p| p.target.display().to_string())
+                })
+                .unwrap_or_default();
+            return Err(Error::FailedPrecondition(format!(
+                "volume {id} is still staged or published at {place}"
+            )));
+        }
+        rec.state = VolumeState::Deleting;
+        self.store.put(&rec)?;
+        self.forget(&rec)?;
+        tracing::info!(volume.id = %id, volume.name = %rec.name, "deleted volume");
+        Ok(())
+    }
+
+    /// Removes a volume's storage and then its record.
+    pub(crate) fn forget(&self, rec: &VolumeRecord) -> Result<()> {
+        self.pool.release(&rec.id)?;
+        self.store.remove(&rec.id)
+    }
+
+    /// Controller-side health: is the volume's storage where the record says?
+    pub fn controller_health(&self, rec: &VolumeRecord) -> VolumeHealth {
+        let path = match rec.kind {
+            VolumeKind::Dir => self.pool.volume_dir(&rec.id),
+            VolumeKind::Loop => self.pool.image_path(&rec.id),
+        };
+        match std::fs::metadata(&path) {
+            Ok(_) => VolumeHealth {
+                abnormal: false,
+                message: "ok".into(),
+            },
+            Err(e) => VolumeHealth {
+                abnormal: true,
+                message: format!("volume data {} is missing: {e}", path.display()),
+            },
+        }
+    }
+}
+
+fn compatible(existing: VolumeRecord, req: &CreateRequest) -> Result<VolumeRecord> {
+    let conflict = |reason: String| {
+        Err(Error::NameConflict {
+            name: req.name.clone(),
+            reason,
+        })
+    };
+    if existing.kind != req.params.kind {
+        return conflict(format!("existing kind is {}", existing.kind));
+    }
+    if existing.fs != req.params.fs {
+        return conflict(format!("existing fsType is {:?}", existing.fs));
+    }
+    if existing.capacity < req.required_bytes {
+        return conflict(format!("existing capacity is {} bytes", existing.capacity));
+    }
+    if req.limit_bytes != 0 && existing.capacity > req.limit_bytes {
+        return conflict(format!("existing capacity is {} bytes", existing.capacity));
+    }
+    Ok(existing)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::os::fake::FakeHost;
+    use crate::pool::PoolConfig;
+
+    pub(crate) struct Fixture {
+        pub dir: tempfile::TempDir,
+        pub fake: Arc<FakeHost>,
+        pub mgr: VolumeManager,
+    }
+
+    pub(crate) fn fixture(btrfs: bool) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = FakeHost::new(btrfs);
+        let config = if btrfs {
+            PoolConfig::Btrfs {
+                path: dir.path().join("pool"),
+            }
+        } else {
+            PoolConfig::Dir {
+                path: dir.path().join("pool"),
+            }
+        };
+        std::fs::create_dir_all(dir.path().join("pool")).unwrap();
+        let pool = Pool::open(&config, fake.host()).unwrap();
+        let store = Store::open(&dir.path().join("meta.redb")).unwrap();
+        let mgr = VolumeManager::new(store, pool, fake.host());
+        Fixture { dir, fake, mgr }
+    }
+
+    pub(crate) fn req(name: &str, kind: &str, bytes: u64) -> CreateRequest {
+        let mut p = HashMap::new();
+        p.insert("kind".to_string(), kind.to_string());
+        CreateRequest {
+            name: name.into(),
+            required_bytes: bytes,
+            limit_bytes: 0,
+            params: VolumeParams::parse(&p, None).unwrap(),
+        }
+    }
+
+    #[test]
+    fn create_dir_volume_on_btrfs_sets_qgroup_limit() {
+        let f = fixture(true);
+        let rec = f.mgr.create(&req("a", "dir", 5 << 20)).unwrap();
+        assert!(is_valid_id(&rec.id));
+        assert!(rec.capacity_enforced);
+        let dir = f.mgr.pool().volume_dir(&rec.id);
+        assert_eq!(f.fake.limit_of(&dir), Some(5 << 20));
+        assert_eq!(f.mgr.get(&rec.id).unwrap().state, VolumeState::Ready);
+    }
+
+    #[test]
+    fn dir_volume_on_plain_pool_is_not_enforced() {
+        let f = fixture(false);
+        let rec = f.mgr.create(&req("a", "dir", 5 << 20)).unwrap();
+        assert!(!rec.capacity_enforced);
+        assert!(f.fake.calls().iter().all(|c| !c.starts_with("set_limit")));
+    }
+
+    #[test]
+    fn create_is_idempotent_by_name_and_conflicts_on_different_size() {
+        let f = fixture(true);
+        let a = f.mgr.create(&req("same", "dir", 5 << 20)).unwrap();
+        let b = f.mgr.create(&req("same", "dir", 5 << 20)).unwrap();
+        assert_eq!(a.id, b.id);
+        assert!(matches!(
+            f.mgr.create(&req("same", "dir", 50 << 20)),
+            Err(Error::NameConflict { .. })
+        ));
+        assert!(matches!(
+            f.mgr.create(&req("same", "loop", 5 << 20)),
+            Err(Error::NameConflict { .. })
+        ));
+    }
+
+    #[test]
+    fn failed_format_leaves_no_record_and_no_directory() {
+        let f = fixture(true);
+        f.fake.fail_next("format", libc::ENOSPC);
+        let err = f.mgr.create(&req("x", "loop", 64 << 20)).unwrap_err();
+        assert!(err.is_no_space(), "{err:?}");
+        assert!(f.mgr.store.list().unwrap().is_empty());
+        let vols = f.dir.path().join("pool/volumes");
+        assert_eq!(std::fs::read_dir(vols).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn capacity_beyond_pool_free_space_is_no_space_and_leaves_nothing() {
+        let f = fixture(true);
+        let err = f.mgr.create(&req("huge", "dir", 1 << 60)).unwrap_err();
+        assert!(matches!(err, Error::NoSpace(_)));
+        assert!(f.mgr.store.list().unwrap().is_empty());
+        assert!(
+            !f.fake
+                .calls()
+                .iter()
+                .any(|c| c.starts_with("create_subvolume"))
+        );
+    }
+
+    #[test]
+    fn capacity_rules() {
+        let f = fixture(true);
+        let mut r = req("c", "loop", 0);
+        r.params = VolumeParams::parse(
+            &[
+                ("kind".to_string(), "loop".to_string()),
+                ("fsType".to_string(), "xfs".to_string()),
+            ]
+            .into_iter()
+            .collect(),
+            None,
+        )
+        .unwrap();
+        r.required_bytes = 1 << 20;
+        assert_eq!(f.mgr.choose_capacity(&r).unwrap(), 300 << 20);
+        r.limit_bytes = 100 << 20;
+        assert!(matches!(
+            f.mgr.choose_capacity(&r),
+            Err(Error::OutOfRange(_))
+        ));
+        r.required_bytes = 200 << 20;
+        assert!(matches!(
+            f.mgr.choose_capacity(&r),
+            Err(Error::InvalidArgument(_))
+        ));
+        assert_eq!(
+            f.mgr.choose_capacity(&req("d", "dir", 0)).unwrap(),
+            DEFAULT_CAPACITY
+        );
+        assert_eq!(f.mgr.choose_capacity(&req("d", "dir", 1)).unwrap(), 1 << 20);
+    }
+
+    #[test]
+    fn delete_is_idempotent_and_refuses_staged_volumes() {
+        let f = fixture(true);
+        let rec = f.mgr.create(&req("d", "dir", 1 << 20)).unwrap();
+        f.mgr.delete(&rec.id).unwrap();
+        f.mgr.delete(&rec.id).unwrap();
+        f.mgr.delete("v-00000000000000000000000000000000").unwrap();
+        f.mgr.delete("../../etc").unwrap();
+        assert!(matches!(f.mgr.get(&rec.id), Err(Error::VolumeNotFound(_))));
+
+        let rec = f.mgr.create(&req("e", "dir", 1 << 20)).unwrap();
+        let staging = f.dir.path().join("staging");
+        f.mgr.stage(&rec.id, &staging, &Default::default()).unwrap();
+        assert!(matches!(
+            f.mgr.delete(&rec.id),
+            Err(Error::FailedPrecondition(_))
+        ));
+    }
+
+    #[test]
+    fn ids_that_could_escape_are_not_found() {
+        let f = fixture(true);
+        for bad in [
+            "../x",
+            "v-../../etc",
+            "/etc",
+            "",
+            "v-ABCDEF00000000000000000000000000",
+        ] {
+            assert!(!is_valid_id(bad));
+            assert!(matches!(f.mgr.get(bad), Err(Error::VolumeNotFound(_))));
+        }
+    }
+
+    #[test]
+    fn names_are_validated() {
+        assert!(validate_name("pvc-1234").is_ok());
+        assert!(validate_name(&"x".repeat(128)).is_ok());
+        assert!(validate_name(&"x".repeat(129)).is_err());
+        assert!(validate_name("a/b").is_err());
+        assert!(validate_name("..").is_err());
+        assert!(validate_name("").is_err());
+        assert!(validate_name("a\nb").is_err());
+    }
+
+    #[test]
+    fn list_pages_by_id() {
+        let f = fixture(true);
+        for i in 0..5 {
+            f.mgr
+                .create(&req(&format!("n{i}"), "dir", 1 << 20))
+                .unwrap();
+        }
+        let first = f.mgr.list(None, 2).unwrap();
+        assert_eq!(first.len(), 2);
+        let rest = f.mgr.list(Some(&first[1].id), 10).unwrap();
+        assert_eq!(rest.len(), 3);
+        assert!(rest.iter().all(|r| r.id > first[1].id));
+    }
+
+    #[test]
+    fn concurrent_operation_on_same_volume_is_busy() {
+        let f = fixture(true);
+        let rec = f.mgr.create(&req("busy", "dir", 1 << 20)).unwrap();
+        let _held = f.mgr.claim(&rec.id).unwrap();
+        assert!(matches!(f.mgr.delete(&rec.id), Err(Error::Busy(_))));
+    }
+}

@@ -1,0 +1,197 @@
+//! The records Stowage keeps about each volume: what it is, where it is staged and
+//! where it is published. These are what the metadata store persists.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// How a volume's data is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VolumeKind {
+    /// A directory (a btrfs subvolume with a qgroup limit on a btrfs pool).
+    Dir,
+    /// A sparse image file holding a filesystem, attached through a loop device.
+    Loop,
+}
+
+impl VolumeKind {
+    /// Parses the `kind` parameter.
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "dir" => Ok(VolumeKind::Dir),
+            "loop" => Ok(VolumeKind::Loop),
+            other => Err(Error::InvalidArgument(format!(
+                "kind {other:?} is not one of dir, loop"
+            ))),
+        }
+    }
+
+    /// The parameter spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VolumeKind::Dir => "dir",
+            VolumeKind::Loop => "loop",
+        }
+    }
+}
+
+impl fmt::Display for VolumeKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Filesystem inside a loop volume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FsType {
+    /// ext4, formatted with 4 KiB blocks.
+    Ext4,
+    /// xfs, formatted with 4 KiB sectors; at least 300 MiB.
+    Xfs,
+}
+
+impl FsType {
+    /// Parses an `fsType` parameter or a mount capability's fs_type.
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "ext4" => Ok(FsType::Ext4),
+            "xfs" => Ok(FsType::Xfs),
+            other => Err(Error::InvalidArgument(format!(
+                "fsType {other:?} is not one of ext4, xfs"
+            ))),
+        }
+    }
+
+    /// The name `mount -t` and mkfs use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FsType::Ext4 => "ext4",
+            FsType::Xfs => "xfs",
+        }
+    }
+
+    /// Smallest image this filesystem can be made on (mkfs.xfs refuses < 300 MB).
+    pub fn min_bytes(self) -> u64 {
+        match self {
+            FsType::Ext4 => 16 << 20,
+            FsType::Xfs => 300 << 20,
+        }
+    }
+}
+
+impl fmt::Display for FsType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Lifecycle state, persisted before each step so a crash can be explained on restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VolumeState {
+    /// Allocation started; on restart a volume still in this state is rolled back.
+    Creating,
+    /// Usable.
+    Ready,
+    /// Deletion started; on restart it is finished.
+    Deleting,
+}
+
+/// Where and how a volume is staged on this node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageRecord {
+    /// The staging path given by the CO.
+    pub path: PathBuf,
+    /// The loop device a loop volume is attached to (informational: the device is found
+    /// again by its backing file, since numbers change across reboots).
+    pub loop_device: Option<PathBuf>,
+    /// Extra mount flags the CO asked for.
+    #[serde(default)]
+    pub mount_flags: Vec<String>,
+}
+
+/// One bind mount of a staged volume at a target path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishRecord {
+    /// The target path given by the CO.
+    pub target: PathBuf,
+    /// Whether it was published read-only.
+    pub read_only: bool,
+}
+
+/// Everything Stowage knows about one volume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeRecord {
+    /// Stable id, also the name of its directory in the pool.
+    pub id: String,
+    /// The CO's name for it (the idempotency key of CreateVolume).
+    pub name: String,
+    /// Storage kind.
+    pub kind: VolumeKind,
+    /// Filesystem of a loop volume.
+    pub fs: Option<FsType>,
+    /// Provisioned size in bytes.
+    pub capacity: u64,
+    /// Lifecycle state.
+    pub state: VolumeState,
+    /// Whether writes past `capacity` are refused (false for directories on a plain pool).
+    pub capacity_enforced: bool,
+    /// btrfs subvolume id of the volume's directory, when the pool is btrfs.
+    pub subvolume_id: Option<u64>,
+    /// The parameters it was created with (echoed as volume context).
+    pub parameters: BTreeMap<String, String>,
+    /// Seconds since the epoch at creation.
+    pub created_at: u64,
+    /// Staging on this node, if staged.
+    pub staging: Option<StageRecord>,
+    /// Publications on this node.
+    pub publications: Vec<PublishRecord>,
+}
+
+impl VolumeRecord {
+    /// True when staged or published somewhere on this node.
+    pub fn in_use(&self) -> bool {
+        self.staging.is_some() || !self.publications.is_empty()
+    }
+}
+
+/// Capacity of a pool, for GetCapacity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolUsage {
+    /// Total bytes of the pool's filesystem.
+    pub total: u64,
+    /// Bytes a new volume could still use.
+    pub available: u64,
+}
+
+/// Usage of a mounted volume, for NodeGetVolumeStats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct VolumeUsage {
+    /// Capacity in bytes.
+    pub total_bytes: u64,
+    /// Bytes used.
+    pub used_bytes: u64,
+    /// Bytes still available.
+    pub available_bytes: u64,
+    /// Inodes in total (0 when the filesystem has no fixed count).
+    pub total_inodes: u64,
+    /// Inodes used.
+    pub used_inodes: u64,
+    /// Inodes free.
+    pub available_inodes: u64,
+}
+
+/// Health of a volume as seen on this node.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct VolumeHealth {
+    /// True when something is wrong.
+    pub abnormal: bool,
+    /// What is wrong (or "ok").
+    pub message: String,
+}

@@ -1,0 +1,550 @@
+//! Node-side operations: staging (attach + mount, or bind a directory), publishing
+//! (bind the staged volume at a target path), their inverses, and usage and health of
+//! a mounted volume. Each checks what is already true before acting, so a repeated call
+//! succeeds without doing anything twice, and records its intent before mounting, so a
+//! restart can restore or explain every mount.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, IoContext, Result};
+use crate::manager::VolumeManager;
+use crate::model::{
+    FsType, PublishRecord, StageRecord, VolumeHealth, VolumeKind, VolumeRecord, VolumeUsage,
+};
+use crate::os::mount::MountOptions;
+
+/// Options of a NodeStage call.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StageOptions {
+    /// The capability's fs_type, if given; must match a loop volume's filesystem.
+    pub fs_type: Option<String>,
+    /// Extra mount flags.
+    pub mount_flags: Vec<String>,
+}
+
+/// Options of a NodePublish call.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PublishOptions {
+    /// Publish read-only.
+    pub read_only: bool,
+    /// Extra mount flags.
+    pub mount_flags: Vec<String>,
+}
+
+fn require_absolute(path: &Path, what: &str) -> Result<()> {
+    if path.as_os_str().is_empty() {
+        return Err(Error::InvalidArgument(format!("{what} is empty")));
+    }
+    if !path.is_absolute() {
+        return Err(Error::InvalidArgument(format!(
+            "{what} {} is not absolute",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+fn ignore_not_found(r: io::Result<()>) -> io::Result<()> {
+    match r {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+impl VolumeManager {
+    fn is_mounted(&self, path: &Path) -> Result<bool> {
+        Ok(self
+            .host
+            .mounter
+            .mount_at(path)
+            .ctx(|| "read mount table".into())?
+            .is_some())
+    }
+
+    /// Stages volume `id` at `staging`.
+    pub fn stage(&self, id: &str, staging: &Path, opts: &StageOptions) -> Result<()> {
+        require_absolute(staging, "staging path")?;
+        let _guard = self.claim(id)?;
+        let mut rec = self.get(id)?;
+        if let (VolumeKind::Loop, Some(want)) = (rec.kind, opts.fs_type.as_deref())
+            && !want.is_empty()
+            && FsType::parse(want)? != rec.fs.unwrap_or(FsType::Ext4)
+        {
+            return Err(Error::InvalidArgument(format!(
+                "volume {id} holds {}, the capability asks for {want}",
+                rec.fs.unwrap_or(FsType::Ext4)
+            )));
+        }
+        if let Some(existing) = &rec.staging {
+            if existing.path != staging {
+                return Err(Error::FailedPrecondition(format!(
+                    "volume {id} is already staged at {}",
+                    existing.path.display()
+                )));
+            }
+            if self.is_mounted(staging)? {
+                return Ok(());
+            }
+        }
+        rec.staging = Some(StageRecord {
+            path: staging.to_path_buf(),
+            loop_device: None,
+            mount_flags: opts.mount_flags.clone(),
+        });
+        self.store.put(&rec)?;
+        match self.mount_staging(&rec, staging, &opts.mount_flags) {
+            Ok(device) => {
+                if let Some(s) = rec.staging.as_mut() {
+                    s.loop_device = device;
+                }
+                self.store.put(&rec)?;
+                tracing::info!(volume.id = %id, staging = %staging.display(), "staged");
+                Ok(())
+            }
+            Err(e) => {
+                rec.staging = None;
+                self.store.put(&rec)?;
+                Err(e)
+            }
+        }
+    }
+
+    /// Mounts a volume at its staging path; returns the loop device of a loop volume.
+    /// On failure nothing it attached stays attached.
+    pub(crate) fn mount_staging(
+        &self,
+        rec: &VolumeRecord,
+        staging: &Path,
+        flags: &[String],
+    ) -> Result<Option<PathBuf>> {
+        std::fs::create_dir_all(staging).ctx(|| format!("create {}", staging.display()))?;
+        let mut opts = MountOptions::volume_defaults();
+        opts.extra = flags.to_vec();
+        match rec.kind {
+            VolumeKind::Dir => {
+                let dir = self.pool.volume_dir(&rec.id);
+                self.host
+                    .mounter
+                    .bind(&dir, staging, &opts)
+                    .ctx(|| format!("bind {} at {}", dir.display(), staging.display()))?;
+                Ok(None)
+            }
+            VolumeKind::Loop => {
+                let image = self.pool.image_path(&rec.id);
+                let existing = self
+                    .host
+                    .loops
+                    .find(&image)
+                    .ctx(|| "list loop devices".into())?;
+                let (device, attached_here) = match existing.into_iter().next() {
+                    Some(l) => (l.device, false),
+                    None => {
+                        let l = self
+                            .host
+                            .loops
+                            .attach(&image, true, false)
+                            .ctx(|| format!("attach {}", image.display()))?;
+                        if !l.direct_io {
+                            tracing::warn!(volume.id = %rec.id, device = %l.device.display(), "loop device fell back to buffered I/O");
+                        }
+                        (l.device, true)
+                    }
+                };
+                let fs = rec.fs.unwrap_or(FsType::Ext4);
+                if let Err(e) = self
+                    .host
+                    .mounter
+                    .mount(&device, staging, fs.as_str(), &opts)
+                {
+                    if attached_here && let Err(d) = self.host.loops.detach(&device) {
+                        tracing::warn!(device = %device.display(), error = %d, "detach after failed mount");
+                    }
+                    return Err(Error::io(
+                        format!("mount {} ({fs}) at {}", device.display(), staging.display()),
+                        e,
+                    ));
+                }
+                Ok(Some(device))
+            }
+        }
+    }
+
+    /// Unstages volume `id` from `staging`: unmounts and detaches its loop device.
+    pub fn unstage(&self, id: &str, staging: &Path) -> Result<()> {
+        require_absolute(staging, "staging path")?;
+        let _guard = self.claim(id)?;
+        let mut rec = self.get(id)?;
+        if let Some(p) = rec.publications.first() {
+            return Err(Error::FailedPrecondition(format!(
+                "volume {id} is still published at {}",
+                p.target.display()
+            )));
+        }
+        if self.is_mounted(staging)? {
+            self.host
+                .mounter
+                .unmount(staging)
+                .ctx(|| format!("unmount {}", staging.display()))?;
+        }
+        if rec.kind == VolumeKind::Loop {
+            self.detach_loops(&rec)?;
+        }
+        if rec.staging.take().is_some() {
+            self.store.put(&rec)?;
+        }
+        tracing::info!(volume.id = %id, staging = %staging.display(), "unstaged");
+        Ok(())
+    }
+
+    fn detach_loops(&self, rec: &VolumeRecord) -> Result<()> {
+        let image = self.pool.image_path(&rec.id);
+        for l in self
+            .host
+            .loops
+            .find(&image)
+            .ctx(|| "list loop devices".into())?
+        {
+            self.host
+                .loops
+                .detach(&l.device)
+                .ctx(|| format!("detach {}", l.device.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Publishes staged volume `id` at `target`.
+    pub fn publish(
+        &self,
+        id: &str,
+        staging: &Path,
+        target: &Path,
+        opts: &PublishOptions,
+    ) -> Result<()> {
+        require_absolute(staging, "staging path")?;
+        require_absolute(target, "target path")?;
+        let _guard = self.claim(id)?;
+        let mut rec = self.get(id)?;
+        match &rec.staging {
+            Some(s) if s.path == staging => {}
+            _ => {
+                return Err(Error::FailedPrecondition(format!(
+                    "volume {id} is not staged at {}",
+                    staging.display()
+                )));
+            }
+        }
+        if let Some(existing) = rec.publications.iter().find(|p| p.target == target) {
+            if existing.read_only != opts.read_only {
+                return Err(Error::PublishConflict(target.to_path_buf()));
+            }
+            if self.is_mounted(target)? {
+                return Ok(());
+            }
+        } else {
+            rec.publications.push(PublishRecord {
+                target: target.to_path_buf(),
+                read_only: opts.read_only,
+            });
+            self.store.put(&rec)?;
+        }
+        if let Err(e) = self.bind_target(staging, target, opts) {
+            rec.publications.retain(|p| p.target != target);
+            self.store.put(&rec)?;
+            return Err(e);
+        }
+        tracing::info!(volume.id = %id, target = %target.display(), read_only = opts.read_only, "published");
+        Ok(())
+    }
+
+    pub(crate) fn bind_target(
+        &self,
+        staging: &Path,
+        target: &Path,
+        opts: &PublishOptions,
+    ) -> Result<()> {
+        let created = !target.exists();
+        std::fs::create_dir_all(target).ctx(|| format!("create {}", target.display()))?;
+        let mut mount_opts = MountOptions::volume_defaults();
+        mount_opts.read_only = opts.read_only;
+        mount_opts.extra = opts.mount_flags.clone();
+        if let Err(e) = self.host.mounter.bind(staging, target, &mount_opts) {
+            if created {
+                let _ = std::fs::remove_dir(target);
+            }
+            return Err(Error::io(
+                format!("bind {} at {}", staging.display(), target.display()),
+                e,
+            ));
+        }
+        Ok(())
+    }
+
+    /// Unpublishes volume `id` from `target` and removes the target directory.
+    pub fn unpublish(&self, id: &str, target: &Path) -> Result<()> {
+        require_absolute(target, "target path")?;
+        let _guard = self.claim(id)?;
+        let mut rec = self.get(id)?;
+        if self.is_mounted(target)? {
+            self.host
+                .mounter
+                .unmount(target)
+                .ctx(|| format!("unmount {}", target.display()))?;
+        }
+        // The spec asks the plugin to remove what it created at the target path.
+        ignore_not_found(std::fs::remove_dir(target))
+            .ctx(|| format!("remove {}", target.display()))?;
+        let before = rec.publications.len();
+        rec.publications.retain(|p| p.target != target);
+        if rec.publications.len() != before {
+            self.store.put(&rec)?;
+        }
+        tracing::info!(volume.id = %id, target = %target.display(), "unpublished");
+        Ok(())
+    }
+
+    /// Usage and health of volume `id` mounted at `path` (its staging path or a target).
+    pub fn stats(&self, id: &str, path: &Path) -> Result<(VolumeUsage, VolumeHealth)> {
+        let rec = self.get(id)?;
+        let known = rec.staging.as_ref().is_some_and(|s| s.path == path)
+            || rec.publications.iter().any(|p| p.target == path);
+        if !known || !self.is_mounted(path)? {
+            return Err(Error::PathNotFound {
+                id: id.to_string(),
+                path: path.to_path_buf(),
+            });
+        }
+        let st = nix::sys::statvfs::statvfs(path)
+            .map_err(|e| Error::io(format!("statvfs {}", path.display()), e.into()))?;
+        let frsize = st.fragment_size() as u64;
+        let mut usage = VolumeUsage {
+            total_bytes: st.blocks() as u64 * frsize,
+            available_bytes: st.blocks_available() as u64 * frsize,
+            used_bytes: (st.blocks() as u64 - st.blocks_free() as u64) * frsize,
+            total_inodes: st.files() as u64,
+            used_inodes: (st.files() as u64).saturating_sub(st.files_free() as u64),
+            available_inodes: st.files_available() as u64,
+        };
+        if rec.kind == VolumeKind::Dir {
+            // A directory shares the pool's filesystem: report against its own size.
+            usage.total_bytes = rec.capacity;
+            if let Some(q) = self.pool.qgroup_usage(&rec)? {
+                usage.used_bytes = q.referenced;
+                usage.available_bytes = rec
+                    .capacity
+                    .saturating_sub(q.referenced)
+                    .min(usage.available_bytes);
+            } else {
+                usage.used_bytes = usage.used_bytes.min(rec.capacity);
+                usage.available_bytes = usage.available_bytes.min(rec.capacity);
+            }
+        }
+        Ok((usage, self.node_health(&rec, Some(&usage))?))
+    }
+
+    /// Node-side health of a staged volume.
+    pub fn node_health(
+        &self,
+        rec: &VolumeRecord,
+        usage: Option<&VolumeUsage>,
+    ) -> Result<VolumeHealth> {
+        let mut problems = Vec::new();
+        if let Some(s) = &rec.staging {
+            match self
+                .host
+                .mounter
+                .mount_at(&s.path)
+                .ctx(|| "read mount table".into())?
+            {
+                None => problems.push(format!("staging mount {} is missing", s.path.display())),
+                Some(m) if m.read_only() && rec.kind == VolumeKind::Loop => problems.push(format!(
+                    "filesystem at {} is read-only (errors?)",
+                    s.path.display()
+                )),
+                Some(_) => {}
+            }
+            if rec.kind == VolumeKind::Loop {
+                let image = self.pool.image_path(&rec.id);
+                if self
+                    .host
+                    .loops
+                    .find(&image)
+                    .ctx(|| "list loop devices".into())?
+                    .is_empty()
+                {
+                    problems.push(format!("no loop device is attached to {}", image.display()));
+                }
+            }
+        }
+        if !rec.capacity_enforced {
+            problems.push("capacity is not enforced on this pool".into());
+        }
+        if let Some(u) = usage
+            && rec.kind == VolumeKind::Dir
+            && rec.capacity_enforced
+            && u.available_bytes == 0
+        {
+            problems.push("quota exhausted".into());
+        }
+        let abnormal = problems
+            .iter()
+            .any(|p| !p.starts_with("capacity is not enforced"));
+        Ok(VolumeHealth {
+            abnormal,
+            message: if problems.is_empty() {
+                "ok".into()
+            } else {
+                problems.join("; ")
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::error::Error;
+    use crate::manager::tests::{fixture, req};
+    use crate::node::{PublishOptions, StageOptions};
+
+    #[test]
+    fn loop_stage_attaches_and_mounts_once_and_unstage_undoes_it() {
+        let f = fixture(true);
+        let rec = f.mgr.create(&req("l", "loop", 64 << 20)).unwrap();
+        let staging = f.dir.path().join("staging");
+        f.mgr
+            .stage(&rec.id, &staging, &StageOptions::default())
+            .unwrap();
+        f.mgr
+            .stage(&rec.id, &staging, &StageOptions::default())
+            .unwrap();
+        let calls = f.fake.calls();
+        assert_eq!(
+            calls.iter().filter(|c| c.starts_with("attach")).count(),
+            1,
+            "{calls:?}"
+        );
+        assert_eq!(
+            calls.iter().filter(|c| c.starts_with("mount ")).count(),
+            1,
+            "{calls:?}"
+        );
+        assert_eq!(f.fake.attached().len(), 1);
+        let staged = f.mgr.get(&rec.id).unwrap().staging.unwrap();
+        assert_eq!(staged.loop_device.unwrap(), f.fake.attached()[0].device);
+
+        f.mgr.unstage(&rec.id, &staging).unwrap();
+        f.mgr.unstage(&rec.id, &staging).unwrap();
+        assert!(f.fake.attached().is_empty());
+        assert!(f.fake.mounted().is_empty());
+        assert!(f.mgr.get(&rec.id).unwrap().staging.is_none());
+    }
+
+    #[test]
+    fn failed_mount_detaches_and_forgets_staging() {
+        let f = fixture(true);
+        let rec = f.mgr.create(&req("l", "loop", 64 << 20)).unwrap();
+        f.fake.fail_next("mount", libc::EUCLEAN);
+        let staging = f.dir.path().join("staging");
+        assert!(
+            f.mgr
+                .stage(&rec.id, &staging, &StageOptions::default())
+                .is_err()
+        );
+        assert!(f.fake.attached().is_empty());
+        assert!(f.mgr.get(&rec.id).unwrap().staging.is_none());
+    }
+
+    #[test]
+    fn stage_with_wrong_fs_type_is_invalid() {
+        let f = fixture(true);
+        let rec = f.mgr.create(&req("l", "loop", 64 << 20)).unwrap();
+        let opts = StageOptions {
+            fs_type: Some("xfs".into()),
+            ..Default::default()
+        };
+        let err = f
+            .mgr
+            .stage(&rec.id, &f.dir.path().join("s"), &opts)
+            .unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument(_)));
+    }
+
+    #[test]
+    fn publish_requires_staging_is_idempotent_and_conflicts_on_read_only_change() {
+        let f = fixture(true);
+        let rec = f.mgr.create(&req("d", "dir", 1 << 20)).unwrap();
+        let staging = f.dir.path().join("staging");
+        let target = f.dir.path().join("target");
+        let rw = PublishOptions::default();
+        assert!(matches!(
+            f.mgr.publish(&rec.id, &staging, &target, &rw),
+            Err(Error::FailedPrecondition(_))
+        ));
+        f.mgr
+            .stage(&rec.id, &staging, &StageOptions::default())
+            .unwrap();
+        f.mgr.publish(&rec.id, &staging, &target, &rw).unwrap();
+        f.mgr.publish(&rec.id, &staging, &target, &rw).unwrap();
+        let binds = f
+            .fake
+            .calls()
+            .iter()
+            .filter(|c| c.starts_with("bind"))
+            .count();
+        assert_eq!(binds, 2, "one bind for staging, one for the target");
+        let ro = PublishOptions {
+            read_only: true,
+            ..Default::default()
+        };
+        assert!(matches!(
+            f.mgr.publish(&rec.id, &staging, &target, &ro),
+            Err(Error::PublishConflict(_))
+        ));
+        assert!(matches!(
+            f.mgr.unstage(&rec.id, &staging),
+            Err(Error::FailedPrecondition(_))
+        ));
+        f.mgr.unpublish(&rec.id, &target).unwrap();
+        f.mgr.unpublish(&rec.id, &target).unwrap();
+        assert!(!target.exists());
+        f.mgr.unstage(&rec.id, &staging).unwrap();
+        assert!(f.fake.mounted().is_empty());
+    }
+
+    #[test]
+    fn relative_paths_and_unknown_volumes_are_refused() {
+        let f = fixture(true);
+        let rec = f.mgr.create(&req("d", "dir", 1 << 20)).unwrap();
+        assert!(matches!(
+            f.mgr
+                .stage(&rec.id, "rel/path".as_ref(), &StageOptions::default()),
+            Err(Error::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            f.mgr.stage(
+                "v-0123456789abcdef0123456789abcdef",
+                "/x".as_ref(),
+                &StageOptions::default()
+            ),
+            Err(Error::VolumeNotFound(_))
+        ));
+    }
+
+    #[test]
+    fn stats_only_for_known_mounted_paths() {
+        let f = fixture(true);
+        let rec = f.mgr.create(&req("d", "dir", 8 << 20)).unwrap();
+        let staging = f.dir.path().join("staging");
+        f.mgr
+            .stage(&rec.id, &staging, &StageOptions::default())
+            .unwrap();
+        let (usage, health) = f.mgr.stats(&rec.id, &staging).unwrap();
+        assert_eq!(usage.total_bytes, 8 << 20);
+        assert_eq!(usage.used_bytes, 16384);
+        assert!(!health.abnormal, "{health:?}");
+        assert!(matches!(
+            f.mgr.stats(&rec.id, "/some/path".as_ref()),
+            Err(Error::PathNotFound { .. })
+        ));
+    }
+}

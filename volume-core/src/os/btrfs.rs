@@ -1,0 +1,182 @@
+//! btrfs operations: subvolumes, qgroup limits and usage, the nodatacow flag.
+
+use std::fmt::Debug;
+use std::fs::File;
+use std::io;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::os::command::run;
+use crate::sys;
+
+/// Bytes a qgroup references and its limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QgroupUsage {
+    /// Bytes referenced by the subvolume.
+    pub referenced: u64,
+    /// The limit on referenced bytes (None: unlimited).
+    pub max_referenced: Option<u64>,
+}
+
+/// btrfs-specific operations on a pool.
+pub trait Btrfs: Send + Sync + Debug {
+    /// True when `path` is on a btrfs filesystem.
+    fn is_btrfs(&self, path: &Path) -> io::Result<bool>;
+    /// The filesystem UUID of the btrfs mounted at `mount`.
+    fn fs_uuid(&self, mount: &Path) -> Result<String>;
+    /// Turns quotas (qgroups) on for the filesystem at `mount`; a no-op when on.
+    fn enable_quota(&self, mount: &Path) -> Result<()>;
+    /// Creates a subvolume at `path` and returns its id.
+    fn create_subvolume(&self, path: &Path) -> Result<u64>;
+    /// Deletes the subvolume at `path` and its qgroup.
+    fn delete_subvolume(&self, path: &Path) -> Result<()>;
+    /// Limits the bytes the subvolume at `path` may reference.
+    fn set_limit(&self, path: &Path, bytes: u64) -> Result<()>;
+    /// Usage of subvolume `subvolume_id` on the filesystem with `fs_uuid`, if known.
+    fn qgroup_usage(&self, fs_uuid: &str, subvolume_id: u64) -> Result<Option<QgroupUsage>>;
+    /// Marks an empty file nodatacow, so in-place writes to an image do not fragment it.
+    fn set_nocow(&self, file: &File) -> io::Result<()>;
+}
+
+/// btrfs through the btrfs tool, statfs, sysfs and inode-flag ioctls.
+#[derive(Debug, Clone)]
+pub struct RealBtrfs {
+    sys: PathBuf,
+}
+
+impl RealBtrfs {
+    /// `sys` is normally /sys.
+    pub fn new(sys: impl Into<PathBuf>) -> Self {
+        RealBtrfs { sys: sys.into() }
+    }
+}
+
+const BTRFS_SUPER_MAGIC: i64 = 0x9123_683E;
+
+impl Btrfs for RealBtrfs {
+    fn is_btrfs(&self, path: &Path) -> io::Result<bool> {
+        let st = nix::sys::statfs::statfs(path)?;
+        Ok(st.filesystem_type().0 as i64 == BTRFS_SUPER_MAGIC)
+    }
+
+    fn fs_uuid(&self, mount: &Path) -> Result<String> {
+        let out = run(
+            "btrfs",
+            ["filesystem".as_ref(), "show".as_ref(), mount.as_os_str()],
+        )?;
+        out.split_whitespace()
+            .skip_while(|w| *w != "uuid:")
+            .nth(1)
+            .map(str::to_string)
+            .ok_or_else(|| Error::Command {
+                program: "btrfs filesystem show".into(),
+                status: "ok".into(),
+                stderr: format!("no uuid in output: {out}"),
+            })
+    }
+
+    fn enable_quota(&self, mount: &Path) -> Result<()> {
+        run(
+            "btrfs",
+            ["quota".as_ref(), "enable".as_ref(), mount.as_os_str()],
+        )?;
+        Ok(())
+    }
+
+    fn create_subvolume(&self, path: &Path) -> Result<u64> {
+        run(
+            "btrfs",
+            ["subvolume".as_ref(), "create".as_ref(), path.as_os_str()],
+        )?;
+        let id = run(
+            "btrfs",
+            [
+                "inspect-internal".as_ref(),
+                "rootid".as_ref(),
+                path.as_os_str(),
+            ],
+        )?;
+        id.trim().parse().map_err(|_| Error::Command {
+            program: "btrfs inspect-internal rootid".into(),
+            status: "ok".into(),
+            stderr: format!("unexpected output {id:?}"),
+        })
+    }
+
+    fn delete_subvolume(&self, path: &Path) -> Result<()> {
+        let id = run(
+            "btrfs",
+            [
+                "inspect-internal".as_ref(),
+                "rootid".as_ref(),
+                path.as_os_str(),
+            ],
+        )
+        .ok();
+        run(
+            "btrfs",
+            ["subvolume".as_ref(), "delete".as_ref(), path.as_os_str()],
+        )?;
+        if let (Some(id), Some(parent)) = (id, path.parent()) {
+            // The qgroup outlives its subvolume until destroyed; while the cleaner still
+            // holds the subvolume's extents this may fail, which only leaves a stale
+            // qgroup that `btrfs qgroup clear-stale` removes later.
+            let qgroup = format!("0/{}", id.trim());
+            if let Err(e) = run(
+                "btrfs",
+                [
+                    "qgroup".as_ref(),
+                    "destroy".as_ref(),
+                    qgroup.as_ref(),
+                    parent.as_os_str(),
+                ],
+            ) {
+                tracing::debug!(%qgroup, error = %e, "qgroup not destroyed yet");
+            }
+        }
+        Ok(())
+    }
+
+    fn set_limit(&self, path: &Path, bytes: u64) -> Result<()> {
+        let limit = bytes.to_string();
+        run(
+            "btrfs",
+            [
+                "qgroup".as_ref(),
+                "limit".as_ref(),
+                limit.as_ref(),
+                path.as_os_str(),
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn qgroup_usage(&self, fs_uuid: &str, subvolume_id: u64) -> Result<Option<QgroupUsage>> {
+        let dir = self
+            .sys
+            .join(format!("fs/btrfs/{fs_uuid}/qgroups/0_{subvolume_id}"));
+        let read = |name: &str| -> Result<Option<String>> {
+            match std::fs::read_to_string(dir.join(name)) {
+                Ok(s) => Ok(Some(s.trim().to_string())),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(Error::io(format!("read {}", dir.join(name).display()), e)),
+            }
+        };
+        let Some(referenced) = read("referenced")? else {
+            return Ok(None);
+        };
+        let max = read("max_referenced")?;
+        Ok(Some(QgroupUsage {
+            referenced: referenced.parse().unwrap_or(0),
+            max_referenced: max
+                .and_then(|m| m.parse().ok())
+                .filter(|&m: &u64| m != u64::MAX),
+        }))
+    }
+
+    fn set_nocow(&self, file: &File) -> io::Result<()> {
+        let flags = sys::get_inode_flags(file.as_fd())?;
+        sys::set_inode_flags(file.as_fd(), flags | sys::FS_NOCOW_FL)
+    }
+}

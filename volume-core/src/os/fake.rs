@@ -1,0 +1,276 @@
+//! A recording fake of the whole host, for unit tests without root. It keeps a mount
+//! table, loop devices and subvolumes in memory (subvolumes are plain directories so
+//! file operations on them work in a temporary directory), logs every call, and fails
+//! an operation on request.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::error::{Error, Result};
+use crate::model::FsType;
+use crate::os::Host;
+use crate::os::btrfs::{Btrfs, QgroupUsage};
+use crate::os::loopdev::{LoopControl, LoopInfo};
+use crate::os::mkfs::Formatter;
+use crate::os::mount::{MountEntry, MountOptions, Mounter};
+
+#[derive(Debug, Default)]
+struct State {
+    calls: Vec<String>,
+    mounts: Vec<MountEntry>,
+    loops: Vec<LoopInfo>,
+    next_loop: u32,
+    subvolumes: HashMap<PathBuf, u64>,
+    next_subvolume: u64,
+    limits: HashMap<PathBuf, u64>,
+    failures: HashMap<String, i32>,
+}
+
+/// The fake host. Share it with `Arc` and hand [`FakeHost::host`] to the code under test.
+#[derive(Debug)]
+pub struct FakeHost {
+    btrfs: bool,
+    state: Mutex<State>,
+}
+
+impl FakeHost {
+    /// A fake host whose pool filesystem is btrfs when `btrfs` is true.
+    pub fn new(btrfs: bool) -> Arc<Self> {
+        Arc::new(FakeHost {
+            btrfs,
+            state: Mutex::new(State {
+                next_subvolume: 256,
+                ..State::default()
+            }),
+        })
+    }
+
+    /// The trait objects backed by this fake.
+    pub fn host(self: &Arc<Self>) -> Host {
+        Host {
+            mounter: self.clone(),
+            loops: self.clone(),
+            formatter: self.clone(),
+            btrfs: self.clone(),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Every call so far, as `op arg...` strings.
+    pub fn calls(&self) -> Vec<String> {
+        self.state().calls.clone()
+    }
+
+    /// Forgets the recorded calls.
+    pub fn clear_calls(&self) {
+        self.state().calls.clear();
+    }
+
+    /// Makes the next call of `op` (e.g. "mount", "attach", "format") fail with `errno`.
+    pub fn fail_next(&self, op: &str, errno: i32) {
+        self.state().failures.insert(op.to_string(), errno);
+    }
+
+    /// Mount points currently mounted.
+    pub fn mounted(&self) -> Vec<PathBuf> {
+        self.state()
+            .mounts
+            .iter()
+            .map(|m| m.mount_point.clone())
+            .collect()
+    }
+
+    /// Loop devices currently attached.
+    pub fn attached(&self) -> Vec<LoopInfo> {
+        self.state().loops.clone()
+    }
+
+    /// The qgroup limit set on a subvolume path.
+    pub fn limit_of(&self, path: &Path) -> Option<u64> {
+        self.state().limits.get(path).copied()
+    }
+
+    /// Records a call and returns the injected failure for `op`, if any.
+    fn enter(&self, op: &str, args: &[&dyn std::fmt::Display]) -> io::Result<()> {
+        let mut st = self.state();
+        let mut line = op.to_string();
+        for a in args {
+            line.push(' ');
+            line.push_str(&a.to_string());
+        }
+        st.calls.push(line);
+        match st.failures.remove(op) {
+            Some(errno) => Err(io::Error::from_raw_os_error(errno)),
+            None => Ok(()),
+        }
+    }
+}
+
+fn to_err(op: &str, e: io::Error) -> Error {
+    Error::io(format!("fake {op}"), e)
+}
+
+impl Mounter for FakeHost {
+    fn mount(
+        &self,
+        device: &Path,
+        target: &Path,
+        fs_type: &str,
+        opts: &MountOptions,
+    ) -> io::Result<()> {
+        self.enter("mount", &[&device.display(), &target.display(), &fs_type])?;
+        let (flags, _) = opts.to_flags_and_data();
+        self.state().mounts.push(MountEntry {
+            mount_point: target.to_path_buf(),
+            fs_type: fs_type.to_string(),
+            source: device.display().to_string(),
+            root: PathBuf::from("/"),
+            options: if flags.contains(nix::mount::MsFlags::MS_RDONLY) {
+                "ro"
+            } else {
+                "rw"
+            }
+            .into(),
+        });
+        Ok(())
+    }
+
+    fn bind(&self, source: &Path, target: &Path, opts: &MountOptions) -> io::Result<()> {
+        self.enter(
+            "bind",
+            &[&source.display(), &target.display(), &opts.read_only],
+        )?;
+        self.state().mounts.push(MountEntry {
+            mount_point: target.to_path_buf(),
+            fs_type: "bind".into(),
+            source: source.display().to_string(),
+            root: source.to_path_buf(),
+            options: if opts.read_only { "ro" } else { "rw" }.into(),
+        });
+        Ok(())
+    }
+
+    fn unmount(&self, target: &Path) -> io::Result<()> {
+        self.enter("unmount", &[&target.display()])?;
+        let mut st = self.state();
+        match st.mounts.iter().rposition(|m| m.mount_point == target) {
+            Some(i) => {
+                st.mounts.remove(i);
+                Ok(())
+            }
+            None => Err(io::Error::from_raw_os_error(libc::EINVAL)),
+        }
+    }
+
+    fn mounts(&self) -> io::Result<Vec<MountEntry>> {
+        Ok(self.state().mounts.clone())
+    }
+}
+
+impl LoopControl for FakeHost {
+    fn attach(&self, file: &Path, direct_io: bool, _read_only: bool) -> io::Result<LoopInfo> {
+        self.enter("attach", &[&file.display()])?;
+        let mut st = self.state();
+        let n = st.next_loop;
+        st.next_loop += 1;
+        let info = LoopInfo {
+            device: PathBuf::from(format!("/dev/loop{n}")),
+            backing_file: file.canonicalize().unwrap_or_else(|_| file.to_path_buf()),
+            direct_io,
+        };
+        st.loops.push(info.clone());
+        Ok(info)
+    }
+
+    fn detach(&self, device: &Path) -> io::Result<()> {
+        self.enter("detach", &[&device.display()])?;
+        self.state().loops.retain(|l| l.device != device);
+        Ok(())
+    }
+
+    fn refresh_capacity(&self, device: &Path) -> io::Result<()> {
+        self.enter("refresh_capacity", &[&device.display()])
+    }
+
+    fn list(&self) -> io::Result<Vec<LoopInfo>> {
+        Ok(self.state().loops.clone())
+    }
+}
+
+impl Formatter for FakeHost {
+    fn format(&self, image: &Path, fs: FsType) -> Result<()> {
+        self.enter("format", &[&image.display(), &fs])
+            .map_err(|e| to_err("format", e))
+    }
+
+    fn format_btrfs(&self, image: &Path, label: &str) -> Result<()> {
+        self.enter("format_btrfs", &[&image.display(), &label])
+            .map_err(|e| to_err("format_btrfs", e))
+    }
+}
+
+impl Btrfs for FakeHost {
+    fn is_btrfs(&self, _path: &Path) -> io::Result<bool> {
+        Ok(self.btrfs)
+    }
+
+    fn fs_uuid(&self, _mount: &Path) -> Result<String> {
+        Ok("00000000-fake".into())
+    }
+
+    fn enable_quota(&self, mount: &Path) -> Result<()> {
+        self.enter("enable_quota", &[&mount.display()])
+            .map_err(|e| to_err("enable_quota", e))
+    }
+
+    fn create_subvolume(&self, path: &Path) -> Result<u64> {
+        self.enter("create_subvolume", &[&path.display()])
+            .map_err(|e| to_err("create_subvolume", e))?;
+        std::fs::create_dir(path).map_err(|e| to_err("create_subvolume", e))?;
+        let mut st = self.state();
+        let id = st.next_subvolume;
+        st.next_subvolume += 1;
+        st.subvolumes.insert(path.to_path_buf(), id);
+        Ok(id)
+    }
+
+    fn delete_subvolume(&self, path: &Path) -> Result<()> {
+        self.enter("delete_subvolume", &[&path.display()])
+            .map_err(|e| to_err("delete_subvolume", e))?;
+        std::fs::remove_dir_all(path).map_err(|e| to_err("delete_subvolume", e))?;
+        let mut st = self.state();
+        st.subvolumes.remove(path);
+        st.limits.remove(path);
+        Ok(())
+    }
+
+    fn set_limit(&self, path: &Path, bytes: u64) -> Result<()> {
+        self.enter("set_limit", &[&path.display(), &bytes])
+            .map_err(|e| to_err("set_limit", e))?;
+        self.state().limits.insert(path.to_path_buf(), bytes);
+        Ok(())
+    }
+
+    fn qgroup_usage(&self, _fs_uuid: &str, subvolume_id: u64) -> Result<Option<QgroupUsage>> {
+        let st = self.state();
+        let limit = st
+            .subvolumes
+            .iter()
+            .find(|(_, id)| **id == subvolume_id)
+            .and_then(|(p, _)| st.limits.get(p).copied());
+        Ok(limit.map(|l| QgroupUsage {
+            referenced: 16384,
+            max_referenced: Some(l),
+        }))
+    }
+
+    fn set_nocow(&self, _file: &File) -> io::Result<()> {
+        self.enter("set_nocow", &[])
+    }
+}

@@ -1,0 +1,41 @@
+//! The OS boundary: one trait per kind of side effect on the host, each with a real
+//! implementation (root needed) and a recording fake in [`fake`] for unit tests.
+
+pub mod btrfs;
+pub mod command;
+pub mod fake;
+pub mod loopdev;
+pub mod mkfs;
+pub mod mount;
+
+use std::sync::Arc;
+
+pub use btrfs::{Btrfs, RealBtrfs};
+pub use loopdev::{LoopControl, LoopInfo, RealLoopControl};
+pub use mkfs::{Formatter, RealFormatter};
+pub use mount::{MountEntry, MountOptions, Mounter, RealMounter};
+
+/// The host's side effects, bundled so the manager and pool take one value.
+#[derive(Debug, Clone)]
+pub struct Host {
+    /// Mounting and unmounting.
+    pub mounter: Arc<dyn Mounter>,
+    /// Loop device attach and detach.
+    pub loops: Arc<dyn LoopControl>,
+    /// mkfs.
+    pub formatter: Arc<dyn Formatter>,
+    /// btrfs subvolumes, qgroups and inode flags.
+    pub btrfs: Arc<dyn Btrfs>,
+}
+
+impl Host {
+    /// The real host, reading mount and loop state from the usual /proc and /sys paths.
+    pub fn real() -> Self {
+        Host {
+            mounter: Arc::new(RealMounter::new("/proc/self/mountinfo")),
+            loops: Arc::new(RealLoopControl::new("/dev", "/sys")),
+            formatter: Arc::new(RealFormatter),
+            btrfs: Arc::new(RealBtrfs::new("/sys")),
+        }
+    }
+}

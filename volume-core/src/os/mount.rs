@@ -1,0 +1,264 @@
+//! Mounting: filesystem mounts of loop devices, bind mounts of staged volumes, and
+//! reading the mount table.
+
+use std::fmt::Debug;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use nix::mount::{MntFlags, MsFlags};
+
+/// Options of a mount, as the driver decides them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MountOptions {
+    /// Mount read-only.
+    pub read_only: bool,
+    /// Ignore set-user-id bits (the default for volumes).
+    pub nosuid: bool,
+    /// Ignore device nodes (the default for volumes).
+    pub nodev: bool,
+    /// Further options from the CO (`noatime`, `noexec`, filesystem data options).
+    pub extra: Vec<String>,
+}
+
+impl MountOptions {
+    /// The driver's defaults for a volume: nosuid, nodev.
+    pub fn volume_defaults() -> Self {
+        MountOptions {
+            read_only: false,
+            nosuid: true,
+            nodev: true,
+            extra: Vec::new(),
+        }
+    }
+
+    /// Splits the options into mount(2) flags and the filesystem data string.
+    pub fn to_flags_and_data(&self) -> (MsFlags, String) {
+        let mut flags = MsFlags::empty();
+        if self.read_only {
+            flags |= MsFlags::MS_RDONLY;
+        }
+        if self.nosuid {
+            flags |= MsFlags::MS_NOSUID;
+        }
+        if self.nodev {
+            flags |= MsFlags::MS_NODEV;
+        }
+        let mut data = Vec::new();
+        for opt in &self.extra {
+            match opt.as_str() {
+                "ro" => flags |= MsFlags::MS_RDONLY,
+                "rw" | "defaults" | "" => {}
+                "noexec" => flags |= MsFlags::MS_NOEXEC,
+                "nosuid" => flags |= MsFlags::MS_NOSUID,
+                "nodev" => flags |= MsFlags::MS_NODEV,
+                "noatime" => flags |= MsFlags::MS_NOATIME,
+                "nodiratime" => flags |= MsFlags::MS_NODIRATIME,
+                "relatime" => flags |= MsFlags::MS_RELATIME,
+                "strictatime" => flags |= MsFlags::MS_STRICTATIME,
+                "sync" => flags |= MsFlags::MS_SYNCHRONOUS,
+                "dirsync" => flags |= MsFlags::MS_DIRSYNC,
+                other => data.push(other),
+            }
+        }
+        (flags, data.join(","))
+    }
+}
+
+/// One line of /proc/self/mountinfo.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountEntry {
+    /// Where it is mounted.
+    pub mount_point: PathBuf,
+    /// The filesystem type.
+    pub fs_type: String,
+    /// The mount source (device, or the filesystem's own word).
+    pub source: String,
+    /// Root of the mount within its filesystem (a bind mount's subdirectory).
+    pub root: PathBuf,
+    /// Per-mount options (`rw,nosuid,...`).
+    pub options: String,
+}
+
+impl MountEntry {
+    /// True when the mount is read-only.
+    pub fn read_only(&self) -> bool {
+        self.options.split(',').any(|o| o == "ro")
+    }
+}
+
+/// Mounts and unmounts.
+pub trait Mounter: Send + Sync + Debug {
+    /// Mounts the filesystem on `device` of type `fs_type` at `target`.
+    fn mount(
+        &self,
+        device: &Path,
+        target: &Path,
+        fs_type: &str,
+        opts: &MountOptions,
+    ) -> io::Result<()>;
+    /// Bind-mounts `source` at `target`, then applies `opts` (read-only, nosuid, ...).
+    fn bind(&self, source: &Path, target: &Path, opts: &MountOptions) -> io::Result<()>;
+    /// Unmounts `target`.
+    fn unmount(&self, target: &Path) -> io::Result<()>;
+    /// The current mount table.
+    fn mounts(&self) -> io::Result<Vec<MountEntry>>;
+
+    /// The topmost mount at exactly `path`, if any.
+    fn mount_at(&self, path: &Path) -> io::Result<Option<MountEntry>> {
+        Ok(self
+            .mounts()?
+            .into_iter()
+            .rev()
+            .find(|m| m.mount_point == path))
+    }
+}
+
+/// Mounts with mount(2) and reads the table from a mountinfo file.
+#[derive(Debug, Clone)]
+pub struct RealMounter {
+    mountinfo: PathBuf,
+}
+
+impl RealMounter {
+    /// `mountinfo` is normally /proc/self/mountinfo.
+    pub fn new(mountinfo: impl Into<PathBuf>) -> Self {
+        RealMounter {
+            mountinfo: mountinfo.into(),
+        }
+    }
+}
+
+impl Mounter for RealMounter {
+    fn mount(
+        &self,
+        device: &Path,
+        target: &Path,
+        fs_type: &str,
+        opts: &MountOptions,
+    ) -> io::Result<()> {
+        let (flags, data) = opts.to_flags_and_data();
+        let data = (!data.is_empty()).then_some(data.as_str());
+        nix::mount::mount(Some(device), target, Some(fs_type), flags, data)?;
+        Ok(())
+    }
+
+    fn bind(&self, source: &Path, target: &Path, opts: &MountOptions) -> io::Result<()> {
+        nix::mount::mount(
+            Some(source),
+            target,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )?;
+        let (flags, _) = opts.to_flags_and_data();
+        if !flags.is_empty() {
+            // Per-mount flags on a bind mount only take effect through a remount.
+            if let Err(e) = nix::mount::mount(
+                None::<&str>,
+                target,
+                None::<&str>,
+                MsFlags::MS_REMOUNT | MsFlags::MS_BIND | flags,
+                None::<&str>,
+            ) {
+                let _ = nix::mount::umount2(target, MntFlags::MNT_DETACH);
+                return Err(e.into());
+            }
+        }
+        Ok(())
+    }
+
+    fn unmount(&self, target: &Path) -> io::Result<()> {
+        nix::mount::umount2(target, MntFlags::empty())?;
+        Ok(())
+    }
+
+    fn mounts(&self) -> io::Result<Vec<MountEntry>> {
+        Ok(parse_mountinfo(&std::fs::read_to_string(&self.mountinfo)?))
+    }
+}
+
+/// Parses mountinfo text (see proc(5)); lines that do not parse are skipped.
+pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
+    text.lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let mut l = left.split(' ');
+            let root = l.nth(3)?;
+            let mount_point = l.next()?;
+            let options = l.next()?;
+            let mut r = right.split(' ');
+            let fs_type = r.next()?;
+            let source = r.next()?;
+            Some(MountEntry {
+                mount_point: PathBuf::from(unescape(mount_point)),
+                fs_type: fs_type.to_string(),
+                source: unescape(source),
+                root: PathBuf::from(unescape(root)),
+                options: options.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space, ...).
+fn unescape(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && bytes[i + 1..i + 4]
+                .iter()
+                .all(|b| (b'0'..=b'7').contains(b))
+        {
+            let v = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = "\
+22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/vda rw
+95 22 7:3 / /var/lib/stowage/pool rw,nosuid,nodev shared:50 - btrfs /dev/loop3 rw,space_cache=v2
+96 22 7:3 /volumes/v1 /mnt/with\\040space ro,nosuid,nodev shared:50 - btrfs /dev/loop3 rw
+";
+
+    #[test]
+    fn parses_mount_points_roots_and_escapes() {
+        let m = parse_mountinfo(SAMPLE);
+        assert_eq!(m.len(), 3);
+        assert_eq!(m[1].mount_point, Path::new("/var/lib/stowage/pool"));
+        assert_eq!(m[1].fs_type, "btrfs");
+        assert_eq!(m[1].source, "/dev/loop3");
+        assert_eq!(m[2].mount_point, Path::new("/mnt/with space"));
+        assert_eq!(m[2].root, Path::new("/volumes/v1"));
+        assert!(m[2].read_only());
+        assert!(!m[1].read_only());
+    }
+
+    #[test]
+    fn options_split_into_flags_and_data() {
+        let opts = MountOptions {
+            extra: vec![
+                "noatime".into(),
+                "discard".into(),
+                "ro".into(),
+                "commit=30".into(),
+            ],
+            ..MountOptions::volume_defaults()
+        };
+        let (flags, data) = opts.to_flags_and_data();
+        assert!(flags.contains(MsFlags::MS_NOATIME | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID));
+        assert_eq!(data, "discard,commit=30");
+    }
+}

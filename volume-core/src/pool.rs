@@ -1,0 +1,385 @@
+//! Pools: where volume data lives. The default is an embedded btrfs filesystem in a
+//! sparse image under the state root (loop-attached and mounted by the daemon); an
+//! existing btrfs mount or a plain directory on any filesystem can be named instead.
+//!
+//! Layout inside a pool root:
+//! ```text
+//! volumes/<id>/            one directory per volume (a subvolume on btrfs)
+//! volumes/<id>/disk.img    the image file of a loop volume
+//! ```
+
+use std::collections::HashSet;
+use std::fs::OpenOptions;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, IoContext, Result};
+use crate::model::{FsType, PoolUsage, VolumeKind, VolumeRecord};
+use crate::os::Host;
+use crate::os::btrfs::QgroupUsage;
+use crate::os::mount::MountOptions;
+
+/// Name of a loop volume's image file inside its directory.
+pub const IMAGE_FILE: &str = "disk.img";
+/// Name of the volumes directory inside a pool root.
+pub const VOLUMES_DIR: &str = "volumes";
+
+/// Which pool to use, as the daemon's flags describe it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PoolConfig {
+    /// btrfs in a sparse image file, created on first start with `size` bytes.
+    Embedded {
+        /// The image file.
+        image: PathBuf,
+        /// Where the daemon mounts it.
+        mount: PathBuf,
+        /// Size of the image when it is first created.
+        size: u64,
+    },
+    /// An existing btrfs mount (or a directory inside one).
+    Btrfs {
+        /// The directory to keep volumes under.
+        path: PathBuf,
+    },
+    /// A directory on any filesystem: directory volumes cannot enforce their size.
+    Dir {
+        /// The directory to keep volumes under.
+        path: PathBuf,
+    },
+}
+
+/// What the pool's filesystem can do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PoolBackend {
+    /// btrfs: subvolumes, qgroup limits, reflinks.
+    Btrfs {
+        /// The filesystem UUID (for qgroup usage in sysfs).
+        fs_uuid: String,
+    },
+    /// Any other filesystem.
+    Plain,
+}
+
+/// An open pool.
+#[derive(Debug)]
+pub struct Pool {
+    root: PathBuf,
+    backend: PoolBackend,
+    host: Host,
+}
+
+impl Pool {
+    /// Opens the pool `config` describes, creating and mounting the embedded image
+    /// when needed (an already mounted one, e.g. after a daemon restart, is reused).
+    pub fn open(config: &PoolConfig, host: Host) -> Result<Self> {
+        let (root, want_btrfs) = match config {
+            PoolConfig::Embedded { image, mount, size } => {
+                open_embedded(&host, image, mount, *size)?;
+                (mount.clone(), true)
+            }
+            PoolConfig::Btrfs { path } => (path.clone(), true),
+            PoolConfig::Dir { path } => (path.clone(), false),
+        };
+        std::fs::create_dir_all(root.join(VOLUMES_DIR))
+            .ctx(|| format!("create {}", root.join(VOLUMES_DIR).display()))?;
+        let is_btrfs = host
+            .btrfs
+            .is_btrfs(&root)
+            .ctx(|| format!("statfs {}", root.display()))?;
+        let backend = match (want_btrfs, is_btrfs) {
+            (true, false) => {
+                return Err(Error::InvalidArgument(format!(
+                    "pool {} is not on btrfs",
+                    root.display()
+                )));
+            }
+            (true, true) => {
+                host.btrfs.enable_quota(&root)?;
+                PoolBackend::Btrfs {
+                    fs_uuid: host.btrfs.fs_uuid(&root)?,
+                }
+            }
+            (false, _) => PoolBackend::Plain,
+        };
+        Ok(Pool {
+            root,
+            backend,
+            host,
+        })
+    }
+
+    /// The pool's root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The pool's back end.
+    pub fn backend(&self) -> &PoolBackend {
+        &self.backend
+    }
+
+    /// True when directory volumes get an enforced size limit.
+    pub fn enforces_dir_capacity(&self) -> bool {
+        matches!(self.backend, PoolBackend::Btrfs { .. })
+    }
+
+    /// The directory of volume `id` (which must be a validated id).
+    pub fn volume_dir(&self, id: &str) -> PathBuf {
+        debug_assert!(crate::manager::is_valid_id(id));
+        self.root.join(VOLUMES_DIR).join(id)
+    }
+
+    /// The image file of loop volume `id`.
+    pub fn image_path(&self, id: &str) -> PathBuf {
+        self.volume_dir(id).join(IMAGE_FILE)
+    }
+
+    /// Total and available bytes of the pool's filesystem.
+    pub fn usage(&self) -> Result<PoolUsage> {
+        let st = nix::sys::statvfs::statvfs(&self.root)
+            .map_err(|e| Error::io(format!("statvfs {}", self.root.display()), e.into()))?;
+        let frsize = st.fragment_size() as u64;
+        Ok(PoolUsage {
+            total: st.blocks() as u64 * frsize,
+            available: st.blocks_available() as u64 * frsize,
+        })
+    }
+
+    /// Makes the storage for `rec` (directory or formatted image) and fills in
+    /// `subvolume_id` and `capacity_enforced`. On failure nothing is left behind.
+    pub fn allocate(&self, rec: &mut VolumeRecord) -> Result<()> {
+        let usage = self.usage()?;
+        if rec.capacity > usage.available {
+            return Err(Error::NoSpace(format!(
+                "{} bytes requested, {} available",
+                rec.capacity, usage.available
+            )));
+        }
+        let dir = self.volume_dir(&rec.id);
+        rec.subvolume_id = match self.backend {
+            PoolBackend::Btrfs { .. } => Some(self.host.btrfs.create_subvolume(&dir)?),
+            PoolBackend::Plain => {
+                std::fs::create_dir(&dir).ctx(|| format!("create {}", dir.display()))?;
+                None
+            }
+        };
+        let result = match rec.kind {
+            VolumeKind::Dir => self.make_dir_volume(rec, &dir),
+            VolumeKind::Loop => {
+                let fs = rec.fs.unwrap_or(FsType::Ext4);
+                rec.capacity_enforced = true;
+                self.make_image(&dir.join(IMAGE_FILE), rec.capacity, fs)
+            }
+        };
+        if let Err(e) = result {
+            if let Err(cleanup) = self.remove_dir(&dir) {
+                tracing::warn!(volume.id = %rec.id, error = %cleanup, "cleanup after failed create");
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn make_dir_volume(&self, rec: &mut VolumeRecord, dir: &Path) -> Result<()> {
+        match self.backend {
+            PoolBackend::Btrfs { .. } => {
+                self.host.btrfs.set_limit(dir, rec.capacity)?;
+                rec.capacity_enforced = true;
+            }
+            PoolBackend::Plain => rec.capacity_enforced = false,
+        }
+        Ok(())
+    }
+
+    fn make_image(&self, image: &Path, size: u64, fs: FsType) -> Result<()> {
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(image)
+            .ctx(|| format!("create {}", image.display()))?;
+        if matches!(self.backend, PoolBackend::Btrfs { .. }) {
+            // Must happen while the file is empty; reflinks still work between nocow files.
+            self.host
+                .btrfs
+                .set_nocow(&file)
+                .ctx(|| format!("set nodatacow on {}", image.display()))?;
+        }
+        file.set_len(size)
+            .ctx(|| format!("size {}", image.display()))?;
+        drop(file);
+        self.host.formatter.format(image, fs)
+    }
+
+    /// Removes the storage of volume `id`; succeeds when it is already gone.
+    pub fn release(&self, id: &str) -> Result<()> {
+        let dir = self.volume_dir(id);
+        let image = dir.join(IMAGE_FILE);
+        // A loop device left attached (crash mid-unstage) would keep the image busy.
+        for l in self
+            .host
+            .loops
+            .find(&image)
+            .ctx(|| "list loop devices".into())?
+        {
+            self.host
+                .loops
+                .detach(&l.device)
+                .ctx(|| format!("detach {}", l.device.display()))?;
+        }
+        self.remove_dir(&dir)
+    }
+
+    fn remove_dir(&self, dir: &Path) -> Result<()> {
+        if !dir.exists() {
+            return Ok(());
+        }
+        match self.backend {
+            PoolBackend::Btrfs { .. } => self.host.btrfs.delete_subvolume(dir),
+            PoolBackend::Plain => {
+                std::fs::remove_dir_all(dir).ctx(|| format!("remove {}", dir.display()))
+            }
+        }
+    }
+
+    /// Qgroup usage of a directory volume on a btrfs pool.
+    pub fn qgroup_usage(&self, rec: &VolumeRecord) -> Result<Option<QgroupUsage>> {
+        match (&self.backend, rec.subvolume_id) {
+            (PoolBackend::Btrfs { fs_uuid }, Some(id)) => self.host.btrfs.qgroup_usage(fs_uuid, id),
+            _ => Ok(None),
+        }
+    }
+
+    /// Entries of the volumes directory that no record explains.
+    pub fn orphans(&self, known: &HashSet<String>) -> Result<Vec<PathBuf>> {
+        let dir = self.root.join(VOLUMES_DIR);
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(&dir).ctx(|| format!("read {}", dir.display()))? {
+            let entry = entry.ctx(|| format!("read {}", dir.display()))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !known.contains(&name) {
+                out.push(entry.path());
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+}
+
+fn open_embedded(host: &Host, image: &Path, mount: &Path, size: u64) -> Result<()> {
+    std::fs::create_dir_all(mount).ctx(|| format!("create {}", mount.display()))?;
+    let mounts = host.mounter.mounts().ctx(|| "read mount table".into())?;
+    if mounts
+        .iter()
+        .any(|m| m.mount_point == mount && m.fs_type == "btrfs")
+    {
+        tracing::info!(pool = %mount.display(), "embedded pool already mounted");
+        return Ok(());
+    }
+    if !image.exists() {
+        // Build under a temporary name so an interrupted first start leaves no
+        // half-made pool that a later start would trust.
+        let tmp = image.with_extension("img.new");
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .ctx(|| format!("create {}", tmp.display()))?;
+        file.set_len(size)
+            .ctx(|| format!("size {}", tmp.display()))?;
+        drop(file);
+        host.formatter.format_btrfs(&tmp, "stowage-pool")?;
+        std::fs::rename(&tmp, image).ctx(|| format!("rename {}", tmp.display()))?;
+        tracing::info!(image = %image.display(), size, "created embedded btrfs pool");
+    }
+    let existing = host.loops.find(image).ctx(|| "list loop devices".into())?;
+    let (device, attached_here) = match existing.into_iter().next() {
+        Some(l) => (l.device, false),
+        None => {
+            let l = host
+                .loops
+                .attach(image, true, false)
+                .ctx(|| format!("attach {}", image.display()))?;
+            (l.device, true)
+        }
+    };
+    let mut opts = MountOptions::volume_defaults();
+    opts.extra.push("noatime".into());
+    if let Err(e) = host.mounter.mount(&device, mount, "btrfs", &opts) {
+        if attached_here {
+            let _ = host.loops.detach(&device);
+        }
+        return Err(Error::io(format!("mount pool {}", mount.display()), e));
+    }
+    tracing::info!(pool = %mount.display(), device = %device.display(), "mounted embedded pool");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::os::fake::FakeHost;
+
+    #[test]
+    fn embedded_pool_is_created_attached_mounted_and_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = FakeHost::new(true);
+        let config = PoolConfig::Embedded {
+            image: dir.path().join("pool.img"),
+            mount: dir.path().join("pool"),
+            size: 1 << 30,
+        };
+        let pool = Pool::open(&config, fake.host()).unwrap();
+        assert!(matches!(pool.backend(), PoolBackend::Btrfs { .. }));
+        let calls = fake.calls();
+        assert!(calls[0].starts_with("format_btrfs"), "{calls:?}");
+        assert!(calls.iter().any(|c| c.starts_with("attach")));
+        assert!(calls.iter().any(|c| c.starts_with("mount")));
+        assert!(calls.iter().any(|c| c.starts_with("enable_quota")));
+        assert_eq!(
+            std::fs::metadata(dir.path().join("pool.img"))
+                .unwrap()
+                .len(),
+            1 << 30
+        );
+
+        // Second open (daemon restart): already mounted, nothing formatted or attached.
+        fake.clear_calls();
+        Pool::open(&config, fake.host()).unwrap();
+        let calls = fake.calls();
+        assert!(
+            !calls
+                .iter()
+                .any(|c| c.starts_with("format") || c.starts_with("attach")),
+            "{calls:?}"
+        );
+        assert_eq!(fake.attached().len(), 1);
+    }
+
+    #[test]
+    fn failed_pool_mount_detaches_the_loop_it_attached() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = FakeHost::new(true);
+        fake.fail_next("mount", libc::EINVAL);
+        let config = PoolConfig::Embedded {
+            image: dir.path().join("pool.img"),
+            mount: dir.path().join("pool"),
+            size: 1 << 30,
+        };
+        assert!(Pool::open(&config, fake.host()).is_err());
+        assert!(fake.attached().is_empty());
+    }
+
+    #[test]
+    fn btrfs_pool_refuses_a_non_btrfs_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = FakeHost::new(false);
+        let err = Pool::open(
+            &PoolConfig::Btrfs {
+                path: dir.path().into(),
+            },
+            fake.host(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument(_)));
+    }
+}

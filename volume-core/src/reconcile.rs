@@ -1,0 +1,210 @@
+//! Start-up reconciliation of the metadata with the host. Interrupted creates are
+//! rolled back and interrupted deletes finished (the store recorded the intent, so
+//! both are explained); staged and published mounts the daemon owns are restored;
+//! anything on disk that no record explains is reported, never deleted.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+
+use crate::error::{IoContext, Result};
+use crate::manager::VolumeManager;
+use crate::model::{VolumeKind, VolumeState};
+use crate::node::PublishOptions;
+
+/// What reconciliation found and did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReconcileReport {
+    /// Volumes whose interrupted create was rolled back.
+    pub rolled_back: Vec<String>,
+    /// Volumes whose interrupted delete was finished.
+    pub finished_deletes: Vec<String>,
+    /// Mounts (staging or target paths) that were missing and have been restored.
+    pub restored_mounts: Vec<PathBuf>,
+    /// Mounts that were missing and could not be restored, with the reason.
+    pub broken_mounts: Vec<String>,
+    /// Entries in the pool's volumes directory that no record explains.
+    pub orphans: Vec<PathBuf>,
+    /// Loop devices backed by pool files that are not staged.
+    pub stray_loops: Vec<PathBuf>,
+}
+
+impl ReconcileReport {
+    /// True when something needs an operator's attention.
+    pub fn needs_attention(&self) -> bool {
+        !self.broken_mounts.is_empty() || !self.orphans.is_empty() || !self.stray_loops.is_empty()
+    }
+}
+
+impl VolumeManager {
+    /// Brings the host in line with the metadata after a start; see the module docs.
+    pub fn reconcile(&self) -> Result<ReconcileReport> {
+        let mut report = ReconcileReport::default();
+        let mut known = HashSet::new();
+        let mut staged_images = HashSet::new();
+        for mut rec in self.store.list()? {
+            match rec.state {
+                VolumeState::Creating => {
+                    self.forget(&rec)?;
+                    tracing::warn!(volume.id = %rec.id, "rolled back interrupted create");
+                    report.rolled_back.push(rec.id);
+                    continue;
+                }
+                VolumeState::Deleting => {
+                    self.forget(&rec)?;
+                    tracing::warn!(volume.id = %rec.id, "finished interrupted delete");
+                    report.finished_deletes.push(rec.id);
+                    continue;
+                }
+                VolumeState::Ready => {}
+            }
+            known.insert(rec.id.clone());
+            let Some(stage) = rec.staging.clone() else {
+                continue;
+            };
+            if rec.kind == VolumeKind::Loop {
+                staged_images.insert(self.pool.image_path(&rec.id));
+            }
+            let staged = if self
+                .host
+                .mounter
+                .mount_at(&stage.path)
+                .ctx(|| "read mount table".into())?
+                .is_some()
+            {
+                true
+            } else {
+                match self.mount_staging(&rec, &stage.path, &stage.mount_flags) {
+                    Ok(device) => {
+                        tracing::info!(volume.id = %rec.id, staging = %stage.path.display(), "restored staging mount");
+                        report.restored_mounts.push(stage.path.clone());
+                        if let Some(s) = rec.staging.as_mut() {
+                            s.loop_device = device;
+                        }
+                        self.store.put(&rec)?;
+                        true
+                    }
+                    Err(e) => {
+                        tracing::error!(volume.id = %rec.id, staging = %stage.path.display(), error = %e, "cannot restore staging mount");
+                        report
+                            .broken_mounts
+                            .push(format!("{}: {e}", stage.path.display()));
+                        false
+                    }
+                }
+            };
+            for p in &rec.publications {
+                if self
+                    .host
+                    .mounter
+                    .mount_at(&p.target)
+                    .ctx(|| "read mount table".into())?
+                    .is_some()
+                {
+                    continue;
+                }
+                if !staged {
+                    report
+                        .broken_mounts
+                        .push(format!("{}: staging mount is missing", p.target.display()));
+                    continue;
+                }
+                let opts = PublishOptions {
+                    read_only: p.read_only,
+                    mount_flags: Vec::new(),
+                };
+                match self.bind_target(&stage.path, &p.target, &opts) {
+                    Ok(()) => report.restored_mounts.push(p.target.clone()),
+                    Err(e) => report
+                        .broken_mounts
+                        .push(format!("{}: {e}", p.target.display())),
+                }
+            }
+        }
+        report.orphans = self.pool.orphans(&known)?;
+        for orphan in &report.orphans {
+            tracing::warn!(path = %orphan.display(), "pool entry without a volume record (left in place)");
+        }
+        let volumes_dir = self.pool.root().join(crate::pool::VOLUMES_DIR);
+        let volumes_dir = volumes_dir.canonicalize().unwrap_or(volumes_dir);
+        for l in self.host.loops.list().ctx(|| "list loop devices".into())? {
+            let ours = l.backing_file.starts_with(&volumes_dir);
+            let staged = staged_images
+                .iter()
+                .any(|i| i.canonicalize().is_ok_and(|c| c == l.backing_file));
+            if ours && !staged {
+                tracing::warn!(device = %l.device.display(), file = %l.backing_file.display(), "loop device on a pool file that is not staged (left attached)");
+                report.stray_loops.push(l.device);
+            }
+        }
+        Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::manager::tests::{fixture, req};
+    use crate::model::{VolumeKind, VolumeState};
+    use crate::node::{PublishOptions, StageOptions};
+
+    #[test]
+    fn interrupted_create_is_rolled_back_and_delete_finished() {
+        let f = fixture(true);
+        let a = f.mgr.create(&req("a", "dir", 1 << 20)).unwrap();
+        let b = f.mgr.create(&req("b", "dir", 1 << 20)).unwrap();
+        let mut ra = f.mgr.store.get(&a.id).unwrap().unwrap();
+        ra.state = VolumeState::Creating;
+        f.mgr.store.put(&ra).unwrap();
+        let mut rb = f.mgr.store.get(&b.id).unwrap().unwrap();
+        rb.state = VolumeState::Deleting;
+        f.mgr.store.put(&rb).unwrap();
+
+        let report = f.mgr.reconcile().unwrap();
+        assert_eq!(report.rolled_back, vec![a.id.clone()]);
+        assert_eq!(report.finished_deletes, vec![b.id.clone()]);
+        assert!(f.mgr.store.list().unwrap().is_empty());
+        assert!(!f.mgr.pool().volume_dir(&a.id).exists());
+        assert!(!report.needs_attention());
+    }
+
+    #[test]
+    fn lost_mounts_are_restored_and_orphans_reported_not_deleted() {
+        let f = fixture(true);
+        let rec = f.mgr.create(&req("l", "loop", 64 << 20)).unwrap();
+        assert_eq!(rec.kind, VolumeKind::Loop);
+        let staging = f.dir.path().join("staging");
+        let target = f.dir.path().join("target");
+        f.mgr
+            .stage(&rec.id, &staging, &StageOptions::default())
+            .unwrap();
+        f.mgr
+            .publish(&rec.id, &staging, &target, &PublishOptions::default())
+            .unwrap();
+        // Simulate a reboot: mounts and loop devices gone.
+        for m in f.fake.mounted().into_iter().rev() {
+            use crate::os::Mounter;
+            f.fake.unmount(&m).unwrap();
+        }
+        for l in f.fake.attached() {
+            use crate::os::LoopControl;
+            f.fake.detach(&l.device).unwrap();
+        }
+        let orphan = f.mgr.pool().root().join("volumes/stranger");
+        std::fs::create_dir(&orphan).unwrap();
+
+        let report = f.mgr.reconcile().unwrap();
+        assert_eq!(
+            report.restored_mounts,
+            vec![staging.clone(), target.clone()]
+        );
+        assert_eq!(f.fake.mounted(), vec![staging, target]);
+        assert_eq!(f.fake.attached().len(), 1);
+        assert_eq!(report.orphans, vec![orphan.clone()]);
+        assert!(orphan.exists());
+        assert!(report.needs_attention());
+
+        // A second pass finds everything in place and restores nothing.
+        let again = f.mgr.reconcile().unwrap();
+        assert!(again.restored_mounts.is_empty());
+        assert_eq!(f.fake.attached().len(), 1);
+    }
+}
