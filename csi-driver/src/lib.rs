@@ -2,6 +2,7 @@
 //! volume-core [`VolumeManager`](volume_core::VolumeManager), the unix-socket server
 //! that hosts them, and the glue the `stowaged` binary wires together.
 
+pub mod client;
 pub mod controller;
 pub mod driver;
 pub mod endpoint;

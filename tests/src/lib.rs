@@ -1,1 +1,407 @@
-//! Shared helpers of the integration tests.
+//! Shared harness of the integration tests: a real `stowaged` on a temporary state
+//! directory, CSI clients over its socket, and cleanup that unmounts and detaches
+//! everything under that directory even when a test fails.
+//!
+//! These tests need root (loop devices, mounts). Without root they fail loudly; they
+//! never skip.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use stowage_proto::csi::v1 as csi;
+use stowage_proto::csi::v1::controller_client::ControllerClient;
+use stowage_proto::csi::v1::identity_client::IdentityClient;
+use stowage_proto::csi::v1::node_client::NodeClient;
+use tonic::transport::Channel;
+
+/// Panics unless running as root: privileged tests must run, never skip.
+pub fn require_root() {
+    if !nix::unistd::geteuid().is_root() {
+        panic!(
+            "this privileged test needs root (loop devices, mounts); run `sudo hack/test.sh`. \
+             It is not skipped on purpose: a skipped privileged test hides a broken driver."
+        );
+    }
+}
+
+/// The stowaged binary: $STOWAGE_BIN, or the workspace's target/debug/stowaged.
+pub fn stowaged_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("STOWAGE_BIN") {
+        return PathBuf::from(p);
+    }
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/stowaged");
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --bins` first (hack/test.sh does)",
+        p.display()
+    );
+    p
+}
+
+/// A running daemon on its own temporary state directory.
+#[derive(Debug)]
+pub struct Daemon {
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    args: Vec<String>,
+}
+
+impl Daemon {
+    /// Starts stowaged with the embedded pool of `pool_size` (e.g. "4GiB") and `extra` args.
+    pub fn start(pool_size: &str, extra: &[&str]) -> Daemon {
+        require_root();
+        let dir = tempfile::Builder::new()
+            .prefix("stowage-it-")
+            .tempdir()
+            .expect("temp dir");
+        let mut args = vec![
+            "--pool-size".to_string(),
+            pool_size.to_string(),
+            "--node-id".to_string(),
+            "it-node".to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut d = Daemon {
+            dir,
+            child: None,
+            args,
+        };
+        d.spawn();
+        d
+    }
+
+    /// The temporary directory holding state, socket and test paths.
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The state directory.
+    pub fn state_dir(&self) -> PathBuf {
+        self.root().join("state")
+    }
+
+    /// The socket path.
+    pub fn socket(&self) -> PathBuf {
+        self.root().join("csi.sock")
+    }
+
+    /// The pool's volumes directory.
+    pub fn volumes_dir(&self) -> PathBuf {
+        self.state_dir().join("pool/volumes")
+    }
+
+    fn spawn(&mut self) {
+        let _ = std::fs::remove_file(self.socket());
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.root().join("stowaged.log"))
+            .expect("log file");
+        let child = Command::new(stowaged_bin())
+            .arg("--endpoint")
+            .arg(format!("unix://{}", self.socket().display()))
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn stowaged");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.socket().exists() {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("stowaged exited with {status}:\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "stowaged did not listen in 30 s:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The daemon's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.root().join("stowaged.log")).unwrap_or_default()
+    }
+
+    /// Kills the daemon with SIGKILL (mounts and loop devices stay, as after a crash).
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Stops the daemon with SIGTERM and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if c.try_wait().ok().flatten().is_some() {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// Starts the daemon again on the same state directory.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// CSI clients connected to the daemon.
+    pub async fn clients(&self) -> Clients {
+        let channel = csi_driver::client::connect(&self.socket())
+            .await
+            .expect("connect to stowaged");
+        Clients {
+            identity: IdentityClient::new(channel.clone()),
+            controller: ControllerClient::new(channel.clone()),
+            node: NodeClient::new(channel),
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+        cleanup_under(self.dir.path());
+        if std::thread::panicking() {
+            eprintln!("--- stowaged log ---\n{}", self.log());
+        }
+    }
+}
+
+/// Unmounts every mount under `dir` (deepest first) and detaches every loop device
+/// whose backing file is under `dir`, repeating while progress is made (a volume's
+/// loop device keeps the pool mount busy until it is detached).
+pub fn cleanup_under(dir: &Path) {
+    for _ in 0..5 {
+        let mut progress = false;
+        let mut mounts = mounts_under(dir);
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.as_os_str().len()));
+        for m in mounts {
+            if nix::mount::umount2(&m, nix::mount::MntFlags::empty()).is_ok() {
+                progress = true;
+            }
+        }
+        for dev in loops_under(dir) {
+            if Command::new("losetup")
+                .arg("-d")
+                .arg(&dev)
+                .status()
+                .is_ok_and(|s| s.success())
+            {
+                progress = true;
+            }
+        }
+        if mounts_under(dir).is_empty() && loops_under(dir).is_empty() {
+            return;
+        }
+        if !progress {
+            break;
+        }
+    }
+    for m in mounts_under(dir) {
+        let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
+    }
+    for dev in loops_under(dir) {
+        let _ = Command::new("losetup").arg("-d").arg(&dev).status();
+    }
+}
+
+/// Mount points under `dir`, from /proc/self/mountinfo.
+pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    text.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(p.replace("\\040", " ")))
+        .filter(|p| p.starts_with(dir))
+        .collect()
+}
+
+/// The mount options of the topmost mount at `path`.
+pub fn mount_options(path: &Path) -> Option<String> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    text.lines()
+        .rev()
+        .find(|l| l.split(' ').nth(4).is_some_and(|p| Path::new(p) == path))
+        .and_then(|l| l.split(' ').nth(5).map(str::to_string))
+}
+
+/// Loop devices whose backing file is under `dir`.
+pub fn loops_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/sys/block") else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("loop") {
+            continue;
+        }
+        if let Ok(back) = std::fs::read_to_string(e.path().join("loop/backing_file"))
+            && Path::new(back.trim_end()).starts_with(dir)
+        {
+            out.push(PathBuf::from("/dev").join(&name));
+        }
+    }
+    out
+}
+
+/// CSI clients over one channel.
+#[derive(Debug, Clone)]
+pub struct Clients {
+    /// Identity.
+    pub identity: IdentityClient<Channel>,
+    /// Controller.
+    pub controller: ControllerClient<Channel>,
+    /// Node.
+    pub node: NodeClient<Channel>,
+}
+
+/// A single-node-writer mount capability, optionally with an fs_type.
+pub fn mount_cap(fs_type: &str) -> csi::VolumeCapability {
+    csi::VolumeCapability {
+        access_mode: Some(csi::volume_capability::AccessMode {
+            mode: csi::volume_capability::access_mode::Mode::SingleNodeWriter as i32,
+        }),
+        access_type: Some(csi::volume_capability::AccessType::Mount(
+            csi::volume_capability::MountVolume {
+                fs_type: fs_type.to_string(),
+                mount_flags: vec![],
+                volume_mount_group: String::new(),
+            },
+        )),
+    }
+}
+
+/// A CreateVolume request.
+pub fn create_req(name: &str, bytes: i64, params: &[(&str, &str)]) -> csi::CreateVolumeRequest {
+    csi::CreateVolumeRequest {
+        name: name.to_string(),
+        capacity_range: Some(csi::CapacityRange {
+            required_bytes: bytes,
+            limit_bytes: 0,
+        }),
+        volume_capabilities: vec![mount_cap("")],
+        parameters: params
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<HashMap<_, _>>(),
+        ..Default::default()
+    }
+}
+
+impl Clients {
+    /// Creates a volume and returns its id.
+    pub async fn create(&mut self, name: &str, bytes: i64, params: &[(&str, &str)]) -> String {
+        self.controller
+            .create_volume(create_req(name, bytes, params))
+            .await
+            .expect("CreateVolume")
+            .into_inner()
+            .volume
+            .expect("volume")
+            .volume_id
+    }
+
+    /// Stages `id` at `staging`.
+    pub async fn stage(&mut self, id: &str, staging: &Path) -> Result<(), tonic::Status> {
+        self.node
+            .node_stage_volume(csi::NodeStageVolumeRequest {
+                volume_id: id.to_string(),
+                staging_target_path: staging.display().to_string(),
+                volume_capability: Some(mount_cap("")),
+                ..Default::default()
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// Publishes `id` from `staging` at `target`.
+    pub async fn publish(
+        &mut self,
+        id: &str,
+        staging: &Path,
+        target: &Path,
+        readonly: bool,
+    ) -> Result<(), tonic::Status> {
+        self.node
+            .node_publish_volume(csi::NodePublishVolumeRequest {
+                volume_id: id.to_string(),
+                staging_target_path: staging.display().to_string(),
+                target_path: target.display().to_string(),
+                volume_capability: Some(mount_cap("")),
+                readonly,
+                ..Default::default()
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// Unpublishes `id` from `target`.
+    pub async fn unpublish(&mut self, id: &str, target: &Path) -> Result<(), tonic::Status> {
+        self.node
+            .node_unpublish_volume(csi::NodeUnpublishVolumeRequest {
+                volume_id: id.to_string(),
+                target_path: target.display().to_string(),
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// Unstages `id` from `staging`.
+    pub async fn unstage(&mut self, id: &str, staging: &Path) -> Result<(), tonic::Status> {
+        self.node
+            .node_unstage_volume(csi::NodeUnstageVolumeRequest {
+                volume_id: id.to_string(),
+                staging_target_path: staging.display().to_string(),
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// Deletes `id`.
+    pub async fn delete(&mut self, id: &str) -> Result<(), tonic::Status> {
+        self.controller
+            .delete_volume(csi::DeleteVolumeRequest {
+                volume_id: id.to_string(),
+                ..Default::default()
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// Ids of all volumes ListVolumes returns.
+    pub async fn list_ids(&mut self) -> Vec<String> {
+        self.controller
+            .list_volumes(csi::ListVolumesRequest::default())
+            .await
+            .expect("ListVolumes")
+            .into_inner()
+            .entries
+            .into_iter()
+            .filter_map(|e| e.volume.map(|v| v.volume_id))
+            .collect()
+    }
+}
