@@ -1,0 +1,157 @@
+//! The two non-default pools: an existing btrfs mount named with `--pool btrfs:PATH`,
+//! and a plain directory (`--pool dir:PATH`) where directory sizes are not enforced.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use stowage_proto::csi::v1 as csi;
+use stowage_tests::{Daemon, cleanup_under, require_root};
+
+/// A btrfs filesystem in a sparse image, mounted under a temporary directory; unmounted
+/// and detached on drop.
+struct BtrfsMount {
+    dir: tempfile::TempDir,
+}
+
+impl BtrfsMount {
+    fn new() -> Self {
+        require_root();
+        let dir = tempfile::Builder::new()
+            .prefix("stowage-btrfs-")
+            .tempdir()
+            .unwrap();
+        let image = dir.path().join("fs.img");
+        std::fs::File::create(&image)
+            .unwrap()
+            .set_len(2 << 30)
+            .unwrap();
+        assert!(
+            Command::new("mkfs.btrfs")
+                .args(["-q", "-f"])
+                .arg(&image)
+                .status()
+                .unwrap()
+                .success()
+        );
+        std::fs::create_dir(dir.path().join("mnt")).unwrap();
+        let ok = Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&image)
+            .arg(dir.path().join("mnt"))
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mount -o loop btrfs image");
+        BtrfsMount { dir }
+    }
+
+    fn mnt(&self) -> PathBuf {
+        self.dir.path().join("mnt")
+    }
+}
+
+impl Drop for BtrfsMount {
+    fn drop(&mut self) {
+        cleanup_under(self.dir.path());
+    }
+}
+
+async fn condition(d: &Daemon, id: &str) -> csi::VolumeCondition {
+    let mut c = d.clients().await;
+    c.controller
+        .controller_get_volume(csi::ControllerGetVolumeRequest {
+            volume_id: id.to_string(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap()
+        .volume_condition
+        .unwrap()
+}
+
+fn write_mib(path: &Path, mib: usize) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path)?;
+    for _ in 0..mib {
+        f.write_all(&[7u8; 1 << 20])?;
+    }
+    f.sync_all()
+}
+
+#[tokio::test]
+async fn existing_btrfs_mount_as_pool_enforces_dir_quota() {
+    let fs = BtrfsMount::new();
+    let pool = format!("btrfs:{}", fs.mnt().display());
+    let daemon = Daemon::start("1GiB", &["--pool", &pool]);
+    let mut c = daemon.clients().await;
+    let id = c.create("on-existing", 8 << 20, &[("kind", "dir")]).await;
+    assert!(
+        fs.mnt().join("volumes").join(&id).is_dir(),
+        "volume lives in the named pool"
+    );
+    assert!(
+        !daemon.state_dir().join("pool.img").exists(),
+        "no embedded image was made"
+    );
+    let staging = daemon.root().join("staging");
+    c.stage(&id, &staging).await.unwrap();
+    let err = write_mib(&staging.join("big"), 32).unwrap_err();
+    assert!(
+        matches!(err.raw_os_error(), Some(libc::EDQUOT) | Some(libc::ENOSPC)),
+        "{err}"
+    );
+    let cond = condition(&daemon, &id).await;
+    assert!(!cond.abnormal, "{cond:?}");
+    c.unstage(&id, &staging).await.unwrap();
+    c.delete(&id).await.unwrap();
+    assert!(!fs.mnt().join("volumes").join(&id).exists());
+}
+
+#[tokio::test]
+async fn plain_directory_pool_records_but_does_not_enforce_dir_capacity() {
+    require_root();
+    let plain = tempfile::Builder::new()
+        .prefix("stowage-plain-")
+        .tempdir()
+        .unwrap();
+    let pool = format!("dir:{}", plain.path().display());
+    let daemon = Daemon::start("1GiB", &["--pool", &pool]);
+    let mut c = daemon.clients().await;
+    let dir_id = c.create("plain-dir", 4 << 20, &[("kind", "dir")]).await;
+    let loop_id = c.create("plain-loop", 64 << 20, &[("kind", "loop")]).await;
+    let staging = daemon.root().join("staging");
+    c.stage(&dir_id, &staging).await.unwrap();
+    // Not enforced: 8 MiB fits into a "4 MiB" directory volume.
+    write_mib(&staging.join("over"), 8).unwrap();
+    let stats = c
+        .node
+        .node_get_volume_stats(csi::NodeGetVolumeStatsRequest {
+            volume_id: dir_id.clone(),
+            volume_path: staging.display().to_string(),
+            staging_target_path: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let msg = stats.volume_condition.unwrap().message;
+    assert!(msg.contains("not enforced"), "{msg}");
+
+    // A loop volume on a plain pool is still size-bounded by its image.
+    let lstaging = daemon.root().join("lstaging");
+    c.stage(&loop_id, &lstaging).await.unwrap();
+    let err = write_mib(&lstaging.join("big"), 128).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+
+    c.unstage(&loop_id, &lstaging).await.unwrap();
+    c.unstage(&dir_id, &staging).await.unwrap();
+    c.delete(&dir_id).await.unwrap();
+    c.delete(&loop_id).await.unwrap();
+    assert_eq!(
+        std::fs::read_dir(plain.path().join("volumes"))
+            .unwrap()
+            .count(),
+        0
+    );
+}
