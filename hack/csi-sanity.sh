@@ -2,12 +2,18 @@
 # Run csi-sanity (kubernetes-csi/csi-test v5.5.0) against stowaged, once per
 # back end, each run with a fresh state directory and embedded btrfs pool.
 #
-#   sudo hack/csi-sanity.sh [--build] [dir|ext4|xfs|all ...]
+#   sudo hack/csi-sanity.sh [--build] [dir|ext4|xfs|block|all ...]
 #
 #   --build        rebuild target/debug/stowaged first (also done when it is missing)
 #   dir            directory volumes        (parameters: kind: dir)
 #   ext4           loop volumes with ext4   (parameters: kind: loop, fsType: ext4)
 #   xfs            loop volumes with xfs    (parameters: kind: loop, fsType: xfs)
+#   block          loop volumes as raw block devices (kind: loop,
+#                  --csi.testvolumeaccesstype=block)
+#
+# The dir run also modifies volumes with the mutable parameter compression=zstd
+# (--csi.testvolumemutableparameters); the loop runs modify with no parameters,
+# since loop volumes have none that can change yet.
 #
 # Environment:
 #   CSI_SANITY_ARGS             extra csi-sanity/ginkgo flags, appended last (word-split),
@@ -31,7 +37,7 @@ source "$ROOT/hack/lib/cleanup.sh"
 
 CSI_TEST_MODULE=github.com/kubernetes-csi/csi-test/v5
 CSI_TEST_VERSION=v5.5.0
-ALL_BACKENDS=(dir ext4 xfs)
+ALL_BACKENDS=(dir ext4 xfs block)
 
 usage() {
 	sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"
@@ -57,8 +63,8 @@ for arg in "$@"; do
 		exit 0
 		;;
 	all) backends+=("${ALL_BACKENDS[@]}") ;;
-	dir | ext4 | xfs) backends+=("$arg") ;;
-	*) die "unknown argument '$arg' (expected --build, dir, ext4, xfs or all)" ;;
+	dir | ext4 | xfs | block) backends+=("$arg") ;;
+	*) die "unknown argument '$arg' (expected --build, dir, ext4, xfs, block or all)" ;;
 	esac
 done
 ((${#backends[@]} > 0)) || backends=("${ALL_BACKENDS[@]}")
@@ -271,6 +277,19 @@ write_parameters() {
 	dir) printf 'kind: dir\n' >"$file" ;;
 	ext4) printf 'kind: loop\nfsType: ext4\n' >"$file" ;;
 	xfs) printf 'kind: loop\nfsType: xfs\n' >"$file" ;;
+	block) printf 'kind: loop\n' >"$file" ;;
+	esac
+}
+
+# Flags a back end's run adds: mutable parameters to modify with, access type.
+backend_args() {
+	local backend=$1 dir=$2
+	case $backend in
+	dir)
+		printf 'compression: zstd\n' >"$dir/mutable.yaml"
+		echo "--csi.testvolumemutableparameters=$dir/mutable.yaml"
+		;;
+	block) echo "--csi.testvolumeaccesstype=block" ;;
 	esac
 }
 
@@ -332,12 +351,15 @@ run_backend() {
 
 	# csi-sanity. The staging and mount dirs must not exist yet: csi-sanity
 	# creates them (mkdir, not mkdir -p) and removes them at the end.
+	local -a backend_flags=()
+	mapfile -t backend_flags < <(backend_args "$backend" "$CUR_TMP")
 	local -a args=(
 		"--csi.endpoint=unix://$sock"
 		"--csi.testvolumeparameters=$params"
 		"--csi.stagingdir=$CUR_TMP/staging"
 		"--csi.mountdir=$CUR_TMP/mount"
 		"--csi.testnodevolumeattachlimit"
+		"${backend_flags[@]}"
 		"--ginkgo.v"
 		"--ginkgo.no-color"
 		"--ginkgo.timeout=$SUITE_TIMEOUT"

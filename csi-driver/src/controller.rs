@@ -1,16 +1,19 @@
-//! CSI Controller: create, delete, validate, list, capacity and get. Snapshots,
-//! expansion, ControllerPublish and ModifyVolume are not offered yet (issue "CSI data
-//! services") and answer UNIMPLEMENTED, as the capabilities we advertise promise.
+//! CSI Controller: volumes (create — empty, restored or cloned —, delete, validate,
+//! list, get, expand, modify), ControllerPublish to this node, capacity, and snapshots.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use stowage_proto::csi::v1 as csi;
 use stowage_proto::csi::v1::controller_server::Controller;
 use tonic::{Request, Response, Status};
-use volume_core::manager::is_valid_id;
-use volume_core::{CreateRequest, VolumeParams};
+use volume_core::manager::{SNAPSHOT_PREFIX, has_id_shape};
+use volume_core::snapshot::SnapshotFilter;
+use volume_core::{ContentSource, CreateRequest, VolumeParams};
 
-use crate::driver::{Driver, check_capability, condition, mount_fs_type};
+use crate::driver::{
+    Driver, check_capability, condition, is_block, is_reader_only, mount_fs_type, to_csi_snapshot,
+};
 use crate::rpc::{blocking, observe, require};
 
 /// Prefix of our ListVolumes pagination tokens; anything else is refused with ABORTED.
@@ -33,10 +36,29 @@ fn bytes(v: i64, field: &str) -> Result<u64, Status> {
     u64::try_from(v).map_err(|_| Status::invalid_argument(format!("{field} is negative")))
 }
 
-fn unimplemented<T>(what: &str) -> Result<Response<T>, Status> {
-    Err(Status::unimplemented(format!(
-        "{what} is not supported by this driver yet"
-    )))
+/// Parses a pagination token of ours: `after:<id>` with an id of the given shape.
+fn parse_token(token: &str, prefix: &str) -> Result<Option<String>, Status> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    match token.strip_prefix(TOKEN_PREFIX) {
+        Some(id) if has_id_shape(prefix, id) => Ok(Some(id.to_string())),
+        _ => Err(Status::aborted(format!(
+            "starting_token {token:?} was not issued by this driver"
+        ))),
+    }
+}
+
+fn page_limit(max_entries: i32) -> Result<usize, Status> {
+    match max_entries {
+        n if n < 0 => Err(Status::invalid_argument("max_entries is negative")),
+        0 => Ok(usize::MAX),
+        n => Ok(n as usize),
+    }
+}
+
+fn to_btree(m: &std::collections::HashMap<String, String>) -> BTreeMap<String, String> {
+    m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
 }
 
 #[tonic::async_trait]
@@ -54,11 +76,6 @@ impl Controller for ControllerService {
             }
             for cap in &req.volume_capabilities {
                 check_capability(cap).map_err(Status::invalid_argument)?;
-            }
-            if req.volume_content_source.is_some() {
-                return Err(Status::invalid_argument(
-                    "creating from a snapshot or volume is not supported yet",
-                ));
             }
             if let Some(topo) = &req.accessibility_requirements
                 && !topo.requisite.is_empty()
@@ -79,12 +96,26 @@ impl Controller for ControllerService {
                 ),
                 None => (0, 0),
             };
-            let create = CreateRequest {
-                name: req.name.clone(),
-                required_bytes: required,
-                limit_bytes: limit,
-                params,
+            use csi::volume_content_source::Type;
+            let source = match req
+                .volume_content_source
+                .as_ref()
+                .and_then(|s| s.r#type.as_ref())
+            {
+                None => None,
+                Some(Type::Snapshot(s)) => {
+                    require(&s.snapshot_id, "volume_content_source.snapshot.snapshot_id")?;
+                    Some(ContentSource::Snapshot(s.snapshot_id.clone()))
+                }
+                Some(Type::Volume(v)) => {
+                    require(&v.volume_id, "volume_content_source.volume.volume_id")?;
+                    Some(ContentSource::Volume(v.volume_id.clone()))
+                }
             };
+            let mut create = CreateRequest::new(req.name.clone(), required, limit, params);
+            create.source = source;
+            create.mutable_parameters = to_btree(&req.mutable_parameters);
+            create.block = req.volume_capabilities.iter().any(is_block);
             let manager = Arc::clone(&driver.manager);
             let rec = blocking(move || manager.create(&create)).await?;
             Ok(csi::CreateVolumeResponse {
@@ -110,16 +141,52 @@ impl Controller for ControllerService {
 
     async fn controller_publish_volume(
         &self,
-        _request: Request<csi::ControllerPublishVolumeRequest>,
+        request: Request<csi::ControllerPublishVolumeRequest>,
     ) -> Result<Response<csi::ControllerPublishVolumeResponse>, Status> {
-        unimplemented("ControllerPublishVolume")
+        let (meta, _, req) = request.into_parts();
+        let driver = Arc::clone(&self.driver);
+        observe(
+            "ControllerPublishVolume",
+            &req.volume_id.clone(),
+            &meta,
+            async move {
+                require(&req.volume_id, "volume_id")?;
+                require(&req.node_id, "node_id")?;
+                let cap = req
+                    .volume_capability
+                    .as_ref()
+                    .ok_or_else(|| Status::invalid_argument("volume_capability is required"))?;
+                check_capability(cap).map_err(Status::invalid_argument)?;
+                let read_only = req.readonly || is_reader_only(cap);
+                let manager = Arc::clone(&driver.manager);
+                let max = driver.config.max_volumes_per_node;
+                blocking(move || manager.attach(&req.volume_id, &req.node_id, read_only, max))
+                    .await?;
+                Ok(csi::ControllerPublishVolumeResponse {
+                    publish_context: Default::default(),
+                })
+            },
+        )
+        .await
     }
 
     async fn controller_unpublish_volume(
         &self,
-        _request: Request<csi::ControllerUnpublishVolumeRequest>,
+        request: Request<csi::ControllerUnpublishVolumeRequest>,
     ) -> Result<Response<csi::ControllerUnpublishVolumeResponse>, Status> {
-        unimplemented("ControllerUnpublishVolume")
+        let (meta, _, req) = request.into_parts();
+        let manager = Arc::clone(&self.driver.manager);
+        observe(
+            "ControllerUnpublishVolume",
+            &req.volume_id.clone(),
+            &meta,
+            async move {
+                require(&req.volume_id, "volume_id")?;
+                blocking(move || manager.detach(&req.volume_id, &req.node_id)).await?;
+                Ok(csi::ControllerUnpublishVolumeResponse {})
+            },
+        )
+        .await
     }
 
     async fn validate_volume_capabilities(
@@ -183,27 +250,8 @@ impl Controller for ControllerService {
         let (meta, _, req) = request.into_parts();
         let driver = Arc::clone(&self.driver);
         observe("ListVolumes", "", &meta, async move {
-            if req.max_entries < 0 {
-                return Err(Status::invalid_argument("max_entries is negative"));
-            }
-            let after = if req.starting_token.is_empty() {
-                None
-            } else {
-                match req.starting_token.strip_prefix(TOKEN_PREFIX) {
-                    Some(id) if is_valid_id(id) => Some(id.to_string()),
-                    _ => {
-                        return Err(Status::aborted(format!(
-                            "starting_token {:?} was not issued by this driver",
-                            req.starting_token
-                        )));
-                    }
-                }
-            };
-            let limit = if req.max_entries == 0 {
-                usize::MAX
-            } else {
-                req.max_entries as usize
-            };
+            let limit = page_limit(req.max_entries)?;
+            let after = parse_token(&req.starting_token, volume_core::manager::VOLUME_PREFIX)?;
             let manager = Arc::clone(&driver.manager);
             // One more than asked, to know whether another page exists.
             let mut recs =
@@ -280,13 +328,26 @@ impl Controller for ControllerService {
         };
         observe("ControllerGetCapabilities", "", request.metadata(), async {
             Ok(csi::ControllerGetCapabilitiesResponse {
-                capabilities: vec![
-                    cap(Type::CreateDeleteVolume),
-                    cap(Type::ListVolumes),
-                    cap(Type::GetCapacity),
-                    cap(Type::GetVolume),
-                    cap(Type::VolumeCondition),
-                ],
+                capabilities: [
+                    Type::CreateDeleteVolume,
+                    Type::PublishUnpublishVolume,
+                    Type::ListVolumes,
+                    Type::GetCapacity,
+                    Type::CreateDeleteSnapshot,
+                    Type::ListSnapshots,
+                    Type::CloneVolume,
+                    Type::PublishReadonly,
+                    Type::ExpandVolume,
+                    Type::ListVolumesPublishedNodes,
+                    Type::VolumeCondition,
+                    Type::GetVolume,
+                    Type::SingleNodeMultiWriter,
+                    Type::GetSnapshot,
+                    Type::ModifyVolume,
+                ]
+                .into_iter()
+                .map(cap)
+                .collect(),
             })
         })
         .await
@@ -294,37 +355,136 @@ impl Controller for ControllerService {
 
     async fn create_snapshot(
         &self,
-        _request: Request<csi::CreateSnapshotRequest>,
+        request: Request<csi::CreateSnapshotRequest>,
     ) -> Result<Response<csi::CreateSnapshotResponse>, Status> {
-        unimplemented("CreateSnapshot")
+        let (meta, _, req) = request.into_parts();
+        let manager = Arc::clone(&self.driver.manager);
+        observe(
+            "CreateSnapshot",
+            &req.source_volume_id.clone(),
+            &meta,
+            async move {
+                require(&req.name, "name")?;
+                require(&req.source_volume_id, "source_volume_id")?;
+                if let Some(key) = req
+                    .parameters
+                    .keys()
+                    .find(|k| !k.starts_with("csi.storage.k8s.io/"))
+                {
+                    return Err(Status::invalid_argument(format!(
+                        "unknown snapshot parameter {key:?}"
+                    )));
+                }
+                let snap =
+                    blocking(move || manager.create_snapshot(&req.name, &req.source_volume_id))
+                        .await?;
+                Ok(csi::CreateSnapshotResponse {
+                    snapshot: Some(to_csi_snapshot(&snap)),
+                })
+            },
+        )
+        .await
     }
 
     async fn delete_snapshot(
         &self,
-        _request: Request<csi::DeleteSnapshotRequest>,
+        request: Request<csi::DeleteSnapshotRequest>,
     ) -> Result<Response<csi::DeleteSnapshotResponse>, Status> {
-        unimplemented("DeleteSnapshot")
+        let (meta, _, req) = request.into_parts();
+        let manager = Arc::clone(&self.driver.manager);
+        observe("DeleteSnapshot", "", &meta, async move {
+            require(&req.snapshot_id, "snapshot_id")?;
+            blocking(move || manager.delete_snapshot(&req.snapshot_id)).await?;
+            Ok(csi::DeleteSnapshotResponse {})
+        })
+        .await
     }
 
     async fn list_snapshots(
         &self,
-        _request: Request<csi::ListSnapshotsRequest>,
+        request: Request<csi::ListSnapshotsRequest>,
     ) -> Result<Response<csi::ListSnapshotsResponse>, Status> {
-        unimplemented("ListSnapshots")
+        let (meta, _, req) = request.into_parts();
+        let manager = Arc::clone(&self.driver.manager);
+        observe("ListSnapshots", "", &meta, async move {
+            let limit = page_limit(req.max_entries)?;
+            let after = parse_token(&req.starting_token, SNAPSHOT_PREFIX)?;
+            let filter = SnapshotFilter {
+                snapshot_id: (!req.snapshot_id.is_empty()).then(|| req.snapshot_id.clone()),
+                source_volume_id: (!req.source_volume_id.is_empty())
+                    .then(|| req.source_volume_id.clone()),
+            };
+            let mut snaps = blocking(move || {
+                manager.list_snapshots(&filter, after.as_deref(), limit.saturating_add(1))
+            })
+            .await?;
+            let next_token = if snaps.len() > limit {
+                snaps.truncate(limit);
+                snaps
+                    .last()
+                    .map(|s| format!("{TOKEN_PREFIX}{}", s.id))
+                    .unwrap_or_default()
+            } else {
+                String::new()
+            };
+            Ok(csi::ListSnapshotsResponse {
+                entries: snaps
+                    .iter()
+                    .map(|s| csi::list_snapshots_response::Entry {
+                        snapshot: Some(to_csi_snapshot(s)),
+                    })
+                    .collect(),
+                next_token,
+            })
+        })
+        .await
     }
 
     async fn get_snapshot(
         &self,
-        _request: Request<csi::GetSnapshotRequest>,
+        request: Request<csi::GetSnapshotRequest>,
     ) -> Result<Response<csi::GetSnapshotResponse>, Status> {
-        unimplemented("GetSnapshot")
+        let (meta, _, req) = request.into_parts();
+        let manager = Arc::clone(&self.driver.manager);
+        observe("GetSnapshot", "", &meta, async move {
+            require(&req.snapshot_id, "snapshot_id")?;
+            let snap = blocking(move || manager.get_snapshot(&req.snapshot_id)).await?;
+            Ok(csi::GetSnapshotResponse {
+                snapshot: Some(to_csi_snapshot(&snap)),
+            })
+        })
+        .await
     }
 
     async fn controller_expand_volume(
         &self,
-        _request: Request<csi::ControllerExpandVolumeRequest>,
+        request: Request<csi::ControllerExpandVolumeRequest>,
     ) -> Result<Response<csi::ControllerExpandVolumeResponse>, Status> {
-        unimplemented("ControllerExpandVolume")
+        let (meta, _, req) = request.into_parts();
+        let manager = Arc::clone(&self.driver.manager);
+        observe(
+            "ControllerExpandVolume",
+            &req.volume_id.clone(),
+            &meta,
+            async move {
+                require(&req.volume_id, "volume_id")?;
+                let range = req
+                    .capacity_range
+                    .ok_or_else(|| Status::invalid_argument("capacity_range is required"))?;
+                let required = bytes(range.required_bytes, "required_bytes")?;
+                let limit = bytes(range.limit_bytes, "limit_bytes")?;
+                if let Some(cap) = &req.volume_capability {
+                    check_capability(cap).map_err(Status::invalid_argument)?;
+                }
+                let (capacity, node_expansion_required) =
+                    blocking(move || manager.expand(&req.volume_id, required, limit)).await?;
+                Ok(csi::ControllerExpandVolumeResponse {
+                    capacity_bytes: i64::try_from(capacity).unwrap_or(i64::MAX),
+                    node_expansion_required,
+                })
+            },
+        )
+        .await
     }
 
     async fn controller_get_volume(
@@ -360,8 +520,21 @@ impl Controller for ControllerService {
 
     async fn controller_modify_volume(
         &self,
-        _request: Request<csi::ControllerModifyVolumeRequest>,
+        request: Request<csi::ControllerModifyVolumeRequest>,
     ) -> Result<Response<csi::ControllerModifyVolumeResponse>, Status> {
-        unimplemented("ControllerModifyVolume")
+        let (meta, _, req) = request.into_parts();
+        let manager = Arc::clone(&self.driver.manager);
+        observe(
+            "ControllerModifyVolume",
+            &req.volume_id.clone(),
+            &meta,
+            async move {
+                require(&req.volume_id, "volume_id")?;
+                let params = to_btree(&req.mutable_parameters);
+                blocking(move || manager.modify(&req.volume_id, &params)).await?;
+                Ok(csi::ControllerModifyVolumeResponse {})
+            },
+        )
+        .await
     }
 }

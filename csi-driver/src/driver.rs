@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use stowage_proto::csi::v1 as csi;
 use volume_core::model::VolumeHealth;
-use volume_core::{VolumeManager, VolumeRecord};
+use volume_core::{ContentSource, SnapshotRecord, VolumeManager, VolumeRecord};
 
 use crate::TOPOLOGY_KEY;
 
@@ -61,18 +61,44 @@ impl Driver {
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
-            content_source: None,
+            content_source: rec.content_source.as_ref().map(content_source),
             accessible_topology: vec![self.topology()],
         }
     }
 
-    /// Node ids where the volume is in use (this node, if staged or published).
+    /// Node ids the volume is published to (ControllerPublish).
     pub fn published_nodes(&self, rec: &VolumeRecord) -> Vec<String> {
-        if rec.in_use() {
-            vec![self.config.node_id.clone()]
-        } else {
-            Vec::new()
-        }
+        rec.attachments.iter().map(|a| a.node_id.clone()).collect()
+    }
+}
+
+/// The CSI form of a volume's content source.
+pub fn content_source(src: &ContentSource) -> csi::VolumeContentSource {
+    use csi::volume_content_source::{SnapshotSource, Type, VolumeSource};
+    csi::VolumeContentSource {
+        r#type: Some(match src {
+            ContentSource::Snapshot(id) => Type::Snapshot(SnapshotSource {
+                snapshot_id: id.clone(),
+            }),
+            ContentSource::Volume(id) => Type::Volume(VolumeSource {
+                volume_id: id.clone(),
+            }),
+        }),
+    }
+}
+
+/// The CSI view of a snapshot record.
+pub fn to_csi_snapshot(s: &SnapshotRecord) -> csi::Snapshot {
+    csi::Snapshot {
+        size_bytes: i64::try_from(s.size_bytes).unwrap_or(i64::MAX),
+        snapshot_id: s.id.clone(),
+        source_volume_id: s.source_volume_id.clone(),
+        creation_time: Some(prost_types::Timestamp {
+            seconds: i64::try_from(s.created_at).unwrap_or(i64::MAX),
+            nanos: i32::try_from(s.created_nanos).unwrap_or(0),
+        }),
+        ready_to_use: true,
+        group_snapshot_id: s.group_id.clone().unwrap_or_default(),
     }
 }
 
@@ -86,12 +112,9 @@ pub fn condition(h: &VolumeHealth) -> csi::VolumeCondition {
 
 /// Checks that a capability is one this driver serves; the error says why not.
 pub fn check_capability(cap: &csi::VolumeCapability) -> Result<(), String> {
-    use csi::volume_capability::AccessType;
     use csi::volume_capability::access_mode::Mode;
-    match &cap.access_type {
-        Some(AccessType::Mount(_)) => {}
-        Some(AccessType::Block(_)) => return Err("block access is not supported yet".into()),
-        None => return Err("volume capability has no access type".into()),
+    if cap.access_type.is_none() {
+        return Err("volume capability has no access type".into());
     }
     let mode = cap
         .access_mode
@@ -99,10 +122,14 @@ pub fn check_capability(cap: &csi::VolumeCapability) -> Result<(), String> {
         .map(|m| Mode::try_from(m.mode).unwrap_or(Mode::Unknown))
         .unwrap_or(Mode::Unknown);
     match mode {
-        Mode::SingleNodeWriter | Mode::SingleNodeReaderOnly => Ok(()),
+        Mode::SingleNodeWriter
+        | Mode::SingleNodeReaderOnly
+        | Mode::SingleNodeSingleWriter
+        | Mode::SingleNodeMultiWriter => Ok(()),
         Mode::Unknown => Err("volume capability has no access mode".into()),
+        // A volume lives in one node's pool: no other node can mount it.
         other => Err(format!(
-            "access mode {} is not supported",
+            "access mode {} is not supported: volumes are local to one node",
             other.as_str_name()
         )),
     }
@@ -124,6 +151,22 @@ pub fn mount_flags(cap: &csi::VolumeCapability) -> Vec<String> {
         Some(csi::volume_capability::AccessType::Mount(m)) => m.mount_flags.clone(),
         _ => Vec::new(),
     }
+}
+
+/// True when the capability asks for raw block access.
+pub fn is_block(cap: &csi::VolumeCapability) -> bool {
+    matches!(
+        cap.access_type,
+        Some(csi::volume_capability::AccessType::Block(_))
+    )
+}
+
+/// True when the capability's access mode is SINGLE_NODE_SINGLE_WRITER.
+pub fn is_single_writer(cap: &csi::VolumeCapability) -> bool {
+    use csi::volume_capability::access_mode::Mode;
+    cap.access_mode
+        .as_ref()
+        .is_some_and(|m| Mode::try_from(m.mode) == Ok(Mode::SingleNodeSingleWriter))
 }
 
 /// True when the capability's access mode allows no writes.

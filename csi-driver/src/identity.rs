@@ -54,6 +54,15 @@ impl Identity for IdentityService {
                 capabilities: vec![
                     cap(Type::ControllerService),
                     cap(Type::VolumeAccessibilityConstraints),
+                    cap(Type::GroupControllerService),
+                    csi::PluginCapability {
+                        r#type: Some(csi::plugin_capability::Type::VolumeExpansion(
+                            csi::plugin_capability::VolumeExpansion {
+                                r#type: csi::plugin_capability::volume_expansion::Type::Online
+                                    as i32,
+                            },
+                        )),
+                    },
                 ],
             })
         })

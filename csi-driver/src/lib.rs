@@ -6,6 +6,7 @@ pub mod client;
 pub mod controller;
 pub mod driver;
 pub mod endpoint;
+pub mod group;
 pub mod identity;
 pub mod node;
 pub mod rpc;

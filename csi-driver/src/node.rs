@@ -8,8 +8,12 @@ use stowage_proto::csi::v1::node_server::Node;
 use tonic::{Request, Response, Status};
 use volume_core::node::{PublishOptions, StageOptions};
 
+use volume_core::ephemeral::is_ephemeral;
+use volume_core::manager::is_valid_id;
+
 use crate::driver::{
-    Driver, check_capability, condition, is_reader_only, mount_flags, mount_fs_type,
+    Driver, check_capability, condition, is_block, is_reader_only, is_single_writer, mount_flags,
+    mount_fs_type,
 };
 use crate::rpc::{blocking, observe, require};
 
@@ -61,6 +65,8 @@ impl Node for NodeService {
                 let opts = StageOptions {
                     fs_type: mount_fs_type(cap).map(str::to_string),
                     mount_flags: mount_flags(cap),
+                    block: is_block(cap),
+                    require_attachment: true,
                 };
                 let staging = PathBuf::from(&req.staging_target_path);
                 blocking(move || manager.stage(&req.volume_id, &staging, &opts)).await?;
@@ -105,13 +111,27 @@ impl Node for NodeService {
                 require(&req.volume_id, "volume_id")?;
                 require(&req.target_path, "target_path")?;
                 let cap = capability(req.volume_capability.as_ref())?;
-                require(&req.staging_target_path, "staging_target_path")?;
                 let opts = PublishOptions {
                     read_only: req.readonly || is_reader_only(cap),
                     mount_flags: mount_flags(cap),
+                    block: is_block(cap),
+                    single_writer: is_single_writer(cap),
                 };
-                let staging = PathBuf::from(&req.staging_target_path);
                 let target = PathBuf::from(&req.target_path);
+                if is_ephemeral(&req.volume_context) {
+                    blocking(move || {
+                        manager.publish_ephemeral(
+                            &req.volume_id,
+                            &target,
+                            &req.volume_context,
+                            &opts,
+                        )
+                    })
+                    .await?;
+                    return Ok(csi::NodePublishVolumeResponse {});
+                }
+                require(&req.staging_target_path, "staging_target_path")?;
+                let staging = PathBuf::from(&req.staging_target_path);
                 blocking(move || manager.publish(&req.volume_id, &staging, &target, &opts)).await?;
                 Ok(csi::NodePublishVolumeResponse {})
             },
@@ -133,7 +153,17 @@ impl Node for NodeService {
                 require(&req.volume_id, "volume_id")?;
                 require(&req.target_path, "target_path")?;
                 let target = PathBuf::from(&req.target_path);
-                blocking(move || manager.unpublish(&req.volume_id, &target)).await?;
+                blocking(move || {
+                    // The CO names an inline volume by its own id, never one of ours.
+                    if !is_valid_id(&req.volume_id)
+                        && manager.find_ephemeral(&req.volume_id)?.is_some()
+                    {
+                        manager.unpublish_ephemeral(&req.volume_id, &target)
+                    } else {
+                        manager.unpublish(&req.volume_id, &target)
+                    }
+                })
+                .await?;
                 Ok(csi::NodeUnpublishVolumeResponse {})
             },
         )
@@ -181,11 +211,29 @@ impl Node for NodeService {
 
     async fn node_expand_volume(
         &self,
-        _request: Request<csi::NodeExpandVolumeRequest>,
+        request: Request<csi::NodeExpandVolumeRequest>,
     ) -> Result<Response<csi::NodeExpandVolumeResponse>, Status> {
-        Err(Status::unimplemented(
-            "NodeExpandVolume is not supported by this driver yet",
-        ))
+        let (meta, _, req) = request.into_parts();
+        let manager = Arc::clone(&self.driver.manager);
+        observe(
+            "NodeExpandVolume",
+            &req.volume_id.clone(),
+            &meta,
+            async move {
+                require(&req.volume_id, "volume_id")?;
+                require(&req.volume_path, "volume_path")?;
+                if let Some(cap) = &req.volume_capability {
+                    check_capability(cap).map_err(Status::invalid_argument)?;
+                }
+                let path = PathBuf::from(&req.volume_path);
+                let capacity =
+                    blocking(move || manager.expand_on_node(&req.volume_id, &path)).await?;
+                Ok(csi::NodeExpandVolumeResponse {
+                    capacity_bytes: i64::try_from(capacity).unwrap_or(i64::MAX),
+                })
+            },
+        )
+        .await
     }
 
     async fn node_get_capabilities(
@@ -203,7 +251,9 @@ impl Node for NodeService {
                 capabilities: vec![
                     cap(Type::StageUnstageVolume),
                     cap(Type::GetVolumeStats),
+                    cap(Type::ExpandVolume),
                     cap(Type::VolumeCondition),
+                    cap(Type::SingleNodeMultiWriter),
                 ],
             })
         })

@@ -6,16 +6,18 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use stowage_proto::csi::v1::controller_server::ControllerServer;
+use stowage_proto::csi::v1::group_controller_server::GroupControllerServer;
 use stowage_proto::csi::v1::identity_server::IdentityServer;
 use stowage_proto::csi::v1::node_server::NodeServer;
 use tokio_stream::wrappers::UnixListenerStream;
 use volume_core::os::Host;
 use volume_core::reconcile::ReconcileReport;
 use volume_core::store::Store;
-use volume_core::{Pool, PoolConfig, VolumeManager};
+use volume_core::{NodeIdentity, Pool, PoolConfig, VolumeManager};
 
 use crate::controller::ControllerService;
 use crate::driver::{Driver, DriverConfig};
+use crate::group::GroupControllerService;
 use crate::identity::IdentityService;
 use crate::node::NodeService;
 
@@ -58,6 +60,11 @@ impl StateLayout {
     pub fn pool_mount(&self) -> PathBuf {
         self.root.join("pool")
     }
+
+    /// Where inline ephemeral volumes are staged.
+    pub fn ephemeral_dir(&self) -> PathBuf {
+        self.root.join("ephemeral")
+    }
 }
 
 /// Opens the pool and store under `layout`, reconciles, and returns the driver.
@@ -71,7 +78,11 @@ pub fn open_driver(
         .map_err(|e| ServerError::StateDir(layout.root.clone(), e))?;
     let pool = Pool::open(pool, host.clone())?;
     let store = Store::open(&layout.metadata())?;
-    let manager = VolumeManager::new(store, pool, host);
+    let node = NodeIdentity {
+        node_id: config.node_id.clone(),
+        ephemeral_dir: layout.ephemeral_dir(),
+    };
+    let manager = VolumeManager::new(store, pool, host, node);
     let report = manager.reconcile()?;
     Ok((Driver::new(manager, config), report))
 }
@@ -89,6 +100,9 @@ pub async fn serve(
         .add_service(ControllerServer::new(ControllerService::new(Arc::clone(
             &driver,
         ))))
+        .add_service(GroupControllerServer::new(GroupControllerService::new(
+            Arc::clone(&driver),
+        )))
         .add_service(NodeServer::new(NodeService::new(driver)))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await?;

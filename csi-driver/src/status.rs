@@ -10,6 +10,11 @@ pub fn to_status(err: &Error) -> Status {
     let code = match err {
         Error::InvalidArgument(_) => Code::InvalidArgument,
         Error::VolumeNotFound(_) => Code::NotFound,
+        Error::SnapshotNotFound(_) => Code::NotFound,
+        Error::GroupSnapshotNotFound(_) => Code::NotFound,
+        Error::NodeNotFound(_) => Code::NotFound,
+        Error::AttachConflict(..) => Code::AlreadyExists,
+        Error::AttachLimit { .. } => Code::ResourceExhausted,
         Error::PathNotFound { .. } => Code::NotFound,
         Error::NameConflict { .. } => Code::AlreadyExists,
         Error::PublishConflict(_) => Code::AlreadyExists,
@@ -64,6 +69,20 @@ mod tests {
         let cases: Vec<(Error, Code)> = vec![
             (Error::InvalidArgument("x".into()), Code::InvalidArgument),
             (Error::VolumeNotFound("v".into()), Code::NotFound),
+            (Error::SnapshotNotFound("s".into()), Code::NotFound),
+            (Error::GroupSnapshotNotFound("g".into()), Code::NotFound),
+            (Error::NodeNotFound("n".into()), Code::NotFound),
+            (
+                Error::AttachConflict("v".into(), "n".into()),
+                Code::AlreadyExists,
+            ),
+            (
+                Error::AttachLimit {
+                    node: "n".into(),
+                    max: 1,
+                },
+                Code::ResourceExhausted,
+            ),
             (
                 Error::PathNotFound {
                     id: "v".into(),

@@ -16,6 +16,9 @@ use stowage_proto::csi::v1::identity_client::IdentityClient;
 use stowage_proto::csi::v1::node_client::NodeClient;
 use tonic::transport::Channel;
 
+/// The node id every test daemon runs with.
+pub const NODE_ID: &str = "it-node";
+
 /// Panics unless running as root: privileged tests must run, never skip.
 pub fn require_root() {
     if !nix::unistd::geteuid().is_root() {
@@ -60,7 +63,7 @@ impl Daemon {
             "--pool-size".to_string(),
             pool_size.to_string(),
             "--node-id".to_string(),
-            "it-node".to_string(),
+            NODE_ID.to_string(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut d = Daemon {
@@ -325,8 +328,17 @@ impl Clients {
             .volume_id
     }
 
-    /// Stages `id` at `staging`.
+    /// Publishes `id` to the daemon's node (ControllerPublish), then stages it at
+    /// `staging`.
     pub async fn stage(&mut self, id: &str, staging: &Path) -> Result<(), tonic::Status> {
+        self.controller
+            .controller_publish_volume(csi::ControllerPublishVolumeRequest {
+                volume_id: id.to_string(),
+                node_id: NODE_ID.to_string(),
+                volume_capability: Some(mount_cap("")),
+                ..Default::default()
+            })
+            .await?;
         self.node
             .node_stage_volume(csi::NodeStageVolumeRequest {
                 volume_id: id.to_string(),
@@ -370,12 +382,20 @@ impl Clients {
             .map(|_| ())
     }
 
-    /// Unstages `id` from `staging`.
+    /// Unstages `id` from `staging`, then unpublishes it from the node
+    /// (ControllerUnpublish).
     pub async fn unstage(&mut self, id: &str, staging: &Path) -> Result<(), tonic::Status> {
         self.node
             .node_unstage_volume(csi::NodeUnstageVolumeRequest {
                 volume_id: id.to_string(),
                 staging_target_path: staging.display().to_string(),
+            })
+            .await?;
+        self.controller
+            .controller_unpublish_volume(csi::ControllerUnpublishVolumeRequest {
+                volume_id: id.to_string(),
+                node_id: NODE_ID.to_string(),
+                ..Default::default()
             })
             .await
             .map(|_| ())

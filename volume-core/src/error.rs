@@ -16,6 +16,26 @@ pub enum Error {
     /// No volume with this id exists.
     #[error("volume {0} not found")]
     VolumeNotFound(String),
+    /// No snapshot with this id exists.
+    #[error("snapshot {0} not found")]
+    SnapshotNotFound(String),
+    /// No group snapshot with this id exists.
+    #[error("group snapshot {0} not found")]
+    GroupSnapshotNotFound(String),
+    /// The node named in a request is not known to this driver.
+    #[error("node {0} not found")]
+    NodeNotFound(String),
+    /// The volume is attached to the node with different options.
+    #[error("volume {0} is already attached to node {1} with different options")]
+    AttachConflict(String, String),
+    /// The node cannot take another volume.
+    #[error("node {node} already has its maximum of {max} volumes attached")]
+    AttachLimit {
+        /// The node id.
+        node: String,
+        /// Its limit.
+        max: i64,
+    },
     /// A volume with this name exists but with a different size, kind or parameters.
     #[error("volume name {name} already exists with different properties: {reason}")]
     NameConflict {

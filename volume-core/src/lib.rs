@@ -5,22 +5,30 @@
 //! Every side effect on the host goes through the traits in [`os`], so the logic here is
 //! tested with recording fakes; the real implementations need root.
 
+pub mod attachment;
+pub mod ephemeral;
 pub mod error;
+pub mod expand;
 pub mod guard;
 pub mod manager;
 pub mod model;
+pub mod modify;
 pub mod node;
 pub mod os;
 pub mod params;
 pub mod pool;
 pub mod reconcile;
 pub mod size;
+pub mod snapshot;
 pub mod store;
 mod sys;
 
 pub use error::{Error, Result};
 pub use guard::{InFlight, OperationGuard};
-pub use manager::{CreateRequest, VolumeManager};
-pub use model::{FsType, VolumeKind, VolumeRecord, VolumeState};
+pub use manager::{CreateRequest, NodeIdentity, VolumeManager};
+pub use model::{
+    ContentSource, FsType, GroupSnapshotRecord, SnapshotRecord, VolumeKind, VolumeRecord,
+    VolumeState,
+};
 pub use params::VolumeParams;
 pub use pool::{Pool, PoolBackend, PoolConfig};

@@ -2,11 +2,15 @@
 //! capacity) over a pool and the metadata store. Node-side operations live in
 //! [`crate::node`], recovery after a restart in [`crate::reconcile`].
 
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::error::{Error, Result};
 use crate::guard::{InFlight, OperationGuard};
-use crate::model::{PoolUsage, VolumeHealth, VolumeKind, VolumeRecord, VolumeState};
+use crate::model::{
+    ContentSource, PoolUsage, SnapshotRecord, VolumeHealth, VolumeKind, VolumeRecord, VolumeState,
+};
 use crate::os::Host;
 use crate::params::VolumeParams;
 use crate::pool::Pool;
@@ -17,7 +21,12 @@ use crate::store::Store;
 pub const DEFAULT_CAPACITY: u64 = 1 << 30;
 /// Longest volume name accepted (CSI COs use up to 128 bytes).
 pub const MAX_NAME_LEN: usize = 128;
-const ID_PREFIX: &str = "v-";
+/// Prefix of volume ids.
+pub const VOLUME_PREFIX: &str = "v-";
+/// Prefix of snapshot ids.
+pub const SNAPSHOT_PREFIX: &str = "s-";
+/// Prefix of group snapshot ids.
+pub const GROUP_PREFIX: &str = "g-";
 
 /// A request to create a volume.
 #[derive(Debug, Clone)]
@@ -30,6 +39,41 @@ pub struct CreateRequest {
     pub limit_bytes: u64,
     /// Validated parameters.
     pub params: VolumeParams,
+    /// Restore from a snapshot or clone a volume.
+    pub source: Option<ContentSource>,
+    /// Mutable parameters to apply at creation (VolumeAttributesClass).
+    pub mutable_parameters: BTreeMap<String, String>,
+    /// Some capability asks for raw block access (loop volumes only).
+    pub block: bool,
+}
+
+impl CreateRequest {
+    /// A request for an empty volume with no mutable parameters.
+    pub fn new(
+        name: impl Into<String>,
+        required_bytes: u64,
+        limit_bytes: u64,
+        params: VolumeParams,
+    ) -> Self {
+        CreateRequest {
+            name: name.into(),
+            required_bytes,
+            limit_bytes,
+            params,
+            source: None,
+            mutable_parameters: BTreeMap::new(),
+            block: false,
+        }
+    }
+}
+
+/// This node, as the manager needs to know it.
+#[derive(Debug, Clone)]
+pub struct NodeIdentity {
+    /// The node id (ControllerPublish targets, topology).
+    pub node_id: String,
+    /// Where inline ephemeral volumes are staged.
+    pub ephemeral_dir: PathBuf,
 }
 
 /// Controller and node operations on the volumes of one pool.
@@ -38,18 +82,29 @@ pub struct VolumeManager {
     pub(crate) store: Store,
     pub(crate) pool: Pool,
     pub(crate) host: Host,
+    pub(crate) node: NodeIdentity,
     inflight: InFlight,
 }
 
 /// True when `id` has the shape of an id this driver issues (and so cannot name
 /// anything outside the pool's volumes directory).
 pub fn is_valid_id(id: &str) -> bool {
-    id.strip_prefix(ID_PREFIX).is_some_and(|hex| {
+    has_id_shape(VOLUME_PREFIX, id)
+}
+
+/// True when `id` is `prefix` followed by 32 lowercase hex digits.
+pub fn has_id_shape(prefix: &str, id: &str) -> bool {
+    id.strip_prefix(prefix).is_some_and(|hex| {
         hex.len() == 32
             && hex
                 .bytes()
                 .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     })
+}
+
+/// A fresh id with `prefix`.
+pub(crate) fn new_id(prefix: &str) -> String {
+    format!("{prefix}{}", uuid::Uuid::new_v4().simple())
 }
 
 /// Checks a volume name: 1 to 128 bytes, no control characters or path separators.
@@ -71,23 +126,34 @@ pub fn validate_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-fn now() -> u64 {
+pub(crate) fn now() -> u64 {
+    now_precise().0
+}
+
+/// Seconds and nanoseconds since the epoch.
+pub(crate) fn now_precise() -> (u64, u32) {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+        .map(|d| (d.as_secs(), d.subsec_nanos()))
+        .unwrap_or((0, 0))
 }
 
 impl VolumeManager {
     /// Builds a manager over an open pool and store. Call [`VolumeManager::reconcile`]
     /// before serving requests.
-    pub fn new(store: Store, pool: Pool, host: Host) -> Self {
+    pub fn new(store: Store, pool: Pool, host: Host, node: NodeIdentity) -> Self {
         VolumeManager {
             store,
             pool,
             host,
+            node,
             inflight: InFlight::default(),
         }
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        &self.node.node_id
     }
 
     /// The pool.
@@ -110,7 +176,7 @@ impl VolumeManager {
         if !is_valid_id(id) {
             return Err(Error::VolumeNotFound(id.to_string()));
         }
-        match self.store.get(id)? {
+        match self.store.get::<VolumeRecord>(id)? {
             Some(rec) if rec.state == VolumeState::Ready => Ok(rec),
             _ => Err(Error::VolumeNotFound(id.to_string())),
         }
@@ -123,7 +189,9 @@ impl VolumeManager {
         // Skip records mid-create or mid-delete without shortening the page.
         while out.len() < limit {
             let want = limit - out.len();
-            let batch = self.store.list_after(cursor.as_deref(), want)?;
+            let batch = self
+                .store
+                .list_after::<VolumeRecord>(cursor.as_deref(), want)?;
             let Some(last) = batch.last() else { break };
             cursor = Some(last.id.clone());
             let n = batch.len();
@@ -171,16 +239,33 @@ impl VolumeManager {
     /// compatible (CreateVolume is idempotent by name).
     pub fn create(&self, req: &CreateRequest) -> Result<VolumeRecord> {
         validate_name(&req.name)?;
+        if req.block && req.params.kind == VolumeKind::Dir {
+            return Err(Error::InvalidArgument(
+                "block access needs kind=loop; a directory volume has no device".into(),
+            ));
+        }
+        crate::modify::validate(&req.mutable_parameters, req.params.kind, &self.pool)?;
         let _guard = self.inflight.try_claim([format!("name:{}", req.name)])?;
-        let capacity = self.choose_capacity(req)?;
-        if let Some(existing) = self.store.get_by_name(&req.name)? {
+        let mut capacity = self.choose_capacity(req)?;
+        // A restore or clone is at least as large as what it copies.
+        let origin = self.resolve_source(req)?;
+        if let Some((_, _, size)) = &origin {
+            if req.limit_bytes != 0 && *size > req.limit_bytes {
+                return Err(Error::OutOfRange(format!(
+                    "the source is {size} bytes, above limit_bytes {}",
+                    req.limit_bytes
+                )));
+            }
+            capacity = capacity.max(*size);
+        }
+        if let Some(existing) = self.store.get_by_name::<VolumeRecord>(&req.name)? {
             match existing.state {
                 VolumeState::Ready => return compatible(existing, req),
                 // Left by a crash that reconcile has not cleared: finish it first.
                 VolumeState::Creating | VolumeState::Deleting => self.forget(&existing)?,
             }
         }
-        let id = format!("{ID_PREFIX}{}", uuid::Uuid::new_v4().simple());
+        let id = new_id(VOLUME_PREFIX);
         let mut rec = VolumeRecord {
             id: id.clone(),
             name: req.name.clone(),
@@ -188,27 +273,131 @@ impl VolumeManager {
             fs: req.params.fs,
             capacity,
             state: VolumeState::Creating,
-            capacity_enforced: false,
-            subvolume_id: None,
             parameters: req.params.normalized.clone(),
             created_at: now(),
-            staging: None,
-            publications: Vec::new(),
+            content_source: req.source.clone(),
+            fs_size: origin.as_ref().map(|o| o.1).unwrap_or(0),
+            ..Default::default()
         };
         let _id_guard = self.claim(&id)?;
         // Persist the intent first: a crash from here on is rolled back at restart.
         self.store.put(&rec)?;
-        if let Err(e) = self.pool.allocate(&mut rec) {
-            // allocate cleaned its own storage; drop the record too.
-            if let Err(store_err) = self.store.remove(&id) {
+        let result = match &origin {
+            None => self.pool.allocate(&mut rec, None),
+            Some((src, _, _)) => {
+                self.with_source_frozen(req, || self.pool.allocate(&mut rec, Some(src)))
+            }
+        }
+        .and_then(|()| crate::modify::apply(&self.pool, &rec, &req.mutable_parameters));
+        if let Err(e) = result {
+            if let Err(cleanup) = self.pool.release(&id) {
+                tracing::warn!(volume.id = %id, error = %cleanup, "cleanup after failed create");
+            }
+            if let Err(store_err) = self.store.remove::<VolumeRecord>(&id) {
                 tracing::warn!(volume.id = %id, error = %store_err, "remove record of failed create");
             }
             return Err(e);
         }
+        rec.mutable_parameters = req.mutable_parameters.clone();
         rec.state = VolumeState::Ready;
         self.store.put(&rec)?;
         tracing::info!(volume.id = %id, volume.name = %rec.name, kind = %rec.kind, capacity, "created volume");
         Ok(rec)
+    }
+
+    /// For a restore or clone: the directory to copy, the filesystem size it holds
+    /// and the smallest capacity it fits in.
+    fn resolve_source(&self, req: &CreateRequest) -> Result<Option<(PathBuf, u64, u64)>> {
+        let (kind, fs, path, fs_size, size) = match &req.source {
+            None => return Ok(None),
+            Some(ContentSource::Snapshot(sid)) => {
+                let snap = self.get_snapshot(sid)?;
+                (
+                    snap.kind,
+                    snap.fs,
+                    self.pool.snapshot_dir(sid),
+                    snap.fs_size,
+                    snap.size_bytes,
+                )
+            }
+            Some(ContentSource::Volume(vid)) => {
+                let vol = self.get(vid)?;
+                (
+                    vol.kind,
+                    vol.fs,
+                    self.pool.volume_dir(vid),
+                    vol.filesystem_bytes(),
+                    vol.capacity,
+                )
+            }
+        };
+        if kind != req.params.kind || fs != req.params.fs {
+            return Err(Error::InvalidArgument(format!(
+                "the source is kind={kind} fsType={}, the request asks for kind={} fsType={}",
+                fs.map(|f| f.as_str()).unwrap_or("-"),
+                req.params.kind,
+                req.params.fs.map(|f| f.as_str()).unwrap_or("-"),
+            )));
+        }
+        Ok(Some((path, fs_size, size)))
+    }
+
+    /// Runs `f` with a cloned source volume's filesystem frozen when it is a staged,
+    /// mounted loop volume, so the copy is consistent.
+    fn with_source_frozen<T>(
+        &self,
+        req: &CreateRequest,
+        f: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
+        match &req.source {
+            Some(ContentSource::Volume(vid)) => {
+                let vol = self.get(vid)?;
+                self.with_frozen(&[vol], f)
+            }
+            _ => f(),
+        }
+    }
+
+    /// Runs `f` with the filesystems of the mounted loop volumes among `vols` frozen;
+    /// always thaws what it froze.
+    pub(crate) fn with_frozen<T>(
+        &self,
+        vols: &[VolumeRecord],
+        f: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
+        let mut frozen = Vec::new();
+        let mut result = Ok(());
+        for v in vols {
+            if let (VolumeKind::Loop, Some(stage)) = (v.kind, &v.staging)
+                && !stage.block
+            {
+                match self.host.mounter.freeze(&stage.path) {
+                    Ok(()) => frozen.push(stage.path.clone()),
+                    Err(e) => {
+                        result = Err(Error::io(format!("freeze {}", stage.path.display()), e));
+                        break;
+                    }
+                }
+            }
+        }
+        let out = result.and_then(|()| f());
+        for path in frozen.iter().rev() {
+            if let Err(e) = self.host.mounter.thaw(path) {
+                tracing::error!(path = %path.display(), error = %e, "thaw failed");
+            }
+        }
+        out
+    }
+
+    /// The record of snapshot `id`, or [`Error::SnapshotNotFound`].
+    pub fn get_snapshot(&self, id: &str) -> Result<SnapshotRecord> {
+        if !has_id_shape(SNAPSHOT_PREFIX, id) {
+            return Err(Error::SnapshotNotFound(id.to_string()));
+        }
+        match self.store.get::<SnapshotRecord>(id)? {
+            Some(s) if s.state == VolumeState::Ready => Ok(s),
+            _ => Err(Error::SnapshotNotFound(id.to_string())),
+        }
     }
 
     /// Deletes volume `id`; a volume that does not exist is already deleted.
@@ -217,7 +406,7 @@ impl VolumeManager {
             return Ok(());
         }
         let _guard = self.claim(id)?;
-        let Some(mut rec) = self.store.get(id)? else {
+        let Some(mut rec) = self.store.get::<VolumeRecord>(id)? else {
             return Ok(());
         };
         if rec.in_use() {
@@ -245,7 +434,13 @@ impl VolumeManager {
     /// Removes a volume's storage and then its record.
     pub(crate) fn forget(&self, rec: &VolumeRecord) -> Result<()> {
         self.pool.release(&rec.id)?;
-        self.store.remove(&rec.id)
+        self.store.remove::<VolumeRecord>(&rec.id)
+    }
+
+    /// Removes a snapshot's storage and then its record.
+    pub(crate) fn forget_snapshot(&self, snap: &SnapshotRecord) -> Result<()> {
+        self.pool.release_snapshot(&snap.id)?;
+        self.store.remove::<SnapshotRecord>(&snap.id)
     }
 
     /// Controller-side health: is the volume's storage where the record says?
@@ -286,6 +481,12 @@ fn compatible(existing: VolumeRecord, req: &CreateRequest) -> Result<VolumeRecor
     if req.limit_bytes != 0 && existing.capacity > req.limit_bytes {
         return conflict(format!("existing capacity is {} bytes", existing.capacity));
     }
+    if existing.content_source != req.source {
+        return conflict(format!(
+            "existing content source is {:?}",
+            existing.content_source
+        ));
+    }
     Ok(existing)
 }
 
@@ -319,19 +520,18 @@ pub(crate) mod tests {
         std::fs::create_dir_all(dir.path().join("pool")).unwrap();
         let pool = Pool::open(&config, fake.host()).unwrap();
         let store = Store::open(&dir.path().join("meta.redb")).unwrap();
-        let mgr = VolumeManager::new(store, pool, fake.host());
+        let node = NodeIdentity {
+            node_id: "node-1".into(),
+            ephemeral_dir: dir.path().join("ephemeral"),
+        };
+        let mgr = VolumeManager::new(store, pool, fake.host(), node);
         Fixture { dir, fake, mgr }
     }
 
     pub(crate) fn req(name: &str, kind: &str, bytes: u64) -> CreateRequest {
         let mut p = HashMap::new();
         p.insert("kind".to_string(), kind.to_string());
-        CreateRequest {
-            name: name.into(),
-            required_bytes: bytes,
-            limit_bytes: 0,
-            params: VolumeParams::parse(&p, None).unwrap(),
-        }
+        CreateRequest::new(name, bytes, 0, VolumeParams::parse(&p, None).unwrap())
     }
 
     #[test]
@@ -375,7 +575,7 @@ pub(crate) mod tests {
         f.fake.fail_next("format", libc::ENOSPC);
         let err = f.mgr.create(&req("x", "loop", 64 << 20)).unwrap_err();
         assert!(err.is_no_space(), "{err:?}");
-        assert!(f.mgr.store.list().unwrap().is_empty());
+        assert!(f.mgr.store.list::<VolumeRecord>().unwrap().is_empty());
         let vols = f.dir.path().join("pool/volumes");
         assert_eq!(std::fs::read_dir(vols).unwrap().count(), 0);
     }
@@ -385,7 +585,7 @@ pub(crate) mod tests {
         let f = fixture(true);
         let err = f.mgr.create(&req("huge", "dir", 1 << 60)).unwrap_err();
         assert!(matches!(err, Error::NoSpace(_)));
-        assert!(f.mgr.store.list().unwrap().is_empty());
+        assert!(f.mgr.store.list::<VolumeRecord>().unwrap().is_empty());
         assert!(
             !f.fake
                 .calls()

@@ -10,10 +10,11 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 
 /// How a volume's data is stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum VolumeKind {
     /// A directory (a btrfs subvolume with a qgroup limit on a btrfs pool).
+    #[default]
     Dir,
     /// A sparse image file holding a filesystem, attached through a loop device.
     Loop,
@@ -92,10 +93,11 @@ impl fmt::Display for FsType {
 }
 
 /// Lifecycle state, persisted before each step so a crash can be explained on restart.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum VolumeState {
     /// Allocation started; on restart a volume still in this state is rolled back.
+    #[default]
     Creating,
     /// Usable.
     Ready,
@@ -114,6 +116,9 @@ pub struct StageRecord {
     /// Extra mount flags the CO asked for.
     #[serde(default)]
     pub mount_flags: Vec<String>,
+    /// Staged as a raw block device (loop attached, nothing mounted).
+    #[serde(default)]
+    pub block: bool,
 }
 
 /// One bind mount of a staged volume at a target path.
@@ -123,10 +128,35 @@ pub struct PublishRecord {
     pub target: PathBuf,
     /// Whether it was published read-only.
     pub read_only: bool,
+    /// The loop device node bound onto a file, rather than a directory bind mount.
+    #[serde(default)]
+    pub block: bool,
+    /// Published with SINGLE_NODE_SINGLE_WRITER: no second target may be added.
+    #[serde(default)]
+    pub single_writer: bool,
+}
+
+/// A node a volume is attached to by ControllerPublish.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    /// The node id.
+    pub node_id: String,
+    /// Attached read-only.
+    pub read_only: bool,
+}
+
+/// What a volume was created from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContentSource {
+    /// Restored from this snapshot id.
+    Snapshot(String),
+    /// Cloned from this volume id.
+    Volume(String),
 }
 
 /// Everything Stowage knows about one volume.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct VolumeRecord {
     /// Stable id, also the name of its directory in the pool.
     pub id: String,
@@ -152,6 +182,22 @@ pub struct VolumeRecord {
     pub staging: Option<StageRecord>,
     /// Publications on this node.
     pub publications: Vec<PublishRecord>,
+    /// Bytes the filesystem of a loop volume spans; below `capacity` after an
+    /// expansion the filesystem has not caught up with yet (0: equal to capacity).
+    #[serde(default)]
+    pub fs_size: u64,
+    /// What the volume was created from.
+    #[serde(default)]
+    pub content_source: Option<ContentSource>,
+    /// Nodes the volume is attached to (ControllerPublish).
+    #[serde(default)]
+    pub attachments: Vec<Attachment>,
+    /// Current values of mutable parameters (ControllerModifyVolume).
+    #[serde(default)]
+    pub mutable_parameters: BTreeMap<String, String>,
+    /// Created by NodePublish for an inline ephemeral volume; deleted at unpublish.
+    #[serde(default)]
+    pub ephemeral: bool,
 }
 
 impl VolumeRecord {
@@ -159,6 +205,64 @@ impl VolumeRecord {
     pub fn in_use(&self) -> bool {
         self.staging.is_some() || !self.publications.is_empty()
     }
+
+    /// Bytes the filesystem spans (see `fs_size`).
+    pub fn filesystem_bytes(&self) -> u64 {
+        if self.fs_size == 0 {
+            self.capacity
+        } else {
+            self.fs_size
+        }
+    }
+}
+
+/// A point-in-time, read-only copy of a volume.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct SnapshotRecord {
+    /// Stable id (`s-` + 32 hex digits), also its directory name in the pool.
+    pub id: String,
+    /// The CO's name for it.
+    pub name: String,
+    /// The volume it was taken of (which may since have been deleted).
+    pub source_volume_id: String,
+    /// Kind of the source volume.
+    pub kind: VolumeKind,
+    /// Filesystem of a loop source.
+    pub fs: Option<FsType>,
+    /// Capacity of the source when taken: the smallest volume it restores into.
+    pub size_bytes: u64,
+    /// Bytes the source's filesystem spanned (loop volumes).
+    #[serde(default)]
+    pub fs_size: u64,
+    /// Creation time, seconds since the epoch.
+    pub created_at: u64,
+    /// Nanoseconds part of the creation time.
+    #[serde(default)]
+    pub created_nanos: u32,
+    /// Lifecycle state.
+    pub state: VolumeState,
+    /// The group snapshot it belongs to, if any.
+    #[serde(default)]
+    pub group_id: Option<String>,
+}
+
+/// Snapshots of several volumes taken at one point in time.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct GroupSnapshotRecord {
+    /// Stable id (`g-` + 32 hex digits).
+    pub id: String,
+    /// The CO's name for it.
+    pub name: String,
+    /// Member snapshot ids, in the order of `source_volume_ids`.
+    pub snapshot_ids: Vec<String>,
+    /// The volumes, as requested.
+    pub source_volume_ids: Vec<String>,
+    /// Creation time, seconds since the epoch.
+    pub created_at: u64,
+    /// Nanoseconds part of the creation time.
+    pub created_nanos: u32,
+    /// Lifecycle state.
+    pub state: VolumeState,
 }
 
 /// Capacity of a pool, for GetCapacity.

@@ -21,6 +21,10 @@ pub struct StageOptions {
     pub fs_type: Option<String>,
     /// Extra mount flags.
     pub mount_flags: Vec<String>,
+    /// Raw block access: attach the loop device, mount nothing.
+    pub block: bool,
+    /// Refuse unless ControllerPublish attached the volume to this node (CSI calls).
+    pub require_attachment: bool,
 }
 
 /// Options of a NodePublish call.
@@ -30,6 +34,10 @@ pub struct PublishOptions {
     pub read_only: bool,
     /// Extra mount flags.
     pub mount_flags: Vec<String>,
+    /// Bind the loop device node onto a file at the target.
+    pub block: bool,
+    /// SINGLE_NODE_SINGLE_WRITER: no other target may hold the volume.
+    pub single_writer: bool,
 }
 
 fn require_absolute(path: &Path, what: &str) -> Result<()> {
@@ -43,6 +51,15 @@ fn require_absolute(path: &Path, what: &str) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// Removes an empty directory or a file (a block volume's target).
+fn remove_path(path: &Path) -> io::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir(path),
+        Ok(_) => std::fs::remove_file(path),
+        Err(e) => Err(e),
+    }
 }
 
 fn ignore_not_found(r: io::Result<()>) -> io::Result<()> {
@@ -67,8 +84,25 @@ impl VolumeManager {
         require_absolute(staging, "staging path")?;
         let _guard = self.claim(id)?;
         let mut rec = self.get(id)?;
+        if opts.require_attachment
+            && !rec
+                .attachments
+                .iter()
+                .any(|a| a.node_id == self.node.node_id)
+        {
+            return Err(Error::FailedPrecondition(format!(
+                "volume {id} is not published to node {} (ControllerPublishVolume first)",
+                self.node.node_id
+            )));
+        }
+        if opts.block && rec.kind != VolumeKind::Loop {
+            return Err(Error::InvalidArgument(format!(
+                "volume {id} is a directory volume; block access needs kind=loop"
+            )));
+        }
         if let (VolumeKind::Loop, Some(want)) = (rec.kind, opts.fs_type.as_deref())
             && !want.is_empty()
+            && !opts.block
             && FsType::parse(want)? != rec.fs.unwrap_or(FsType::Ext4)
         {
             return Err(Error::InvalidArgument(format!(
@@ -77,13 +111,18 @@ impl VolumeManager {
             )));
         }
         if let Some(existing) = &rec.staging {
-            if existing.path != staging {
+            if existing.path != staging || existing.block != opts.block {
                 return Err(Error::FailedPrecondition(format!(
-                    "volume {id} is already staged at {}",
-                    existing.path.display()
+                    "volume {id} is already staged at {}{}",
+                    existing.path.display(),
+                    if existing.block {
+                        " for block access"
+                    } else {
+                        ""
+                    }
                 )));
             }
-            if self.is_mounted(staging)? {
+            if self.is_staged_in_place(&rec)? {
                 return Ok(());
             }
         }
@@ -91,15 +130,18 @@ impl VolumeManager {
             path: staging.to_path_buf(),
             loop_device: None,
             mount_flags: opts.mount_flags.clone(),
+            block: opts.block,
         });
         self.store.put(&rec)?;
-        match self.mount_staging(&rec, staging, &opts.mount_flags) {
+        match self.mount_staging(&mut rec, staging, &opts.mount_flags) {
             Ok(device) => {
                 if let Some(s) = rec.staging.as_mut() {
                     s.loop_device = device;
                 }
                 self.store.put(&rec)?;
-                tracing::info!(volume.id = %id, staging = %staging.display(), "staged");
+                // A restore into a larger volume, or an expansion while unstaged.
+                self.grow_filesystem(&mut rec)?;
+                tracing::info!(volume.id = %id, staging = %staging.display(), block = opts.block, "staged");
                 Ok(())
             }
             Err(e) => {
@@ -110,14 +152,32 @@ impl VolumeManager {
         }
     }
 
+    /// True when the recorded staging is in place: the mount exists, or for block
+    /// staging, a loop device is attached to the image.
+    pub(crate) fn is_staged_in_place(&self, rec: &VolumeRecord) -> Result<bool> {
+        match &rec.staging {
+            None => Ok(false),
+            Some(s) if s.block => Ok(!self
+                .host
+                .loops
+                .find(&self.pool.image_path(&rec.id))
+                .ctx(|| "list loop devices".into())?
+                .is_empty()),
+            Some(s) => self.is_mounted(&s.path),
+        }
+    }
+
     /// Mounts a volume at its staging path; returns the loop device of a loop volume.
     /// On failure nothing it attached stays attached.
     pub(crate) fn mount_staging(
         &self,
-        rec: &VolumeRecord,
+        rec: &mut VolumeRecord,
         staging: &Path,
         flags: &[String],
     ) -> Result<Option<PathBuf>> {
+        if rec.staging.as_ref().is_some_and(|s| s.block) {
+            return self.attach_loop(rec).map(|(device, _)| Some(device));
+        }
         std::fs::create_dir_all(staging).ctx(|| format!("create {}", staging.display()))?;
         let mut opts = MountOptions::volume_defaults();
         opts.extra = flags.to_vec();
@@ -131,27 +191,25 @@ impl VolumeManager {
                 Ok(None)
             }
             VolumeKind::Loop => {
-                let image = self.pool.image_path(&rec.id);
-                let existing = self
-                    .host
-                    .loops
-                    .find(&image)
-                    .ctx(|| "list loop devices".into())?;
-                let (device, attached_here) = match existing.into_iter().next() {
-                    Some(l) => (l.device, false),
-                    None => {
-                        let l = self
-                            .host
-                            .loops
-                            .attach(&image, true, false)
-                            .ctx(|| format!("attach {}", image.display()))?;
-                        if !l.direct_io {
-                            tracing::warn!(volume.id = %rec.id, device = %l.device.display(), "loop device fell back to buffered I/O");
-                        }
-                        (l.device, true)
-                    }
-                };
+                let (device, attached_here) = self.attach_loop(rec)?;
                 let fs = rec.fs.unwrap_or(FsType::Ext4);
+                if fs == FsType::Ext4 && rec.filesystem_bytes() < rec.capacity {
+                    // Grow before mounting: offline resize needs no special privilege.
+                    let grown = self
+                        .host
+                        .loops
+                        .refresh_capacity(&device)
+                        .ctx(|| format!("refresh capacity of {}", device.display()))
+                        .and_then(|()| self.host.formatter.grow(&device, None, fs));
+                    if let Err(e) = grown {
+                        if attached_here {
+                            let _ = self.host.loops.detach(&device);
+                        }
+                        return Err(e);
+                    }
+                    rec.fs_size = rec.capacity;
+                    tracing::info!(volume.id = %rec.id, capacity = rec.capacity, "grew ext4 offline before mounting");
+                }
                 if let Err(e) = self
                     .host
                     .mounter
@@ -170,6 +228,28 @@ impl VolumeManager {
         }
     }
 
+    /// The loop device of a loop volume's image, attached now (true) or already.
+    pub(crate) fn attach_loop(&self, rec: &VolumeRecord) -> Result<(PathBuf, bool)> {
+        let image = self.pool.image_path(&rec.id);
+        let existing = self
+            .host
+            .loops
+            .find(&image)
+            .ctx(|| "list loop devices".into())?;
+        if let Some(l) = existing.into_iter().next() {
+            return Ok((l.device, false));
+        }
+        let l = self
+            .host
+            .loops
+            .attach(&image, true, false)
+            .ctx(|| format!("attach {}", image.display()))?;
+        if !l.direct_io {
+            tracing::warn!(volume.id = %rec.id, device = %l.device.display(), "loop device fell back to buffered I/O");
+        }
+        Ok((l.device, true))
+    }
+
     /// Unstages volume `id` from `staging`: unmounts and detaches its loop device.
     pub fn unstage(&self, id: &str, staging: &Path) -> Result<()> {
         require_absolute(staging, "staging path")?;
@@ -181,7 +261,8 @@ impl VolumeManager {
                 p.target.display()
             )));
         }
-        if self.is_mounted(staging)? {
+        let block = rec.staging.as_ref().is_some_and(|s| s.block);
+        if !block && self.is_mounted(staging)? {
             self.host
                 .mounter
                 .unmount(staging)
@@ -226,7 +307,13 @@ impl VolumeManager {
         let _guard = self.claim(id)?;
         let mut rec = self.get(id)?;
         match &rec.staging {
-            Some(s) if s.path == staging => {}
+            Some(s) if s.path == staging && s.block == opts.block => {}
+            Some(s) if s.path == staging => {
+                return Err(Error::InvalidArgument(format!(
+                    "volume {id} is staged for {} access",
+                    if s.block { "block" } else { "mount" }
+                )));
+            }
             _ => {
                 return Err(Error::FailedPrecondition(format!(
                     "volume {id} is not staged at {}",
@@ -235,45 +322,77 @@ impl VolumeManager {
             }
         }
         if let Some(existing) = rec.publications.iter().find(|p| p.target == target) {
-            if existing.read_only != opts.read_only {
+            if existing.read_only != opts.read_only || existing.block != opts.block {
                 return Err(Error::PublishConflict(target.to_path_buf()));
             }
             if self.is_mounted(target)? {
                 return Ok(());
             }
         } else {
+            if let Some(other) = rec
+                .publications
+                .iter()
+                .find(|p| opts.single_writer || p.single_writer)
+            {
+                return Err(Error::FailedPrecondition(format!(
+                    "volume {id} is single-writer and already published at {}",
+                    other.target.display()
+                )));
+            }
             rec.publications.push(PublishRecord {
                 target: target.to_path_buf(),
                 read_only: opts.read_only,
+                block: opts.block,
+                single_writer: opts.single_writer,
             });
             self.store.put(&rec)?;
         }
-        if let Err(e) = self.bind_target(staging, target, opts) {
+        let source = if opts.block {
+            self.attach_loop(&rec)?.0
+        } else {
+            staging.to_path_buf()
+        };
+        if let Err(e) = self.bind_target(&source, target, opts) {
             rec.publications.retain(|p| p.target != target);
             self.store.put(&rec)?;
             return Err(e);
         }
-        tracing::info!(volume.id = %id, target = %target.display(), read_only = opts.read_only, "published");
+        tracing::info!(volume.id = %id, target = %target.display(), read_only = opts.read_only, block = opts.block, "published");
         Ok(())
     }
 
+    /// Bind-mounts `source` (the staging directory, or a loop device node) at `target`,
+    /// creating the target directory (or, for a device, file) when missing.
     pub(crate) fn bind_target(
         &self,
-        staging: &Path,
+        source: &Path,
         target: &Path,
         opts: &PublishOptions,
     ) -> Result<()> {
         let created = !target.exists();
-        std::fs::create_dir_all(target).ctx(|| format!("create {}", target.display()))?;
+        if opts.block {
+            if let Some(parent) = target.parent() {
+                std::fs::create_dir_all(parent).ctx(|| format!("create {}", parent.display()))?;
+            }
+            if created {
+                std::fs::File::create(target).ctx(|| format!("create {}", target.display()))?;
+            }
+        } else {
+            std::fs::create_dir_all(target).ctx(|| format!("create {}", target.display()))?;
+        }
         let mut mount_opts = MountOptions::volume_defaults();
         mount_opts.read_only = opts.read_only;
-        mount_opts.extra = opts.mount_flags.clone();
-        if let Err(e) = self.host.mounter.bind(staging, target, &mount_opts) {
+        // The device node itself must stay usable: nodev would make it inaccessible.
+        mount_opts.nodev = !opts.block;
+        if !opts.block {
+            mount_opts.extra = opts.mount_flags.clone();
+        }
+        if let Err(e) = self.host.mounter.bind(source, target, &mount_opts) {
             if created {
-                let _ = std::fs::remove_dir(target);
+                let _ = remove_path(target);
             }
             return Err(Error::io(
-                format!("bind {} at {}", staging.display(), target.display()),
+                format!("bind {} at {}", source.display(), target.display()),
                 e,
             ));
         }
@@ -292,8 +411,7 @@ impl VolumeManager {
                 .ctx(|| format!("unmount {}", target.display()))?;
         }
         // The spec asks the plugin to remove what it created at the target path.
-        ignore_not_found(std::fs::remove_dir(target))
-            .ctx(|| format!("remove {}", target.display()))?;
+        ignore_not_found(remove_path(target)).ctx(|| format!("remove {}", target.display()))?;
         let before = rec.publications.len();
         rec.publications.retain(|p| p.target != target);
         if rec.publications.len() != before {
@@ -313,6 +431,14 @@ impl VolumeManager {
                 id: id.to_string(),
                 path: path.to_path_buf(),
             });
+        }
+        if rec.staging.as_ref().is_some_and(|s| s.block) {
+            // A raw device: its size is all there is to report.
+            let usage = VolumeUsage {
+                total_bytes: rec.capacity,
+                ..Default::default()
+            };
+            return Ok((usage, self.node_health(&rec, None)?));
         }
         let st = nix::sys::statvfs::statvfs(path)
             .map_err(|e| Error::io(format!("statvfs {}", path.display()), e.into()))?;

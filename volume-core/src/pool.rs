@@ -22,6 +22,8 @@ use crate::os::mount::MountOptions;
 pub const IMAGE_FILE: &str = "disk.img";
 /// Name of the volumes directory inside a pool root.
 pub const VOLUMES_DIR: &str = "volumes";
+/// Name of the snapshots directory inside a pool root.
+pub const SNAPSHOTS_DIR: &str = "snapshots";
 
 /// Which pool to use, as the daemon's flags describe it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,8 +81,10 @@ impl Pool {
             PoolConfig::Btrfs { path } => (path.clone(), true),
             PoolConfig::Dir { path } => (path.clone(), false),
         };
-        std::fs::create_dir_all(root.join(VOLUMES_DIR))
-            .ctx(|| format!("create {}", root.join(VOLUMES_DIR).display()))?;
+        for sub in [VOLUMES_DIR, SNAPSHOTS_DIR] {
+            std::fs::create_dir_all(root.join(sub))
+                .ctx(|| format!("create {}", root.join(sub).display()))?;
+        }
         let is_btrfs = host
             .btrfs
             .is_btrfs(&root)
@@ -133,6 +137,11 @@ impl Pool {
         self.volume_dir(id).join(IMAGE_FILE)
     }
 
+    /// The directory (a read-only subvolume on btrfs) of snapshot `id`.
+    pub fn snapshot_dir(&self, id: &str) -> PathBuf {
+        self.root.join(SNAPSHOTS_DIR).join(id)
+    }
+
     /// Total and available bytes of the pool's filesystem.
     pub fn usage(&self) -> Result<PoolUsage> {
         let st = nix::sys::statvfs::statvfs(&self.root)
@@ -144,9 +153,11 @@ impl Pool {
         })
     }
 
-    /// Makes the storage for `rec` (directory or formatted image) and fills in
-    /// `subvolume_id` and `capacity_enforced`. On failure nothing is left behind.
-    pub fn allocate(&self, rec: &mut VolumeRecord) -> Result<()> {
+    /// Makes the storage for `rec` — empty (a directory, or a freshly formatted image)
+    /// or as a writable copy of `origin` (a snapshot's or another volume's directory) —
+    /// and fills in `subvolume_id`, `capacity_enforced` and `fs_size`. On failure
+    /// nothing is left behind.
+    pub fn allocate(&self, rec: &mut VolumeRecord, origin: Option<&Path>) -> Result<()> {
         let usage = self.usage()?;
         if rec.capacity > usage.available {
             return Err(Error::NoSpace(format!(
@@ -155,19 +166,36 @@ impl Pool {
             )));
         }
         let dir = self.volume_dir(&rec.id);
-        rec.subvolume_id = match self.backend {
-            PoolBackend::Btrfs { .. } => Some(self.host.btrfs.create_subvolume(&dir)?),
-            PoolBackend::Plain => {
+        rec.subvolume_id = match (&self.backend, origin) {
+            (PoolBackend::Btrfs { .. }, None) => Some(self.host.btrfs.create_subvolume(&dir)?),
+            (PoolBackend::Btrfs { .. }, Some(src)) => {
+                Some(self.host.btrfs.snapshot(src, &dir, false)?)
+            }
+            (PoolBackend::Plain, None) => {
                 std::fs::create_dir(&dir).ctx(|| format!("create {}", dir.display()))?;
                 None
             }
+            (PoolBackend::Plain, Some(src)) => {
+                if let Err(e) = self.host.copier.copy_tree(src, &dir) {
+                    let _ = std::fs::remove_dir_all(&dir);
+                    return Err(e);
+                }
+                None
+            }
         };
-        let result = match rec.kind {
-            VolumeKind::Dir => self.make_dir_volume(rec, &dir),
-            VolumeKind::Loop => {
+        let result = match (rec.kind, origin) {
+            (VolumeKind::Dir, _) => self.make_dir_volume(rec, &dir),
+            (VolumeKind::Loop, None) => {
                 let fs = rec.fs.unwrap_or(FsType::Ext4);
                 rec.capacity_enforced = true;
+                rec.fs_size = rec.capacity;
                 self.make_image(&dir.join(IMAGE_FILE), rec.capacity, fs)
+            }
+            (VolumeKind::Loop, Some(_)) => {
+                // The copied filesystem keeps its size (`fs_size`, set by the caller);
+                // a larger image is grown now and the filesystem at its next stage.
+                rec.capacity_enforced = true;
+                self.grow_image(&rec.id, rec.capacity)
             }
         };
         if let Err(e) = result {
@@ -177,6 +205,59 @@ impl Pool {
             return Err(e);
         }
         Ok(())
+    }
+
+    /// Grows a loop volume's image file to `size` bytes (never shrinks it).
+    pub fn grow_image(&self, id: &str, size: u64) -> Result<()> {
+        let image = self.image_path(id);
+        let file = OpenOptions::new()
+            .write(true)
+            .open(&image)
+            .ctx(|| format!("open {}", image.display()))?;
+        let len = file
+            .metadata()
+            .ctx(|| format!("stat {}", image.display()))?
+            .len();
+        if size > len {
+            file.set_len(size)
+                .ctx(|| format!("grow {}", image.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Sets a directory volume's size limit (a no-op on plain pools, which cannot).
+    pub fn set_dir_limit(&self, id: &str, bytes: u64) -> Result<()> {
+        match self.backend {
+            PoolBackend::Btrfs { .. } => self.host.btrfs.set_limit(&self.volume_dir(id), bytes),
+            PoolBackend::Plain => Ok(()),
+        }
+    }
+
+    /// Sets the compression of a directory volume's whole tree.
+    pub fn set_compression(&self, id: &str, algorithm: &str) -> Result<()> {
+        self.host
+            .btrfs
+            .set_compression(&self.volume_dir(id), algorithm)
+    }
+
+    /// Makes snapshot `snapshot_id` of volume `volume_id`: a read-only btrfs snapshot,
+    /// or a sparse-aware copy on plain pools. On failure nothing is left behind.
+    pub fn take_snapshot(&self, volume_id: &str, snapshot_id: &str) -> Result<()> {
+        let src = self.volume_dir(volume_id);
+        let dest = self.snapshot_dir(snapshot_id);
+        let result = match self.backend {
+            PoolBackend::Btrfs { .. } => self.host.btrfs.snapshot(&src, &dest, true).map(|_| ()),
+            PoolBackend::Plain => self.host.copier.copy_tree(&src, &dest),
+        };
+        if result.is_err() {
+            let _ = self.remove_dir(&dest);
+        }
+        result
+    }
+
+    /// Removes snapshot `id`'s storage; succeeds when it is already gone.
+    pub fn release_snapshot(&self, id: &str) -> Result<()> {
+        self.remove_dir(&self.snapshot_dir(id))
     }
 
     fn make_dir_volume(&self, rec: &mut VolumeRecord, dir: &Path) -> Result<()> {
@@ -248,15 +329,17 @@ impl Pool {
         }
     }
 
-    /// Entries of the volumes directory that no record explains.
+    /// Entries of the volumes and snapshots directories that no record explains.
     pub fn orphans(&self, known: &HashSet<String>) -> Result<Vec<PathBuf>> {
-        let dir = self.root.join(VOLUMES_DIR);
         let mut out = Vec::new();
-        for entry in std::fs::read_dir(&dir).ctx(|| format!("read {}", dir.display()))? {
-            let entry = entry.ctx(|| format!("read {}", dir.display()))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if !known.contains(&name) {
-                out.push(entry.path());
+        for sub in [VOLUMES_DIR, SNAPSHOTS_DIR] {
+            let dir = self.root.join(sub);
+            for entry in std::fs::read_dir(&dir).ctx(|| format!("read {}", dir.display()))? {
+                let entry = entry.ctx(|| format!("read {}", dir.display()))?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if !known.contains(&name) {
+                    out.push(entry.path());
+                }
             }
         }
         out.sort();

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use crate::error::{IoContext, Result};
 use crate::manager::VolumeManager;
-use crate::model::{VolumeKind, VolumeState};
+use crate::model::{GroupSnapshotRecord, SnapshotRecord, VolumeKind, VolumeRecord, VolumeState};
 use crate::node::PublishOptions;
 
 /// What reconciliation found and did.
@@ -40,8 +40,29 @@ impl VolumeManager {
     pub fn reconcile(&self) -> Result<ReconcileReport> {
         let mut report = ReconcileReport::default();
         let mut known = HashSet::new();
+        for g in self.store.list::<GroupSnapshotRecord>()? {
+            if g.state != VolumeState::Ready {
+                self.forget_group(&g)?;
+                tracing::warn!(group.id = %g.id, "rolled back interrupted group snapshot");
+                report.rolled_back.push(g.id);
+            }
+        }
+        for snap in self.store.list::<SnapshotRecord>()? {
+            if snap.state == VolumeState::Ready {
+                known.insert(snap.id);
+                continue;
+            }
+            self.forget_snapshot(&snap)?;
+            if snap.state == VolumeState::Creating {
+                tracing::warn!(snapshot.id = %snap.id, "rolled back interrupted snapshot");
+                report.rolled_back.push(snap.id);
+            } else {
+                tracing::warn!(snapshot.id = %snap.id, "finished interrupted snapshot delete");
+                report.finished_deletes.push(snap.id);
+            }
+        }
         let mut staged_images = HashSet::new();
-        for mut rec in self.store.list()? {
+        for mut rec in self.store.list::<VolumeRecord>()? {
             match rec.state {
                 VolumeState::Creating => {
                     self.forget(&rec)?;
@@ -64,16 +85,10 @@ impl VolumeManager {
             if rec.kind == VolumeKind::Loop {
                 staged_images.insert(self.pool.image_path(&rec.id));
             }
-            let staged = if self
-                .host
-                .mounter
-                .mount_at(&stage.path)
-                .ctx(|| "read mount table".into())?
-                .is_some()
-            {
+            let staged = if self.is_staged_in_place(&rec)? {
                 true
             } else {
-                match self.mount_staging(&rec, &stage.path, &stage.mount_flags) {
+                match self.mount_staging(&mut rec, &stage.path, &stage.mount_flags) {
                     Ok(device) => {
                         tracing::info!(volume.id = %rec.id, staging = %stage.path.display(), "restored staging mount");
                         report.restored_mounts.push(stage.path.clone());
@@ -111,8 +126,15 @@ impl VolumeManager {
                 let opts = PublishOptions {
                     read_only: p.read_only,
                     mount_flags: Vec::new(),
+                    block: p.block,
+                    single_writer: p.single_writer,
                 };
-                match self.bind_target(&stage.path, &p.target, &opts) {
+                let source = if p.block {
+                    self.attach_loop(&rec).map(|(device, _)| device)
+                } else {
+                    Ok(stage.path.clone())
+                };
+                match source.and_then(|src| self.bind_target(&src, &p.target, &opts)) {
                     Ok(()) => report.restored_mounts.push(p.target.clone()),
                     Err(e) => report
                         .broken_mounts
@@ -143,7 +165,7 @@ impl VolumeManager {
 #[cfg(test)]
 mod tests {
     use crate::manager::tests::{fixture, req};
-    use crate::model::{VolumeKind, VolumeState};
+    use crate::model::{VolumeKind, VolumeRecord, VolumeState};
     use crate::node::{PublishOptions, StageOptions};
 
     #[test]
@@ -151,17 +173,17 @@ mod tests {
         let f = fixture(true);
         let a = f.mgr.create(&req("a", "dir", 1 << 20)).unwrap();
         let b = f.mgr.create(&req("b", "dir", 1 << 20)).unwrap();
-        let mut ra = f.mgr.store.get(&a.id).unwrap().unwrap();
+        let mut ra = f.mgr.store.get::<VolumeRecord>(&a.id).unwrap().unwrap();
         ra.state = VolumeState::Creating;
         f.mgr.store.put(&ra).unwrap();
-        let mut rb = f.mgr.store.get(&b.id).unwrap().unwrap();
+        let mut rb = f.mgr.store.get::<VolumeRecord>(&b.id).unwrap().unwrap();
         rb.state = VolumeState::Deleting;
         f.mgr.store.put(&rb).unwrap();
 
         let report = f.mgr.reconcile().unwrap();
         assert_eq!(report.rolled_back, vec![a.id.clone()]);
         assert_eq!(report.finished_deletes, vec![b.id.clone()]);
-        assert!(f.mgr.store.list().unwrap().is_empty());
+        assert!(f.mgr.store.list::<VolumeRecord>().unwrap().is_empty());
         assert!(!f.mgr.pool().volume_dir(&a.id).exists());
         assert!(!report.needs_attention());
     }

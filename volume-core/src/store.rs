@@ -1,22 +1,70 @@
-//! The metadata store: one redb database under the state root holding every volume
-//! record, keyed by id, with a name index. Each change is one durable transaction, so
-//! after a crash the store says exactly which step a volume had reached.
+//! The metadata store: one redb database under the state root holding every record
+//! (volumes, snapshots, group snapshots), each kind in its own table keyed by id with a
+//! name index. Each change is one durable transaction, so after a crash the store says
+//! exactly which step an object had reached.
 
 use std::path::Path;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
-use crate::model::VolumeRecord;
+use crate::model::{GroupSnapshotRecord, SnapshotRecord, VolumeRecord};
 
-const VOLUMES: TableDefinition<&str, &[u8]> = TableDefinition::new("volumes");
-const NAMES: TableDefinition<&str, &str> = TableDefinition::new("volume_names");
+type Table = TableDefinition<'static, &'static str, &'static [u8]>;
+type NameTable = TableDefinition<'static, &'static str, &'static str>;
+
+/// A kind of record the store keeps: its tables and its keys.
+pub trait Record: Serialize + DeserializeOwned {
+    /// Table of id → JSON record.
+    const TABLE: Table;
+    /// Table of name → id.
+    const NAMES: NameTable;
+    /// The record's id.
+    fn id(&self) -> &str;
+    /// The record's name (the CO's idempotency key).
+    fn name(&self) -> &str;
+}
+
+impl Record for VolumeRecord {
+    const TABLE: Table = TableDefinition::new("volumes");
+    const NAMES: NameTable = TableDefinition::new("volume_names");
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Record for SnapshotRecord {
+    const TABLE: Table = TableDefinition::new("snapshots");
+    const NAMES: NameTable = TableDefinition::new("snapshot_names");
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Record for GroupSnapshotRecord {
+    const TABLE: Table = TableDefinition::new("group_snapshots");
+    const NAMES: NameTable = TableDefinition::new("group_snapshot_names");
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
 
 fn db_err(e: impl Into<redb::Error>) -> Error {
     Error::Store(Box::new(e.into()))
 }
 
-/// Persistent volume metadata.
+/// Persistent metadata.
 #[derive(Debug)]
 pub struct Store {
     db: Database,
@@ -26,94 +74,97 @@ impl Store {
     /// Opens (or creates) the database file at `path`.
     pub fn open(path: &Path) -> Result<Self> {
         let db = Database::create(path).map_err(db_err)?;
-        // Make sure both tables exist so readers never see "table does not exist".
+        // Make sure every table exists so readers never see "table does not exist".
         let tx = db.begin_write().map_err(db_err)?;
-        tx.open_table(VOLUMES).map_err(db_err)?;
-        tx.open_table(NAMES).map_err(db_err)?;
+        for (t, n) in [
+            (VolumeRecord::TABLE, VolumeRecord::NAMES),
+            (SnapshotRecord::TABLE, SnapshotRecord::NAMES),
+            (GroupSnapshotRecord::TABLE, GroupSnapshotRecord::NAMES),
+        ] {
+            tx.open_table(t).map_err(db_err)?;
+            tx.open_table(n).map_err(db_err)?;
+        }
         tx.commit().map_err(db_err)?;
         Ok(Store { db })
     }
 
-    /// Inserts or replaces a volume record (and its name index entry).
-    pub fn put(&self, rec: &VolumeRecord) -> Result<()> {
+    /// Inserts or replaces a record (and its name index entry).
+    pub fn put<R: Record>(&self, rec: &R) -> Result<()> {
         let bytes = serde_json::to_vec(rec).map_err(|source| Error::Corrupt {
-            key: rec.id.clone(),
+            key: rec.id().to_string(),
             source,
         })?;
         let tx = self.db.begin_write().map_err(db_err)?;
         {
-            let mut vols = tx.open_table(VOLUMES).map_err(db_err)?;
-            vols.insert(rec.id.as_str(), bytes.as_slice())
-                .map_err(db_err)?;
-            let mut names = tx.open_table(NAMES).map_err(db_err)?;
-            names
-                .insert(rec.name.as_str(), rec.id.as_str())
-                .map_err(db_err)?;
+            let mut table = tx.open_table(R::TABLE).map_err(db_err)?;
+            table.insert(rec.id(), bytes.as_slice()).map_err(db_err)?;
+            let mut names = tx.open_table(R::NAMES).map_err(db_err)?;
+            names.insert(rec.name(), rec.id()).map_err(db_err)?;
         }
         tx.commit().map_err(db_err)
     }
 
-    /// Removes a volume record and its name index entry.
-    pub fn remove(&self, id: &str) -> Result<()> {
+    /// Removes a record and its name index entry.
+    pub fn remove<R: Record>(&self, id: &str) -> Result<()> {
         let tx = self.db.begin_write().map_err(db_err)?;
         {
-            let mut vols = tx.open_table(VOLUMES).map_err(db_err)?;
-            let old = vols.remove(id).map_err(db_err)?;
+            let mut table = tx.open_table(R::TABLE).map_err(db_err)?;
+            let old = table.remove(id).map_err(db_err)?;
             if let Some(old) = old {
-                let rec = decode(id, old.value())?;
+                let rec: R = decode(id, old.value())?;
                 drop(old);
-                let mut names = tx.open_table(NAMES).map_err(db_err)?;
+                let mut names = tx.open_table(R::NAMES).map_err(db_err)?;
                 let points_here = names
-                    .get(rec.name.as_str())
+                    .get(rec.name())
                     .map_err(db_err)?
                     .is_some_and(|v| v.value() == id);
                 if points_here {
-                    names.remove(rec.name.as_str()).map_err(db_err)?;
+                    names.remove(rec.name()).map_err(db_err)?;
                 }
             }
         }
         tx.commit().map_err(db_err)
     }
 
-    /// The record of volume `id`.
-    pub fn get(&self, id: &str) -> Result<Option<VolumeRecord>> {
+    /// The record with `id`.
+    pub fn get<R: Record>(&self, id: &str) -> Result<Option<R>> {
         let tx = self.db.begin_read().map_err(db_err)?;
-        let vols = tx.open_table(VOLUMES).map_err(db_err)?;
-        match vols.get(id).map_err(db_err)? {
+        let table = tx.open_table(R::TABLE).map_err(db_err)?;
+        match table.get(id).map_err(db_err)? {
             Some(v) => decode(id, v.value()).map(Some),
             None => Ok(None),
         }
     }
 
-    /// The record of the volume named `name`.
-    pub fn get_by_name(&self, name: &str) -> Result<Option<VolumeRecord>> {
+    /// The record named `name`.
+    pub fn get_by_name<R: Record>(&self, name: &str) -> Result<Option<R>> {
         let tx = self.db.begin_read().map_err(db_err)?;
-        let names = tx.open_table(NAMES).map_err(db_err)?;
+        let names = tx.open_table(R::NAMES).map_err(db_err)?;
         let Some(id) = names.get(name).map_err(db_err)? else {
             return Ok(None);
         };
         let id = id.value().to_string();
-        let vols = tx.open_table(VOLUMES).map_err(db_err)?;
-        match vols.get(id.as_str()).map_err(db_err)? {
+        let table = tx.open_table(R::TABLE).map_err(db_err)?;
+        match table.get(id.as_str()).map_err(db_err)? {
             Some(v) => decode(&id, v.value()).map(Some),
             None => Ok(None),
         }
     }
 
-    /// All records, ordered by id.
-    pub fn list(&self) -> Result<Vec<VolumeRecord>> {
+    /// All records of a kind, ordered by id.
+    pub fn list<R: Record>(&self) -> Result<Vec<R>> {
         self.list_after(None, usize::MAX)
     }
 
     /// Up to `limit` records with ids greater than `after`, ordered by id.
-    pub fn list_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<VolumeRecord>> {
+    pub fn list_after<R: Record>(&self, after: Option<&str>, limit: usize) -> Result<Vec<R>> {
         let tx = self.db.begin_read().map_err(db_err)?;
-        let vols = tx.open_table(VOLUMES).map_err(db_err)?;
+        let table = tx.open_table(R::TABLE).map_err(db_err)?;
         let iter = match after {
             Some(a) => {
-                vols.range::<&str>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded))
+                table.range::<&str>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded))
             }
-            None => vols.range::<&str>(..),
+            None => table.range::<&str>(..),
         }
         .map_err(db_err)?;
         let mut out = Vec::new();
@@ -125,7 +176,7 @@ impl Store {
     }
 }
 
-fn decode(key: &str, bytes: &[u8]) -> Result<VolumeRecord> {
+fn decode<R: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<R> {
     serde_json::from_slice(bytes).map_err(|source| Error::Corrupt {
         key: key.to_string(),
         source,
@@ -151,6 +202,7 @@ mod tests {
             created_at: 0,
             staging: None,
             publications: vec![],
+            ..Default::default()
         }
     }
 
@@ -165,20 +217,30 @@ mod tests {
             s.put(&rec("c", "three")).unwrap();
         }
         let s = Store::open(&path).unwrap();
-        assert_eq!(s.get("a").unwrap().unwrap().name, "one");
-        assert_eq!(s.get_by_name("two").unwrap().unwrap().id, "b");
-        let ids: Vec<_> = s.list().unwrap().into_iter().map(|r| r.id).collect();
+        assert_eq!(s.get::<VolumeRecord>("a").unwrap().unwrap().name, "one");
+        assert_eq!(
+            s.get_by_name::<VolumeRecord>("two").unwrap().unwrap().id,
+            "b"
+        );
+        let ids: Vec<_> = s
+            .list::<VolumeRecord>()
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
         assert_eq!(ids, ["a", "b", "c"]);
         let page: Vec<_> = s
-            .list_after(Some("a"), 1)
+            .list_after::<VolumeRecord>(Some("a"), 1)
             .unwrap()
             .into_iter()
             .map(|r| r.id)
             .collect();
         assert_eq!(page, ["b"]);
-        s.remove("b").unwrap();
-        assert!(s.get("b").unwrap().is_none());
-        assert!(s.get_by_name("two").unwrap().is_none());
-        s.remove("nope").unwrap();
+        s.remove::<VolumeRecord>("b").unwrap();
+        assert!(s.get::<VolumeRecord>("b").unwrap().is_none());
+        assert!(s.get_by_name::<VolumeRecord>("two").unwrap().is_none());
+        s.remove::<VolumeRecord>("nope").unwrap();
+        // Kinds are kept apart.
+        assert!(s.get::<SnapshotRecord>("a").unwrap().is_none());
     }
 }

@@ -146,3 +146,45 @@ pub fn set_inode_flags(file: BorrowedFd<'_>, flags: libc::c_long) -> io::Result<
     })?;
     Ok(())
 }
+
+// From <linux/fs.h>: _IOWR('X', 119, int) and _IOWR('X', 120, int).
+const FIFREEZE: libc::c_ulong = 0xC004_5877;
+const FITHAW: libc::c_ulong = 0xC004_5878;
+
+/// Freezes the filesystem `mount_dir` is the root of: flushes it and blocks new writes
+/// until [`thaw`], so a copy of its device taken meanwhile is consistent.
+pub fn freeze(mount_dir: BorrowedFd<'_>) -> io::Result<()> {
+    let arg: libc::c_int = 0;
+    // SAFETY: FIFREEZE takes an int argument it ignores; the fd is valid for the call.
+    check(unsafe { libc::ioctl(mount_dir.as_raw_fd(), FIFREEZE, arg) })?;
+    Ok(())
+}
+
+/// Thaws a filesystem frozen with [`freeze`].
+pub fn thaw(mount_dir: BorrowedFd<'_>) -> io::Result<()> {
+    let arg: libc::c_int = 0;
+    // SAFETY: FITHAW takes an int argument it ignores; the fd is valid for the call.
+    check(unsafe { libc::ioctl(mount_dir.as_raw_fd(), FITHAW, arg) })?;
+    Ok(())
+}
+
+/// Sets extended attribute `name` of the file at `path` (not following a final symlink).
+pub fn lsetxattr(path: &std::path::Path, name: &str, value: &[u8]) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let c_name =
+        std::ffi::CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: both strings are NUL-terminated and live for the call; `value` points to
+    // `value.len()` readable bytes.
+    check(unsafe {
+        libc::lsetxattr(
+            c_path.as_ptr(),
+            c_name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    })?;
+    Ok(())
+}

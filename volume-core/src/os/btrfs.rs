@@ -29,6 +29,13 @@ pub trait Btrfs: Send + Sync + Debug {
     fn enable_quota(&self, mount: &Path) -> Result<()>;
     /// Creates a subvolume at `path` and returns its id.
     fn create_subvolume(&self, path: &Path) -> Result<u64>;
+    /// Snapshots subvolume `source` as a new subvolume `dest` (read-only when
+    /// `read_only`) and returns the new subvolume's id.
+    fn snapshot(&self, source: &Path, dest: &Path, read_only: bool) -> Result<u64>;
+    /// Sets the compression of everything under `path` (existing directories and
+    /// files, so new data written anywhere in the tree uses it): `zstd`, `lzo`, `zlib`
+    /// or `none`.
+    fn set_compression(&self, path: &Path, algorithm: &str) -> Result<()>;
     /// Deletes the subvolume at `path` and its qgroup.
     fn delete_subvolume(&self, path: &Path) -> Result<()>;
     /// Limits the bytes the subvolume at `path` may reference.
@@ -50,6 +57,22 @@ impl RealBtrfs {
     pub fn new(sys: impl Into<PathBuf>) -> Self {
         RealBtrfs { sys: sys.into() }
     }
+}
+
+fn rootid(path: &Path) -> Result<u64> {
+    let id = run(
+        "btrfs",
+        [
+            "inspect-internal".as_ref(),
+            "rootid".as_ref(),
+            path.as_os_str(),
+        ],
+    )?;
+    id.trim().parse().map_err(|_| Error::Command {
+        program: "btrfs inspect-internal rootid".into(),
+        status: "ok".into(),
+        stderr: format!("unexpected output {id:?}"),
+    })
 }
 
 const BTRFS_SUPER_MAGIC: i64 = 0x9123_683E;
@@ -102,6 +125,43 @@ impl Btrfs for RealBtrfs {
             status: "ok".into(),
             stderr: format!("unexpected output {id:?}"),
         })
+    }
+
+    fn snapshot(&self, source: &Path, dest: &Path, read_only: bool) -> Result<u64> {
+        let mut args: Vec<&std::ffi::OsStr> = vec!["subvolume".as_ref(), "snapshot".as_ref()];
+        if read_only {
+            args.push("-r".as_ref());
+        }
+        args.push(source.as_os_str());
+        args.push(dest.as_os_str());
+        run("btrfs", args)?;
+        rootid(dest)
+    }
+
+    fn set_compression(&self, path: &Path, algorithm: &str) -> Result<()> {
+        let value = if algorithm == "none" {
+            "none"
+        } else {
+            algorithm
+        };
+        let mut stack = vec![path.to_path_buf()];
+        while let Some(p) = stack.pop() {
+            let meta = std::fs::symlink_metadata(&p)
+                .map_err(|e| Error::io(format!("stat {}", p.display()), e))?;
+            if meta.is_dir() {
+                for entry in std::fs::read_dir(&p)
+                    .map_err(|e| Error::io(format!("read {}", p.display()), e))?
+                {
+                    let entry = entry.map_err(|e| Error::io(format!("read {}", p.display()), e))?;
+                    stack.push(entry.path());
+                }
+            } else if !meta.is_file() {
+                continue; // symlinks, devices, sockets: no data to compress
+            }
+            sys::lsetxattr(&p, "btrfs.compression", value.as_bytes())
+                .map_err(|e| Error::io(format!("set compression on {}", p.display()), e))?;
+        }
+        Ok(())
     }
 
     fn delete_subvolume(&self, path: &Path) -> Result<()> {

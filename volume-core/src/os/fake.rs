@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::model::FsType;
 use crate::os::Host;
 use crate::os::btrfs::{Btrfs, QgroupUsage};
+use crate::os::copy::TreeCopy;
 use crate::os::loopdev::{LoopControl, LoopInfo};
 use crate::os::mkfs::Formatter;
 use crate::os::mount::{MountEntry, MountOptions, Mounter};
@@ -55,6 +56,7 @@ impl FakeHost {
             loops: self.clone(),
             formatter: self.clone(),
             btrfs: self.clone(),
+            copier: self.clone(),
         }
     }
 
@@ -171,6 +173,14 @@ impl Mounter for FakeHost {
     fn mounts(&self) -> io::Result<Vec<MountEntry>> {
         Ok(self.state().mounts.clone())
     }
+
+    fn freeze(&self, mount: &Path) -> io::Result<()> {
+        self.enter("freeze", &[&mount.display()])
+    }
+
+    fn thaw(&self, mount: &Path) -> io::Result<()> {
+        self.enter("thaw", &[&mount.display()])
+    }
 }
 
 impl LoopControl for FakeHost {
@@ -213,6 +223,35 @@ impl Formatter for FakeHost {
         self.enter("format_btrfs", &[&image.display(), &label])
             .map_err(|e| to_err("format_btrfs", e))
     }
+
+    fn grow(&self, device: &Path, mount: Option<&Path>, fs: FsType) -> Result<()> {
+        let how = if mount.is_some() { "online" } else { "offline" };
+        self.enter("grow", &[&device.display(), &how, &fs])
+            .map_err(|e| to_err("grow", e))
+    }
+}
+
+impl TreeCopy for FakeHost {
+    fn copy_tree(&self, source: &Path, dest: &Path) -> Result<()> {
+        self.enter("copy_tree", &[&source.display(), &dest.display()])
+            .map_err(|e| to_err("copy_tree", e))?;
+        copy_dir(source, dest).map_err(|e| to_err("copy_tree", e))
+    }
+}
+
+/// A plain recursive copy of regular files and directories (enough for the fake).
+fn copy_dir(source: &Path, dest: &Path) -> io::Result<()> {
+    std::fs::create_dir(dest)?;
+    for entry in std::fs::read_dir(source)? {
+        let entry = entry?;
+        let to = dest.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &to)?;
+        } else {
+            std::fs::copy(entry.path(), &to)?;
+        }
+    }
+    Ok(())
 }
 
 impl Btrfs for FakeHost {
@@ -238,6 +277,25 @@ impl Btrfs for FakeHost {
         st.next_subvolume += 1;
         st.subvolumes.insert(path.to_path_buf(), id);
         Ok(id)
+    }
+
+    fn snapshot(&self, source: &Path, dest: &Path, read_only: bool) -> Result<u64> {
+        self.enter(
+            "snapshot",
+            &[&source.display(), &dest.display(), &read_only],
+        )
+        .map_err(|e| to_err("snapshot", e))?;
+        copy_dir(source, dest).map_err(|e| to_err("snapshot", e))?;
+        let mut st = self.state();
+        let id = st.next_subvolume;
+        st.next_subvolume += 1;
+        st.subvolumes.insert(dest.to_path_buf(), id);
+        Ok(id)
+    }
+
+    fn set_compression(&self, path: &Path, algorithm: &str) -> Result<()> {
+        self.enter("set_compression", &[&path.display(), &algorithm])
+            .map_err(|e| to_err("set_compression", e))
     }
 
     fn delete_subvolume(&self, path: &Path) -> Result<()> {

@@ -14,6 +14,10 @@ pub trait Formatter: Send + Sync + Debug {
     fn format(&self, image: &Path, fs: FsType) -> Result<()>;
     /// Makes a btrfs filesystem on `image` (the embedded pool).
     fn format_btrfs(&self, image: &Path, label: &str) -> Result<()>;
+    /// Grows the filesystem on `device` to fill the device: online when it is mounted
+    /// at `mount` (resize2fs, xfs_growfs), offline otherwise (e2fsck + resize2fs; xfs
+    /// can only grow online).
+    fn grow(&self, device: &Path, mount: Option<&Path>, fs: FsType) -> Result<()>;
 }
 
 /// Formats with mkfs.ext4 / mkfs.xfs / mkfs.btrfs.
@@ -62,6 +66,37 @@ impl Formatter for RealFormatter {
                 image.as_os_str(),
             ],
         )?;
+        Ok(())
+    }
+
+    fn grow(&self, device: &Path, mount: Option<&Path>, fs: FsType) -> Result<()> {
+        match (fs, mount) {
+            (FsType::Ext4, Some(_)) => run("resize2fs", [device.as_os_str()])?,
+            (FsType::Ext4, None) => {
+                // resize2fs insists on a freshly checked filesystem when offline.
+                let status = std::process::Command::new("e2fsck")
+                    .args(["-f", "-p"])
+                    .arg(device)
+                    .stdin(std::process::Stdio::null())
+                    .output()
+                    .map_err(|e| crate::error::Error::io("run e2fsck", e))?;
+                // 0: clean, 1: errors corrected; anything else needs a person.
+                if !matches!(status.status.code(), Some(0) | Some(1)) {
+                    return Err(crate::error::Error::Command {
+                        program: "e2fsck".into(),
+                        status: status.status.to_string(),
+                        stderr: String::from_utf8_lossy(&status.stdout).trim().to_string(),
+                    });
+                }
+                run("resize2fs", [device.as_os_str()])?
+            }
+            (FsType::Xfs, Some(m)) => run("xfs_growfs", [m.as_os_str()])?,
+            (FsType::Xfs, None) => {
+                return Err(crate::error::Error::InvalidArgument(
+                    "xfs grows only while mounted".into(),
+                ));
+            }
+        };
         Ok(())
     }
 }

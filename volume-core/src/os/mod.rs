@@ -3,6 +3,7 @@
 
 pub mod btrfs;
 pub mod command;
+pub mod copy;
 pub mod fake;
 pub mod loopdev;
 pub mod mkfs;
@@ -11,6 +12,7 @@ pub mod mount;
 use std::sync::Arc;
 
 pub use btrfs::{Btrfs, RealBtrfs};
+pub use copy::{RealTreeCopy, TreeCopy};
 pub use loopdev::{LoopControl, LoopInfo, RealLoopControl};
 pub use mkfs::{Formatter, RealFormatter};
 pub use mount::{MountEntry, MountOptions, Mounter, RealMounter};
@@ -26,6 +28,8 @@ pub struct Host {
     pub formatter: Arc<dyn Formatter>,
     /// btrfs subvolumes, qgroups and inode flags.
     pub btrfs: Arc<dyn Btrfs>,
+    /// Tree copies (snapshots on plain pools).
+    pub copier: Arc<dyn TreeCopy>,
 }
 
 impl Host {
@@ -36,6 +40,7 @@ impl Host {
             loops: Arc::new(RealLoopControl::new("/dev", "/sys")),
             formatter: Arc::new(RealFormatter),
             btrfs: Arc::new(RealBtrfs::new("/sys")),
+            copier: Arc::new(RealTreeCopy),
         }
     }
 }

@@ -102,6 +102,10 @@ pub trait Mounter: Send + Sync + Debug {
     fn unmount(&self, target: &Path) -> io::Result<()>;
     /// The current mount table.
     fn mounts(&self) -> io::Result<Vec<MountEntry>>;
+    /// Freezes the filesystem mounted at `mount` (FIFREEZE): flushed, writes blocked.
+    fn freeze(&self, mount: &Path) -> io::Result<()>;
+    /// Thaws a frozen filesystem (FITHAW).
+    fn thaw(&self, mount: &Path) -> io::Result<()>;
 
     /// The topmost mount at exactly `path`, if any.
     fn mount_at(&self, path: &Path) -> io::Result<Option<MountEntry>> {
@@ -174,6 +178,16 @@ impl Mounter for RealMounter {
 
     fn mounts(&self) -> io::Result<Vec<MountEntry>> {
         Ok(parse_mountinfo(&std::fs::read_to_string(&self.mountinfo)?))
+    }
+
+    fn freeze(&self, mount: &Path) -> io::Result<()> {
+        let dir = std::fs::File::open(mount)?;
+        crate::sys::freeze(std::os::fd::AsFd::as_fd(&dir))
+    }
+
+    fn thaw(&self, mount: &Path) -> io::Result<()> {
+        let dir = std::fs::File::open(mount)?;
+        crate::sys::thaw(std::os::fd::AsFd::as_fd(&dir))
     }
 }
 
