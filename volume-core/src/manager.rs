@@ -247,6 +247,11 @@ impl VolumeManager {
         crate::modify::validate(&req.mutable_parameters, req.params.kind, &self.pool)?;
         let _guard = self.inflight.try_claim([format!("name:{}", req.name)])?;
         let mut capacity = self.choose_capacity(req)?;
+        // A clone's source must not be unstaged (thawed, detached) while it is copied.
+        let _source_guard = match &req.source {
+            Some(ContentSource::Volume(vid)) => Some(self.claim(vid)?),
+            _ => None,
+        };
         // A restore or clone is at least as large as what it copies.
         let origin = self.resolve_source(req)?;
         if let Some((_, _, size)) = &origin {
