@@ -69,59 +69,65 @@ impl Controller for ControllerService {
     ) -> Result<Response<csi::CreateVolumeResponse>, Status> {
         let (meta, _, req) = request.into_parts();
         let driver = Arc::clone(&self.driver);
-        observe("CreateVolume", "", &meta, async move {
-            require(&req.name, "name")?;
-            if req.volume_capabilities.is_empty() {
-                return Err(Status::invalid_argument("volume_capabilities are required"));
-            }
-            for cap in &req.volume_capabilities {
-                check_capability(cap).map_err(Status::invalid_argument)?;
-            }
-            if let Some(topo) = &req.accessibility_requirements
-                && !topo.requisite.is_empty()
-                && !topo.requisite.iter().any(|t| driver.topology_matches(t))
-            {
-                return Err(Status::resource_exhausted(format!(
-                    "no requisite topology includes node {}",
-                    driver.config.node_id
-                )));
-            }
-            let fs_type = req.volume_capabilities.iter().find_map(mount_fs_type);
-            let params = VolumeParams::parse(&req.parameters, fs_type)
-                .map_err(|e| crate::status::to_status(&e))?;
-            let (required, limit) = match &req.capacity_range {
-                Some(r) => (
-                    bytes(r.required_bytes, "required_bytes")?,
-                    bytes(r.limit_bytes, "limit_bytes")?,
-                ),
-                None => (0, 0),
-            };
-            use csi::volume_content_source::Type;
-            let source = match req
-                .volume_content_source
-                .as_ref()
-                .and_then(|s| s.r#type.as_ref())
-            {
-                None => None,
-                Some(Type::Snapshot(s)) => {
-                    require(&s.snapshot_id, "volume_content_source.snapshot.snapshot_id")?;
-                    Some(ContentSource::Snapshot(s.snapshot_id.clone()))
+        observe(
+            &self.driver.metrics,
+            "CreateVolume",
+            "",
+            &meta,
+            async move {
+                require(&req.name, "name")?;
+                if req.volume_capabilities.is_empty() {
+                    return Err(Status::invalid_argument("volume_capabilities are required"));
                 }
-                Some(Type::Volume(v)) => {
-                    require(&v.volume_id, "volume_content_source.volume.volume_id")?;
-                    Some(ContentSource::Volume(v.volume_id.clone()))
+                for cap in &req.volume_capabilities {
+                    check_capability(cap).map_err(Status::invalid_argument)?;
                 }
-            };
-            let mut create = CreateRequest::new(req.name.clone(), required, limit, params);
-            create.source = source;
-            create.mutable_parameters = to_btree(&req.mutable_parameters);
-            create.block = req.volume_capabilities.iter().any(is_block);
-            let manager = Arc::clone(&driver.manager);
-            let rec = blocking(move || manager.create(&create)).await?;
-            Ok(csi::CreateVolumeResponse {
-                volume: Some(driver.to_csi_volume(&rec)),
-            })
-        })
+                if let Some(topo) = &req.accessibility_requirements
+                    && !topo.requisite.is_empty()
+                    && !topo.requisite.iter().any(|t| driver.topology_matches(t))
+                {
+                    return Err(Status::resource_exhausted(format!(
+                        "no requisite topology includes node {}",
+                        driver.config.node_id
+                    )));
+                }
+                let fs_type = req.volume_capabilities.iter().find_map(mount_fs_type);
+                let params = VolumeParams::parse(&req.parameters, fs_type)
+                    .map_err(|e| crate::status::to_status(&e))?;
+                let (required, limit) = match &req.capacity_range {
+                    Some(r) => (
+                        bytes(r.required_bytes, "required_bytes")?,
+                        bytes(r.limit_bytes, "limit_bytes")?,
+                    ),
+                    None => (0, 0),
+                };
+                use csi::volume_content_source::Type;
+                let source = match req
+                    .volume_content_source
+                    .as_ref()
+                    .and_then(|s| s.r#type.as_ref())
+                {
+                    None => None,
+                    Some(Type::Snapshot(s)) => {
+                        require(&s.snapshot_id, "volume_content_source.snapshot.snapshot_id")?;
+                        Some(ContentSource::Snapshot(s.snapshot_id.clone()))
+                    }
+                    Some(Type::Volume(v)) => {
+                        require(&v.volume_id, "volume_content_source.volume.volume_id")?;
+                        Some(ContentSource::Volume(v.volume_id.clone()))
+                    }
+                };
+                let mut create = CreateRequest::new(req.name.clone(), required, limit, params);
+                create.source = source;
+                create.mutable_parameters = to_btree(&req.mutable_parameters);
+                create.block = req.volume_capabilities.iter().any(is_block);
+                let manager = Arc::clone(&driver.manager);
+                let rec = blocking(move || manager.create(&create)).await?;
+                Ok(csi::CreateVolumeResponse {
+                    volume: Some(driver.to_csi_volume(&rec)),
+                })
+            },
+        )
         .await
     }
 
@@ -131,11 +137,17 @@ impl Controller for ControllerService {
     ) -> Result<Response<csi::DeleteVolumeResponse>, Status> {
         let (meta, _, req) = request.into_parts();
         let manager = Arc::clone(&self.driver.manager);
-        observe("DeleteVolume", &req.volume_id.clone(), &meta, async move {
-            require(&req.volume_id, "volume_id")?;
-            blocking(move || manager.delete(&req.volume_id)).await?;
-            Ok(csi::DeleteVolumeResponse {})
-        })
+        observe(
+            &self.driver.metrics,
+            "DeleteVolume",
+            &req.volume_id.clone(),
+            &meta,
+            async move {
+                require(&req.volume_id, "volume_id")?;
+                blocking(move || manager.delete(&req.volume_id)).await?;
+                Ok(csi::DeleteVolumeResponse {})
+            },
+        )
         .await
     }
 
@@ -146,6 +158,7 @@ impl Controller for ControllerService {
         let (meta, _, req) = request.into_parts();
         let driver = Arc::clone(&self.driver);
         observe(
+            &self.driver.metrics,
             "ControllerPublishVolume",
             &req.volume_id.clone(),
             &meta,
@@ -177,6 +190,7 @@ impl Controller for ControllerService {
         let (meta, _, req) = request.into_parts();
         let manager = Arc::clone(&self.driver.manager);
         observe(
+            &self.driver.metrics,
             "ControllerUnpublishVolume",
             &req.volume_id.clone(),
             &meta,
@@ -196,6 +210,7 @@ impl Controller for ControllerService {
         let (meta, _, req) = request.into_parts();
         let manager = Arc::clone(&self.driver.manager);
         observe(
+            &self.driver.metrics,
             "ValidateVolumeCapabilities",
             &req.volume_id.clone(),
             &meta,
@@ -249,7 +264,7 @@ impl Controller for ControllerService {
     ) -> Result<Response<csi::ListVolumesResponse>, Status> {
         let (meta, _, req) = request.into_parts();
         let driver = Arc::clone(&self.driver);
-        observe("ListVolumes", "", &meta, async move {
+        observe(&self.driver.metrics, "ListVolumes", "", &meta, async move {
             let limit = page_limit(req.max_entries)?;
             let after = parse_token(&req.starting_token, volume_core::manager::VOLUME_PREFIX)?;
             let manager = Arc::clone(&driver.manager);
@@ -288,7 +303,7 @@ impl Controller for ControllerService {
     ) -> Result<Response<csi::GetCapacityResponse>, Status> {
         let (meta, _, req) = request.into_parts();
         let driver = Arc::clone(&self.driver);
-        observe("GetCapacity", "", &meta, async move {
+        observe(&self.driver.metrics, "GetCapacity", "", &meta, async move {
             for cap in &req.volume_capabilities {
                 check_capability(cap).map_err(Status::invalid_argument)?;
             }
@@ -326,30 +341,36 @@ impl Controller for ControllerService {
                 csi::controller_service_capability::Rpc { r#type: t as i32 },
             )),
         };
-        observe("ControllerGetCapabilities", "", request.metadata(), async {
-            Ok(csi::ControllerGetCapabilitiesResponse {
-                capabilities: [
-                    Type::CreateDeleteVolume,
-                    Type::PublishUnpublishVolume,
-                    Type::ListVolumes,
-                    Type::GetCapacity,
-                    Type::CreateDeleteSnapshot,
-                    Type::ListSnapshots,
-                    Type::CloneVolume,
-                    Type::PublishReadonly,
-                    Type::ExpandVolume,
-                    Type::ListVolumesPublishedNodes,
-                    Type::VolumeCondition,
-                    Type::GetVolume,
-                    Type::SingleNodeMultiWriter,
-                    Type::GetSnapshot,
-                    Type::ModifyVolume,
-                ]
-                .into_iter()
-                .map(cap)
-                .collect(),
-            })
-        })
+        observe(
+            &self.driver.metrics,
+            "ControllerGetCapabilities",
+            "",
+            request.metadata(),
+            async {
+                Ok(csi::ControllerGetCapabilitiesResponse {
+                    capabilities: [
+                        Type::CreateDeleteVolume,
+                        Type::PublishUnpublishVolume,
+                        Type::ListVolumes,
+                        Type::GetCapacity,
+                        Type::CreateDeleteSnapshot,
+                        Type::ListSnapshots,
+                        Type::CloneVolume,
+                        Type::PublishReadonly,
+                        Type::ExpandVolume,
+                        Type::ListVolumesPublishedNodes,
+                        Type::VolumeCondition,
+                        Type::GetVolume,
+                        Type::SingleNodeMultiWriter,
+                        Type::GetSnapshot,
+                        Type::ModifyVolume,
+                    ]
+                    .into_iter()
+                    .map(cap)
+                    .collect(),
+                })
+            },
+        )
         .await
     }
 
@@ -360,6 +381,7 @@ impl Controller for ControllerService {
         let (meta, _, req) = request.into_parts();
         let manager = Arc::clone(&self.driver.manager);
         observe(
+            &self.driver.metrics,
             "CreateSnapshot",
             &req.source_volume_id.clone(),
             &meta,
@@ -392,11 +414,17 @@ impl Controller for ControllerService {
     ) -> Result<Response<csi::DeleteSnapshotResponse>, Status> {
         let (meta, _, req) = request.into_parts();
         let manager = Arc::clone(&self.driver.manager);
-        observe("DeleteSnapshot", "", &meta, async move {
-            require(&req.snapshot_id, "snapshot_id")?;
-            blocking(move || manager.delete_snapshot(&req.snapshot_id)).await?;
-            Ok(csi::DeleteSnapshotResponse {})
-        })
+        observe(
+            &self.driver.metrics,
+            "DeleteSnapshot",
+            "",
+            &meta,
+            async move {
+                require(&req.snapshot_id, "snapshot_id")?;
+                blocking(move || manager.delete_snapshot(&req.snapshot_id)).await?;
+                Ok(csi::DeleteSnapshotResponse {})
+            },
+        )
         .await
     }
 
@@ -406,37 +434,43 @@ impl Controller for ControllerService {
     ) -> Result<Response<csi::ListSnapshotsResponse>, Status> {
         let (meta, _, req) = request.into_parts();
         let manager = Arc::clone(&self.driver.manager);
-        observe("ListSnapshots", "", &meta, async move {
-            let limit = page_limit(req.max_entries)?;
-            let after = parse_token(&req.starting_token, SNAPSHOT_PREFIX)?;
-            let filter = SnapshotFilter {
-                snapshot_id: (!req.snapshot_id.is_empty()).then(|| req.snapshot_id.clone()),
-                source_volume_id: (!req.source_volume_id.is_empty())
-                    .then(|| req.source_volume_id.clone()),
-            };
-            let mut snaps = blocking(move || {
-                manager.list_snapshots(&filter, after.as_deref(), limit.saturating_add(1))
-            })
-            .await?;
-            let next_token = if snaps.len() > limit {
-                snaps.truncate(limit);
-                snaps
-                    .last()
-                    .map(|s| format!("{TOKEN_PREFIX}{}", s.id))
-                    .unwrap_or_default()
-            } else {
-                String::new()
-            };
-            Ok(csi::ListSnapshotsResponse {
-                entries: snaps
-                    .iter()
-                    .map(|s| csi::list_snapshots_response::Entry {
-                        snapshot: Some(to_csi_snapshot(s)),
-                    })
-                    .collect(),
-                next_token,
-            })
-        })
+        observe(
+            &self.driver.metrics,
+            "ListSnapshots",
+            "",
+            &meta,
+            async move {
+                let limit = page_limit(req.max_entries)?;
+                let after = parse_token(&req.starting_token, SNAPSHOT_PREFIX)?;
+                let filter = SnapshotFilter {
+                    snapshot_id: (!req.snapshot_id.is_empty()).then(|| req.snapshot_id.clone()),
+                    source_volume_id: (!req.source_volume_id.is_empty())
+                        .then(|| req.source_volume_id.clone()),
+                };
+                let mut snaps = blocking(move || {
+                    manager.list_snapshots(&filter, after.as_deref(), limit.saturating_add(1))
+                })
+                .await?;
+                let next_token = if snaps.len() > limit {
+                    snaps.truncate(limit);
+                    snaps
+                        .last()
+                        .map(|s| format!("{TOKEN_PREFIX}{}", s.id))
+                        .unwrap_or_default()
+                } else {
+                    String::new()
+                };
+                Ok(csi::ListSnapshotsResponse {
+                    entries: snaps
+                        .iter()
+                        .map(|s| csi::list_snapshots_response::Entry {
+                            snapshot: Some(to_csi_snapshot(s)),
+                        })
+                        .collect(),
+                    next_token,
+                })
+            },
+        )
         .await
     }
 
@@ -446,7 +480,7 @@ impl Controller for ControllerService {
     ) -> Result<Response<csi::GetSnapshotResponse>, Status> {
         let (meta, _, req) = request.into_parts();
         let manager = Arc::clone(&self.driver.manager);
-        observe("GetSnapshot", "", &meta, async move {
+        observe(&self.driver.metrics, "GetSnapshot", "", &meta, async move {
             require(&req.snapshot_id, "snapshot_id")?;
             let snap = blocking(move || manager.get_snapshot(&req.snapshot_id)).await?;
             Ok(csi::GetSnapshotResponse {
@@ -463,6 +497,7 @@ impl Controller for ControllerService {
         let (meta, _, req) = request.into_parts();
         let manager = Arc::clone(&self.driver.manager);
         observe(
+            &self.driver.metrics,
             "ControllerExpandVolume",
             &req.volume_id.clone(),
             &meta,
@@ -494,6 +529,7 @@ impl Controller for ControllerService {
         let (meta, _, req) = request.into_parts();
         let driver = Arc::clone(&self.driver);
         observe(
+            &self.driver.metrics,
             "ControllerGetVolume",
             &req.volume_id.clone(),
             &meta,
@@ -525,6 +561,7 @@ impl Controller for ControllerService {
         let (meta, _, req) = request.into_parts();
         let manager = Arc::clone(&self.driver.manager);
         observe(
+            &self.driver.metrics,
             "ControllerModifyVolume",
             &req.volume_id.clone(),
             &meta,

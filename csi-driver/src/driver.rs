@@ -25,6 +25,8 @@ pub struct Driver {
     pub manager: Arc<VolumeManager>,
     /// Node identity and limits.
     pub config: DriverConfig,
+    /// Metrics every RPC is recorded in.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Driver {
@@ -33,6 +35,7 @@ impl Driver {
         Arc::new(Driver {
             manager: Arc::new(manager),
             config,
+            metrics: Arc::new(crate::metrics::Metrics::new()),
         })
     }
 

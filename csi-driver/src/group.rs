@@ -44,6 +44,7 @@ impl GroupController for GroupControllerService {
     ) -> Result<Response<csi::GroupControllerGetCapabilitiesResponse>, Status> {
         use csi::group_controller_service_capability::rpc::Type;
         observe(
+            &self.driver.metrics,
             "GroupControllerGetCapabilities",
             "",
             request.metadata(),
@@ -68,27 +69,34 @@ impl GroupController for GroupControllerService {
     ) -> Result<Response<csi::CreateVolumeGroupSnapshotResponse>, Status> {
         let (meta, _, req) = request.into_parts();
         let manager = Arc::clone(&self.driver.manager);
-        observe("CreateVolumeGroupSnapshot", "", &meta, async move {
-            require(&req.name, "name")?;
-            if req.source_volume_ids.is_empty() {
-                return Err(Status::invalid_argument("source_volume_ids are required"));
-            }
-            if let Some(key) = req
-                .parameters
-                .keys()
-                .find(|k| !k.starts_with("csi.storage.k8s.io/"))
-            {
-                return Err(Status::invalid_argument(format!(
-                    "unknown group snapshot parameter {key:?}"
-                )));
-            }
-            let (group, members) =
-                blocking(move || manager.create_group_snapshot(&req.name, &req.source_volume_ids))
-                    .await?;
-            Ok(csi::CreateVolumeGroupSnapshotResponse {
-                group_snapshot: Some(to_csi_group(&group, &members)),
-            })
-        })
+        observe(
+            &self.driver.metrics,
+            "CreateVolumeGroupSnapshot",
+            "",
+            &meta,
+            async move {
+                require(&req.name, "name")?;
+                if req.source_volume_ids.is_empty() {
+                    return Err(Status::invalid_argument("source_volume_ids are required"));
+                }
+                if let Some(key) = req
+                    .parameters
+                    .keys()
+                    .find(|k| !k.starts_with("csi.storage.k8s.io/"))
+                {
+                    return Err(Status::invalid_argument(format!(
+                        "unknown group snapshot parameter {key:?}"
+                    )));
+                }
+                let (group, members) = blocking(move || {
+                    manager.create_group_snapshot(&req.name, &req.source_volume_ids)
+                })
+                .await?;
+                Ok(csi::CreateVolumeGroupSnapshotResponse {
+                    group_snapshot: Some(to_csi_group(&group, &members)),
+                })
+            },
+        )
         .await
     }
 
@@ -98,14 +106,20 @@ impl GroupController for GroupControllerService {
     ) -> Result<Response<csi::DeleteVolumeGroupSnapshotResponse>, Status> {
         let (meta, _, req) = request.into_parts();
         let manager = Arc::clone(&self.driver.manager);
-        observe("DeleteVolumeGroupSnapshot", "", &meta, async move {
-            require(&req.group_snapshot_id, "group_snapshot_id")?;
-            blocking(move || {
-                manager.delete_group_snapshot(&req.group_snapshot_id, &req.snapshot_ids)
-            })
-            .await?;
-            Ok(csi::DeleteVolumeGroupSnapshotResponse {})
-        })
+        observe(
+            &self.driver.metrics,
+            "DeleteVolumeGroupSnapshot",
+            "",
+            &meta,
+            async move {
+                require(&req.group_snapshot_id, "group_snapshot_id")?;
+                blocking(move || {
+                    manager.delete_group_snapshot(&req.group_snapshot_id, &req.snapshot_ids)
+                })
+                .await?;
+                Ok(csi::DeleteVolumeGroupSnapshotResponse {})
+            },
+        )
         .await
     }
 
@@ -115,14 +129,20 @@ impl GroupController for GroupControllerService {
     ) -> Result<Response<csi::GetVolumeGroupSnapshotResponse>, Status> {
         let (meta, _, req) = request.into_parts();
         let manager = Arc::clone(&self.driver.manager);
-        observe("GetVolumeGroupSnapshot", "", &meta, async move {
-            require(&req.group_snapshot_id, "group_snapshot_id")?;
-            let (group, members) =
-                blocking(move || manager.get_group_snapshot(&req.group_snapshot_id)).await?;
-            Ok(csi::GetVolumeGroupSnapshotResponse {
-                group_snapshot: Some(to_csi_group(&group, &members)),
-            })
-        })
+        observe(
+            &self.driver.metrics,
+            "GetVolumeGroupSnapshot",
+            "",
+            &meta,
+            async move {
+                require(&req.group_snapshot_id, "group_snapshot_id")?;
+                let (group, members) =
+                    blocking(move || manager.get_group_snapshot(&req.group_snapshot_id)).await?;
+                Ok(csi::GetVolumeGroupSnapshotResponse {
+                    group_snapshot: Some(to_csi_group(&group, &members)),
+                })
+            },
+        )
         .await
     }
 }

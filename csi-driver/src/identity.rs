@@ -29,13 +29,19 @@ impl Identity for IdentityService {
         &self,
         request: Request<csi::GetPluginInfoRequest>,
     ) -> Result<Response<csi::GetPluginInfoResponse>, Status> {
-        observe("GetPluginInfo", "", request.metadata(), async {
-            Ok(csi::GetPluginInfoResponse {
-                name: DRIVER_NAME.to_string(),
-                vendor_version: env!("CARGO_PKG_VERSION").to_string(),
-                manifest: Default::default(),
-            })
-        })
+        observe(
+            &self.driver.metrics,
+            "GetPluginInfo",
+            "",
+            request.metadata(),
+            async {
+                Ok(csi::GetPluginInfoResponse {
+                    name: DRIVER_NAME.to_string(),
+                    vendor_version: env!("CARGO_PKG_VERSION").to_string(),
+                    manifest: Default::default(),
+                })
+            },
+        )
         .await
     }
 
@@ -49,23 +55,29 @@ impl Identity for IdentityService {
                 csi::plugin_capability::Service { r#type: t as i32 },
             )),
         };
-        observe("GetPluginCapabilities", "", request.metadata(), async {
-            Ok(csi::GetPluginCapabilitiesResponse {
-                capabilities: vec![
-                    cap(Type::ControllerService),
-                    cap(Type::VolumeAccessibilityConstraints),
-                    cap(Type::GroupControllerService),
-                    csi::PluginCapability {
-                        r#type: Some(csi::plugin_capability::Type::VolumeExpansion(
-                            csi::plugin_capability::VolumeExpansion {
-                                r#type: csi::plugin_capability::volume_expansion::Type::Online
-                                    as i32,
-                            },
-                        )),
-                    },
-                ],
-            })
-        })
+        observe(
+            &self.driver.metrics,
+            "GetPluginCapabilities",
+            "",
+            request.metadata(),
+            async {
+                Ok(csi::GetPluginCapabilitiesResponse {
+                    capabilities: vec![
+                        cap(Type::ControllerService),
+                        cap(Type::VolumeAccessibilityConstraints),
+                        cap(Type::GroupControllerService),
+                        csi::PluginCapability {
+                            r#type: Some(csi::plugin_capability::Type::VolumeExpansion(
+                                csi::plugin_capability::VolumeExpansion {
+                                    r#type: csi::plugin_capability::volume_expansion::Type::Online
+                                        as i32,
+                                },
+                            )),
+                        },
+                    ],
+                })
+            },
+        )
         .await
     }
 
@@ -74,11 +86,17 @@ impl Identity for IdentityService {
         request: Request<csi::ProbeRequest>,
     ) -> Result<Response<csi::ProbeResponse>, Status> {
         let manager = Arc::clone(&self.driver.manager);
-        observe("Probe", "", request.metadata(), async move {
-            // Ready when the pool answers statvfs: mounted and reachable.
-            blocking(move || manager.capacity()).await?;
-            Ok(csi::ProbeResponse { ready: Some(true) })
-        })
+        observe(
+            &self.driver.metrics,
+            "Probe",
+            "",
+            request.metadata(),
+            async move {
+                // Ready when the pool answers statvfs: mounted and reachable.
+                blocking(move || manager.capacity()).await?;
+                Ok(csi::ProbeResponse { ready: Some(true) })
+            },
+        )
         .await
     }
 }

@@ -8,6 +8,7 @@ pub mod driver;
 pub mod endpoint;
 pub mod group;
 pub mod identity;
+pub mod metrics;
 pub mod node;
 pub mod rpc;
 pub mod server;

@@ -55,6 +55,7 @@ impl Node for NodeService {
         let (meta, _, req) = request.into_parts();
         let manager = Arc::clone(&self.driver.manager);
         observe(
+            &self.driver.metrics,
             "NodeStageVolume",
             &req.volume_id.clone(),
             &meta,
@@ -83,6 +84,7 @@ impl Node for NodeService {
         let (meta, _, req) = request.into_parts();
         let manager = Arc::clone(&self.driver.manager);
         observe(
+            &self.driver.metrics,
             "NodeUnstageVolume",
             &req.volume_id.clone(),
             &meta,
@@ -104,6 +106,7 @@ impl Node for NodeService {
         let (meta, _, req) = request.into_parts();
         let manager = Arc::clone(&self.driver.manager);
         observe(
+            &self.driver.metrics,
             "NodePublishVolume",
             &req.volume_id.clone(),
             &meta,
@@ -146,6 +149,7 @@ impl Node for NodeService {
         let (meta, _, req) = request.into_parts();
         let manager = Arc::clone(&self.driver.manager);
         observe(
+            &self.driver.metrics,
             "NodeUnpublishVolume",
             &req.volume_id.clone(),
             &meta,
@@ -177,6 +181,7 @@ impl Node for NodeService {
         let (meta, _, req) = request.into_parts();
         let manager = Arc::clone(&self.driver.manager);
         observe(
+            &self.driver.metrics,
             "NodeGetVolumeStats",
             &req.volume_id.clone(),
             &meta,
@@ -216,6 +221,7 @@ impl Node for NodeService {
         let (meta, _, req) = request.into_parts();
         let manager = Arc::clone(&self.driver.manager);
         observe(
+            &self.driver.metrics,
             "NodeExpandVolume",
             &req.volume_id.clone(),
             &meta,
@@ -246,17 +252,23 @@ impl Node for NodeService {
                 csi::node_service_capability::Rpc { r#type: t as i32 },
             )),
         };
-        observe("NodeGetCapabilities", "", request.metadata(), async {
-            Ok(csi::NodeGetCapabilitiesResponse {
-                capabilities: vec![
-                    cap(Type::StageUnstageVolume),
-                    cap(Type::GetVolumeStats),
-                    cap(Type::ExpandVolume),
-                    cap(Type::VolumeCondition),
-                    cap(Type::SingleNodeMultiWriter),
-                ],
-            })
-        })
+        observe(
+            &self.driver.metrics,
+            "NodeGetCapabilities",
+            "",
+            request.metadata(),
+            async {
+                Ok(csi::NodeGetCapabilitiesResponse {
+                    capabilities: vec![
+                        cap(Type::StageUnstageVolume),
+                        cap(Type::GetVolumeStats),
+                        cap(Type::ExpandVolume),
+                        cap(Type::VolumeCondition),
+                        cap(Type::SingleNodeMultiWriter),
+                    ],
+                })
+            },
+        )
         .await
     }
 
@@ -265,13 +277,19 @@ impl Node for NodeService {
         request: Request<csi::NodeGetInfoRequest>,
     ) -> Result<Response<csi::NodeGetInfoResponse>, Status> {
         let driver = Arc::clone(&self.driver);
-        observe("NodeGetInfo", "", request.metadata(), async move {
-            Ok(csi::NodeGetInfoResponse {
-                node_id: driver.config.node_id.clone(),
-                max_volumes_per_node: driver.config.max_volumes_per_node,
-                accessible_topology: Some(driver.topology()),
-            })
-        })
+        observe(
+            &self.driver.metrics,
+            "NodeGetInfo",
+            "",
+            request.metadata(),
+            async move {
+                Ok(csi::NodeGetInfoResponse {
+                    node_id: driver.config.node_id.clone(),
+                    max_volumes_per_node: driver.config.max_volumes_per_node,
+                    accessible_topology: Some(driver.topology()),
+                })
+            },
+        )
         .await
     }
 }

@@ -21,6 +21,7 @@ pub fn request_id(meta: &MetadataMap) -> String {
 /// Runs one RPC body and logs one line with method, volume id, duration, code and
 /// request id. Errors are logged here, where they are handled, and nowhere else.
 pub async fn observe<T, F>(
+    metrics: &crate::metrics::Metrics,
     method: &'static str,
     volume_id: &str,
     meta: &MetadataMap,
@@ -32,7 +33,13 @@ where
     let rid = request_id(meta);
     let start = Instant::now();
     let result = body.await;
-    let ms = start.elapsed().as_secs_f64() * 1000.0;
+    let elapsed = start.elapsed();
+    metrics.observe(
+        method,
+        result.as_ref().map_or_else(|s| s.code(), |_| Code::Ok),
+        elapsed,
+    );
+    let ms = elapsed.as_secs_f64() * 1000.0;
     match &result {
         Ok(_) => {
             tracing::info!(rpc = method, volume.id = volume_id, request.id = %rid, duration_ms = ms, code = "OK")

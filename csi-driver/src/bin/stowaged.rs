@@ -2,6 +2,7 @@
 //! serves CSI on a unix socket.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
@@ -45,6 +46,10 @@ struct Args {
     /// Volumes this node accepts (NodeGetInfo max_volumes_per_node; 0 = no limit).
     #[arg(long, env = "STOWAGE_MAX_VOLUMES_PER_NODE", default_value_t = 256)]
     max_volumes_per_node: i64,
+    /// Address to serve Prometheus `/metrics` and `/healthz` on (e.g. 127.0.0.1:9808);
+    /// not served when unset.
+    #[arg(long, env = "STOWAGE_METRICS_ADDRESS")]
+    metrics_address: Option<std::net::SocketAddr>,
     /// Log format.
     #[arg(long, env = "STOWAGE_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -124,8 +129,41 @@ async fn main() -> anyhow::Result<()> {
         tracing::info!(?report, "reconciled");
     }
     let listener = bind_private(&socket)?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    if let Some(addr) = args.metrics_address {
+        let http = csi_driver::metrics::serve_http(
+            addr,
+            Arc::clone(&driver.metrics),
+            Arc::clone(&driver.manager),
+            stopped(stop_rx.clone()),
+        );
+        tokio::spawn(async move {
+            if let Err(e) = http.await {
+                tracing::error!(error = %e, "metrics server failed");
+            }
+        });
+    }
     tracing::info!(endpoint = %args.endpoint, node.id = %node_id, version = env!("CARGO_PKG_VERSION"), "serving CSI");
-    serve(driver, listener, shutdown_signal()).await?;
+    // Graceful shutdown waits for clients to hang up; a CO holding its connection open
+    // must not keep the daemon alive, so give in-flight calls a moment, then exit.
+    let grace = {
+        let stop = stopped(stop_rx.clone());
+        async move {
+            stop.await;
+            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        }
+    };
+    tokio::select! {
+        served = serve(driver, listener, stopped(stop_rx)) => served?,
+        () = grace => tracing::info!("clients still connected after 2 s; exiting"),
+    }
     let _ = std::fs::remove_file(&socket);
     Ok(())
 }

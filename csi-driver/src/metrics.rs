@@ -1,0 +1,254 @@
+//! Prometheus metrics and the health endpoint. Every RPC is timed into
+//! `csi_plugin_operations_seconds{driver_name,method_name,grpc_status_code}` (the name
+//! and labels the Kubernetes CSI sidecars use, so existing dashboards work); pool and
+//! volume gauges are read fresh at each scrape; `/healthz` runs the same check as Probe.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use volume_core::{VolumeKind, VolumeManager};
+
+use crate::DRIVER_NAME;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OpLabels {
+    driver_name: String,
+    method_name: String,
+    grpc_status_code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: String,
+}
+
+/// The daemon's metrics registry.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    operations: Family<OpLabels, Histogram>,
+    errors: Family<OpLabels, Counter>,
+    pool_capacity: Gauge,
+    pool_available: Gauge,
+    volumes: Family<KindLabels, Gauge>,
+    staged: Gauge,
+    published: Gauge,
+    inflight: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// An empty registry with Stowage's metrics registered.
+    pub fn new() -> Self {
+        let operations = Family::<OpLabels, Histogram>::new_with_constructor(|| {
+            // 1 ms .. ~65 s: from a GetCapacity to a mkfs.xfs of a large image.
+            Histogram::new([
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                60.0,
+            ])
+        });
+        let m = Metrics {
+            registry: Mutex::new(Registry::default()),
+            operations,
+            errors: Family::default(),
+            pool_capacity: Gauge::default(),
+            pool_available: Gauge::default(),
+            volumes: Family::default(),
+            staged: Gauge::default(),
+            published: Gauge::default(),
+            inflight: Gauge::default(),
+        };
+        {
+            let mut r = m.registry.lock().unwrap_or_else(|e| e.into_inner());
+            r.register(
+                "csi_plugin_operations_seconds",
+                "Duration of CSI operations",
+                m.operations.clone(),
+            );
+            r.register(
+                "stowage_operation_errors",
+                "CSI operations that returned an error",
+                m.errors.clone(),
+            );
+            r.register(
+                "stowage_pool_capacity_bytes",
+                "Size of the pool",
+                m.pool_capacity.clone(),
+            );
+            r.register(
+                "stowage_pool_available_bytes",
+                "Bytes a new volume can still use",
+                m.pool_available.clone(),
+            );
+            r.register("stowage_volumes", "Volumes by kind", m.volumes.clone());
+            r.register(
+                "stowage_staged_volumes",
+                "Volumes staged on this node",
+                m.staged.clone(),
+            );
+            r.register(
+                "stowage_published_targets",
+                "Target paths volumes are published at",
+                m.published.clone(),
+            );
+            r.register(
+                "stowage_operations_in_flight",
+                "Volume operations currently running",
+                m.inflight.clone(),
+            );
+        }
+        m
+    }
+
+    /// Records one finished RPC.
+    pub fn observe(&self, method: &str, code: tonic::Code, elapsed: Duration) {
+        let labels = OpLabels {
+            driver_name: DRIVER_NAME.to_string(),
+            method_name: method.to_string(),
+            grpc_status_code: format!("{code:?}"),
+        };
+        self.operations
+            .get_or_create(&labels)
+            .observe(elapsed.as_secs_f64());
+        if code != tonic::Code::Ok {
+            self.errors.get_or_create(&labels).inc();
+        }
+    }
+
+    /// Reads the pool and volume gauges afresh from `manager` (blocking: statvfs and
+    /// a metadata read).
+    pub fn refresh(&self, manager: &VolumeManager) -> Result<(), volume_core::Error> {
+        let usage = manager.capacity()?;
+        self.pool_capacity
+            .set(i64::try_from(usage.total).unwrap_or(i64::MAX));
+        self.pool_available
+            .set(i64::try_from(usage.available).unwrap_or(i64::MAX));
+        let vols = manager.list(None, usize::MAX)?;
+        for kind in [VolumeKind::Dir, VolumeKind::Loop] {
+            let n = vols.iter().filter(|v| v.kind == kind).count();
+            self.volumes
+                .get_or_create(&KindLabels {
+                    kind: kind.to_string(),
+                })
+                .set(n as i64);
+        }
+        self.staged
+            .set(vols.iter().filter(|v| v.staging.is_some()).count() as i64);
+        self.published
+            .set(vols.iter().map(|v| v.publications.len()).sum::<usize>() as i64);
+        self.inflight.set(manager.inflight().len() as i64);
+        Ok(())
+    }
+
+    /// The registry in the Prometheus/OpenMetrics text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let r = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &r);
+        out
+    }
+}
+
+#[derive(Clone)]
+struct HttpState {
+    metrics: Arc<Metrics>,
+    manager: Arc<VolumeManager>,
+}
+
+async fn metrics_handler(State(s): State<HttpState>) -> impl IntoResponse {
+    let fresh = s.clone();
+    match tokio::task::spawn_blocking(move || fresh.metrics.refresh(&fresh.manager)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %crate::status::chain(&e), "metrics refresh failed"),
+        Err(e) => tracing::warn!(error = %e, "metrics refresh task failed"),
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.metrics.render(),
+    )
+}
+
+async fn healthz_handler(State(s): State<HttpState>) -> impl IntoResponse {
+    // The same check as the CSI Probe: the pool answers.
+    let manager = Arc::clone(&s.manager);
+    match tokio::task::spawn_blocking(move || manager.capacity()).await {
+        Ok(Ok(_)) => (StatusCode::OK, "ok\n".to_string()),
+        Ok(Err(e)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("pool unavailable: {}\n", crate::status::chain(&e)),
+        ),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("check failed: {e}\n"),
+        ),
+    }
+}
+
+/// Serves `/metrics` and `/healthz` on `addr` until `shutdown` completes.
+pub async fn serve_http(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    manager: Arc<VolumeManager>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/healthz", get(healthz_handler))
+        .with_state(HttpState { metrics, manager });
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(%addr, "serving /metrics and /healthz");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_carries_the_sidecar_labels() {
+        let m = Metrics::new();
+        m.observe("CreateVolume", tonic::Code::Ok, Duration::from_millis(3));
+        m.observe("CreateVolume", tonic::Code::Ok, Duration::from_millis(4));
+        m.observe(
+            "DeleteVolume",
+            tonic::Code::NotFound,
+            Duration::from_millis(1),
+        );
+        let text = m.render();
+        assert!(
+            text.contains(
+                "csi_plugin_operations_seconds_count{driver_name=\"csi.stowage.dev\",method_name=\"CreateVolume\",grpc_status_code=\"Ok\"} 2"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("grpc_status_code=\"NotFound\""), "{text}");
+        assert!(
+            text.contains("stowage_operation_errors_total{driver_name=\"csi.stowage.dev\",method_name=\"DeleteVolume\",grpc_status_code=\"NotFound\"} 1"),
+            "{text}"
+        );
+    }
+}
