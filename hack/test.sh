@@ -24,7 +24,7 @@ cd "$ROOT"
 
 CSI_TEST_MODULE=github.com/kubernetes-csi/csi-test/v5
 CSI_TEST_VERSION=v5.5.0
-APT_PACKAGES=(e2fsprogs xfsprogs btrfs-progs fuse3 util-linux iproute2 curl python3)
+APT_PACKAGES=(e2fsprogs xfsprogs btrfs-progs fuse3 util-linux iproute2 curl python3 podman runc busybox-static)
 
 step_started=$SECONDS
 header() {

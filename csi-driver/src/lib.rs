@@ -2,6 +2,8 @@
 //! volume-core [`VolumeManager`](volume_core::VolumeManager), the unix-socket server
 //! that hosts them, and the glue the `stowaged` binary wires together.
 
+pub mod admin;
+pub mod cli;
 pub mod client;
 pub mod controller;
 pub mod driver;
@@ -10,6 +12,7 @@ pub mod group;
 pub mod identity;
 pub mod metrics;
 pub mod node;
+pub mod plugin;
 pub mod rpc;
 pub mod server;
 pub mod status;

@@ -9,12 +9,14 @@ use stowage_proto::csi::v1::controller_server::ControllerServer;
 use stowage_proto::csi::v1::group_controller_server::GroupControllerServer;
 use stowage_proto::csi::v1::identity_server::IdentityServer;
 use stowage_proto::csi::v1::node_server::NodeServer;
+use stowage_proto::stowage::v1::admin_server::AdminServer;
 use tokio_stream::wrappers::UnixListenerStream;
 use volume_core::os::Host;
 use volume_core::reconcile::ReconcileReport;
 use volume_core::store::Store;
 use volume_core::{NodeIdentity, Pool, PoolConfig, VolumeManager};
 
+use crate::admin::AdminService;
 use crate::controller::ControllerService;
 use crate::driver::{Driver, DriverConfig};
 use crate::group::GroupControllerService;
@@ -65,6 +67,11 @@ impl StateLayout {
     pub fn ephemeral_dir(&self) -> PathBuf {
         self.root.join("ephemeral")
     }
+
+    /// Where volumes attached into containers are staged.
+    pub fn attach_dir(&self) -> PathBuf {
+        self.root.join("attach")
+    }
 }
 
 /// Opens the pool and store under `layout`, reconciles, and returns the driver.
@@ -81,6 +88,7 @@ pub fn open_driver(
     let node = NodeIdentity {
         node_id: config.node_id.clone(),
         ephemeral_dir: layout.ephemeral_dir(),
+        attach_dir: layout.attach_dir(),
     };
     let manager = VolumeManager::new(store, pool, host, node);
     let report = manager.reconcile()?;
@@ -103,6 +111,7 @@ pub async fn serve(
         .add_service(GroupControllerServer::new(GroupControllerService::new(
             Arc::clone(&driver),
         )))
+        .add_service(AdminServer::new(AdminService::new(Arc::clone(&driver))))
         .add_service(NodeServer::new(NodeService::new(driver)))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await?;

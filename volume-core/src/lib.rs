@@ -6,6 +6,7 @@
 //! tested with recording fakes; the real implementations need root.
 
 pub mod attachment;
+pub mod container;
 pub mod ephemeral;
 pub mod error;
 pub mod expand;
@@ -16,6 +17,7 @@ pub mod modify;
 pub mod node;
 pub mod os;
 pub mod params;
+pub mod plugin_mounts;
 pub mod pool;
 pub mod reconcile;
 pub mod size;

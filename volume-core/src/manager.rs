@@ -74,6 +74,8 @@ pub struct NodeIdentity {
     pub node_id: String,
     /// Where inline ephemeral volumes are staged.
     pub ephemeral_dir: PathBuf,
+    /// Where volumes attached into containers are staged.
+    pub attach_dir: PathBuf,
 }
 
 /// Controller and node operations on the volumes of one pool.
@@ -169,6 +171,28 @@ impl VolumeManager {
     /// Claims a volume id for one operation; a concurrent claim gets [`Error::Busy`].
     pub fn claim(&self, id: &str) -> Result<OperationGuard> {
         self.inflight.try_claim([format!("id:{id}")])
+    }
+
+    /// The volume named or identified by `volume` (ids are tried first).
+    pub fn resolve(&self, volume: &str) -> Result<VolumeRecord> {
+        if is_valid_id(volume) {
+            return self.get(volume);
+        }
+        match self.store.get_by_name::<VolumeRecord>(volume)? {
+            Some(rec) if rec.state == VolumeState::Ready => Ok(rec),
+            _ => Err(Error::VolumeNotFound(volume.to_string())),
+        }
+    }
+
+    /// The snapshot named or identified by `snapshot`.
+    pub fn resolve_snapshot(&self, snapshot: &str) -> Result<SnapshotRecord> {
+        if has_id_shape(SNAPSHOT_PREFIX, snapshot) {
+            return self.get_snapshot(snapshot);
+        }
+        match self.store.get_by_name::<SnapshotRecord>(snapshot)? {
+            Some(s) if s.state == VolumeState::Ready => Ok(s),
+            _ => Err(Error::SnapshotNotFound(snapshot.to_string())),
+        }
     }
 
     /// The record of volume `id`, or [`Error::VolumeNotFound`].
@@ -528,6 +552,7 @@ pub(crate) mod tests {
         let node = NodeIdentity {
             node_id: "node-1".into(),
             ephemeral_dir: dir.path().join("ephemeral"),
+            attach_dir: dir.path().join("attach"),
         };
         let mgr = VolumeManager::new(store, pool, fake.host(), node);
         Fixture { dir, fake, mgr }

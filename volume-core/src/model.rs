@@ -136,6 +136,19 @@ pub struct PublishRecord {
     pub single_writer: bool,
 }
 
+/// A volume mounted into a running container's mount namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerMount {
+    /// A process in the container, as given at attach time.
+    pub pid: i32,
+    /// The path inside the container.
+    pub target: PathBuf,
+    /// Mounted read-only.
+    pub read_only: bool,
+    /// Mounted with an id mapping into the container's user namespace.
+    pub idmapped: bool,
+}
+
 /// A node a volume is attached to by ControllerPublish.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attachment {
@@ -198,12 +211,19 @@ pub struct VolumeRecord {
     /// Created by NodePublish for an inline ephemeral volume; deleted at unpublish.
     #[serde(default)]
     pub ephemeral: bool,
+    /// Mounts of this volume inside running containers (`vol attach`).
+    #[serde(default)]
+    pub container_mounts: Vec<ContainerMount>,
+    /// Callers (container ids) that hold the volume mounted through the Docker/Podman
+    /// volume plugin; it stays staged at its plugin mount point while any is left.
+    #[serde(default)]
+    pub plugin_callers: Vec<String>,
 }
 
 impl VolumeRecord {
     /// True when staged or published somewhere on this node.
     pub fn in_use(&self) -> bool {
-        self.staging.is_some() || !self.publications.is_empty()
+        self.staging.is_some() || !self.publications.is_empty() || !self.container_mounts.is_empty()
     }
 
     /// Bytes the filesystem spans (see `fs_size`).

@@ -193,6 +193,11 @@ impl VolumeManager {
             VolumeKind::Loop => {
                 let (device, attached_here) = self.attach_loop(rec)?;
                 let fs = rec.fs.unwrap_or(FsType::Ext4);
+                if fs == FsType::Xfs && !opts.extra.iter().any(|o| o == "nouuid") {
+                    // A restore or clone carries its source's xfs UUID, and xfs refuses to
+                    // mount a filesystem whose UUID is already mounted.
+                    opts.extra.push("nouuid".into());
+                }
                 if fs == FsType::Ext4 && rec.filesystem_bytes() < rec.capacity {
                     // Grow before mounting: offline resize needs no special privilege.
                     let grown = self
@@ -578,6 +583,41 @@ mod tests {
         );
         assert!(f.fake.attached().is_empty());
         assert!(f.mgr.get(&rec.id).unwrap().staging.is_none());
+    }
+
+    #[test]
+    fn xfs_is_mounted_nouuid_so_restores_and_clones_mount_beside_their_source() {
+        let f = fixture(true);
+        let mut r = req("x", "loop", 300 << 20);
+        r.params = crate::params::VolumeParams::parse(
+            &[
+                ("kind".to_string(), "loop".to_string()),
+                ("fsType".to_string(), "xfs".to_string()),
+            ]
+            .into_iter()
+            .collect(),
+            None,
+        )
+        .unwrap();
+        let xfs = f.mgr.create(&r).unwrap();
+        let ext4 = f.mgr.create(&req("e", "loop", 64 << 20)).unwrap();
+        for (v, p) in [(&xfs, "sx"), (&ext4, "se")] {
+            f.mgr
+                .stage(&v.id, &f.dir.path().join(p), &StageOptions::default())
+                .unwrap();
+        }
+        let mounts: Vec<String> = f
+            .fake
+            .calls()
+            .into_iter()
+            .filter(|c| c.starts_with("mount "))
+            .collect();
+        assert_eq!(mounts.len(), 2, "{mounts:?}");
+        assert!(
+            mounts[0].contains(" xfs ") && mounts[0].ends_with(" nouuid"),
+            "{mounts:?}"
+        );
+        assert!(!mounts[1].contains("nouuid"), "{mounts:?}");
     }
 
     #[test]

@@ -188,3 +188,137 @@ pub fn lsetxattr(path: &std::path::Path, name: &str, value: &[u8]) -> io::Result
     })?;
     Ok(())
 }
+
+// From <linux/mount.h>.
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+const MOVE_MOUNT_T_EMPTY_PATH: libc::c_uint = 0x40;
+/// Mount attribute: read-only.
+pub const MOUNT_ATTR_RDONLY: u64 = 0x1;
+/// Mount attribute: ignore set-user-id bits.
+pub const MOUNT_ATTR_NOSUID: u64 = 0x2;
+/// Mount attribute: ignore device nodes.
+pub const MOUNT_ATTR_NODEV: u64 = 0x4;
+/// Mount attribute: map ids through a user namespace.
+pub const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+
+/// `struct mount_attr` from <linux/mount.h> (MOUNT_ATTR_SIZE_VER0).
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+fn c_path(path: &std::path::Path) -> io::Result<std::ffi::CString> {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+fn owned(ret: libc::c_long) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel returned a new descriptor that nothing else owns.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(ret as libc::c_int) })
+}
+
+/// Clones the mount tree at `path` into a detached mount (open_tree with
+/// OPEN_TREE_CLONE | AT_RECURSIVE), which can then be attached anywhere.
+pub fn open_tree_clone(path: &std::path::Path) -> io::Result<std::os::fd::OwnedFd> {
+    let p = c_path(path)?;
+    let flags =
+        OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | libc::AT_RECURSIVE as libc::c_uint;
+    // SAFETY: `p` is NUL-terminated and outlives the call; AT_FDCWD is a valid dirfd.
+    owned(unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, p.as_ptr(), flags) })
+}
+
+/// Sets (and clears) attributes on every mount of a detached tree; `userns` is the
+/// user namespace for MOUNT_ATTR_IDMAP.
+pub fn mount_setattr(
+    tree: BorrowedFd<'_>,
+    set: u64,
+    clear: u64,
+    userns: Option<BorrowedFd<'_>>,
+) -> io::Result<()> {
+    let attr = MountAttr {
+        attr_set: set,
+        attr_clr: clear,
+        propagation: 0,
+        userns_fd: userns.map(|fd| fd.as_raw_fd() as u64).unwrap_or(0),
+    };
+    let empty = c"";
+    let flags = libc::AT_EMPTY_PATH | libc::AT_RECURSIVE;
+    // SAFETY: `empty` is a valid C string, `attr` a live #[repr(C)] mount_attr whose
+    // size we pass; the fds are valid for the call.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            empty.as_ptr(),
+            flags,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Attaches the detached mount `tree` onto the directory (or file) `target`, both
+/// given as descriptors (move_mount with both EMPTY_PATH flags).
+pub fn move_mount_onto(tree: BorrowedFd<'_>, target: BorrowedFd<'_>) -> io::Result<()> {
+    let empty = c"";
+    // SAFETY: `empty` is a valid C string; both fds are valid for the call.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            empty.as_ptr(),
+            target.as_raw_fd(),
+            empty.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH,
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Opens `path` relative to `dir` with openat2, never leaving `dir` and following no
+/// symlink at all (RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS), as an
+/// O_PATH descriptor of a directory when `directory`.
+pub fn open_beneath(
+    dir: BorrowedFd<'_>,
+    path: &std::path::Path,
+    directory: bool,
+) -> io::Result<std::os::fd::OwnedFd> {
+    const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
+    let p = c_path(path)?;
+    let mut how: libc::open_how = {
+        // SAFETY: open_how is a plain C struct of integers; all-zero is its default.
+        unsafe { std::mem::zeroed() }
+    };
+    // No O_NOFOLLOW: with O_PATH it would open a final symlink itself; instead
+    // RESOLVE_NO_SYMLINKS refuses a symlink anywhere in the path with ELOOP.
+    how.flags =
+        (libc::O_PATH | libc::O_CLOEXEC | if directory { libc::O_DIRECTORY } else { 0 }) as u64;
+    how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
+    // SAFETY: `p` is NUL-terminated, `how` is a live open_how whose size we pass, and
+    // `dir` is valid for the call.
+    owned(unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir.as_raw_fd(),
+            p.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    })
+}

@@ -50,6 +50,10 @@ struct Args {
     /// not served when unset.
     #[arg(long, env = "STOWAGE_METRICS_ADDRESS")]
     metrics_address: Option<std::net::SocketAddr>,
+    /// Unix socket to serve the Docker/Podman volume plugin protocol on (e.g.
+    /// /run/docker/plugins/stowage.sock); not served when unset.
+    #[arg(long, env = "STOWAGE_PLUGIN_SOCKET")]
+    plugin_socket: Option<PathBuf>,
     /// Log format.
     #[arg(long, env = "STOWAGE_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -97,8 +101,20 @@ async fn shutdown_signal() {
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // The namespace helper must stay single-threaded: handle it before any runtime.
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some(volume_core::os::nsmount::HELPER_ARG) {
+        std::process::exit(volume_core::os::nsmount::helper_main(&argv[2..]));
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("start the async runtime")?
+        .block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     init_tracing(args.log_format);
     let layout = StateLayout {
@@ -117,9 +133,12 @@ async fn main() -> anyhow::Result<()> {
         max_volumes_per_node: args.max_volumes_per_node,
     };
     let socket = socket_path(&args.endpoint)?;
-    let (driver, report) =
-        tokio::task::spawn_blocking(move || open_driver(&layout, &pool, config, Host::real()))
-            .await??;
+    let plugin_mounts = csi_driver::plugin::mounts_dir(&layout.root);
+    let helper = std::env::current_exe().context("find own executable for the namespace helper")?;
+    let (driver, report) = tokio::task::spawn_blocking(move || {
+        open_driver(&layout, &pool, config, Host::real(helper))
+    })
+    .await??;
     if report.needs_attention() {
         tracing::warn!(
             ?report,
@@ -128,6 +147,11 @@ async fn main() -> anyhow::Result<()> {
     } else {
         tracing::info!(?report, "reconciled");
     }
+    // Bound before the CSI socket, so a client that sees that socket finds this one too.
+    let plugin_listener = match &args.plugin_socket {
+        Some(path) => Some(bind_private(path).context("--plugin-socket")?),
+        None => None,
+    };
     let listener = bind_private(&socket)?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -150,6 +174,19 @@ async fn main() -> anyhow::Result<()> {
             }
         });
     }
+    if let Some(listener) = plugin_listener {
+        let plugin = csi_driver::plugin::serve(
+            listener,
+            Arc::clone(&driver.manager),
+            plugin_mounts,
+            stopped(stop_rx.clone()),
+        );
+        tokio::spawn(async move {
+            if let Err(e) = plugin.await {
+                tracing::error!(error = %e, "volume plugin server failed");
+            }
+        });
+    }
     tracing::info!(endpoint = %args.endpoint, node.id = %node_id, version = env!("CARGO_PKG_VERSION"), "serving CSI");
     // Graceful shutdown waits for clients to hang up; a CO holding its connection open
     // must not keep the daemon alive, so give in-flight calls a moment, then exit.
@@ -165,5 +202,8 @@ async fn main() -> anyhow::Result<()> {
         () = grace => tracing::info!("clients still connected after 2 s; exiting"),
     }
     let _ = std::fs::remove_file(&socket);
+    if let Some(path) = &args.plugin_socket {
+        let _ = std::fs::remove_file(path);
+    }
     Ok(())
 }

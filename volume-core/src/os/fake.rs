@@ -17,6 +17,7 @@ use crate::os::copy::TreeCopy;
 use crate::os::loopdev::{LoopControl, LoopInfo};
 use crate::os::mkfs::Formatter;
 use crate::os::mount::{MountEntry, MountOptions, Mounter};
+use crate::os::nsmount::{Namespaces, NsRequest};
 
 #[derive(Debug, Default)]
 struct State {
@@ -57,6 +58,7 @@ impl FakeHost {
             formatter: self.clone(),
             btrfs: self.clone(),
             copier: self.clone(),
+            namespaces: self.clone(),
         }
     }
 
@@ -126,8 +128,11 @@ impl Mounter for FakeHost {
         fs_type: &str,
         opts: &MountOptions,
     ) -> io::Result<()> {
-        self.enter("mount", &[&device.display(), &target.display(), &fs_type])?;
-        let (flags, _) = opts.to_flags_and_data();
+        let (flags, data) = opts.to_flags_and_data();
+        self.enter(
+            "mount",
+            &[&device.display(), &target.display(), &fs_type, &data],
+        )?;
         self.state().mounts.push(MountEntry {
             mount_point: target.to_path_buf(),
             fs_type: fs_type.to_string(),
@@ -330,5 +335,19 @@ impl Btrfs for FakeHost {
 
     fn set_nocow(&self, _file: &File) -> io::Result<()> {
         self.enter("set_nocow", &[])
+    }
+}
+
+impl Namespaces for FakeHost {
+    fn run(&self, req: &NsRequest) -> io::Result<bool> {
+        match req {
+            NsRequest::Attach { pid, target, .. } => {
+                self.enter("ns_attach", &[pid, &target.display()])?;
+            }
+            NsRequest::Detach { pid, target } => {
+                self.enter("ns_detach", &[pid, &target.display()])?;
+            }
+        }
+        Ok(false)
     }
 }

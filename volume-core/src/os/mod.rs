@@ -8,6 +8,7 @@ pub mod fake;
 pub mod loopdev;
 pub mod mkfs;
 pub mod mount;
+pub mod nsmount;
 
 use std::sync::Arc;
 
@@ -16,6 +17,7 @@ pub use copy::{RealTreeCopy, TreeCopy};
 pub use loopdev::{LoopControl, LoopInfo, RealLoopControl};
 pub use mkfs::{Formatter, RealFormatter};
 pub use mount::{MountEntry, MountOptions, Mounter, RealMounter};
+pub use nsmount::{Namespaces, NsRequest, RealNamespaces};
 
 /// The host's side effects, bundled so the manager and pool take one value.
 #[derive(Debug, Clone)]
@@ -30,17 +32,21 @@ pub struct Host {
     pub btrfs: Arc<dyn Btrfs>,
     /// Tree copies (snapshots on plain pools).
     pub copier: Arc<dyn TreeCopy>,
+    /// Mounts into other processes' mount namespaces.
+    pub namespaces: Arc<dyn Namespaces>,
 }
 
 impl Host {
-    /// The real host, reading mount and loop state from the usual /proc and /sys paths.
-    pub fn real() -> Self {
+    /// The real host, reading mount and loop state from the usual /proc and /sys paths;
+    /// `helper` is the executable that runs [`nsmount::helper_main`] (the daemon).
+    pub fn real(helper: impl Into<std::path::PathBuf>) -> Self {
         Host {
             mounter: Arc::new(RealMounter::new("/proc/self/mountinfo")),
             loops: Arc::new(RealLoopControl::new("/dev", "/sys")),
             formatter: Arc::new(RealFormatter),
             btrfs: Arc::new(RealBtrfs::new("/sys")),
             copier: Arc::new(RealTreeCopy),
+            namespaces: Arc::new(RealNamespaces::new(helper)),
         }
     }
 }

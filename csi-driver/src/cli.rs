@@ -1,0 +1,695 @@
+//! The `vol` command line: a client of the daemon's admin service. Kept in the library
+//! so tests reach the parsing and formatting; `bin/vol.rs` only runs it.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde_json::json;
+use stowage_proto::stowage::v1 as pb;
+use stowage_proto::stowage::v1::admin_client::AdminClient;
+use tonic::Code;
+use tonic::transport::Channel;
+use volume_core::size::{format_size, parse_size};
+
+/// Exit status: success.
+pub const EXIT_OK: i32 = 0;
+/// Exit status: the operation failed.
+pub const EXIT_ERROR: i32 = 1;
+/// Exit status: the command line was wrong.
+pub const EXIT_USAGE: i32 = 2;
+/// Exit status: the named volume or snapshot does not exist.
+pub const EXIT_NOT_FOUND: i32 = 3;
+
+const EXIT_HELP: &str = "\
+Exit status: 0 success, 1 error, 2 usage error, 3 volume or snapshot not found.
+Sizes take binary units: 512MiB, 10GiB (K/M/G/T are binary too).";
+
+/// Manage Stowage volumes on this node.
+#[derive(Debug, Parser)]
+#[command(name = "vol", version, about, after_help = EXIT_HELP)]
+pub struct Cli {
+    /// The daemon's socket.
+    #[arg(
+        long,
+        env = "STOWAGE_SOCKET",
+        default_value = "/run/stowage/csi.sock",
+        global = true
+    )]
+    pub socket: PathBuf,
+    /// Output format: a table for people, JSON (one object per line) for scripts.
+    #[arg(long, value_enum, default_value = "table", global = true)]
+    pub output: Output,
+    /// Print names only.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// Aligned columns.
+    Table,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `vol` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a volume (succeeds if an identical one exists).
+    Create {
+        /// Volume name.
+        name: String,
+        /// Capacity, e.g. 10GiB.
+        #[arg(long, default_value = "1GiB")]
+        size: String,
+        /// Storage kind.
+        #[arg(long, value_parser = ["dir", "loop"], default_value = "dir")]
+        kind: String,
+        /// Filesystem of a loop volume.
+        #[arg(long, value_parser = ["ext4", "xfs"])]
+        fs: Option<String>,
+        /// Further parameters, key=value (e.g. compression=zstd).
+        #[arg(short = 'o', long = "opt", value_name = "KEY=VALUE")]
+        opts: Vec<String>,
+    },
+    /// List volumes.
+    Ls,
+    /// Show one volume in full.
+    Inspect {
+        /// Volume name or id.
+        name: String,
+    },
+    /// Delete a volume (it must not be staged, published or attached).
+    Rm {
+        /// Volume name or id.
+        name: String,
+    },
+    /// Mount a volume into a running container (its mount namespace).
+    Attach(AttachArgs),
+    /// Unmount a volume from a running container.
+    Detach {
+        /// Volume name or id.
+        name: String,
+        /// A process in the container.
+        #[arg(long)]
+        pid: i32,
+        /// The path inside the container.
+        #[arg(long)]
+        target: PathBuf,
+    },
+    /// Snapshots.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+    /// Make a new volume from a volume (or, with --from-snapshot, from a snapshot).
+    Clone {
+        /// The source volume (or snapshot with --from-snapshot).
+        source: String,
+        /// The new volume's name.
+        name: String,
+        /// Capacity of the new volume (default: the source's).
+        #[arg(long)]
+        size: Option<String>,
+        /// SOURCE names a snapshot.
+        #[arg(long)]
+        from_snapshot: bool,
+    },
+    /// Grow a volume (online if it is mounted).
+    Expand {
+        /// Volume name or id.
+        name: String,
+        /// New capacity, e.g. 20GiB.
+        #[arg(long)]
+        size: String,
+    },
+    /// Print a shell completion script.
+    Completion {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+/// `vol attach` arguments.
+#[derive(Debug, Args)]
+pub struct AttachArgs {
+    /// Volume name or id.
+    pub name: String,
+    /// A process in the container (e.g. from `podman inspect -f '{{.State.Pid}}'`).
+    #[arg(long)]
+    pub pid: i32,
+    /// Absolute path inside the container; created if missing.
+    #[arg(long)]
+    pub target: PathBuf,
+    /// Mount read-only.
+    #[arg(long)]
+    pub read_only: bool,
+}
+
+/// `vol snapshot` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Take a snapshot of a volume.
+    Create {
+        /// Volume name or id.
+        volume: String,
+        /// Snapshot name.
+        name: String,
+    },
+    /// List snapshots (of one volume, if given).
+    Ls {
+        /// Volume name or id.
+        volume: Option<String>,
+    },
+    /// Delete a snapshot.
+    Rm {
+        /// Snapshot name or id.
+        name: String,
+    },
+}
+
+/// A failed command: the message for stderr and the exit status.
+#[derive(Debug)]
+pub struct CliError {
+    /// Exit status.
+    pub code: i32,
+    /// One line saying what went wrong and what to do.
+    pub message: String,
+}
+
+impl std::fmt::Display for CliError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+fn usage(message: impl Into<String>) -> CliError {
+    CliError {
+        code: EXIT_USAGE,
+        message: message.into(),
+    }
+}
+
+fn from_status(s: tonic::Status) -> CliError {
+    let code = match s.code() {
+        Code::NotFound => EXIT_NOT_FOUND,
+        Code::InvalidArgument | Code::OutOfRange => EXIT_USAGE,
+        _ => EXIT_ERROR,
+    };
+    let hint = match s.code() {
+        Code::Aborted => " (another operation on it is running; try again)",
+        Code::FailedPrecondition => " (unmount, detach or unstage it first)",
+        Code::ResourceExhausted => " (free space in the pool or ask for less)",
+        Code::Unavailable => " (is stowaged running? see --socket)",
+        _ => "",
+    };
+    CliError {
+        code,
+        message: format!("{}{hint}", s.message()),
+    }
+}
+
+fn size_arg(s: &str) -> Result<u64, CliError> {
+    parse_size(s).map_err(|e| usage(format!("{e}")))
+}
+
+/// Connects to the daemon's admin service.
+async fn connect(socket: &std::path::Path) -> Result<AdminClient<Channel>, CliError> {
+    let channel = crate::client::connect(socket).await.map_err(|e| CliError {
+        code: EXIT_ERROR,
+        message: format!(
+            "cannot reach stowaged at {}: {} (is it running? set --socket or STOWAGE_SOCKET)",
+            socket.display(),
+            crate::status::chain(&e)
+        ),
+    })?;
+    Ok(AdminClient::new(channel))
+}
+
+/// A spinner on stderr while `fut` runs, shown only on a terminal.
+async fn with_progress<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
+    if !std::io::stderr().is_terminal() {
+        return fut.await;
+    }
+    let bar = indicatif::ProgressBar::new_spinner().with_message(what.to_string());
+    bar.enable_steady_tick(Duration::from_millis(100));
+    let out = fut.await;
+    bar.finish_and_clear();
+    out
+}
+
+/// The JSON form of a volume (`--output json`).
+pub fn volume_json(v: &pb::Volume) -> serde_json::Value {
+    json!({
+        "id": v.id,
+        "name": v.name,
+        "kind": v.kind,
+        "fs": if v.fs_type.is_empty() { serde_json::Value::Null } else { json!(v.fs_type) },
+        "capacity_bytes": v.capacity_bytes,
+        "capacity": format_size(v.capacity_bytes),
+        "capacity_enforced": v.capacity_enforced,
+        "created_at": v.created_at,
+        "staging_path": if v.staging_path.is_empty() { serde_json::Value::Null } else { json!(v.staging_path) },
+        "published_at": v.published_at,
+        "attached_nodes": v.attached_nodes,
+        "attached_into": v.attached_into,
+        "source": if v.content_source.is_empty() { serde_json::Value::Null } else { json!(v.content_source) },
+        "parameters": v.parameters,
+        "mutable_parameters": v.mutable_parameters,
+        "ephemeral": v.ephemeral,
+        "condition": v.condition.as_ref().map(|c| json!({"abnormal": c.abnormal, "message": c.message})),
+    })
+}
+
+/// The JSON form of a snapshot.
+pub fn snapshot_json(s: &pb::Snapshot) -> serde_json::Value {
+    json!({
+        "id": s.id,
+        "name": s.name,
+        "source_volume_id": s.source_volume_id,
+        "size_bytes": s.size_bytes,
+        "size": format_size(s.size_bytes),
+        "created_at": s.created_at,
+        "group_id": if s.group_id.is_empty() { serde_json::Value::Null } else { json!(s.group_id) },
+    })
+}
+
+fn state_word(v: &pb::Volume) -> String {
+    let mut words = Vec::new();
+    if !v.attached_into.is_empty() {
+        words.push(format!("attached({})", v.attached_into.len()));
+    }
+    if !v.published_at.is_empty() {
+        words.push(format!("published({})", v.published_at.len()));
+    } else if !v.staging_path.is_empty() {
+        words.push("staged".to_string());
+    }
+    if v.condition.as_ref().is_some_and(|c| c.abnormal) {
+        words.push("ABNORMAL".to_string());
+    }
+    if words.is_empty() {
+        "idle".to_string()
+    } else {
+        words.join(",")
+    }
+}
+
+/// Writes rows as aligned columns.
+fn table(out: &mut dyn Write, header: &[&str], rows: &[Vec<String>]) -> std::io::Result<()> {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.len());
+        }
+    }
+    let line = |cells: Vec<String>| -> String {
+        let n = cells.len();
+        cells
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| {
+                if i + 1 == n {
+                    c
+                } else {
+                    format!("{c:<w$}", w = widths[i])
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("  ")
+    };
+    writeln!(
+        out,
+        "{}",
+        line(header.iter().map(|h| h.to_string()).collect())
+    )?;
+    for r in rows {
+        writeln!(out, "{}", line(r.clone()))?;
+    }
+    Ok(())
+}
+
+fn print_volumes(cli: &Cli, out: &mut dyn Write, vols: &[pb::Volume]) -> std::io::Result<()> {
+    if cli.quiet {
+        for v in vols {
+            writeln!(out, "{}", v.name)?;
+        }
+        return Ok(());
+    }
+    match cli.output {
+        Output::Json => {
+            for v in vols {
+                writeln!(out, "{}", volume_json(v))?;
+            }
+            Ok(())
+        }
+        Output::Table => {
+            let rows: Vec<Vec<String>> = vols
+                .iter()
+                .map(|v| {
+                    vec![
+                        v.name.clone(),
+                        v.kind.clone(),
+                        if v.fs_type.is_empty() {
+                            "-".into()
+                        } else {
+                            v.fs_type.clone()
+                        },
+                        format_size(v.capacity_bytes),
+                        state_word(v),
+                        v.id.clone(),
+                    ]
+                })
+                .collect();
+            table(out, &["NAME", "KIND", "FS", "SIZE", "STATE", "ID"], &rows)
+        }
+    }
+}
+
+fn print_inspect(cli: &Cli, out: &mut dyn Write, v: &pb::Volume) -> std::io::Result<()> {
+    if cli.quiet {
+        return writeln!(out, "{}", v.name);
+    }
+    match cli.output {
+        Output::Json => writeln!(out, "{}", volume_json(v)),
+        Output::Table => {
+            let json = volume_json(v);
+            // serde_json keeps keys sorted: a stable, readable listing.
+            if let Some(map) = json.as_object() {
+                for (k, val) in map {
+                    let shown = match val {
+                        serde_json::Value::String(s) => s.clone(),
+                        serde_json::Value::Null => "-".into(),
+                        other => other.to_string(),
+                    };
+                    writeln!(out, "{k:<18} {shown}")?;
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+fn print_snapshots(cli: &Cli, out: &mut dyn Write, snaps: &[pb::Snapshot]) -> std::io::Result<()> {
+    if cli.quiet {
+        for s in snaps {
+            writeln!(out, "{}", s.name)?;
+        }
+        return Ok(());
+    }
+    match cli.output {
+        Output::Json => {
+            for s in snaps {
+                writeln!(out, "{}", snapshot_json(s))?;
+            }
+            Ok(())
+        }
+        Output::Table => {
+            let rows: Vec<Vec<String>> = snaps
+                .iter()
+                .map(|s| {
+                    vec![
+                        s.name.clone(),
+                        format_size(s.size_bytes),
+                        s.source_volume_id.clone(),
+                        s.id.clone(),
+                    ]
+                })
+                .collect();
+            table(out, &["NAME", "SIZE", "SOURCE", "ID"], &rows)
+        }
+    }
+}
+
+fn io_err(e: std::io::Error) -> CliError {
+    CliError {
+        code: EXIT_ERROR,
+        message: format!("write output: {e}"),
+    }
+}
+
+/// Runs a parsed command, writing its output to `out`.
+pub async fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), CliError> {
+    if let Command::Completion { shell } = &cli.command {
+        let mut cmd = <Cli as clap::CommandFactory>::command();
+        clap_complete::generate(*shell, &mut cmd, "vol", out);
+        return Ok(());
+    }
+    let mut admin = connect(&cli.socket).await?;
+    match &cli.command {
+        Command::Completion { .. } => Ok(()),
+        Command::Create {
+            name,
+            size,
+            kind,
+            fs,
+            opts,
+        } => {
+            let mut parameters =
+                std::collections::HashMap::from([("kind".to_string(), kind.clone())]);
+            if let Some(fs) = fs {
+                parameters.insert("fsType".to_string(), fs.clone());
+            }
+            for o in opts {
+                let (k, v) = o
+                    .split_once('=')
+                    .ok_or_else(|| usage(format!("option {o:?} is not KEY=VALUE")))?;
+                parameters.insert(k.to_string(), v.to_string());
+            }
+            let req = pb::CreateVolumeRequest {
+                name: name.clone(),
+                capacity_bytes: size_arg(size)?,
+                parameters,
+            };
+            let v = with_progress("creating", admin.create_volume(req))
+                .await
+                .map_err(from_status)?
+                .into_inner()
+                .volume
+                .unwrap_or_default();
+            print_volumes(cli, out, &[v]).map_err(io_err)
+        }
+        Command::Ls => {
+            let vols = admin
+                .list_volumes(pb::ListVolumesRequest {})
+                .await
+                .map_err(from_status)?
+                .into_inner()
+                .volumes;
+            print_volumes(cli, out, &vols).map_err(io_err)
+        }
+        Command::Inspect { name } => {
+            let v = admin
+                .get_volume(pb::GetVolumeRequest {
+                    volume: name.clone(),
+                })
+                .await
+                .map_err(from_status)?
+                .into_inner()
+                .volume
+                .unwrap_or_default();
+            print_inspect(cli, out, &v).map_err(io_err)
+        }
+        Command::Rm { name } => {
+            admin
+                .delete_volume(pb::DeleteVolumeRequest {
+                    volume: name.clone(),
+                })
+                .await
+                .map_err(from_status)?;
+            if !cli.quiet && cli.output == Output::Table {
+                writeln!(out, "removed {name}").map_err(io_err)?;
+            }
+            Ok(())
+        }
+        Command::Attach(a) => {
+            let v = admin
+                .attach_volume(pb::AttachVolumeRequest {
+                    volume: a.name.clone(),
+                    pid: a.pid,
+                    target: a.target.display().to_string(),
+                    read_only: a.read_only,
+                })
+                .await
+                .map_err(from_status)?
+                .into_inner()
+                .volume
+                .unwrap_or_default();
+            print_volumes(cli, out, &[v]).map_err(io_err)
+        }
+        Command::Detach { name, pid, target } => {
+            admin
+                .detach_volume(pb::DetachVolumeRequest {
+                    volume: name.clone(),
+                    pid: *pid,
+                    target: target.display().to_string(),
+                })
+                .await
+                .map_err(from_status)?;
+            if !cli.quiet && cli.output == Output::Table {
+                writeln!(out, "detached {name} from {pid}:{}", target.display()).map_err(io_err)?;
+            }
+            Ok(())
+        }
+        Command::Snapshot(SnapshotCommand::Create { volume, name }) => {
+            let s = with_progress(
+                "snapshotting",
+                admin.create_snapshot(pb::CreateSnapshotRequest {
+                    volume: volume.clone(),
+                    name: name.clone(),
+                }),
+            )
+            .await
+            .map_err(from_status)?
+            .into_inner()
+            .snapshot
+            .unwrap_or_default();
+            print_snapshots(cli, out, &[s]).map_err(io_err)
+        }
+        Command::Snapshot(SnapshotCommand::Ls { volume }) => {
+            let snaps = admin
+                .list_snapshots(pb::ListSnapshotsRequest {
+                    volume: volume.clone().unwrap_or_default(),
+                })
+                .await
+                .map_err(from_status)?
+                .into_inner()
+                .snapshots;
+            print_snapshots(cli, out, &snaps).map_err(io_err)
+        }
+        Command::Snapshot(SnapshotCommand::Rm { name }) => {
+            admin
+                .delete_snapshot(pb::DeleteSnapshotRequest {
+                    snapshot: name.clone(),
+                })
+                .await
+                .map_err(from_status)?;
+            if !cli.quiet && cli.output == Output::Table {
+                writeln!(out, "removed snapshot {name}").map_err(io_err)?;
+            }
+            Ok(())
+        }
+        Command::Clone {
+            source,
+            name,
+            size,
+            from_snapshot,
+        } => {
+            let capacity_bytes = match size {
+                Some(s) => size_arg(s)?,
+                None => 0,
+            };
+            let req = pb::CloneVolumeRequest {
+                source: if *from_snapshot {
+                    String::new()
+                } else {
+                    source.clone()
+                },
+                snapshot: if *from_snapshot {
+                    source.clone()
+                } else {
+                    String::new()
+                },
+                name: name.clone(),
+                capacity_bytes,
+            };
+            let v = with_progress("cloning", admin.clone_volume(req))
+                .await
+                .map_err(from_status)?
+                .into_inner()
+                .volume
+                .unwrap_or_default();
+            print_volumes(cli, out, &[v]).map_err(io_err)
+        }
+        Command::Expand { name, size } => {
+            let v = with_progress(
+                "expanding",
+                admin.expand_volume(pb::ExpandVolumeRequest {
+                    volume: name.clone(),
+                    capacity_bytes: size_arg(size)?,
+                }),
+            )
+            .await
+            .map_err(from_status)?
+            .into_inner()
+            .volume
+            .unwrap_or_default();
+            print_volumes(cli, out, &[v]).map_err(io_err)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_follow_grpc_codes() {
+        assert_eq!(
+            from_status(tonic::Status::not_found("x")).code,
+            EXIT_NOT_FOUND
+        );
+        assert_eq!(
+            from_status(tonic::Status::invalid_argument("x")).code,
+            EXIT_USAGE
+        );
+        assert_eq!(from_status(tonic::Status::internal("x")).code, EXIT_ERROR);
+        let busy = from_status(tonic::Status::failed_precondition("volume v is staged"));
+        assert!(
+            busy.message.contains("unmount, detach or unstage"),
+            "{}",
+            busy.message
+        );
+    }
+
+    #[test]
+    fn volume_json_has_a_stable_shape() {
+        let v = pb::Volume {
+            id: "v-1".into(),
+            name: "data".into(),
+            kind: "loop".into(),
+            fs_type: "ext4".into(),
+            capacity_bytes: 10 << 30,
+            ..Default::default()
+        };
+        let j = volume_json(&v);
+        assert_eq!(j["capacity"], "10GiB");
+        assert_eq!(j["fs"], "ext4");
+        assert!(j["staging_path"].is_null());
+        let mut keys: Vec<_> = j.as_object().unwrap().keys().cloned().collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                "attached_into",
+                "attached_nodes",
+                "capacity",
+                "capacity_bytes",
+                "capacity_enforced",
+                "condition",
+                "created_at",
+                "ephemeral",
+                "fs",
+                "id",
+                "kind",
+                "mutable_parameters",
+                "name",
+                "parameters",
+                "published_at",
+                "source",
+                "staging_path"
+            ]
+        );
+    }
+
+    #[test]
+    fn help_documents_the_exit_codes() {
+        let help = <Cli as clap::CommandFactory>::command()
+            .render_long_help()
+            .to_string();
+        assert!(help.contains("3 volume or snapshot not found"), "{help}");
+    }
+}

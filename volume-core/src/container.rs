@@ -1,0 +1,255 @@
+//! Attaching volumes into running containers: the volume is staged on the host (or its
+//! existing staging is reused) and a clone of that mount is moved into the container's
+//! mount namespace at a path inside it (see [`crate::os::nsmount`]). Detach removes
+//! exactly that mount, and unstages what attach staged once nothing else uses it.
+
+use std::path::Path;
+
+use crate::error::{Error, IoContext, Result};
+use crate::manager::VolumeManager;
+use crate::model::{ContainerMount, VolumeRecord};
+use crate::node::StageOptions;
+use crate::os::nsmount::NsRequest;
+
+impl VolumeManager {
+    /// Mounts `volume` (name or id) at `target` inside the mount namespace of `pid`.
+    pub fn attach_into(
+        &self,
+        volume: &str,
+        pid: i32,
+        target: &Path,
+        read_only: bool,
+    ) -> Result<VolumeRecord> {
+        if pid <= 0 {
+            return Err(Error::InvalidArgument(format!(
+                "pid {pid} is not a process id"
+            )));
+        }
+        if !target.is_absolute() {
+            return Err(Error::InvalidArgument(format!(
+                "target {} must be an absolute path inside the container",
+                target.display()
+            )));
+        }
+        let rec = self.resolve(volume)?;
+        if let Some(m) = rec
+            .container_mounts
+            .iter()
+            .find(|m| m.pid == pid && m.target == target)
+        {
+            if m.read_only != read_only {
+                return Err(Error::PublishConflict(target.to_path_buf()));
+            }
+            return Ok(rec);
+        }
+        let staging = match &rec.staging {
+            Some(s) if s.block => {
+                return Err(Error::FailedPrecondition(format!(
+                    "volume {} is staged for block access",
+                    rec.id
+                )));
+            }
+            Some(s) => s.path.clone(),
+            None => {
+                let path = self.node.attach_dir.join(&rec.id);
+                self.stage(&rec.id, &path, &StageOptions::default())?;
+                path
+            }
+        };
+        let _guard = self.claim(&rec.id)?;
+        let mut rec = self.get(&rec.id)?;
+        let req = NsRequest::Attach {
+            pid,
+            source: staging.clone(),
+            target: target.to_path_buf(),
+            read_only,
+        };
+        let idmapped = match self.host.namespaces.run(&req) {
+            Ok(i) => i,
+            Err(e) => {
+                drop(_guard);
+                self.release_attach_staging(&rec.id)?;
+                return Err(match e.raw_os_error() {
+                    Some(libc::ELOOP) => Error::InvalidArgument(format!(
+                        "target {} goes through a symlink inside the container; give the real path",
+                        target.display()
+                    )),
+                    Some(libc::EXDEV) => Error::InvalidArgument(format!(
+                        "target {} leaves the container's root",
+                        target.display()
+                    )),
+                    Some(libc::ENOTDIR) => Error::InvalidArgument(format!(
+                        "a component of target {} is not a directory",
+                        target.display()
+                    )),
+                    _ => Error::io(
+                        format!("mount into process {pid} at {}", target.display()),
+                        e,
+                    ),
+                });
+            }
+        };
+        rec.container_mounts.push(ContainerMount {
+            pid,
+            target: target.to_path_buf(),
+            read_only,
+            idmapped,
+        });
+        self.store.put(&rec)?;
+        tracing::info!(volume.id = %rec.id, pid, target = %target.display(), read_only, idmapped, "attached into container");
+        Ok(rec)
+    }
+
+    /// Unmounts `volume` from `target` in `pid`'s mount namespace.
+    pub fn detach_from(&self, volume: &str, pid: i32, target: &Path) -> Result<()> {
+        let rec = self.resolve(volume)?;
+        {
+            let _guard = self.claim(&rec.id)?;
+            let mut rec = self.get(&rec.id)?;
+            let Some(pos) = rec
+                .container_mounts
+                .iter()
+                .position(|m| m.pid == pid && m.target == target)
+            else {
+                return Err(Error::FailedPrecondition(format!(
+                    "volume {} is not attached into process {pid} at {}",
+                    rec.id,
+                    target.display()
+                )));
+            };
+            let req = NsRequest::Detach {
+                pid,
+                target: target.to_path_buf(),
+            };
+            match self.host.namespaces.run(&req) {
+                Ok(_) => {}
+                // The process is gone, and its mount namespace with it (or the
+                // namespace lives on elsewhere, which we can no longer reach).
+                Err(e)
+                    if e.raw_os_error() == Some(libc::ENOENT)
+                        || e.raw_os_error() == Some(libc::ESRCH) =>
+                {
+                    tracing::warn!(volume.id = %rec.id, pid, "process gone; forgetting its mount");
+                }
+                Err(e) => {
+                    return Err(Error::io(
+                        format!("unmount {} in process {pid}", target.display()),
+                        e,
+                    ));
+                }
+            }
+            rec.container_mounts.remove(pos);
+            self.store.put(&rec)?;
+            tracing::info!(volume.id = %rec.id, pid, target = %target.display(), "detached from container");
+        }
+        self.release_attach_staging(&rec.id)
+    }
+
+    /// Unstages a volume attach staged, once no container mount remains.
+    fn release_attach_staging(&self, id: &str) -> Result<()> {
+        let rec = self.get(id)?;
+        let ours = rec
+            .staging
+            .as_ref()
+            .is_some_and(|s| s.path.starts_with(&self.node.attach_dir));
+        if ours && rec.container_mounts.is_empty() && rec.publications.is_empty() {
+            let path = self.node.attach_dir.join(id);
+            self.unstage(id, &path)?;
+            std::fs::remove_dir(&path)
+                .or_else(|e| {
+                    if e.kind() == std::io::ErrorKind::NotFound {
+                        Ok(())
+                    } else {
+                        Err(e)
+                    }
+                })
+                .ctx(|| format!("remove {}", path.display()))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::error::Error;
+    use crate::manager::tests::{fixture, req};
+
+    #[test]
+    fn attach_stages_once_records_and_detach_unstages() {
+        let f = fixture(true);
+        let v = f.mgr.create(&req("web-data", "loop", 64 << 20)).unwrap();
+        let rec = f
+            .mgr
+            .attach_into("web-data", 4242, "/data".as_ref(), false)
+            .unwrap();
+        assert_eq!(rec.container_mounts.len(), 1);
+        assert!(rec.staging.is_some());
+        // Idempotent; a different read-only flag conflicts.
+        f.mgr
+            .attach_into(&v.id, 4242, "/data".as_ref(), false)
+            .unwrap();
+        assert!(matches!(
+            f.mgr.attach_into(&v.id, 4242, "/data".as_ref(), true),
+            Err(Error::PublishConflict(_))
+        ));
+        assert_eq!(
+            f.fake
+                .calls()
+                .iter()
+                .filter(|c| c.starts_with("ns_attach"))
+                .count(),
+            1
+        );
+        assert!(matches!(
+            f.mgr.delete(&v.id),
+            Err(Error::FailedPrecondition(_))
+        ));
+
+        f.mgr
+            .detach_from("web-data", 4242, "/data".as_ref())
+            .unwrap();
+        let rec = f.mgr.get(&v.id).unwrap();
+        assert!(rec.container_mounts.is_empty() && rec.staging.is_none());
+        assert!(f.fake.mounted().is_empty() && f.fake.attached().is_empty());
+        assert!(matches!(
+            f.mgr.detach_from("web-data", 4242, "/data".as_ref()),
+            Err(Error::FailedPrecondition(_))
+        ));
+    }
+
+    #[test]
+    fn failed_namespace_mount_leaves_nothing_staged() {
+        let f = fixture(true);
+        f.mgr.create(&req("d", "dir", 1 << 20)).unwrap();
+        f.fake.fail_next("ns_attach", libc::ELOOP);
+        let err = f
+            .mgr
+            .attach_into("d", 7, "/via/link".as_ref(), false)
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::InvalidArgument(ref m) if m.contains("symlink")),
+            "{err:?}"
+        );
+        let rec = f.mgr.resolve("d").unwrap();
+        assert!(rec.staging.is_none() && rec.container_mounts.is_empty());
+        assert!(f.fake.mounted().is_empty());
+    }
+
+    #[test]
+    fn bad_requests_are_invalid() {
+        let f = fixture(true);
+        f.mgr.create(&req("d", "dir", 1 << 20)).unwrap();
+        assert!(matches!(
+            f.mgr.attach_into("d", 0, "/x".as_ref(), false),
+            Err(Error::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            f.mgr.attach_into("d", 1, "rel".as_ref(), false),
+            Err(Error::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            f.mgr.attach_into("nope", 1, "/x".as_ref(), false),
+            Err(Error::VolumeNotFound(_))
+        ));
+    }
+}
