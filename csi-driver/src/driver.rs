@@ -16,6 +16,10 @@ pub struct DriverConfig {
     pub node_id: String,
     /// Volumes this node accepts (0: no limit).
     pub max_volumes_per_node: i64,
+    /// Refuse NodeStage of a volume not ControllerPublished to this node. Off for COs
+    /// that skip ControllerPublish for node-local volumes (Kubernetes with
+    /// `attachRequired: false`).
+    pub require_controller_publish: bool,
 }
 
 /// Shared by the Identity, Controller and Node services.

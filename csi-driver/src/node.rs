@@ -54,6 +54,7 @@ impl Node for NodeService {
     ) -> Result<Response<csi::NodeStageVolumeResponse>, Status> {
         let (meta, _, req) = request.into_parts();
         let manager = Arc::clone(&self.driver.manager);
+        let require_publish = self.driver.config.require_controller_publish;
         observe(
             &self.driver.metrics,
             "NodeStageVolume",
@@ -67,7 +68,7 @@ impl Node for NodeService {
                     fs_type: mount_fs_type(cap).map(str::to_string),
                     mount_flags: mount_flags(cap),
                     block: is_block(cap),
-                    require_attachment: true,
+                    require_attachment: require_publish,
                 };
                 let staging = PathBuf::from(&req.staging_target_path);
                 blocking(move || manager.stage(&req.volume_id, &staging, &opts)).await?;

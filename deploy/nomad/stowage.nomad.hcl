@@ -51,6 +51,10 @@ job "stowage" {
         privileged = true
         ports      = ["metrics"]
 
+        # No --require-controller-publish=false: Nomad calls ControllerPublish before
+        # NodeStage for plugins that advertise PUBLISH_UNPUBLISH_VOLUME, as stowaged
+        # does, so NodeStage keeps demanding it (the default; on Kubernetes, with
+        # attachRequired: false, it is off).
         args = [
           "--endpoint=unix:///csi/csi.sock",
           "--state-dir=/var/lib/stowage",

@@ -160,8 +160,24 @@ fn node_caps() -> BTreeSet<String> {
     advertised("csi-driver/src/node.rs", "node_get_capabilities")
 }
 
+/// One `#[arg(long)]` field of `stowaged`'s `Args`: its long flag and its attributes.
+struct StowagedArg {
+    flag: String,
+    attrs: String,
+}
+
 /// Long flags of `stowaged` (`--kebab-case` of each `#[arg(long)]` field of `Args`).
 fn stowaged_flags() -> BTreeSet<String> {
+    let flags: BTreeSet<String> = stowaged_args().into_iter().map(|a| a.flag).collect();
+    assert!(
+        flags.contains("endpoint"),
+        "found no flags in stowaged.rs: {flags:?}"
+    );
+    flags
+}
+
+/// The `#[arg(long)]` fields of `stowaged`'s `Args`, in order.
+fn stowaged_args() -> Vec<StowagedArg> {
     let src = read("csi-driver/src/bin/stowaged.rs");
     let start = src.find("struct Args {").expect("stowaged.rs: struct Args");
     let body = &src[start..];
@@ -170,7 +186,7 @@ fn stowaged_flags() -> BTreeSet<String> {
         !body.contains("flatten") && !body.contains("subcommand"),
         "struct Args flattens or nests arguments: teach stowaged_flags() to follow them"
     );
-    let mut flags = BTreeSet::new();
+    let mut args = Vec::new();
     let mut attrs = String::new();
     for line in body.lines().skip(1) {
         let line = line.trim();
@@ -192,18 +208,22 @@ fn stowaged_flags() -> BTreeSet<String> {
             continue;
         }
         let ident = ident.strip_prefix("r#").unwrap_or(&ident);
-        if let Some(explicit) = explicit_long(&attrs) {
-            flags.insert(explicit);
+        let flag = if let Some(explicit) = explicit_long(&attrs) {
+            Some(explicit)
         } else if has_word(&attrs, "long") {
-            flags.insert(ident.replace('_', "-"));
+            Some(ident.replace('_', "-"))
+        } else {
+            None
+        };
+        if let Some(flag) = flag {
+            args.push(StowagedArg {
+                flag,
+                attrs: std::mem::take(&mut attrs),
+            });
         }
         attrs.clear();
     }
-    assert!(
-        flags.contains("endpoint"),
-        "found no flags in stowaged.rs: {flags:?}"
-    );
-    flags
+    args
 }
 
 /// `long = "name"` in an attribute.
@@ -217,6 +237,91 @@ fn explicit_long(attrs: &str) -> Option<String> {
 fn has_word(text: &str, word: &str) -> bool {
     text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
         .any(|w| w == word)
+}
+
+/// The value of `key = value` in an attribute (`default_value_t = true`,
+/// `env = "X"`), quotes removed.
+fn attr_value<'a>(attrs: &'a str, key: &str) -> Option<&'a str> {
+    let is_ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    attrs.match_indices(key).find_map(|(i, _)| {
+        if attrs[..i].chars().next_back().is_some_and(is_ident) {
+            return None;
+        }
+        let rest = attrs[i + key.len()..].trim_start().strip_prefix('=')?;
+        if rest.starts_with(['=', '>']) {
+            return None;
+        }
+        let rest = rest.trim_start();
+        if let Some(quoted) = rest.strip_prefix('"') {
+            return Some(&quoted[..quoted.find('"')?]);
+        }
+        Some(rest[..rest.find([',', ')', '\n']).unwrap_or(rest.len())].trim())
+    })
+}
+
+/// The flag whose value decides whether NodeStage demands a prior ControllerPublish.
+const REQUIRE_PUBLISH: &str = "require-controller-publish";
+
+/// `stowaged --require-controller-publish` as stowaged.rs declares it.
+struct RequirePublishArg {
+    /// Its environment variable, if it has one.
+    env: Option<String>,
+    /// Its value when neither the flag nor the variable is given.
+    default: bool,
+}
+
+fn require_publish_arg() -> RequirePublishArg {
+    let arg = stowaged_args()
+        .into_iter()
+        .find(|a| a.flag == REQUIRE_PUBLISH)
+        .unwrap_or_else(|| panic!("stowaged.rs has no --{REQUIRE_PUBLISH}"));
+    // A bool flag with clap's default action (SetTrue) takes no value: `=false` would
+    // be a usage error and the daemon would not start.
+    assert!(
+        attr_value(&arg.attrs, "action").is_some_and(|a| a.ends_with("ArgAction::Set")),
+        "--{REQUIRE_PUBLISH} must take a value (action = clap::ArgAction::Set)"
+    );
+    let default = attr_value(&arg.attrs, "default_value_t")
+        .unwrap_or_else(|| panic!("--{REQUIRE_PUBLISH}: no default_value_t in stowaged.rs"));
+    RequirePublishArg {
+        env: attr_value(&arg.attrs, "env").map(str::to_string),
+        default: parse_bool(default, &format!("--{REQUIRE_PUBLISH} default")),
+    }
+}
+
+impl RequirePublishArg {
+    /// The value stowaged ends up with, as clap decides it: the flag (`Some(None)`
+    /// for a bare `--flag`), else the environment variable, else the default.
+    fn effective(&self, flag: Option<Option<&str>>, env: Option<&str>, who: &str) -> bool {
+        match (flag, env) {
+            (Some(None), _) => panic!("{who}: --{REQUIRE_PUBLISH} needs a value (=true|=false)"),
+            (Some(Some(v)), _) => parse_bool(v, &format!("{who}: --{REQUIRE_PUBLISH}")),
+            (None, Some(v)) => parse_bool(v, &format!("{who}: ${}", self.env.as_deref().unwrap())),
+            (None, None) => self.default,
+        }
+    }
+}
+
+/// A bool as clap's `bool` value parser takes it.
+fn parse_bool(v: &str, what: &str) -> bool {
+    match v {
+        "true" => true,
+        "false" => false,
+        other => panic!("{what}: {other:?} is neither true nor false"),
+    }
+}
+
+/// `Some(value)` of `--name[=value]` in `args` (`Some(None)` when bare), `None` when
+/// absent.
+fn raw_flag<'a>(args: impl IntoIterator<Item = &'a str>, name: &str) -> Option<Option<&'a str>> {
+    args.into_iter().find_map(|a| {
+        let rest = a.strip_prefix("--")?.strip_prefix(name)?;
+        if rest.is_empty() {
+            Some(None)
+        } else {
+            rest.strip_prefix('=').map(Some)
+        }
+    })
 }
 
 // ------------------------------------------------------------------ the pod
@@ -515,13 +620,18 @@ fn csidriver_matches_what_the_driver_advertises() {
     };
     let controller = controller_caps();
 
-    // ControllerPublish is only called when attachRequired is true.
-    assert_eq!(
-        bool_field("attachRequired"),
-        controller.contains("PublishUnpublishVolume"),
-        "attachRequired must be true exactly when the controller advertises \
-         PUBLISH_UNPUBLISH_VOLUME ({controller:?})"
-    );
+    // Kubernetes calls ControllerPublish only when attachRequired is true, and the
+    // attacher only if the controller advertises PUBLISH_UNPUBLISH_VOLUME. The
+    // controller advertises it regardless (Nomad calls it); whether Kubernetes should
+    // is decided with stowaged's --require-controller-publish (see
+    // attach_required_exactly_when_stowaged_requires_controller_publish).
+    if bool_field("attachRequired") {
+        assert!(
+            controller.contains("PublishUnpublishVolume"),
+            "attachRequired: true, but the controller does not advertise \
+             PUBLISH_UNPUBLISH_VOLUME ({controller:?})"
+        );
+    }
 
     // Inline ephemeral volumes are told apart by a key kubelet sets only with pod info.
     let modes: BTreeSet<&str> = seq_at(spec, &["volumeLifecycleModes"])
@@ -562,6 +672,59 @@ fn csidriver_matches_what_the_driver_advertises() {
     assert_eq!(str_at(spec, &["fsGroupPolicy"]), Some("File"));
     assert!(!bool_field("requiresRepublish"));
     assert!(!bool_field("seLinuxMount"));
+}
+
+/// The env var `var` of `container`, if set to a plain value.
+fn env_value<'a>(container: &'a Value, var: &str) -> Option<&'a str> {
+    let e = seq_at(container, &["env"])
+        .iter()
+        .find(|e| str_at(e, &["name"]) == Some(var))?;
+    Some(str_at(e, &["value"]).unwrap_or_else(|| {
+        panic!(
+            "{}: env {var} is not a plain value",
+            container_name(container)
+        )
+    }))
+}
+
+#[test]
+fn attach_required_exactly_when_stowaged_requires_controller_publish() {
+    let docs = all_docs();
+    let spec = &find(&docs, "CSIDriver", DRIVER_NAME).value["spec"];
+    let attach_required = spec
+        .get("attachRequired")
+        .and_then(Value::as_bool)
+        .expect("CSIDriver spec.attachRequired must be set explicitly");
+    let pod = pod_of(node_daemonset(&docs));
+    let stowaged = pod.container("stowaged");
+    let arg = require_publish_arg();
+    let args: Vec<&str> = seq_at(stowaged, &["args"])
+        .iter()
+        .map(|a| a.as_str().expect("args are strings"))
+        .collect();
+    let flag = raw_flag(args.iter().copied(), REQUIRE_PUBLISH);
+    let env = arg.env.as_deref().and_then(|var| env_value(stowaged, var));
+    let required = arg.effective(flag, env, "node.yaml stowaged");
+
+    // Kubernetes calls ControllerPublish exactly when attachRequired is true. A daemon
+    // demanding it otherwise refuses every NodeStage; one not demanding it while
+    // Kubernetes attaches gives up the check for nothing. That the csi-attacher runs
+    // exactly when attachRequired is true is checked in
+    // sidecars_match_the_capabilities_and_a_node_local_driver.
+    assert_eq!(
+        attach_required, required,
+        "CSIDriver attachRequired: {attach_required}, but stowaged in node.yaml runs with \
+         --{REQUIRE_PUBLISH}={required} (flag {flag:?}, env {env:?}, default {})",
+        arg.default
+    );
+    if !attach_required {
+        // Said where it is read, not left to an env var or to a default that may change.
+        assert!(
+            args.contains(&format!("--{REQUIRE_PUBLISH}=false").as_str()),
+            "attachRequired: false needs --{REQUIRE_PUBLISH}=false in stowaged's args \
+             in node.yaml ({args:?})"
+        );
+    }
 }
 
 // ------------------------------------------------------------------ tests: classes
@@ -817,7 +980,12 @@ fn sidecars_kubelet_and_stowaged_agree_on_the_socket() {
             container_name(c)
         );
     }
-    assert!(sidecars >= 5);
+    // registrar, provisioner, snapshotter, resizer, and the attacher if attaching.
+    let expected = 4 + usize::from(pod.sidecar("csi-attacher").is_some());
+    assert!(
+        sidecars >= expected,
+        "{sidecars} sidecars, expected {expected}"
+    );
 
     let registrar = pod
         .sidecar("csi-node-driver-registrar")
@@ -1328,6 +1496,24 @@ fn nomad_job_runs_stowaged_as_a_monolith_plugin_on_its_endpoint() {
         flags.insert(k, v);
     }
     assert_eq!(flags.get("node-id"), Some(&"${node.unique.name}"));
+
+    // Nomad calls ControllerPublish before NodeStage exactly when the controller
+    // advertises PUBLISH_UNPUBLISH_VOLUME: NodeStage may demand it exactly then.
+    let arg = require_publish_arg();
+    let env = arg.env.as_deref().and_then(|var| {
+        hcl_blocks(task, "env")
+            .into_iter()
+            .find_map(|b| hcl_attr(b, var))
+    });
+    let flag = raw_flag(args.iter().map(String::as_str), REQUIRE_PUBLISH);
+    let publishes = controller_caps().contains("PublishUnpublishVolume");
+    assert_eq!(
+        arg.effective(flag, env, "the Nomad job"),
+        publishes,
+        "the Nomad job's --{REQUIRE_PUBLISH} (flag {flag:?}, env {env:?}, default {}) \
+         vs PUBLISH_UNPUBLISH_VOLUME advertised: {publishes}",
+        arg.default
+    );
 
     // Nomad puts its plugin directory at mount_dir and dials mount_dir/csi.sock.
     let plugin = hcl_block(task, "csi_plugin");

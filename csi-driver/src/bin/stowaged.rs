@@ -46,6 +46,10 @@ struct Args {
     /// Volumes this node accepts (NodeGetInfo max_volumes_per_node; 0 = no limit).
     #[arg(long, env = "STOWAGE_MAX_VOLUMES_PER_NODE", default_value_t = 256)]
     max_volumes_per_node: i64,
+    /// Refuse NodeStage of volumes not ControllerPublished to this node. Set false
+    /// where the CO skips ControllerPublish (Kubernetes CSIDriver attachRequired: false).
+    #[arg(long, env = "STOWAGE_REQUIRE_CONTROLLER_PUBLISH", default_value_t = true, action = clap::ArgAction::Set)]
+    require_controller_publish: bool,
     /// Address to serve Prometheus `/metrics` and `/healthz` on (e.g. 127.0.0.1:9808);
     /// not served when unset.
     #[arg(long, env = "STOWAGE_METRICS_ADDRESS")]
@@ -131,6 +135,7 @@ async fn run() -> anyhow::Result<()> {
     let config = DriverConfig {
         node_id: node_id.clone(),
         max_volumes_per_node: args.max_volumes_per_node,
+        require_controller_publish: args.require_controller_publish,
     };
     let socket = socket_path(&args.endpoint)?;
     let plugin_mounts = csi_driver::plugin::mounts_dir(&layout.root);
