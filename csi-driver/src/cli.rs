@@ -332,39 +332,74 @@ fn table(out: &mut dyn Write, header: &[&str], rows: &[Vec<String>]) -> std::io:
     Ok(())
 }
 
-fn print_volumes(cli: &Cli, out: &mut dyn Write, vols: &[pb::Volume]) -> std::io::Result<()> {
+/// One kind of listed object: how `-q`, `--output json` and the table show it.
+trait Listed {
+    const HEADER: &'static [&'static str];
+    fn name(&self) -> &str;
+    fn json(&self) -> serde_json::Value;
+    fn row(&self) -> Vec<String>;
+}
+
+impl Listed for pb::Volume {
+    const HEADER: &'static [&'static str] = &["NAME", "KIND", "FS", "SIZE", "STATE", "ID"];
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn json(&self) -> serde_json::Value {
+        volume_json(self)
+    }
+    fn row(&self) -> Vec<String> {
+        vec![
+            self.name.clone(),
+            self.kind.clone(),
+            if self.fs_type.is_empty() {
+                "-".into()
+            } else {
+                self.fs_type.clone()
+            },
+            format_size(self.capacity_bytes),
+            state_word(self),
+            self.id.clone(),
+        ]
+    }
+}
+
+impl Listed for pb::Snapshot {
+    const HEADER: &'static [&'static str] = &["NAME", "SIZE", "SOURCE", "ID"];
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn json(&self) -> serde_json::Value {
+        snapshot_json(self)
+    }
+    fn row(&self) -> Vec<String> {
+        vec![
+            self.name.clone(),
+            format_size(self.size_bytes),
+            self.source_volume_id.clone(),
+            self.id.clone(),
+        ]
+    }
+}
+
+/// Prints objects as names (`-q`), one JSON object per line, or a table.
+fn print_list<T: Listed>(cli: &Cli, out: &mut dyn Write, items: &[T]) -> std::io::Result<()> {
     if cli.quiet {
-        for v in vols {
-            writeln!(out, "{}", v.name)?;
+        for i in items {
+            writeln!(out, "{}", i.name())?;
         }
         return Ok(());
     }
     match cli.output {
         Output::Json => {
-            for v in vols {
-                writeln!(out, "{}", volume_json(v))?;
+            for i in items {
+                writeln!(out, "{}", i.json())?;
             }
             Ok(())
         }
         Output::Table => {
-            let rows: Vec<Vec<String>> = vols
-                .iter()
-                .map(|v| {
-                    vec![
-                        v.name.clone(),
-                        v.kind.clone(),
-                        if v.fs_type.is_empty() {
-                            "-".into()
-                        } else {
-                            v.fs_type.clone()
-                        },
-                        format_size(v.capacity_bytes),
-                        state_word(v),
-                        v.id.clone(),
-                    ]
-                })
-                .collect();
-            table(out, &["NAME", "KIND", "FS", "SIZE", "STATE", "ID"], &rows)
+            let rows: Vec<Vec<String>> = items.iter().map(Listed::row).collect();
+            table(out, T::HEADER, &rows)
         }
     }
 }
@@ -389,37 +424,6 @@ fn print_inspect(cli: &Cli, out: &mut dyn Write, v: &pb::Volume) -> std::io::Res
                 }
             }
             Ok(())
-        }
-    }
-}
-
-fn print_snapshots(cli: &Cli, out: &mut dyn Write, snaps: &[pb::Snapshot]) -> std::io::Result<()> {
-    if cli.quiet {
-        for s in snaps {
-            writeln!(out, "{}", s.name)?;
-        }
-        return Ok(());
-    }
-    match cli.output {
-        Output::Json => {
-            for s in snaps {
-                writeln!(out, "{}", snapshot_json(s))?;
-            }
-            Ok(())
-        }
-        Output::Table => {
-            let rows: Vec<Vec<String>> = snaps
-                .iter()
-                .map(|s| {
-                    vec![
-                        s.name.clone(),
-                        format_size(s.size_bytes),
-                        s.source_volume_id.clone(),
-                        s.id.clone(),
-                    ]
-                })
-                .collect();
-            table(out, &["NAME", "SIZE", "SOURCE", "ID"], &rows)
         }
     }
 }
@@ -470,7 +474,7 @@ pub async fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), CliError> {
                 .into_inner()
                 .volume
                 .unwrap_or_default();
-            print_volumes(cli, out, &[v]).map_err(io_err)
+            print_list(cli, out, &[v]).map_err(io_err)
         }
         Command::Ls => {
             let vols = admin
@@ -479,7 +483,7 @@ pub async fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), CliError> {
                 .map_err(from_status)?
                 .into_inner()
                 .volumes;
-            print_volumes(cli, out, &vols).map_err(io_err)
+            print_list(cli, out, &vols).map_err(io_err)
         }
         Command::Inspect { name } => {
             let v = admin
@@ -518,7 +522,7 @@ pub async fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), CliError> {
                 .into_inner()
                 .volume
                 .unwrap_or_default();
-            print_volumes(cli, out, &[v]).map_err(io_err)
+            print_list(cli, out, &[v]).map_err(io_err)
         }
         Command::Detach { name, pid, target } => {
             admin
@@ -547,7 +551,7 @@ pub async fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), CliError> {
             .into_inner()
             .snapshot
             .unwrap_or_default();
-            print_snapshots(cli, out, &[s]).map_err(io_err)
+            print_list(cli, out, &[s]).map_err(io_err)
         }
         Command::Snapshot(SnapshotCommand::Ls { volume }) => {
             let snaps = admin
@@ -558,7 +562,7 @@ pub async fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), CliError> {
                 .map_err(from_status)?
                 .into_inner()
                 .snapshots;
-            print_snapshots(cli, out, &snaps).map_err(io_err)
+            print_list(cli, out, &snaps).map_err(io_err)
         }
         Command::Snapshot(SnapshotCommand::Rm { name }) => {
             admin
@@ -602,7 +606,7 @@ pub async fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), CliError> {
                 .into_inner()
                 .volume
                 .unwrap_or_default();
-            print_volumes(cli, out, &[v]).map_err(io_err)
+            print_list(cli, out, &[v]).map_err(io_err)
         }
         Command::Expand { name, size } => {
             let v = with_progress(
@@ -617,7 +621,7 @@ pub async fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), CliError> {
             .into_inner()
             .volume
             .unwrap_or_default();
-            print_volumes(cli, out, &[v]).map_err(io_err)
+            print_list(cli, out, &[v]).map_err(io_err)
         }
     }
 }

@@ -274,28 +274,12 @@ impl VolumeManager {
                 .ctx(|| format!("unmount {}", staging.display()))?;
         }
         if rec.kind == VolumeKind::Loop {
-            self.detach_loops(&rec)?;
+            self.pool.detach_loops(&rec.id)?;
         }
         if rec.staging.take().is_some() {
             self.store.put(&rec)?;
         }
         tracing::info!(volume.id = %id, staging = %staging.display(), "unstaged");
-        Ok(())
-    }
-
-    fn detach_loops(&self, rec: &VolumeRecord) -> Result<()> {
-        let image = self.pool.image_path(&rec.id);
-        for l in self
-            .host
-            .loops
-            .find(&image)
-            .ctx(|| "list loop devices".into())?
-        {
-            self.host
-                .loops
-                .detach(&l.device)
-                .ctx(|| format!("detach {}", l.device.display()))?;
-        }
         Ok(())
     }
 

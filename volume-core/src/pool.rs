@@ -292,13 +292,17 @@ impl Pool {
 
     /// Removes the storage of volume `id`; succeeds when it is already gone.
     pub fn release(&self, id: &str) -> Result<()> {
-        let dir = self.volume_dir(id);
-        let image = dir.join(IMAGE_FILE);
         // A loop device left attached (crash mid-unstage) would keep the image busy.
+        self.detach_loops(id)?;
+        self.remove_dir(&self.volume_dir(id))
+    }
+
+    /// Detaches every loop device backed by volume `id`'s image.
+    pub fn detach_loops(&self, id: &str) -> Result<()> {
         for l in self
             .host
             .loops
-            .find(&image)
+            .find(&self.image_path(id))
             .ctx(|| "list loop devices".into())?
         {
             self.host
@@ -306,7 +310,7 @@ impl Pool {
                 .detach(&l.device)
                 .ctx(|| format!("detach {}", l.device.display()))?;
         }
-        self.remove_dir(&dir)
+        Ok(())
     }
 
     fn remove_dir(&self, dir: &Path) -> Result<()> {

@@ -112,19 +112,7 @@ impl Btrfs for RealBtrfs {
             "btrfs",
             ["subvolume".as_ref(), "create".as_ref(), path.as_os_str()],
         )?;
-        let id = run(
-            "btrfs",
-            [
-                "inspect-internal".as_ref(),
-                "rootid".as_ref(),
-                path.as_os_str(),
-            ],
-        )?;
-        id.trim().parse().map_err(|_| Error::Command {
-            program: "btrfs inspect-internal rootid".into(),
-            status: "ok".into(),
-            stderr: format!("unexpected output {id:?}"),
-        })
+        rootid(path)
     }
 
     fn snapshot(&self, source: &Path, dest: &Path, read_only: bool) -> Result<u64> {
