@@ -26,12 +26,18 @@ pub struct ReconcileReport {
     pub orphans: Vec<PathBuf>,
     /// Loop devices backed by pool files that are not staged.
     pub stray_loops: Vec<PathBuf>,
+    /// Container mounts (`volume pid:target`) whose process is gone; `vol detach` with
+    /// that pid and target forgets them and unstages the volume.
+    pub stale_container_mounts: Vec<String>,
 }
 
 impl ReconcileReport {
     /// True when something needs an operator's attention.
     pub fn needs_attention(&self) -> bool {
-        !self.broken_mounts.is_empty() || !self.orphans.is_empty() || !self.stray_loops.is_empty()
+        !self.broken_mounts.is_empty()
+            || !self.orphans.is_empty()
+            || !self.stray_loops.is_empty()
+            || !self.stale_container_mounts.is_empty()
     }
 }
 
@@ -79,6 +85,17 @@ impl VolumeManager {
                 VolumeState::Ready => {}
             }
             known.insert(rec.id.clone());
+            for m in &rec.container_mounts {
+                if !std::path::Path::new(&format!("/proc/{}", m.pid)).exists() {
+                    tracing::warn!(volume.id = %rec.id, pid = m.pid, target = %m.target.display(), "attached into a process that is gone");
+                    report.stale_container_mounts.push(format!(
+                        "{} {}:{}",
+                        rec.name,
+                        m.pid,
+                        m.target.display()
+                    ));
+                }
+            }
             let Some(stage) = rec.staging.clone() else {
                 continue;
             };
@@ -228,5 +245,25 @@ mod tests {
         let again = f.mgr.reconcile().unwrap();
         assert!(again.restored_mounts.is_empty());
         assert_eq!(f.fake.attached().len(), 1);
+    }
+
+    #[test]
+    fn container_mounts_of_gone_processes_are_reported() {
+        let f = fixture(true);
+        f.mgr.create(&req("c", "dir", 1 << 20)).unwrap();
+        // No process has this pid (beyond the kernel's pid_max).
+        f.mgr
+            .attach_into("c", 999_999_999, "/data".as_ref(), false)
+            .unwrap();
+        let report = f.mgr.reconcile().unwrap();
+        assert_eq!(
+            report.stale_container_mounts,
+            vec!["c 999999999:/data".to_string()]
+        );
+        assert!(report.needs_attention());
+        // Detach forgets it (the process is gone) and unstages.
+        f.mgr
+            .detach_from("c", 999_999_999, "/data".as_ref())
+            .unwrap_or_else(|e| panic!("{e}"));
     }
 }
