@@ -1,0 +1,357 @@
+//! Copy-up: bringing an entry from a lower layer into the upper layer before it changes.
+//!
+//! The copy is built under a fresh name in the work directory — data (reflink, else
+//! `copy_file_range` over the data extents, holes kept), then owner, xattrs (not the
+//! overlay's own), mode, and last the times — and renamed into place, so the upper layer
+//! never shows a half-copied file. Parent directories are copied first, with their own
+//! metadata. Copied files are not fsynced (kernel overlayfs fsyncs unless `volatile`).
+
+use std::ffi::OsStr;
+use std::fs::{File, Metadata};
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
+use std::path::Path;
+use std::sync::Arc;
+
+use nix::sys::stat::{Mode, SFlag, UtimensatFlags};
+use nix::sys::time::TimeSpec;
+
+use super::attr::FileKind;
+use super::inode::{Node, UPPER_LAYER};
+use super::{OverlayFs, errno, sys, whiteout};
+
+/// Copies `len` bytes at `start` from `src` to the same offset of `dst`.
+fn copy_range(src: &File, dst: &File, start: u64, len: u64) -> io::Result<()> {
+    let mut off_in = start as i64;
+    let mut off_out = start as i64;
+    let end = start + len;
+    while (off_in as u64) < end {
+        let want = (end - off_in as u64).min(1 << 30) as usize;
+        match nix::fcntl::copy_file_range(src, Some(&mut off_in), dst, Some(&mut off_out), want) {
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            Err(
+                nix::errno::Errno::EXDEV
+                | nix::errno::Errno::EINVAL
+                | nix::errno::Errno::ENOSYS
+                | nix::errno::Errno::EOPNOTSUPP,
+            ) => return copy_by_read(src, dst, off_in as u64, end),
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+fn copy_by_read(src: &File, dst: &File, mut off: u64, end: u64) -> io::Result<()> {
+    let mut buf = vec![0u8; 1 << 20];
+    while off < end {
+        let want = ((end - off) as usize).min(buf.len());
+        let n = src.read_at(&mut buf[..want], off)?;
+        if n == 0 {
+            break;
+        }
+        dst.write_all_at(&buf[..n], off)?;
+        off += n as u64;
+    }
+    Ok(())
+}
+
+/// Copies a regular file's data: a reflink when the filesystem can, else only the data
+/// extents (holes stay holes).
+pub(crate) fn copy_data(src: &File, dst: &File, size: u64) -> io::Result<()> {
+    if size == 0 {
+        return Ok(());
+    }
+    if sys::ficlone(dst, src).is_ok() {
+        return Ok(());
+    }
+    let mut off: u64 = 0;
+    while off < size {
+        let data = match nix::unistd::lseek(src, off as i64, nix::unistd::Whence::SeekData) {
+            Ok(d) => d as u64,
+            Err(nix::errno::Errno::ENXIO) => break,
+            Err(_) => {
+                // No SEEK_DATA here: copy everything.
+                copy_range(src, dst, off, size - off)?;
+                break;
+            }
+        };
+        let hole = match nix::unistd::lseek(src, data as i64, nix::unistd::Whence::SeekHole) {
+            Ok(h) => (h as u64).min(size),
+            Err(_) => size,
+        };
+        if hole > data {
+            copy_range(src, dst, data, hole - data)?;
+        }
+        off = hole.max(data + 1);
+    }
+    dst.set_len(size)
+}
+
+fn timespec(secs: i64, nsecs: i64) -> TimeSpec {
+    TimeSpec::new(secs, nsecs)
+}
+
+/// Whether an error from copying one xattr may be ignored (the upper filesystem or our
+/// privilege cannot hold that attribute).
+fn xattr_error_ignorable(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ENOTSUP) | Some(libc::EPERM) | Some(libc::EACCES) | Some(libc::ENODATA)
+    )
+}
+
+/// Copies the xattrs of `src` to `dst`, except the overlay's own (escaped ones, which
+/// belong to the files, are copied). `follow_src` reads through a `/proc/self/fd` link.
+pub(crate) fn copy_xattrs(
+    src: &Path,
+    dst: &Path,
+    follow_src: bool,
+    privileged: bool,
+) -> io::Result<()> {
+    let list = match sys::listxattr(src, follow_src) {
+        Ok(l) => l,
+        Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for name in list.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let name = OsStr::from_bytes(name);
+        if whiteout::xattr_from_layer(name, privileged).is_none() {
+            continue;
+        }
+        let value = match sys::getxattr(src, name, follow_src) {
+            Ok(v) => v,
+            Err(e) if xattr_error_ignorable(&e) => continue,
+            Err(e) => return Err(e),
+        };
+        match sys::lsetxattr(dst, name, &value, 0) {
+            Ok(()) => {}
+            Err(e) if xattr_error_ignorable(&e) => {
+                tracing::debug!(xattr = ?name, error = %e, "xattr not copied up");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+impl OverlayFs {
+    /// Builds a copy of `src` (metadata `md`) at the fresh work path `tmp`, data
+    /// included unless `with_data` is false.
+    fn build_copy(&self, src: &Path, md: &Metadata, tmp: &Path, with_data: bool) -> io::Result<()> {
+        let kind = FileKind::from_mode(md.mode());
+        match kind {
+            FileKind::File => {
+                let s = File::open(src)?;
+                let d = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .custom_flags(libc::O_CLOEXEC)
+                    .open(tmp)?;
+                if with_data {
+                    copy_data(&s, &d, md.size())?;
+                }
+            }
+            FileKind::Dir => std::fs::DirBuilder::new().mode(0o700).create(tmp)?,
+            FileKind::Symlink => std::os::unix::fs::symlink(std::fs::read_link(src)?, tmp)?,
+            FileKind::Fifo | FileKind::Socket | FileKind::CharDevice | FileKind::BlockDevice => {
+                nix::sys::stat::mknod(
+                    tmp,
+                    SFlag::from_bits_truncate(kind.mode_bits()),
+                    Mode::from_bits_truncate(0o600),
+                    md.rdev(),
+                )?;
+            }
+        }
+        self.copy_metadata(src, md, tmp, true)
+    }
+
+    /// Owner, xattrs, mode and times of `md` (the file at `src`) onto `dst`. `nofollow`
+    /// acts on a symlink itself.
+    pub(crate) fn copy_metadata(
+        &self,
+        src: &Path,
+        md: &Metadata,
+        dst: &Path,
+        nofollow: bool,
+    ) -> io::Result<()> {
+        let kind = FileKind::from_mode(md.mode());
+        // Owner first: chown drops setuid bits and file capabilities.
+        let chown = if nofollow {
+            std::os::unix::fs::lchown(dst, Some(md.uid()), Some(md.gid()))
+        } else {
+            std::os::unix::fs::chown(dst, Some(md.uid()), Some(md.gid()))
+        };
+        if let Err(e) = chown
+            && (self.privileged || e.raw_os_error() != Some(libc::EPERM))
+        {
+            return Err(e);
+        }
+        copy_xattrs(src, dst, src.starts_with("/proc/self/fd"), self.privileged)?;
+        if kind != FileKind::Symlink {
+            std::fs::set_permissions(
+                dst,
+                std::os::unix::fs::PermissionsExt::from_mode(md.mode() & 0o7777),
+            )?;
+        }
+        nix::sys::stat::utimensat(
+            nix::fcntl::AT_FDCWD,
+            dst,
+            &timespec(md.atime(), md.atime_nsec()),
+            &timespec(md.mtime(), md.mtime_nsec()),
+            if nofollow {
+                UtimensatFlags::NoFollowSymlink
+            } else {
+                UtimensatFlags::FollowSymlink
+            },
+        )?;
+        Ok(())
+    }
+
+    /// Copies the file at `src` up to the upper path `dst` (which must not exist) and
+    /// returns the new upper file's metadata.
+    fn copy_to_upper(&self, src: &Path, dst: &Path, with_data: bool) -> io::Result<Metadata> {
+        let md = std::fs::symlink_metadata(src)?;
+        let tmp = self.tmp_path();
+        let built = self.build_copy(src, &md, &tmp, with_data).and_then(|()| {
+            nix::fcntl::renameat2(
+                nix::fcntl::AT_FDCWD,
+                &tmp,
+                nix::fcntl::AT_FDCWD,
+                dst,
+                nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+            )
+            .map_err(io::Error::from)
+        });
+        if let Err(e) = built {
+            let _ = if md.is_dir() {
+                std::fs::remove_dir(&tmp)
+            } else {
+                std::fs::remove_file(&tmp)
+            };
+            return Err(e);
+        }
+        std::fs::symlink_metadata(dst)
+    }
+
+    /// Makes sure `node` exists in the upper layer, copying it (and first its parents)
+    /// up. Needs the namespace lock held exclusively.
+    pub(crate) fn copy_up(&self, node: &Arc<Node>, with_data: bool) -> io::Result<()> {
+        let st = node.snapshot();
+        if st.upper {
+            return Ok(());
+        }
+        if let Some(f) = &st.detached {
+            return self.copy_up_detached(node, f.clone(), with_data);
+        }
+        let parent = st.parent.clone().ok_or_else(|| errno(libc::ENOENT))?;
+        self.copy_up(&parent, true)?;
+        let rel = self.rel_path(node)?;
+        let layer = st.lower.ok_or_else(|| errno(libc::EIO))?;
+        let src = self.lower_at(layer, &rel);
+        let lower_md = std::fs::symlink_metadata(&src)?;
+        let umd = self.copy_to_upper(&src, &self.upper_at(&rel), with_data)?;
+        self.idents.alias((UPPER_LAYER, umd.ino()), node.ino);
+        if st.lower_hardlink {
+            self.idents.unmap(Self::ident_of_lower(layer, &lower_md));
+        }
+        let mut s = node.lock();
+        s.upper = true;
+        s.lower_hardlink = false;
+        tracing::debug!(ino = node.ino, path = %rel.display(), "copied up");
+        Ok(())
+    }
+
+    /// Copy-up of a lower file that was removed from the namespace while open: the copy
+    /// goes to the work directory and is unlinked at once, living on as a descriptor.
+    fn copy_up_detached(&self, node: &Arc<Node>, f: Arc<File>, with_data: bool) -> io::Result<()> {
+        let src = super::proc_fd_path(&f);
+        let md = f.metadata()?;
+        let tmp = self.tmp_path();
+        self.build_copy(&src, &md, &tmp, with_data)?;
+        let fd = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&tmp)?;
+        std::fs::remove_file(&tmp)?;
+        let mut s = node.lock();
+        s.detached = Some(Arc::new(fd));
+        s.upper = true;
+        Ok(())
+    }
+
+    /// Copies a directory's whole merged subtree into the upper layer. Afterwards no
+    /// lower layer contributes to anything below it (callers then mark it opaque).
+    pub(crate) fn copy_up_tree(&self, dir: &Arc<Node>) -> io::Result<()> {
+        self.copy_up(dir, true)?;
+        let st = dir.snapshot();
+        let rel = self.rel_path(dir)?;
+        for m in self.list_merged(&st, &rel)? {
+            if m.ident.0 == UPPER_LAYER && m.kind != FileKind::Dir {
+                continue;
+            }
+            let Some(r) = self.resolve(&st, &rel, &m.name)? else {
+                continue;
+            };
+            let child = self.node_for(dir, &m.name, &r, false);
+            if r.kind == FileKind::Dir {
+                self.copy_up_tree(&child)?;
+            } else {
+                self.copy_up(&child, true)?;
+            }
+        }
+        dir.lock().dir_lowers.clear();
+        Ok(())
+    }
+}
+
+impl OverlayFs {
+    /// Whether `ino` is in the upper layer now.
+    pub fn is_upper(&self, ino: u64) -> io::Result<bool> {
+        Ok(self.nodes.get(ino)?.snapshot().upper)
+    }
+
+    /// Splits `ino` from its name: the name is copied up (if it is not already) and gets
+    /// a new inode number at its next lookup, while `ino` stays on the lower file for the
+    /// opens it already has.
+    ///
+    /// FUSE passthrough pins an inode to one backing file while it is open, so an inode
+    /// open read-only on a lower file cannot also be opened on its upper copy. The FUSE
+    /// adapter then splits the inode and answers the open with `ESTALE`; the kernel looks
+    /// the name up again (`LOOKUP_REVAL`), finds the new inode and opens that. Descriptors
+    /// opened before keep reading the lower file, as with kernel overlayfs before 4.19.
+    pub fn split_inode(&self, ino: u64) -> io::Result<()> {
+        let _t = self.write_tree();
+        let node = self.nodes.get(ino)?;
+        let st = node.snapshot();
+        if st.detached.is_some() {
+            return Ok(());
+        }
+        let parent = st.parent.clone().ok_or_else(|| errno(libc::ENOENT))?;
+        self.copy_up(&parent, true)?;
+        let rel = self.rel_path(&node)?;
+        let layer = st.lower.ok_or_else(|| errno(libc::EIO))?;
+        let src = self.lower_at(layer, &rel);
+        let lower_fd = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&src)?;
+        let dst = self.upper_at(&rel);
+        if st.upper {
+            // Already copied up under this number: give the upper file a new one.
+            let umd = std::fs::symlink_metadata(&dst)?;
+            self.idents.unmap((UPPER_LAYER, umd.ino()));
+        } else {
+            self.copy_to_upper(&src, &dst, true)?;
+        }
+        let mut s = node.lock();
+        s.detached = Some(Arc::new(lower_fd));
+        s.parent = None;
+        s.upper = false;
+        tracing::debug!(ino, path = %rel.display(), "inode split from its name");
+        Ok(())
+    }
+}

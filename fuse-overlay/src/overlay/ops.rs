@@ -1,0 +1,587 @@
+//! Operations that change the namespace or metadata: create, mkdir, mknod, symlink,
+//! link, unlink, rmdir, rename, setattr; and statfs.
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use nix::sys::stat::{Mode, SFlag, UtimensatFlags};
+use nix::sys::time::TimeSpec;
+
+use super::attr::{Attr, Caller, Entry, FileKind, SetAttr, SetTime, StatFs};
+use super::file::Opened;
+use super::inode::{Node, NodeState};
+use super::lookup::Resolved;
+use super::{OverlayFs, errno, name_ok, whiteout};
+
+/// Where a new entry goes, prepared by [`OverlayFs::prepare_create`].
+struct NewEntry {
+    parent: Arc<Node>,
+    rel: PathBuf,
+    path: PathBuf,
+    /// A whiteout was removed to make room: a new directory there must be opaque.
+    over_whiteout: bool,
+    /// Group of the new entry (the parent's when it is setgid).
+    gid: u32,
+    parent_setgid: bool,
+}
+
+fn set_time(t: Option<SetTime>) -> TimeSpec {
+    match t {
+        None => TimeSpec::UTIME_OMIT,
+        Some(SetTime::Now) => TimeSpec::UTIME_NOW,
+        Some(SetTime::At(t)) => {
+            let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            TimeSpec::new(d.as_secs() as i64, i64::from(d.subsec_nanos()))
+        }
+    }
+}
+
+impl OverlayFs {
+    /// Checks that `name` is free in `parent`, copies the parent up and removes any
+    /// whiteout under the name. Needs the namespace lock held exclusively.
+    fn prepare_create(&self, parent: u64, name: &OsStr, caller: Caller) -> io::Result<NewEntry> {
+        name_ok(name)?;
+        if whiteout::is_wh_name(name) {
+            return Err(errno(libc::EINVAL));
+        }
+        let (pnode, pst, prel) = self.dir_node(parent)?;
+        if pst.detached.is_some() {
+            return Err(errno(libc::ENOENT));
+        }
+        if self.resolve(&pst, &prel, name)?.is_some() {
+            return Err(errno(libc::EEXIST));
+        }
+        self.copy_up(&pnode, true)?;
+        let pdir = self.upper_at(&prel);
+        let over_whiteout = whiteout::remove_whiteout(&pdir, name)?;
+        let pmd = std::fs::symlink_metadata(&pdir)?;
+        let parent_setgid = pmd.mode() & libc::S_ISGID != 0;
+        Ok(NewEntry {
+            parent: pnode,
+            rel: prel.join(name),
+            path: pdir.join(name),
+            over_whiteout,
+            gid: if parent_setgid { pmd.gid() } else { caller.gid },
+            parent_setgid,
+        })
+    }
+
+    /// Gives a just-created upper entry its owner and exact mode, registers its inode
+    /// (one lookup) and returns the entry.
+    fn finish_create(
+        &self,
+        new: &NewEntry,
+        name: &OsStr,
+        caller: Caller,
+        mode: u32,
+    ) -> io::Result<Entry> {
+        let md = std::fs::symlink_metadata(&new.path)?;
+        let kind = FileKind::from_mode(md.mode());
+        if self.privileged && (md.uid() != caller.uid || md.gid() != new.gid) {
+            std::os::unix::fs::lchown(&new.path, Some(caller.uid), Some(new.gid))?;
+        }
+        if kind != FileKind::Symlink {
+            let mut want = mode & 0o7777;
+            if kind == FileKind::Dir && new.parent_setgid {
+                want |= libc::S_ISGID;
+            }
+            // The process umask may have cleared bits, and chown clears setuid/setgid.
+            if md.mode() & 0o7777 != want {
+                std::fs::set_permissions(&new.path, std::fs::Permissions::from_mode(want))?;
+            }
+        }
+        if kind == FileKind::Dir && new.over_whiteout {
+            whiteout::make_opaque(&new.path, self.privileged)?;
+        }
+        let md = std::fs::symlink_metadata(&new.path)?;
+        let state = NodeState {
+            parent: Some(new.parent.clone()),
+            name: name.to_os_string(),
+            upper: true,
+            lower: None,
+            dir_lowers: Vec::new(),
+            detached: None,
+            lower_hardlink: false,
+        };
+        let ino = self.idents.ino_for(Self::ident_of_upper(&md));
+        let node = self.nodes.upsert(ino, kind, state, true);
+        let st = node.snapshot();
+        tracing::trace!(ino, path = %new.rel.display(), "created");
+        Ok(self.entry_of(&node, &md, &st))
+    }
+
+    /// Creates and opens a regular file.
+    pub fn create(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        flags: i32,
+        caller: Caller,
+    ) -> io::Result<(Entry, Opened)> {
+        let _t = self.write_tree();
+        let new = self.prepare_create(parent, name, caller)?;
+        let keep = flags & (libc::O_SYNC | libc::O_DSYNC | libc::O_NONBLOCK);
+        let file: File = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(mode & 0o7777)
+            .custom_flags(keep | libc::O_CLOEXEC)
+            .open(&new.path)?;
+        let entry = self.finish_create(&new, name, caller, mode)?;
+        let node = self.nodes.get(entry.attr.ino)?;
+        Ok((entry, self.opened_upper(node, file)))
+    }
+
+    /// Creates a directory.
+    pub fn mkdir(&self, parent: u64, name: &OsStr, mode: u32, caller: Caller) -> io::Result<Entry> {
+        let _t = self.write_tree();
+        let new = self.prepare_create(parent, name, caller)?;
+        std::fs::DirBuilder::new()
+            .mode(mode & 0o7777)
+            .create(&new.path)?;
+        self.finish_create(&new, name, caller, mode)
+    }
+
+    /// Creates a file node: regular file, fifo, socket or device.
+    pub fn mknod(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        rdev: u64,
+        caller: Caller,
+    ) -> io::Result<Entry> {
+        let kind = FileKind::from_mode(mode);
+        if matches!(kind, FileKind::Dir | FileKind::Symlink) {
+            return Err(errno(libc::EINVAL));
+        }
+        let _t = self.write_tree();
+        let new = self.prepare_create(parent, name, caller)?;
+        nix::sys::stat::mknod(
+            &new.path,
+            SFlag::from_bits_truncate(kind.mode_bits()),
+            Mode::from_bits_truncate(mode & 0o7777),
+            rdev,
+        )?;
+        self.finish_create(&new, name, caller, mode)
+    }
+
+    /// Creates a symbolic link `name` → `target`.
+    pub fn symlink(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        target: &Path,
+        caller: Caller,
+    ) -> io::Result<Entry> {
+        let _t = self.write_tree();
+        let new = self.prepare_create(parent, name, caller)?;
+        std::os::unix::fs::symlink(target, &new.path)?;
+        self.finish_create(&new, name, caller, 0o777)
+    }
+
+    /// Creates a hard link `newname` in `newparent` to `ino` (copied up first).
+    pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> io::Result<Entry> {
+        let _t = self.write_tree();
+        let node = self.nodes.get(ino)?;
+        if node.kind == FileKind::Dir {
+            return Err(errno(libc::EPERM));
+        }
+        let new = self.prepare_create(newparent, newname, Caller::ROOT)?;
+        self.copy_up(&node, true)?;
+        let st = node.snapshot();
+        let src = self.backing_path(&node, &st)?;
+        if st.detached.is_some() {
+            nix::unistd::linkat(
+                nix::fcntl::AT_FDCWD,
+                &src,
+                nix::fcntl::AT_FDCWD,
+                &new.path,
+                nix::fcntl::AtFlags::AT_SYMLINK_FOLLOW,
+            )?;
+        } else {
+            std::fs::hard_link(&src, &new.path)?;
+        }
+        let md = std::fs::symlink_metadata(&new.path)?;
+        let node = self.nodes.upsert(node.ino, node.kind, st, true);
+        let st = node.snapshot();
+        Ok(self.entry_of(&node, &md, &st))
+    }
+
+    /// Gives the live inode of a name that is about to disappear a descriptor of its
+    /// backing file, so open handles and `getattr` keep working.
+    fn detach(&self, r: &Resolved, path: &Path) -> io::Result<()> {
+        let ino = self.idents.ino_for(r.ident);
+        if let Some(node) = self.nodes.try_get(ino) {
+            let fd = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .open(path)?;
+            let mut s = node.lock();
+            s.detached = Some(Arc::new(fd));
+            s.parent = None;
+        }
+        Ok(())
+    }
+
+    /// Path of the topmost file of a resolved entry.
+    fn resolved_path(&self, r: &Resolved, rel: &Path) -> PathBuf {
+        if r.upper {
+            self.upper_at(rel)
+        } else {
+            self.lower_at(r.lower.unwrap_or_default(), rel)
+        }
+    }
+
+    /// Moves an upper directory out of the way (into the work directory) and deletes it
+    /// there; it may still hold whiteouts.
+    fn remove_upper_dir(&self, path: &Path) -> io::Result<()> {
+        let tmp = self.tmp_path();
+        std::fs::rename(path, &tmp)?;
+        std::fs::remove_dir_all(&tmp)
+    }
+
+    /// Removes whiteouts (and the opaque marker) from an upper directory that is empty
+    /// in the merged view, so that it can be replaced by rename.
+    fn clear_whiteouts(&self, path: &Path) -> io::Result<()> {
+        for de in std::fs::read_dir(path)? {
+            let de = de?;
+            std::fs::remove_file(de.path())?;
+        }
+        Ok(())
+    }
+
+    /// Removes the non-directory `name`; a whiteout hides any lower file of that name.
+    pub fn unlink(&self, parent: u64, name: &OsStr) -> io::Result<()> {
+        let _t = self.write_tree();
+        let (pnode, pst, prel) = self.dir_node(parent)?;
+        let r = self
+            .resolve(&pst, &prel, name)?
+            .ok_or_else(|| errno(libc::ENOENT))?;
+        if r.kind == FileKind::Dir {
+            return Err(errno(libc::EISDIR));
+        }
+        self.copy_up(&pnode, true)?;
+        let pst = pnode.snapshot();
+        let need_whiteout = self.lower_has(&pst, &prel, name)?;
+        let rel = prel.join(name);
+        self.detach(&r, &self.resolved_path(&r, &rel))?;
+        if r.upper {
+            std::fs::remove_file(self.upper_at(&rel))?;
+            if r.md.nlink() <= 1 {
+                self.idents.unmap(r.ident);
+            }
+        }
+        if need_whiteout {
+            whiteout::make_whiteout(&self.upper_at(&prel), name, self.privileged)?;
+        }
+        Ok(())
+    }
+
+    /// Removes the directory `name`, which must be empty in the merged view.
+    pub fn rmdir(&self, parent: u64, name: &OsStr) -> io::Result<()> {
+        let _t = self.write_tree();
+        let (pnode, pst, prel) = self.dir_node(parent)?;
+        let r = self
+            .resolve(&pst, &prel, name)?
+            .ok_or_else(|| errno(libc::ENOENT))?;
+        if r.kind != FileKind::Dir {
+            return Err(errno(libc::ENOTDIR));
+        }
+        let rel = prel.join(name);
+        let cst = Self::state_from(&pnode, name, &r);
+        if !self.list_merged(&cst, &rel)?.is_empty() {
+            return Err(errno(libc::ENOTEMPTY));
+        }
+        self.copy_up(&pnode, true)?;
+        let pst = pnode.snapshot();
+        let need_whiteout = self.lower_has(&pst, &prel, name)?;
+        self.detach(&r, &self.resolved_path(&r, &rel))?;
+        if r.upper {
+            self.remove_upper_dir(&self.upper_at(&rel))?;
+            self.idents.unmap(r.ident);
+        }
+        if need_whiteout {
+            whiteout::make_whiteout(&self.upper_at(&prel), name, self.privileged)?;
+        }
+        Ok(())
+    }
+
+    /// Renames `name` in `parent` to `newname` in `newparent`. `flags` may hold
+    /// `RENAME_NOREPLACE` or `RENAME_EXCHANGE`; `RENAME_WHITEOUT` answers `EINVAL`.
+    ///
+    /// A directory with lower parts is copied up whole first (its merged subtree), then
+    /// renamed in the upper layer and marked opaque; kernel overlayfs without
+    /// `redirect_dir` answers `EXDEV` here and leaves the copy to the caller.
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        flags: u32,
+    ) -> io::Result<()> {
+        if flags == libc::RENAME_EXCHANGE {
+            return self.exchange(parent, name, newparent, newname);
+        }
+        if flags & !libc::RENAME_NOREPLACE != 0 {
+            return Err(errno(libc::EINVAL));
+        }
+        name_ok(newname)?;
+        if whiteout::is_wh_name(newname) {
+            return Err(errno(libc::EINVAL));
+        }
+        let _t = self.write_tree();
+        let (spnode, spst, sprel) = self.dir_node(parent)?;
+        let (dpnode, dpst, dprel) = self.dir_node(newparent)?;
+        let src = self
+            .resolve(&spst, &sprel, name)?
+            .ok_or_else(|| errno(libc::ENOENT))?;
+        let dst = self.resolve(&dpst, &dprel, newname)?;
+        let src_is_dir = src.kind == FileKind::Dir;
+        let drel = dprel.join(newname);
+        if let Some(d) = &dst {
+            if flags & libc::RENAME_NOREPLACE != 0 {
+                return Err(errno(libc::EEXIST));
+            }
+            if self.idents.ino_for(d.ident) == self.idents.ino_for(src.ident) {
+                return Ok(());
+            }
+            match (src_is_dir, d.kind == FileKind::Dir) {
+                (true, false) => return Err(errno(libc::ENOTDIR)),
+                (false, true) => return Err(errno(libc::EISDIR)),
+                (true, true) => {
+                    let dst_st = Self::state_from(&dpnode, newname, d);
+                    if !self.list_merged(&dst_st, &drel)?.is_empty() {
+                        return Err(errno(libc::ENOTEMPTY));
+                    }
+                }
+                (false, false) => {}
+            }
+        }
+        self.copy_up(&spnode, true)?;
+        self.copy_up(&dpnode, true)?;
+        let snode = self.node_for(&spnode, name, &src, false);
+        let mut need_opaque = false;
+        if src_is_dir {
+            if !src.dir_lowers.is_empty() {
+                self.copy_up_tree(&snode)?;
+                need_opaque = true;
+            }
+        } else {
+            self.copy_up(&snode, true)?;
+        }
+        let spst = spnode.snapshot();
+        let dpst = dpnode.snapshot();
+        let srel = sprel.join(name);
+        let need_whiteout = self.lower_has(&spst, &sprel, name)?;
+        let over_whiteout = whiteout::remove_whiteout(&self.upper_at(&dprel), newname)?;
+        if src_is_dir && (over_whiteout || self.lower_has(&dpst, &dprel, newname)?) {
+            need_opaque = true;
+        }
+        let dst_path = self.upper_at(&drel);
+        if let Some(d) = &dst {
+            self.detach(d, &self.resolved_path(d, &drel))?;
+            if d.upper && d.kind == FileKind::Dir {
+                self.clear_whiteouts(&dst_path)?;
+            }
+        }
+        let src_path = self.upper_at(&srel);
+        let mut whiteout_left = false;
+        if need_whiteout && self.privileged {
+            match nix::fcntl::renameat2(
+                nix::fcntl::AT_FDCWD,
+                &src_path,
+                nix::fcntl::AT_FDCWD,
+                &dst_path,
+                nix::fcntl::RenameFlags::RENAME_WHITEOUT,
+            ) {
+                Ok(()) => whiteout_left = true,
+                Err(nix::errno::Errno::EINVAL | nix::errno::Errno::EPERM) => {
+                    std::fs::rename(&src_path, &dst_path)?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        } else {
+            std::fs::rename(&src_path, &dst_path)?;
+        }
+        if need_whiteout && !whiteout_left {
+            whiteout::make_whiteout(&self.upper_at(&sprel), name, self.privileged)?;
+        }
+        if need_opaque {
+            whiteout::make_opaque(&dst_path, self.privileged)?;
+        }
+        if let Some(d) = &dst
+            && d.upper
+            && (d.kind == FileKind::Dir || d.md.nlink() <= 1)
+        {
+            self.idents.unmap(d.ident);
+        }
+        let mut s = snode.lock();
+        s.parent = Some(dpnode.clone());
+        s.name = newname.to_os_string();
+        s.upper = true;
+        if need_opaque {
+            s.dir_lowers.clear();
+        }
+        Ok(())
+    }
+
+    /// `RENAME_EXCHANGE`: both entries are copied up (a directory with lower parts with
+    /// its whole merged subtree), swapped in the upper layer, and a directory that lands
+    /// where a lower layer has that name is made opaque.
+    fn exchange(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+    ) -> io::Result<()> {
+        name_ok(newname)?;
+        let _t = self.write_tree();
+        let (pa, pa_st, pa_rel) = self.dir_node(parent)?;
+        let (pb, pb_st, pb_rel) = self.dir_node(newparent)?;
+        let a = self
+            .resolve(&pa_st, &pa_rel, name)?
+            .ok_or_else(|| errno(libc::ENOENT))?;
+        let b = self
+            .resolve(&pb_st, &pb_rel, newname)?
+            .ok_or_else(|| errno(libc::ENOENT))?;
+        if self.idents.ino_for(a.ident) == self.idents.ino_for(b.ident) {
+            return Ok(());
+        }
+        self.copy_up(&pa, true)?;
+        self.copy_up(&pb, true)?;
+        let na = self.node_for(&pa, name, &a, false);
+        let nb = self.node_for(&pb, newname, &b, false);
+        for (node, r) in [(&na, &a), (&nb, &b)] {
+            if r.kind == FileKind::Dir && !r.dir_lowers.is_empty() {
+                self.copy_up_tree(node)?;
+            } else {
+                self.copy_up(node, true)?;
+            }
+        }
+        let a_path = self.upper_at(&pa_rel.join(name));
+        let b_path = self.upper_at(&pb_rel.join(newname));
+        nix::fcntl::renameat2(
+            nix::fcntl::AT_FDCWD,
+            &a_path,
+            nix::fcntl::AT_FDCWD,
+            &b_path,
+            nix::fcntl::RenameFlags::RENAME_EXCHANGE,
+        )?;
+        // `a` now lives at b's name and the other way round.
+        let pa_st = pa.snapshot();
+        let pb_st = pb.snapshot();
+        let mut opaque = [false, false];
+        if a.kind == FileKind::Dir
+            && (!a.dir_lowers.is_empty() || self.lower_has(&pb_st, &pb_rel, newname)?)
+        {
+            whiteout::make_opaque(&b_path, self.privileged)?;
+            opaque[0] = true;
+        }
+        if b.kind == FileKind::Dir
+            && (!b.dir_lowers.is_empty() || self.lower_has(&pa_st, &pa_rel, name)?)
+        {
+            whiteout::make_opaque(&a_path, self.privileged)?;
+            opaque[1] = true;
+        }
+        for (node, parent, n, op) in [(&na, &pb, newname, opaque[0]), (&nb, &pa, name, opaque[1])] {
+            let mut s = node.lock();
+            s.parent = Some(parent.clone());
+            s.name = n.to_os_string();
+            s.upper = true;
+            if op {
+                s.dir_lowers.clear();
+            }
+        }
+        Ok(())
+    }
+
+    /// Changes attributes (copying up first; a truncation to zero copies no data).
+    /// `fh` is the handle the change came through, if any.
+    pub fn setattr(&self, ino: u64, fh: Option<u64>, set: &SetAttr) -> io::Result<Attr> {
+        let _t = self.write_tree();
+        let node = self.nodes.get(ino)?;
+        self.copy_up(&node, set.size != Some(0))?;
+        let st = node.snapshot();
+        let path = self.backing_path(&node, &st)?;
+        // A detached inode is reached through its /proc/self/fd link, which must be
+        // followed; a named one must not be (it may be a symlink).
+        let follow = st.detached.is_some();
+        if let Some(size) = set.size {
+            if node.kind == FileKind::Dir {
+                return Err(errno(libc::EISDIR));
+            }
+            match fh.and_then(|fh| self.handle_upper_file(fh)) {
+                Some(f) if f.set_len(size).is_ok() => {}
+                _ => std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)?
+                    .set_len(size)?,
+            }
+        }
+        if set.uid.is_some() || set.gid.is_some() {
+            if follow {
+                std::os::unix::fs::chown(&path, set.uid, set.gid)?;
+            } else {
+                std::os::unix::fs::lchown(&path, set.uid, set.gid)?;
+            }
+        }
+        if let Some(mode) = set.mode {
+            if node.kind == FileKind::Symlink {
+                return Err(errno(libc::EOPNOTSUPP));
+            }
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode & 0o7777))?;
+        } else if set.kill_suidgid && node.kind == FileKind::File {
+            super::file::kill_suid(&File::open(&path)?)?;
+        }
+        if set.atime.is_some() || set.mtime.is_some() {
+            nix::sys::stat::utimensat(
+                nix::fcntl::AT_FDCWD,
+                &path,
+                &set_time(set.atime),
+                &set_time(set.mtime),
+                if follow {
+                    UtimensatFlags::FollowSymlink
+                } else {
+                    UtimensatFlags::NoFollowSymlink
+                },
+            )?;
+        }
+        let md = self.node_metadata(&node, &st)?;
+        Ok(self.attr_of(ino, &md, &st))
+    }
+
+    /// Statistics of the upper layer's filesystem.
+    pub fn statfs(&self) -> io::Result<StatFs> {
+        let s = nix::sys::statvfs::statvfs(&self.upper.path)?;
+        Ok(StatFs {
+            blocks: s.blocks(),
+            bfree: s.blocks_free(),
+            bavail: s.blocks_available(),
+            files: s.files(),
+            ffree: s.files_free(),
+            bsize: s.block_size() as u32,
+            namelen: s.name_max() as u32,
+            frsize: s.fragment_size() as u32,
+        })
+    }
+
+    /// Flushes the upper directory of `ino` (fsyncdir).
+    pub fn fsyncdir(&self, ino: u64) -> io::Result<()> {
+        let _t = self.read_tree();
+        let node = self.nodes.get(ino)?;
+        let st = node.snapshot();
+        if !st.upper {
+            return Ok(());
+        }
+        File::open(self.backing_path(&node, &st)?)?.sync_all()
+    }
+}
