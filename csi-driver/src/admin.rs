@@ -12,8 +12,11 @@ use tonic::{Request, Response, Status};
 use volume_core::snapshot::SnapshotFilter;
 use volume_core::{ContentSource, CreateRequest, SnapshotRecord, VolumeParams, VolumeRecord};
 
+use fuse_overlay::layers::{ImportedLayer, LayerInfo, LayerKey, LayerStore};
+
 use crate::driver::Driver;
 use crate::rpc::{blocking, observe, require};
+use crate::status::layer_status;
 
 /// The Admin service.
 #[derive(Debug, Clone)]
@@ -71,6 +74,91 @@ pub fn to_pb_volume(driver: &Driver, rec: &VolumeRecord) -> pb::Volume {
             .map(|m| format!("{}:{}", m.pid, m.target.display()))
             .collect(),
     }
+}
+
+/// The admin view of a stored layer.
+pub fn to_pb_layer(l: &LayerInfo) -> pb::Layer {
+    pb::Layer {
+        key: l.key.to_string(),
+        diff_id: l.diff_id.clone(),
+        size_bytes: l.size,
+        entries: l.entries,
+        blobs: l.blobs.iter().map(|b| b.digest.clone()).collect(),
+        imported_at: l.imported_at,
+    }
+}
+
+/// The volumes whose `layers` parameter names the layer `key` (by key, diff_id or blob
+/// digest), as "name (id)".
+pub fn volumes_using_layer(
+    layers: &LayerStore,
+    recs: &[VolumeRecord],
+    key: &LayerKey,
+) -> Vec<String> {
+    recs.iter()
+        .filter(|r| {
+            r.parameters.get("layers").is_some_and(|list| {
+                list.split(',').map(str::trim).any(|reference| {
+                    matches!(layers.find(reference), Ok(Some(info)) if info.key == *key)
+                })
+            })
+        })
+        .map(|r| format!("{} ({})", r.name, r.id))
+        .collect()
+}
+
+/// The response to an import: each layer's metadata, and whether it was already there.
+fn import_response(
+    layers: &LayerStore,
+    imported: &[ImportedLayer],
+) -> Result<pb::ImportLayerResponse, Status> {
+    let mut out = pb::ImportLayerResponse::default();
+    for l in imported {
+        let info = layers
+            .get(&l.key)
+            .map_err(|e| layer_status(&e))?
+            .ok_or_else(|| Status::internal(format!("layer {} vanished after import", l.key)))?;
+        out.layers.push(to_pb_layer(&info));
+        out.deduplicated.push(l.deduplicated);
+    }
+    Ok(out)
+}
+
+/// A blocking reader over the chunks of a client's stream.
+struct ChunkReader {
+    rx: tokio::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
+    chunk: Vec<u8>,
+    at: usize,
+}
+
+impl std::io::Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.at == self.chunk.len() {
+            match self.rx.blocking_recv() {
+                Some(Ok(c)) => {
+                    self.chunk = c;
+                    self.at = 0;
+                }
+                Some(Err(e)) => return Err(e),
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len() - self.at);
+        buf[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+/// Runs layer store work on the blocking pool.
+async fn layer_blocking<T, F>(work: F) -> Result<T, Status>
+where
+    F: FnOnce() -> Result<T, Status> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| Status::internal(format!("layer task failed: {e}")))?
 }
 
 fn to_pb_snapshot(s: &SnapshotRecord) -> pb::Snapshot {
@@ -137,8 +225,14 @@ impl Admin for AdminService {
             async move {
                 require(&req.name, "name")?;
                 let (fixed, mutable) = split_parameters(&req.parameters);
-                let params =
+                let mut params =
                     VolumeParams::parse(&fixed, None).map_err(|e| crate::status::to_status(&e))?;
+                {
+                    let driver = Arc::clone(&driver);
+                    params =
+                        layer_blocking(move || driver.resolve_layers(&mut params).map(|()| params))
+                            .await?;
+                }
                 let mut create =
                     CreateRequest::new(req.name.clone(), req.capacity_bytes, 0, params);
                 create.mutable_parameters = mutable;
@@ -430,6 +524,154 @@ impl Admin for AdminService {
                 let target = PathBuf::from(&req.target);
                 blocking(move || manager.detach_from(&req.volume, req.pid, &target)).await?;
                 Ok(pb::DetachVolumeResponse {})
+            },
+        )
+        .await
+    }
+
+    async fn import_layer(
+        &self,
+        request: Request<tonic::Streaming<pb::ImportLayerChunk>>,
+    ) -> Result<Response<pb::ImportLayerResponse>, Status> {
+        let (meta, _, mut stream) = request.into_parts();
+        let layers = Arc::clone(&self.driver.layers);
+        observe(
+            &self.driver.metrics,
+            "Admin.ImportLayer",
+            "",
+            &meta,
+            async move {
+                let first = stream
+                    .message()
+                    .await?
+                    .ok_or_else(|| Status::invalid_argument("no layer data was sent"))?;
+                if !first.oci_layout_path.is_empty() {
+                    if !first.data.is_empty() || stream.message().await?.is_some() {
+                        return Err(Status::invalid_argument(
+                            "send either an OCI layout path or tarball data, not both",
+                        ));
+                    }
+                    let path = PathBuf::from(&first.oci_layout_path);
+                    if !path.is_absolute() {
+                        return Err(Status::invalid_argument(format!(
+                            "OCI layout path {} is not absolute",
+                            path.display()
+                        )));
+                    }
+                    return layer_blocking(move || {
+                        if !path.is_dir() {
+                            return Err(Status::not_found(format!(
+                                "OCI layout {} is not a directory on the daemon's host",
+                                path.display()
+                            )));
+                        }
+                        let imported = layers
+                            .import_oci_layout(&path)
+                            .map_err(|e| layer_status(&e))?;
+                        import_response(&layers, &imported)
+                    })
+                    .await;
+                }
+                // The tarball: chunks go through a bounded channel to the blocking
+                // import, which reads them as a stream (never the whole blob in memory).
+                let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Vec<u8>>>(8);
+                let import = layer_blocking(move || {
+                    let reader = ChunkReader {
+                        rx,
+                        chunk: Vec::new(),
+                        at: 0,
+                    };
+                    let imported = layers.import_tar(reader).map_err(|e| layer_status(&e))?;
+                    import_response(&layers, std::slice::from_ref(&imported))
+                });
+                let forward = async move {
+                    let mut next = Some(first);
+                    loop {
+                        let chunk = match next.take() {
+                            Some(c) => Ok(c.data),
+                            None => match stream.message().await {
+                                Ok(Some(c)) if !c.oci_layout_path.is_empty() => Err(
+                                    std::io::Error::other("an OCI layout path may only come first"),
+                                ),
+                                Ok(Some(c)) => Ok(c.data.to_vec()),
+                                Ok(None) => break,
+                                Err(s) => Err(std::io::Error::other(format!(
+                                    "the client's stream failed: {}",
+                                    s.message()
+                                ))),
+                            },
+                        };
+                        let failed = chunk.is_err();
+                        // A closed channel: the import stopped (and says why).
+                        if tx.send(chunk).await.is_err() || failed {
+                            break;
+                        }
+                    }
+                };
+                let (result, ()) = tokio::join!(import, forward);
+                result
+            },
+        )
+        .await
+    }
+
+    async fn list_layers(
+        &self,
+        request: Request<pb::ListLayersRequest>,
+    ) -> Result<Response<pb::ListLayersResponse>, Status> {
+        let layers = Arc::clone(&self.driver.layers);
+        observe(
+            &self.driver.metrics,
+            "Admin.ListLayers",
+            "",
+            request.metadata(),
+            async move {
+                layer_blocking(move || {
+                    let list = layers.list().map_err(|e| layer_status(&e))?;
+                    Ok(pb::ListLayersResponse {
+                        layers: list.iter().map(to_pb_layer).collect(),
+                    })
+                })
+                .await
+            },
+        )
+        .await
+    }
+
+    async fn remove_layer(
+        &self,
+        request: Request<pb::RemoveLayerRequest>,
+    ) -> Result<Response<pb::RemoveLayerResponse>, Status> {
+        let (meta, _, req) = request.into_parts();
+        let layers = Arc::clone(&self.driver.layers);
+        let manager = Arc::clone(&self.driver.manager);
+        observe(
+            &self.driver.metrics,
+            "Admin.RemoveLayer",
+            "",
+            &meta,
+            async move {
+                require(&req.layer, "layer")?;
+                let recs = blocking(move || manager.list(None, usize::MAX)).await?;
+                layer_blocking(move || {
+                    let info = layers
+                        .find(&req.layer)
+                        .map_err(|e| layer_status(&e))?
+                        .ok_or_else(|| {
+                            Status::not_found(format!("layer {} not found", req.layer))
+                        })?;
+                    let users = volumes_using_layer(&layers, &recs, &info.key);
+                    if !users.is_empty() {
+                        return Err(Status::failed_precondition(format!(
+                            "layer {} is used by volume {}; delete those volumes first",
+                            info.key,
+                            users.join(", ")
+                        )));
+                    }
+                    layers.remove(&info.key).map_err(|e| layer_status(&e))?;
+                    Ok(pb::RemoveLayerResponse {})
+                })
+                .await
             },
         )
         .await

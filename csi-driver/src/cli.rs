@@ -19,11 +19,11 @@ pub const EXIT_OK: i32 = 0;
 pub const EXIT_ERROR: i32 = 1;
 /// Exit status: the command line was wrong.
 pub const EXIT_USAGE: i32 = 2;
-/// Exit status: the named volume or snapshot does not exist.
+/// Exit status: the named volume, snapshot or layer does not exist.
 pub const EXIT_NOT_FOUND: i32 = 3;
 
 const EXIT_HELP: &str = "\
-Exit status: 0 success, 1 error, 2 usage error, 3 volume or snapshot not found.
+Exit status: 0 success, 1 error, 2 usage error, 3 volume, snapshot or layer not found.
 Sizes take binary units: 512MiB, 10GiB (K/M/G/T are binary too).";
 
 /// Manage Stowage volumes on this node.
@@ -68,8 +68,8 @@ pub enum Command {
         /// Capacity, e.g. 10GiB.
         #[arg(long, default_value = "1GiB")]
         size: String,
-        /// Storage kind.
-        #[arg(long, value_parser = ["dir", "loop"], default_value = "dir")]
+        /// Storage kind (image: give the layers with -o layers=KEY,... bottom first).
+        #[arg(long, value_parser = ["dir", "loop", "image"], default_value = "dir")]
         kind: String,
         /// Filesystem of a loop volume.
         #[arg(long, value_parser = ["ext4", "xfs"])]
@@ -106,6 +106,9 @@ pub enum Command {
     /// Snapshots.
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
+    /// Read-only image layers (for `kind=image` volumes).
+    #[command(subcommand)]
+    Layer(LayerCommand),
     /// Make a new volume from a volume (or, with --from-snapshot, from a snapshot).
     Clone {
         /// The source volume (or snapshot with --from-snapshot).
@@ -172,6 +175,24 @@ pub enum SnapshotCommand {
     },
 }
 
+/// `vol layer` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum LayerCommand {
+    /// Import a layer tarball (plain, gzip or zstd) or every layer of an OCI image
+    /// layout directory, bottom first. The path is read by the daemon on this node.
+    Import {
+        /// A layer tarball or an OCI image layout directory.
+        path: PathBuf,
+    },
+    /// List stored layers.
+    Ls,
+    /// Remove a layer no volume uses.
+    Rm {
+        /// Layer key (`<hex>` or `blake3:<hex>`), diff_id or blob digest.
+        key: String,
+    },
+}
+
 /// A failed command: the message for stderr and the exit status.
 #[derive(Debug)]
 pub struct CliError {
@@ -202,6 +223,8 @@ fn from_status(s: tonic::Status) -> CliError {
     };
     let hint = match s.code() {
         Code::Aborted => " (another operation on it is running; try again)",
+        // A message that already says what to do first needs no generic hint.
+        Code::FailedPrecondition if s.message().contains(" first") => "",
         Code::FailedPrecondition => " (unmount, detach or unstage it first)",
         Code::ResourceExhausted => " (free space in the pool or ask for less)",
         Code::Unavailable => " (is stowaged running? see --socket)",
@@ -240,6 +263,85 @@ async fn with_progress<T>(what: &str, fut: impl std::future::Future<Output = T>)
     let out = fut.await;
     bar.finish_and_clear();
     out
+}
+
+/// A local file error: exit 3 when it does not exist.
+fn file_err(path: &std::path::Path, e: &std::io::Error) -> CliError {
+    CliError {
+        code: if e.kind() == std::io::ErrorKind::NotFound {
+            EXIT_NOT_FOUND
+        } else {
+            EXIT_ERROR
+        },
+        message: format!("{}: {e}", path.display()),
+    }
+}
+
+/// Bytes per ImportLayer chunk.
+const IMPORT_CHUNK: usize = 256 * 1024;
+
+/// `vol layer import`: streams a tarball to the daemon (with a byte progress bar on a
+/// terminal), or names an OCI layout directory, which the daemon reads on this node.
+async fn import_layer(
+    admin: &mut AdminClient<Channel>,
+    path: &std::path::Path,
+) -> Result<Vec<pb::Layer>, CliError> {
+    use std::io::Read;
+    let meta = std::fs::metadata(path).map_err(|e| file_err(path, &e))?;
+    if meta.is_dir() {
+        let abs = std::fs::canonicalize(path).map_err(|e| file_err(path, &e))?;
+        let first = pb::ImportLayerChunk {
+            oci_layout_path: abs.display().to_string(),
+            data: Vec::new(),
+        };
+        return with_progress(
+            "importing",
+            admin.import_layer(tokio_stream::iter(vec![first])),
+        )
+        .await
+        .map(|r| r.into_inner().layers)
+        .map_err(from_status);
+    }
+    let mut file = std::fs::File::open(path).map_err(|e| file_err(path, &e))?;
+    let bar = if std::io::stderr().is_terminal() {
+        indicatif::ProgressBar::new(meta.len()).with_message("importing")
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let reader_bar = bar.clone();
+    let reader = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        loop {
+            let mut chunk = vec![0u8; IMPORT_CHUNK];
+            let n = match file.read(&mut chunk) {
+                Ok(0) => return Ok(()),
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            chunk.truncate(n);
+            reader_bar.inc(n as u64);
+            let msg = pb::ImportLayerChunk {
+                oci_layout_path: String::new(),
+                data: chunk,
+            };
+            if tx.blocking_send(msg).is_err() {
+                // The daemon stopped reading; its answer says why.
+                return Ok(());
+            }
+        }
+    });
+    let answer = admin
+        .import_layer(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await;
+    bar.finish_and_clear();
+    let read = reader.await.map_err(|e| CliError {
+        code: EXIT_ERROR,
+        message: format!("reading {}: {e}", path.display()),
+    })?;
+    // A local read error explains a truncated stream better than the daemon can.
+    read.map_err(|e| file_err(path, &e))?;
+    answer.map(|r| r.into_inner().layers).map_err(from_status)
 }
 
 /// The JSON form of a volume (`--output json`).
@@ -378,6 +480,36 @@ impl Listed for pb::Snapshot {
             format_size(self.size_bytes),
             self.source_volume_id.clone(),
             self.id.clone(),
+        ]
+    }
+}
+
+/// The JSON form of a layer (`--output json`).
+pub fn layer_json(l: &pb::Layer) -> serde_json::Value {
+    serde_json::json!({
+        "key": l.key,
+        "diff_id": l.diff_id,
+        "size_bytes": l.size_bytes,
+        "entries": l.entries,
+        "blobs": l.blobs,
+        "imported_at": l.imported_at,
+    })
+}
+
+impl Listed for pb::Layer {
+    const HEADER: &'static [&'static str] = &["KEY", "DIFF_ID", "SIZE", "ENTRIES"];
+    fn name(&self) -> &str {
+        &self.key
+    }
+    fn json(&self) -> serde_json::Value {
+        layer_json(self)
+    }
+    fn row(&self) -> Vec<String> {
+        vec![
+            self.key.clone(),
+            self.diff_id.clone(),
+            format_size(self.size_bytes),
+            self.entries.to_string(),
         ]
     }
 }
@@ -576,6 +708,29 @@ pub async fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), CliError> {
             }
             Ok(())
         }
+        Command::Layer(LayerCommand::Import { path }) => {
+            let layers = import_layer(&mut admin, path).await?;
+            print_list(cli, out, &layers).map_err(io_err)
+        }
+        Command::Layer(LayerCommand::Ls) => {
+            let layers = admin
+                .list_layers(pb::ListLayersRequest {})
+                .await
+                .map_err(from_status)?
+                .into_inner()
+                .layers;
+            print_list(cli, out, &layers).map_err(io_err)
+        }
+        Command::Layer(LayerCommand::Rm { key }) => {
+            admin
+                .remove_layer(pb::RemoveLayerRequest { layer: key.clone() })
+                .await
+                .map_err(from_status)?;
+            if !cli.quiet && cli.output == Output::Table {
+                writeln!(out, "removed layer {key}").map_err(io_err)?;
+            }
+            Ok(())
+        }
         Command::Clone {
             source,
             name,
@@ -690,10 +845,56 @@ mod tests {
     }
 
     #[test]
+    fn layer_json_and_rows_have_a_stable_shape() {
+        let l = pb::Layer {
+            key: "ab".repeat(32),
+            diff_id: format!("sha256:{}", "cd".repeat(32)),
+            size_bytes: 3 << 20,
+            entries: 7,
+            blobs: vec![format!("sha256:{}", "ef".repeat(32))],
+            imported_at: 1,
+        };
+        let j = layer_json(&l);
+        let mut keys: Vec<_> = j.as_object().unwrap().keys().cloned().collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                "blobs",
+                "diff_id",
+                "entries",
+                "imported_at",
+                "key",
+                "size_bytes"
+            ]
+        );
+        assert_eq!(j["entries"], 7);
+        assert_eq!(Listed::name(&l), l.key);
+        assert_eq!(
+            l.row(),
+            vec![l.key.clone(), l.diff_id.clone(), "3MiB".into(), "7".into()]
+        );
+    }
+
+    #[test]
+    fn a_message_that_says_what_to_do_first_gets_no_generic_hint() {
+        let e = from_status(tonic::Status::failed_precondition(
+            "layer k is used by volume a; delete those volumes first",
+        ));
+        assert_eq!(e.code, EXIT_ERROR);
+        assert!(!e.message.contains("unmount"), "{}", e.message);
+        let e = from_status(tonic::Status::failed_precondition("volume a is staged"));
+        assert!(e.message.ends_with("(unmount, detach or unstage it first)"));
+    }
+
+    #[test]
     fn help_documents_the_exit_codes() {
         let help = <Cli as clap::CommandFactory>::command()
             .render_long_help()
             .to_string();
-        assert!(help.contains("3 volume or snapshot not found"), "{help}");
+        assert!(
+            help.contains("3 volume, snapshot or layer not found"),
+            "{help}"
+        );
     }
 }

@@ -92,8 +92,16 @@ impl Controller for ControllerService {
                     )));
                 }
                 let fs_type = req.volume_capabilities.iter().find_map(mount_fs_type);
-                let params = VolumeParams::parse(&req.parameters, fs_type)
+                let mut params = VolumeParams::parse(&req.parameters, fs_type)
                     .map_err(|e| crate::status::to_status(&e))?;
+                {
+                    let driver = Arc::clone(&driver);
+                    params = tokio::task::spawn_blocking(move || {
+                        driver.resolve_layers(&mut params).map(|()| params)
+                    })
+                    .await
+                    .map_err(|e| Status::internal(format!("layer lookup failed: {e}")))??;
+                }
                 let (required, limit) = match &req.capacity_range {
                     Some(r) => (
                         bytes(r.required_bytes, "required_bytes")?,

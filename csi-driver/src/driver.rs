@@ -3,9 +3,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use fuse_overlay::layers::LayerStore;
 use stowage_proto::csi::v1 as csi;
 use volume_core::model::VolumeHealth;
-use volume_core::{ContentSource, SnapshotRecord, VolumeManager, VolumeRecord};
+use volume_core::{
+    ContentSource, SnapshotRecord, VolumeKind, VolumeManager, VolumeParams, VolumeRecord,
+};
 
 use crate::TOPOLOGY_KEY;
 
@@ -20,6 +23,8 @@ pub struct DriverConfig {
     /// that skip ControllerPublish for node-local volumes (Kubernetes with
     /// `attachRequired: false`).
     pub require_controller_publish: bool,
+    /// The `stowage-overlay` program that mounts image volumes with `overlay=fuse`.
+    pub overlay_program: std::path::PathBuf,
 }
 
 /// Shared by the Identity, Controller and Node services.
@@ -31,16 +36,45 @@ pub struct Driver {
     pub config: DriverConfig,
     /// Metrics every RPC is recorded in.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Read-only image layers (admin `ImportLayer`/`ListLayers`/`RemoveLayer`).
+    pub layers: Arc<LayerStore>,
 }
 
 impl Driver {
     /// Wraps a reconciled manager.
-    pub fn new(manager: VolumeManager, config: DriverConfig) -> Arc<Self> {
+    pub fn new(manager: VolumeManager, config: DriverConfig, layers: LayerStore) -> Arc<Self> {
         Arc::new(Driver {
             manager: Arc::new(manager),
             config,
             metrics: Arc::new(crate::metrics::Metrics::new()),
+            layers: Arc::new(layers),
         })
+    }
+
+    /// Resolves the layer references of an image volume's parameters (keys, diff_ids
+    /// or blob digests) to layer store keys. A layer not in the store is the caller's
+    /// bad argument: INVALID_ARGUMENT.
+    pub fn resolve_layers(&self, params: &mut VolumeParams) -> Result<(), tonic::Status> {
+        if params.kind != VolumeKind::Image {
+            return Ok(());
+        }
+        let keys = self.resolve_layer_list(&params.layers)?;
+        params.set_layer_keys(keys);
+        Ok(())
+    }
+
+    /// The layer store keys of `references`, in the same order.
+    pub fn resolve_layer_list(&self, references: &[String]) -> Result<Vec<String>, tonic::Status> {
+        references
+            .iter()
+            .map(|r| match self.layers.find(r) {
+                Ok(Some(info)) => Ok(info.key.as_str().to_string()),
+                Ok(None) => Err(tonic::Status::invalid_argument(format!(
+                    "layer {r} is not in the layer store (import it with vol layer import)"
+                ))),
+                Err(e) => Err(crate::status::layer_status(&e)),
+            })
+            .collect()
     }
 
     /// This node's topology segment.

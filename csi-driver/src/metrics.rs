@@ -142,7 +142,7 @@ impl Metrics {
         self.pool_available
             .set(i64::try_from(usage.available).unwrap_or(i64::MAX));
         let vols = manager.list(None, usize::MAX)?;
-        for kind in [VolumeKind::Dir, VolumeKind::Loop] {
+        for kind in [VolumeKind::Dir, VolumeKind::Loop, VolumeKind::Image] {
             let n = vols.iter().filter(|v| v.kind == kind).count();
             self.volumes
                 .get_or_create(&KindLabels {

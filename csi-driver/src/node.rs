@@ -123,6 +123,21 @@ impl Node for NodeService {
                 };
                 let target = PathBuf::from(&req.target_path);
                 if is_ephemeral(&req.volume_context) {
+                    let mut req = req;
+                    if let Some(list) = req.volume_context.get(volume_core::params::LAYERS) {
+                        // Resolve digests to layer store keys before the volume is made.
+                        let refs: Vec<String> =
+                            list.split(',').map(|r| r.trim().to_string()).collect();
+                        let driver = Arc::clone(&self.driver);
+                        let keys =
+                            tokio::task::spawn_blocking(move || driver.resolve_layer_list(&refs))
+                                .await
+                                .map_err(|e| {
+                                    Status::internal(format!("layer lookup failed: {e}"))
+                                })??;
+                        req.volume_context
+                            .insert(volume_core::params::LAYERS.to_string(), keys.join(","));
+                    }
                     blocking(move || {
                         manager.publish_ephemeral(
                             &req.volume_id,

@@ -352,6 +352,8 @@ mod tests {
             node_id: "n".into(),
             ephemeral_dir: dir.path().join("ephemeral"),
             attach_dir: dir.path().join("attach"),
+            layers_dir: dir.path().join("layers"),
+            overlay_program: dir.path().join("stowage-overlay"),
         };
         let manager = Arc::new(VolumeManager::new(store, pool, fake.host(), node));
         let app = router(manager, mounts_dir(dir.path()));

@@ -35,6 +35,9 @@ pub enum ServerError {
     /// The socket could not be set up.
     #[error("endpoint")]
     Endpoint(#[from] crate::endpoint::EndpointError),
+    /// The layer store could not be opened.
+    #[error("layer store")]
+    Layers(#[from] fuse_overlay::layers::Error),
     /// The gRPC server failed.
     #[error("gRPC server")]
     Transport(#[from] tonic::transport::Error),
@@ -72,6 +75,11 @@ impl StateLayout {
     pub fn attach_dir(&self) -> PathBuf {
         self.root.join("attach")
     }
+
+    /// The layer store (read-only image layers).
+    pub fn layer_store(&self) -> PathBuf {
+        self.root.join("layers-store")
+    }
 }
 
 /// Opens the pool and store under `layout`, reconciles, and returns the driver.
@@ -85,14 +93,18 @@ pub fn open_driver(
         .map_err(|e| ServerError::StateDir(layout.root.clone(), e))?;
     let pool = Pool::open(pool, host.clone())?;
     let store = Store::open(&layout.metadata())?;
+    let layers = fuse_overlay::layers::LayerStore::open(layout.layer_store())?;
     let node = NodeIdentity {
         node_id: config.node_id.clone(),
         ephemeral_dir: layout.ephemeral_dir(),
         attach_dir: layout.attach_dir(),
+        // The store keeps each layer's tree at `<root>/layers/<key>` (LayerStore::path).
+        layers_dir: layers.root().join("layers"),
+        overlay_program: config.overlay_program.clone(),
     };
     let manager = VolumeManager::new(store, pool, host, node);
     let report = manager.reconcile()?;
-    Ok((Driver::new(manager, config), report))
+    Ok((Driver::new(manager, config, layers), report))
 }
 
 /// Serves the CSI services on `listener` until `shutdown` completes.

@@ -31,6 +31,32 @@ pub fn to_status(err: &Error) -> Status {
     Status::new(code, chain(err))
 }
 
+/// A layer store error as a gRPC status: a bad blob, layout or digest is the caller's
+/// INVALID_ARGUMENT; file system errors go by errno.
+pub fn layer_status(err: &fuse_overlay::layers::Error) -> Status {
+    use fuse_overlay::layers::Error as L;
+    let code = match err {
+        L::Io { source, .. } | L::Extract { source, .. } => errno_code(source.raw_os_error()),
+        L::Locked { .. } => Code::FailedPrecondition,
+        L::Read(_)
+        | L::UnsafePath { .. }
+        | L::ThroughSymlink { .. }
+        | L::HardLink { .. }
+        | L::InvalidEntry { .. }
+        | L::UnsupportedEntry { .. }
+        | L::UnsupportedCompression(_)
+        | L::DigestMismatch { .. }
+        | L::InvalidDigest(_)
+        | L::UnsupportedDigest(_)
+        | L::InvalidKey(_)
+        | L::Layout { .. }
+        | L::UnsupportedMediaType(_)
+        | L::NoMatchingManifest { .. }
+        | L::Json { .. } => Code::InvalidArgument,
+    };
+    Status::new(code, chain(err))
+}
+
 fn errno_code(errno: Option<i32>) -> Code {
     match errno {
         Some(libc::ENOSPC) | Some(libc::EDQUOT) => Code::ResourceExhausted,
@@ -69,6 +95,50 @@ mod tests {
     use std::path::PathBuf;
 
     use super::*;
+
+    #[test]
+    fn layer_store_errors_map_to_the_callers_fault_or_errno() {
+        use fuse_overlay::layers::Error as L;
+        let cases: Vec<(L, Code)> = vec![
+            (L::InvalidKey("x".into()), Code::InvalidArgument),
+            (
+                L::UnsafePath {
+                    path: "../x".into(),
+                    reason: "parent",
+                },
+                Code::InvalidArgument,
+            ),
+            (
+                L::Read(io::Error::other("truncated")),
+                Code::InvalidArgument,
+            ),
+            (
+                L::Locked {
+                    root: PathBuf::from("/s"),
+                },
+                Code::FailedPrecondition,
+            ),
+            (
+                L::Io {
+                    op: "reading",
+                    path: PathBuf::from("/x"),
+                    source: io::Error::from_raw_os_error(libc::ENOENT),
+                },
+                Code::NotFound,
+            ),
+            (
+                L::Io {
+                    op: "writing",
+                    path: PathBuf::from("/x"),
+                    source: io::Error::from_raw_os_error(libc::ENOSPC),
+                },
+                Code::ResourceExhausted,
+            ),
+        ];
+        for (err, code) in cases {
+            assert_eq!(layer_status(&err).code(), code, "{err}");
+        }
+    }
 
     #[test]
     fn every_domain_error_has_its_csi_code() {

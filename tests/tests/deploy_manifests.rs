@@ -746,10 +746,7 @@ fn with_create_metadata(params: &HashMap<String, String>) -> HashMap<String, Str
 fn storage_classes_are_accepted_by_the_driver() {
     let docs = all_docs();
     let controller = controller_caps();
-    let classes: Vec<&Doc> = docs
-        .iter()
-        .filter(|d| d.kind() == "StorageClass" && d.file != "storageclass-image.yaml")
-        .collect();
+    let classes: Vec<&Doc> = docs.iter().filter(|d| d.kind() == "StorageClass").collect();
     assert!(!classes.is_empty());
     for sc in classes {
         let v = &sc.value;
@@ -786,21 +783,38 @@ fn storage_classes_are_accepted_by_the_driver() {
     }
 }
 
+/// The image class is a template (its layers are per image, so it stays out of
+/// kustomization.yaml), and the driver accepts its parameters.
 #[test]
-fn image_storage_class_is_still_rejected_by_the_driver() {
+fn image_storage_class_is_accepted_by_the_driver() {
     let docs = parse_file("storageclass-image.yaml");
     assert_eq!(docs.len(), 1);
     let sc = &docs[0];
     assert_eq!(sc.kind(), "StorageClass");
     assert_eq!(str_at(&sc.value, &["provisioner"]), Some(DRIVER_NAME));
     let params = string_map(sc.value.get("parameters"));
+    let parsed = VolumeParams::parse(&params, None)
+        .unwrap_or_else(|e| panic!("the driver rejects the image class {params:?}: {e}"));
+    assert_eq!(parsed.kind, volume_core::VolumeKind::Image);
+    assert_eq!(parsed.fs, None);
+    assert!(!parsed.layers.is_empty());
     assert!(
-        VolumeParams::parse(&params, None).is_err(),
-        "the driver accepts {params:?} now: list storageclass-image.yaml in \
-         kustomization.yaml and drop its 'applies once kind=image exists' header"
+        parsed.layers.iter().all(|l| l.starts_with("sha256:")),
+        "the template names layers by diff_id, the same on every node"
     );
+    assert_eq!(
+        parsed.overlay,
+        Some(volume_core::params::OverlayBackend::Kernel)
+    );
+    // With a capability fs_type (as the provisioner may send) it is still accepted.
+    VolumeParams::parse(&with_create_metadata(&params), Some("ext4"))
+        .expect("image class with PVC metadata and an fs_type");
     let text = read("deploy/kubernetes/storageclass-image.yaml");
-    assert!(text.starts_with("# Applies once kind=image exists"));
+    assert!(!text.contains("rejects"), "no stale 'rejected' header");
+    assert!(
+        text.contains("vol layer import"),
+        "says how to get the layers"
+    );
 }
 
 #[test]

@@ -37,7 +37,7 @@ impl VolumeManager {
                 )));
             }
             match rec.kind {
-                VolumeKind::Dir => self.pool.set_dir_limit(&rec.id, new)?,
+                VolumeKind::Dir | VolumeKind::Image => self.pool.set_dir_limit(&rec.id, new)?,
                 VolumeKind::Loop => {
                     self.pool.grow_image(&rec.id, new)?;
                     for l in self

@@ -76,6 +76,11 @@ pub struct NodeIdentity {
     pub ephemeral_dir: PathBuf,
     /// Where volumes attached into containers are staged.
     pub attach_dir: PathBuf,
+    /// The layer store's directory of unpacked layers (`<key>/` each): the lower
+    /// directories of image volumes.
+    pub layers_dir: PathBuf,
+    /// The `stowage-overlay` program, which mounts image volumes with `overlay=fuse`.
+    pub overlay_program: PathBuf,
 }
 
 /// Controller and node operations on the volumes of one pool.
@@ -263,7 +268,7 @@ impl VolumeManager {
     /// compatible (CreateVolume is idempotent by name).
     pub fn create(&self, req: &CreateRequest) -> Result<VolumeRecord> {
         validate_name(&req.name)?;
-        if req.block && req.params.kind == VolumeKind::Dir {
+        if req.block && req.params.kind != VolumeKind::Loop {
             return Err(Error::InvalidArgument(
                 "block access needs kind=loop; a directory volume has no device".into(),
             ));
@@ -475,7 +480,7 @@ impl VolumeManager {
     /// Controller-side health: is the volume's storage where the record says?
     pub fn controller_health(&self, rec: &VolumeRecord) -> VolumeHealth {
         let path = match rec.kind {
-            VolumeKind::Dir => self.pool.volume_dir(&rec.id),
+            VolumeKind::Dir | VolumeKind::Image => self.pool.volume_dir(&rec.id),
             VolumeKind::Loop => self.pool.image_path(&rec.id),
         };
         match std::fs::metadata(&path) {
@@ -503,6 +508,14 @@ fn compatible(existing: VolumeRecord, req: &CreateRequest) -> Result<VolumeRecor
     }
     if existing.fs != req.params.fs {
         return conflict(format!("existing fsType is {:?}", existing.fs));
+    }
+    for key in [crate::params::LAYERS, crate::params::OVERLAY] {
+        if existing.parameters.get(key) != req.params.normalized.get(key) {
+            return conflict(format!(
+                "existing {key} is {:?}",
+                existing.parameters.get(key)
+            ));
+        }
     }
     if existing.capacity < req.required_bytes {
         return conflict(format!("existing capacity is {} bytes", existing.capacity));
@@ -553,6 +566,8 @@ pub(crate) mod tests {
             node_id: "node-1".into(),
             ephemeral_dir: dir.path().join("ephemeral"),
             attach_dir: dir.path().join("attach"),
+            layers_dir: dir.path().join("layers"),
+            overlay_program: dir.path().join("stowage-overlay"),
         };
         let mgr = VolumeManager::new(store, pool, fake.host(), node);
         Fixture { dir, fake, mgr }

@@ -18,6 +18,9 @@ pub enum VolumeKind {
     Dir,
     /// A sparse image file holding a filesystem, attached through a loop device.
     Loop,
+    /// Read-only image layers from the layer store under an overlay, with a writable
+    /// layer per publication kept in the volume's directory (a subvolume, like `Dir`).
+    Image,
 }
 
 impl VolumeKind {
@@ -26,8 +29,9 @@ impl VolumeKind {
         match s {
             "dir" => Ok(VolumeKind::Dir),
             "loop" => Ok(VolumeKind::Loop),
+            "image" => Ok(VolumeKind::Image),
             other => Err(Error::InvalidArgument(format!(
-                "kind {other:?} is not one of dir, loop"
+                "kind {other:?} is not one of dir, loop, image"
             ))),
         }
     }
@@ -37,7 +41,16 @@ impl VolumeKind {
         match self {
             VolumeKind::Dir => "dir",
             VolumeKind::Loop => "loop",
+            VolumeKind::Image => "image",
         }
+    }
+}
+
+impl VolumeKind {
+    /// True when the volume's data is a directory (a subvolume) rather than an image
+    /// file: `Dir`, and `Image`, whose directory holds the writable layers.
+    pub fn is_directory(self) -> bool {
+        matches!(self, VolumeKind::Dir | VolumeKind::Image)
     }
 }
 

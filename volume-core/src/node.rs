@@ -182,7 +182,7 @@ impl VolumeManager {
         let mut opts = MountOptions::volume_defaults();
         opts.extra = flags.to_vec();
         match rec.kind {
-            VolumeKind::Dir => {
+            VolumeKind::Dir | VolumeKind::Image => {
                 let dir = self.pool.volume_dir(&rec.id);
                 self.host
                     .mounter
@@ -336,17 +336,109 @@ impl VolumeManager {
             });
             self.store.put(&rec)?;
         }
-        let source = if opts.block {
-            self.attach_loop(&rec)?.0
-        } else {
-            staging.to_path_buf()
-        };
-        if let Err(e) = self.bind_target(&source, target, opts) {
+        if let Err(e) = self.mount_target(&rec, staging, target, opts) {
             rec.publications.retain(|p| p.target != target);
             self.store.put(&rec)?;
             return Err(e);
         }
         tracing::info!(volume.id = %id, target = %target.display(), read_only = opts.read_only, block = opts.block, "published");
+        Ok(())
+    }
+
+    /// Mounts a publication of `rec` at `target`: the overlay of an image volume, else
+    /// a bind mount of the staging directory (or of the loop device for block access).
+    pub(crate) fn mount_target(
+        &self,
+        rec: &VolumeRecord,
+        staging: &Path,
+        target: &Path,
+        opts: &PublishOptions,
+    ) -> Result<()> {
+        if rec.kind == VolumeKind::Image {
+            return self.mount_image(rec, target, opts);
+        }
+        let source = if opts.block {
+            self.attach_loop(rec)?.0
+        } else {
+            staging.to_path_buf()
+        };
+        self.bind_target(&source, target, opts)
+    }
+
+    /// The writable layer of an image volume's publication at `target`:
+    /// `<volume dir>/pub-<hash of target>/{upper,work}`, inside the volume's subvolume
+    /// (overlayfs needs upper and work on one filesystem) and so within its quota. It
+    /// is kept across unpublish: publishing at the same target again sees the earlier
+    /// writes; it goes with the volume.
+    pub fn publication_dir(&self, id: &str, target: &Path) -> PathBuf {
+        use std::os::unix::ffi::OsStrExt;
+        // FNV-1a: stable across releases and platforms, unlike std's hasher.
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in target.as_os_str().as_bytes() {
+            hash ^= u64::from(*b);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+        self.pool.volume_dir(id).join(format!("pub-{hash:016x}"))
+    }
+
+    /// Mounts the overlay of an image volume's layers (the `layers` parameter, bottom
+    /// first, resolved to layer store keys at creation) with the publication's
+    /// writable layer at `target`.
+    fn mount_image(&self, rec: &VolumeRecord, target: &Path, opts: &PublishOptions) -> Result<()> {
+        let keys = crate::params::layer_keys(&rec.parameters)?;
+        let backend = crate::params::overlay_backend(&rec.parameters)?;
+        let mut lowers = Vec::with_capacity(keys.len());
+        // overlayfs takes lower directories top first.
+        for key in keys.iter().rev() {
+            let dir = self.node.layers_dir.join(key);
+            if !dir.is_dir() {
+                return Err(Error::FailedPrecondition(format!(
+                    "layer {key} of volume {} is not in the layer store (vol layer import it)",
+                    rec.id
+                )));
+            }
+            lowers.push(dir);
+        }
+        let pub_dir = self.publication_dir(&rec.id, target);
+        let (upper, work) = (pub_dir.join("upper"), pub_dir.join("work"));
+        for d in [&upper, &work] {
+            std::fs::create_dir_all(d).ctx(|| format!("create {}", d.display()))?;
+        }
+        let data = crate::os::mount::overlay_data(&lowers, &upper, &work)
+            .ctx(|| format!("overlay options for {}", target.display()))?;
+        let created = !target.exists();
+        std::fs::create_dir_all(target).ctx(|| format!("create {}", target.display()))?;
+        let mounted = match backend {
+            crate::params::OverlayBackend::Kernel => {
+                let mut mount_opts = MountOptions::volume_defaults();
+                mount_opts.read_only = opts.read_only;
+                mount_opts.extra = opts.mount_flags.clone();
+                mount_opts.extra.push(data);
+                self.host
+                    .mounter
+                    .mount(Path::new("overlay"), target, "overlay", &mount_opts)
+            }
+            crate::params::OverlayBackend::Fuse => self.host.mounter.mount_fuse_overlay(
+                &self.node.overlay_program,
+                &data,
+                target,
+                opts.read_only,
+            ),
+        };
+        if let Err(e) = mounted {
+            if created {
+                let _ = remove_path(target);
+            }
+            return Err(Error::io(
+                format!(
+                    "mount the {} overlay of volume {} at {}",
+                    backend.as_str(),
+                    rec.id,
+                    target.display()
+                ),
+                e,
+            ));
+        }
         Ok(())
     }
 
@@ -440,7 +532,7 @@ impl VolumeManager {
             used_inodes: (st.files() as u64).saturating_sub(st.files_free() as u64),
             available_inodes: st.files_available() as u64,
         };
-        if rec.kind == VolumeKind::Dir {
+        if rec.kind.is_directory() {
             // A directory shares the pool's filesystem: report against its own size.
             usage.total_bytes = rec.capacity;
             if let Some(q) = self.pool.qgroup_usage(&rec)? {
@@ -495,7 +587,7 @@ impl VolumeManager {
             problems.push("capacity is not enforced on this pool".into());
         }
         if let Some(u) = usage
-            && rec.kind == VolumeKind::Dir
+            && rec.kind.is_directory()
             && rec.capacity_enforced
             && u.available_bytes == 0
         {
@@ -695,6 +787,194 @@ mod tests {
         assert!(matches!(
             f.mgr.stats(&rec.id, "/some/path".as_ref()),
             Err(Error::PathNotFound { .. })
+        ));
+    }
+
+    fn image_fixture(
+        overlay: &str,
+    ) -> (
+        crate::manager::tests::Fixture,
+        crate::model::VolumeRecord,
+        [String; 2],
+    ) {
+        let f = fixture(true);
+        let keys = ["a".repeat(64), "b".repeat(64)];
+        for k in &keys {
+            std::fs::create_dir_all(f.dir.path().join("layers").join(k)).unwrap();
+        }
+        let p = std::collections::HashMap::from([
+            ("kind".to_string(), "image".to_string()),
+            ("layers".to_string(), keys.join(",")),
+            ("overlay".to_string(), overlay.to_string()),
+        ]);
+        let params = crate::VolumeParams::parse(&p, None).unwrap();
+        let rec = f
+            .mgr
+            .create(&crate::CreateRequest::new("img", 8 << 20, 0, params))
+            .unwrap();
+        (f, rec, keys)
+    }
+
+    #[test]
+    fn image_publish_mounts_an_overlay_with_a_writable_layer_per_target() {
+        let (f, rec, keys) = image_fixture("kernel");
+        assert_eq!(rec.kind, crate::model::VolumeKind::Image);
+        let dir = f.mgr.pool().volume_dir(&rec.id);
+        assert_eq!(
+            f.fake.limit_of(&dir),
+            Some(8 << 20),
+            "quota on the writable layers"
+        );
+        let staging = f.dir.path().join("staging");
+        let target = f.dir.path().join("target");
+        f.mgr
+            .stage(&rec.id, &staging, &StageOptions::default())
+            .unwrap();
+        let publish = |read_only| PublishOptions {
+            read_only,
+            ..Default::default()
+        };
+        f.mgr
+            .publish(&rec.id, &staging, &target, &publish(false))
+            .unwrap();
+        let pub_dir = f.mgr.publication_dir(&rec.id, &target);
+        assert!(pub_dir.starts_with(&dir));
+        assert!(pub_dir.join("upper").is_dir() && pub_dir.join("work").is_dir());
+        let layers = f.dir.path().join("layers");
+        let expected = format!(
+            "mount overlay {} overlay lowerdir={}:{},upperdir={},workdir={}",
+            target.display(),
+            layers.join(&keys[1]).display(),
+            layers.join(&keys[0]).display(),
+            pub_dir.join("upper").display(),
+            pub_dir.join("work").display()
+        );
+        let calls = f.fake.calls();
+        assert!(calls.contains(&expected), "top layer first: {calls:#?}");
+        // Idempotent.
+        f.mgr
+            .publish(&rec.id, &staging, &target, &publish(false))
+            .unwrap();
+        assert_eq!(
+            f.fake
+                .calls()
+                .iter()
+                .filter(|c| c.starts_with("mount overlay"))
+                .count(),
+            1
+        );
+        // Unpublish keeps the writable layer; another target gets a layer of its own.
+        std::fs::write(pub_dir.join("upper/kept"), b"x").unwrap();
+        f.mgr.unpublish(&rec.id, &target).unwrap();
+        assert!(pub_dir.join("upper/kept").exists());
+        let other = f.dir.path().join("other");
+        f.mgr
+            .publish(&rec.id, &staging, &other, &publish(true))
+            .unwrap();
+        assert_ne!(f.mgr.publication_dir(&rec.id, &other), pub_dir);
+        let entry = crate::os::mount::Mounter::mount_at(&*f.fake, &other)
+            .unwrap()
+            .unwrap();
+        assert!(entry.read_only());
+    }
+
+    #[test]
+    fn image_publish_of_a_missing_layer_or_a_failed_mount_leaves_nothing() {
+        let (f, rec, keys) = image_fixture("kernel");
+        let staging = f.dir.path().join("staging");
+        let target = f.dir.path().join("target");
+        f.mgr
+            .stage(&rec.id, &staging, &StageOptions::default())
+            .unwrap();
+        f.fake.fail_next("mount", libc::EINVAL);
+        assert!(
+            f.mgr
+                .publish(&rec.id, &staging, &target, &PublishOptions::default())
+                .is_err()
+        );
+        assert!(!target.exists());
+        assert!(f.mgr.get(&rec.id).unwrap().publications.is_empty());
+        std::fs::remove_dir(f.dir.path().join("layers").join(&keys[0])).unwrap();
+        let err = f
+            .mgr
+            .publish(&rec.id, &staging, &target, &PublishOptions::default())
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::FailedPrecondition(ref m) if m.contains(&keys[0])),
+            "{err}"
+        );
+        assert!(!target.exists());
+        // Block access is refused for an overlay.
+        f.mgr.unstage(&rec.id, &staging).unwrap();
+        let block = StageOptions {
+            block: true,
+            ..Default::default()
+        };
+        assert!(matches!(
+            f.mgr.stage(&rec.id, &staging, &block),
+            Err(Error::InvalidArgument(_))
+        ));
+    }
+
+    #[test]
+    fn image_publish_with_fuse_runs_the_overlay_program() {
+        let (f, rec, _) = image_fixture("fuse");
+        let staging = f.dir.path().join("staging");
+        let target = f.dir.path().join("target");
+        f.mgr
+            .stage(&rec.id, &staging, &StageOptions::default())
+            .unwrap();
+        let opts = PublishOptions {
+            read_only: true,
+            ..Default::default()
+        };
+        f.mgr.publish(&rec.id, &staging, &target, &opts).unwrap();
+        let program = f.dir.path().join("stowage-overlay");
+        let calls = f.fake.calls();
+        let call = calls
+            .iter()
+            .find(|c| c.starts_with("mount_fuse_overlay"))
+            .expect("overlay program run");
+        assert!(call.starts_with(&format!(
+            "mount_fuse_overlay {} lowerdir=",
+            program.display()
+        )));
+        assert!(
+            call.ends_with(&format!("{} true", target.display())),
+            "{call}"
+        );
+        assert!(!calls.iter().any(|c| c.starts_with("mount overlay")));
+    }
+
+    #[test]
+    fn image_create_is_idempotent_only_for_the_same_layers() {
+        let (f, rec, keys) = image_fixture("kernel");
+        let same = std::collections::HashMap::from([
+            ("kind".to_string(), "image".to_string()),
+            ("layers".to_string(), keys.join(",")),
+        ]);
+        let again = f
+            .mgr
+            .create(&crate::CreateRequest::new(
+                "img",
+                8 << 20,
+                0,
+                crate::VolumeParams::parse(&same, None).unwrap(),
+            ))
+            .unwrap();
+        assert_eq!(again.id, rec.id);
+        let other = std::collections::HashMap::from([
+            ("kind".to_string(), "image".to_string()),
+            ("layers".to_string(), keys[0].clone()),
+        ]);
+        assert!(matches!(
+            f.mgr.create(&crate::CreateRequest::new(
+                "img",
+                8 << 20,
+                0,
+                crate::VolumeParams::parse(&other, None).unwrap(),
+            )),
+            Err(Error::NameConflict { .. })
         ));
     }
 }

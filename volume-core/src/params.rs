@@ -11,6 +11,88 @@ pub const KIND: &str = "kind";
 pub const FS_TYPE: &str = "fsType";
 /// Prefix of parameters the Kubernetes external-provisioner adds; accepted and ignored.
 pub const K8S_PREFIX: &str = "csi.storage.k8s.io/";
+/// Parameter listing an image volume's layers, comma separated, bottom layer first.
+pub const LAYERS: &str = "layers";
+/// Parameter choosing an image volume's overlay back end (`kernel` or `fuse`).
+pub const OVERLAY: &str = "overlay";
+
+/// Which overlay implementation mounts an image volume's publications.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OverlayBackend {
+    /// Kernel overlayfs (the default: its mounts survive a daemon restart).
+    #[default]
+    Kernel,
+    /// The `stowage-overlay` FUSE filesystem, run as its own process.
+    Fuse,
+}
+
+impl OverlayBackend {
+    /// Parses the `overlay` parameter.
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "kernel" => Ok(OverlayBackend::Kernel),
+            "fuse" => Ok(OverlayBackend::Fuse),
+            other => Err(Error::InvalidArgument(format!(
+                "overlay {other:?} is not one of kernel, fuse"
+            ))),
+        }
+    }
+
+    /// The parameter spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OverlayBackend::Kernel => "kernel",
+            OverlayBackend::Fuse => "fuse",
+        }
+    }
+}
+
+fn is_hex64(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// Checks the shape of one layer reference: a layer store key (`<hex>` or
+/// `blake3:<hex>`) or an OCI digest (`sha256:<hex>`, a diff_id or blob digest).
+fn check_layer_reference(r: &str) -> Result<()> {
+    let hex = r
+        .strip_prefix("blake3:")
+        .or_else(|| r.strip_prefix("sha256:"))
+        .unwrap_or(r);
+    if is_hex64(hex) {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "layer {r:?} is not a layer key (<hex> or blake3:<hex>) or sha256:<hex> digest"
+        )))
+    }
+}
+
+/// The layer store keys (64 hex digits each, bottom layer first) of an image volume
+/// whose `layers` parameter was resolved to keys at creation.
+pub fn layer_keys(parameters: &BTreeMap<String, String>) -> Result<Vec<String>> {
+    let list = parameters
+        .get(LAYERS)
+        .ok_or_else(|| Error::InvalidArgument("an image volume needs layers".into()))?;
+    list.split(',')
+        .map(|r| {
+            let hex = r.strip_prefix("blake3:").unwrap_or(r);
+            if is_hex64(hex) {
+                Ok(hex.to_string())
+            } else {
+                Err(Error::InvalidArgument(format!(
+                    "layer {r:?} is not a layer store key"
+                )))
+            }
+        })
+        .collect()
+}
+
+/// The overlay back end recorded in an image volume's parameters.
+pub fn overlay_backend(parameters: &BTreeMap<String, String>) -> Result<OverlayBackend> {
+    parameters
+        .get(OVERLAY)
+        .map_or(Ok(OverlayBackend::Kernel), |s| OverlayBackend::parse(s))
+}
 
 /// Validated volume parameters.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,6 +101,10 @@ pub struct VolumeParams {
     pub kind: VolumeKind,
     /// Filesystem for loop volumes; `None` for directories.
     pub fs: Option<FsType>,
+    /// Image volumes: layer references as given, bottom layer first.
+    pub layers: Vec<String>,
+    /// Image volumes: the overlay back end.
+    pub overlay: Option<OverlayBackend>,
     /// The parameters we understood, normalised, echoed as volume context.
     pub normalized: BTreeMap<String, String>,
 }
@@ -29,23 +115,53 @@ impl VolumeParams {
     pub fn parse(params: &HashMap<String, String>, cap_fs_type: Option<&str>) -> Result<Self> {
         let mut kind = VolumeKind::Dir;
         let mut fs_param = None;
+        let mut layers_param = None;
+        let mut overlay_param = None;
         for (key, value) in params {
             match key.as_str() {
                 KIND => kind = VolumeKind::parse(value)?,
                 FS_TYPE => fs_param = Some(FsType::parse(value)?),
+                LAYERS => layers_param = Some(value.as_str()),
+                OVERLAY => overlay_param = Some(OverlayBackend::parse(value)?),
                 k if k.starts_with(K8S_PREFIX) => {}
                 other => {
                     return Err(Error::InvalidArgument(format!(
-                        "unknown parameter {other:?} (known: {KIND}, {FS_TYPE}, {K8S_PREFIX}*)"
+                        "unknown parameter {other:?} (known: {KIND}, {FS_TYPE}, {LAYERS}, \
+                         {OVERLAY}, {K8S_PREFIX}*)"
                     )));
                 }
             }
+        }
+        let mut layers = Vec::new();
+        if kind == VolumeKind::Image {
+            let list = layers_param.ok_or_else(|| {
+                Error::InvalidArgument("kind=image needs layers=<key,...> (bottom first)".into())
+            })?;
+            for r in list.split(',').map(str::trim) {
+                check_layer_reference(r)?;
+                if layers.iter().any(|l| l == r) {
+                    return Err(Error::InvalidArgument(format!("layer {r} is listed twice")));
+                }
+                layers.push(r.to_string());
+            }
+        } else if layers_param.is_some() || overlay_param.is_some() {
+            return Err(Error::InvalidArgument(format!(
+                "{LAYERS} and {OVERLAY} apply only to kind=image"
+            )));
         }
         let cap_fs = cap_fs_type
             .filter(|s| !s.is_empty())
             .map(FsType::parse)
             .transpose()?;
         let fs = match kind {
+            VolumeKind::Image => {
+                if fs_param.is_some() {
+                    return Err(Error::InvalidArgument(
+                        "fsType applies only to kind=loop (an image volume is an overlay)".into(),
+                    ));
+                }
+                None
+            }
             VolumeKind::Dir => {
                 if fs_param.is_some() {
                     return Err(Error::InvalidArgument(
@@ -70,11 +186,25 @@ impl VolumeParams {
         if let Some(fs) = fs {
             normalized.insert(FS_TYPE.to_string(), fs.as_str().to_string());
         }
+        let overlay = (kind == VolumeKind::Image).then(|| overlay_param.unwrap_or_default());
+        if let Some(o) = overlay {
+            normalized.insert(LAYERS.to_string(), layers.join(","));
+            normalized.insert(OVERLAY.to_string(), o.as_str().to_string());
+        }
         Ok(VolumeParams {
             kind,
             fs,
+            layers,
+            overlay,
             normalized,
         })
+    }
+
+    /// Replaces an image volume's layer references with the layer store keys they
+    /// resolved to (64 hex digits each, same order).
+    pub fn set_layer_keys(&mut self, keys: Vec<String>) {
+        self.normalized.insert(LAYERS.to_string(), keys.join(","));
+        self.layers = keys;
     }
 }
 
@@ -118,5 +248,67 @@ mod tests {
         assert!(VolumeParams::parse(&map(&[("kind", "nbd")]), None).is_err());
         assert!(VolumeParams::parse(&map(&[("fsType", "xfs")]), None).is_err());
         assert!(VolumeParams::parse(&map(&[("kind", "loop"), ("fsType", "btrfs")]), None).is_err());
+    }
+
+    const K1: &str = "1111111111111111111111111111111111111111111111111111111111111111";
+    const K2: &str = "2222222222222222222222222222222222222222222222222222222222222222";
+
+    fn invalid(pairs: &[(&str, &str)]) -> String {
+        match VolumeParams::parse(&map(pairs), None) {
+            Err(Error::InvalidArgument(m)) => m,
+            other => panic!("{pairs:?}: expected INVALID_ARGUMENT, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn image_volumes_take_layers_and_an_overlay_back_end() {
+        let layers = format!("blake3:{K1},sha256:{K2}");
+        let p = VolumeParams::parse(&map(&[("kind", "image"), ("layers", &layers)]), None).unwrap();
+        assert_eq!(p.kind, VolumeKind::Image);
+        assert_eq!(p.fs, None);
+        assert_eq!(
+            p.layers,
+            vec![format!("blake3:{K1}"), format!("sha256:{K2}")]
+        );
+        assert_eq!(p.overlay, Some(OverlayBackend::Kernel));
+        assert_eq!(p.normalized["overlay"], "kernel");
+        assert_eq!(p.normalized["layers"], layers);
+        // The capability's fs_type does not apply to an overlay and is not an error.
+        let p = VolumeParams::parse(
+            &map(&[("kind", "image"), ("layers", K1), ("overlay", "fuse")]),
+            Some("ext4"),
+        )
+        .unwrap();
+        assert_eq!(p.overlay, Some(OverlayBackend::Fuse));
+        let mut p = p;
+        p.set_layer_keys(vec![K1.to_string()]);
+        assert_eq!(layer_keys(&p.normalized).unwrap(), vec![K1.to_string()]);
+        assert_eq!(
+            overlay_backend(&p.normalized).unwrap(),
+            OverlayBackend::Fuse
+        );
+    }
+
+    #[test]
+    fn image_parameters_are_refused_where_they_do_not_apply() {
+        assert!(invalid(&[("kind", "image")]).contains("needs layers"));
+        assert!(
+            invalid(&[("kind", "image"), ("layers", K1), ("fsType", "ext4")]).contains("fsType")
+        );
+        assert!(invalid(&[("kind", "image"), ("layers", "")]).contains("not a layer key"));
+        assert!(
+            invalid(&[("kind", "image"), ("layers", "sha256:abc")]).contains("not a layer key")
+        );
+        assert!(invalid(&[("kind", "image"), ("layers", "../../etc")]).contains("not a layer key"));
+        assert!(invalid(&[("kind", "image"), ("layers", &format!("{K1},{K1}"))]).contains("twice"));
+        assert!(
+            invalid(&[("kind", "image"), ("layers", K1), ("overlay", "aufs")]).contains("overlay")
+        );
+        assert!(invalid(&[("kind", "dir"), ("layers", K1)]).contains("only to kind=image"));
+        assert!(invalid(&[("kind", "loop"), ("overlay", "kernel")]).contains("only to kind=image"));
+        assert!(invalid(&[("layers", K1)]).contains("only to kind=image"));
+        // Unresolved digests are not layer store keys.
+        let unresolved = BTreeMap::from([("layers".to_string(), format!("sha256:{K1}"))]);
+        assert!(layer_keys(&unresolved).is_err());
     }
 }

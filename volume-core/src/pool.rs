@@ -184,7 +184,7 @@ impl Pool {
             }
         };
         let result = match (rec.kind, origin) {
-            (VolumeKind::Dir, _) => self.make_dir_volume(rec, &dir),
+            (VolumeKind::Dir | VolumeKind::Image, _) => self.make_dir_volume(rec, &dir),
             (VolumeKind::Loop, None) => {
                 let fs = rec.fs.unwrap_or(FsType::Ext4);
                 rec.capacity_enforced = true;

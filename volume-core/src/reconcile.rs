@@ -146,12 +146,7 @@ impl VolumeManager {
                     block: p.block,
                     single_writer: p.single_writer,
                 };
-                let source = if p.block {
-                    self.attach_loop(&rec).map(|(device, _)| device)
-                } else {
-                    Ok(stage.path.clone())
-                };
-                match source.and_then(|src| self.bind_target(&src, &p.target, &opts)) {
+                match self.mount_target(&rec, &stage.path, &p.target, &opts) {
                     Ok(()) => report.restored_mounts.push(p.target.clone()),
                     Err(e) => report
                         .broken_mounts

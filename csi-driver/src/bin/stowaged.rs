@@ -50,6 +50,10 @@ struct Args {
     /// where the CO skips ControllerPublish (Kubernetes CSIDriver attachRequired: false).
     #[arg(long, env = "STOWAGE_REQUIRE_CONTROLLER_PUBLISH", default_value_t = true, action = clap::ArgAction::Set)]
     require_controller_publish: bool,
+    /// The `stowage-overlay` program that mounts image volumes with `overlay=fuse`
+    /// (default: `stowage-overlay` next to this executable).
+    #[arg(long, env = "STOWAGE_OVERLAY_PROGRAM")]
+    overlay_program: Option<PathBuf>,
     /// Address to serve Prometheus `/metrics` and `/healthz` on (e.g. 127.0.0.1:9808);
     /// not served when unset.
     #[arg(long, env = "STOWAGE_METRICS_ADDRESS")]
@@ -132,14 +136,19 @@ async fn run() -> anyhow::Result<()> {
             .to_string_lossy()
             .into_owned(),
     };
+    let helper = std::env::current_exe().context("find own executable for the namespace helper")?;
+    let overlay_program = match &args.overlay_program {
+        Some(p) => std::path::absolute(p).context("--overlay-program")?,
+        None => helper.with_file_name("stowage-overlay"),
+    };
     let config = DriverConfig {
         node_id: node_id.clone(),
         max_volumes_per_node: args.max_volumes_per_node,
         require_controller_publish: args.require_controller_publish,
+        overlay_program,
     };
     let socket = socket_path(&args.endpoint)?;
     let plugin_mounts = csi_driver::plugin::mounts_dir(&layout.root);
-    let helper = std::env::current_exe().context("find own executable for the namespace helper")?;
     let (driver, report) = tokio::task::spawn_blocking(move || {
         open_driver(&layout, &pool, config, Host::real(helper))
     })

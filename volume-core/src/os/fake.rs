@@ -163,6 +163,27 @@ impl Mounter for FakeHost {
         Ok(())
     }
 
+    fn mount_fuse_overlay(
+        &self,
+        program: &Path,
+        data: &str,
+        target: &Path,
+        read_only: bool,
+    ) -> io::Result<()> {
+        self.enter(
+            "mount_fuse_overlay",
+            &[&program.display(), &data, &target.display(), &read_only],
+        )?;
+        self.state().mounts.push(MountEntry {
+            mount_point: target.to_path_buf(),
+            fs_type: "fuse.stowage-overlay".into(),
+            source: "stowage-overlay".into(),
+            root: PathBuf::from("/"),
+            options: if read_only { "ro" } else { "rw" }.into(),
+        });
+        Ok(())
+    }
+
     fn unmount(&self, target: &Path) -> io::Result<()> {
         self.enter("unmount", &[&target.display()])?;
         let mut st = self.state();

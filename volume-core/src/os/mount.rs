@@ -64,6 +64,32 @@ impl MountOptions {
     }
 }
 
+/// The overlayfs data string `lowerdir=A:B,upperdir=U,workdir=W` (lowers top first),
+/// as kernel overlayfs and `stowage-overlay -o` take it. A comma cannot be carried in
+/// a value (EINVAL); `:` and `\` are escaped.
+pub fn overlay_data(lowers: &[PathBuf], upper: &Path, work: &Path) -> io::Result<String> {
+    fn escape(p: &Path) -> io::Result<String> {
+        let s = p
+            .to_str()
+            .filter(|s| !s.contains(','))
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+        Ok(s.replace('\\', "\\\\").replace(':', "\\:"))
+    }
+    if lowers.is_empty() {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    let lowers = lowers
+        .iter()
+        .map(|l| escape(l))
+        .collect::<io::Result<Vec<_>>>()?
+        .join(":");
+    Ok(format!(
+        "lowerdir={lowers},upperdir={},workdir={}",
+        escape(upper)?,
+        escape(work)?
+    ))
+}
+
 /// One line of /proc/self/mountinfo.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountEntry {
@@ -98,6 +124,16 @@ pub trait Mounter: Send + Sync + Debug {
     ) -> io::Result<()>;
     /// Bind-mounts `source` at `target`, then applies `opts` (read-only, nosuid, ...).
     fn bind(&self, source: &Path, target: &Path, opts: &MountOptions) -> io::Result<()>;
+    /// Mounts an overlay with the FUSE server `program` (`stowage-overlay`, which has
+    /// fuse-overlayfs's command line: `-o <data> TARGET`, serving from a process of its
+    /// own that outlives the caller), then makes the mount read-only if asked.
+    fn mount_fuse_overlay(
+        &self,
+        program: &Path,
+        data: &str,
+        target: &Path,
+        read_only: bool,
+    ) -> io::Result<()>;
     /// Unmounts `target`.
     fn unmount(&self, target: &Path) -> io::Result<()>;
     /// The current mount table.
@@ -164,6 +200,45 @@ impl Mounter for RealMounter {
                 MsFlags::MS_REMOUNT | MsFlags::MS_BIND | flags,
                 None::<&str>,
             ) {
+                let _ = nix::mount::umount2(target, MntFlags::MNT_DETACH);
+                return Err(e.into());
+            }
+        }
+        Ok(())
+    }
+
+    fn mount_fuse_overlay(
+        &self,
+        program: &Path,
+        data: &str,
+        target: &Path,
+        read_only: bool,
+    ) -> io::Result<()> {
+        let out = std::process::Command::new(program)
+            .arg("-o")
+            .arg(data)
+            .arg(target)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|e| io::Error::new(e.kind(), format!("run {}: {e}", program.display())))?;
+        if !out.status.success() {
+            return Err(io::Error::other(format!(
+                "{} exited with {}: {}",
+                program.display(),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        if read_only {
+            // stowage-overlay has no `ro` option; the mount itself is made read-only.
+            let flags = MsFlags::MS_REMOUNT
+                | MsFlags::MS_BIND
+                | MsFlags::MS_RDONLY
+                | MsFlags::MS_NOSUID
+                | MsFlags::MS_NODEV;
+            if let Err(e) =
+                nix::mount::mount(None::<&str>, target, None::<&str>, flags, None::<&str>)
+            {
                 let _ = nix::mount::umount2(target, MntFlags::MNT_DETACH);
                 return Err(e.into());
             }
