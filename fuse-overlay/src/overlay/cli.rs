@@ -313,7 +313,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 let _ = to_dev_null();
             });
             if let (Err(e), Some(mut w)) = (&result, notify.take()) {
+                // The parent reports it; saying it here too would print it twice.
                 let _ = write!(w, "{e:#}");
+                std::process::exit(1);
             }
             result
         }
