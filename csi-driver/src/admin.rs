@@ -73,6 +73,16 @@ pub fn to_pb_volume(driver: &Driver, rec: &VolumeRecord) -> pb::Volume {
             .iter()
             .map(|m| format!("{}:{}", m.pid, m.target.display()))
             .collect(),
+        replicas: rec
+            .replicas
+            .iter()
+            .map(|r| pb::ReplicaStatus {
+                node_id: r.node_id.clone(),
+                snapshot: r.snapshot.clone(),
+                bytes_sent: r.bytes_sent,
+                acknowledged_at: r.acknowledged_at,
+            })
+            .collect(),
     }
 }
 
@@ -672,6 +682,102 @@ impl Admin for AdminService {
                     Ok(pb::RemoveLayerResponse {})
                 })
                 .await
+            },
+        )
+        .await
+    }
+
+    async fn peer_hello(
+        &self,
+        request: Request<pb::PeerHelloRequest>,
+    ) -> Result<Response<pb::HelloResponse>, Status> {
+        let (meta, _, req) = request.into_parts();
+        let driver = Arc::clone(&self.driver);
+        observe(
+            &self.driver.metrics,
+            "Admin.PeerHello",
+            "",
+            &meta,
+            async move {
+                require(&req.node_id, "node_id")?;
+                let mut client = driver
+                    .config
+                    .peers
+                    .connect(&req.node_id)
+                    .await
+                    .map_err(|e| crate::status::peer_status(&e))?;
+                let hello = client
+                    .hello(pb::HelloRequest {
+                        node_id: driver.config.node_id.clone(),
+                    })
+                    .await?;
+                Ok(hello.into_inner())
+            },
+        )
+        .await
+    }
+
+    async fn replicate_volume(
+        &self,
+        request: Request<pb::ReplicateVolumeRequest>,
+    ) -> Result<Response<pb::ReplicateVolumeResponse>, Status> {
+        let (meta, _, req) = request.into_parts();
+        let driver = Arc::clone(&self.driver);
+        observe(
+            &self.driver.metrics,
+            "Admin.ReplicateVolume",
+            &req.volume.clone(),
+            &meta,
+            async move {
+                require(&req.volume, "volume")?;
+                require(&req.to_node_id, "to_node_id")?;
+                crate::replicate::replicate(&driver, &req.volume, &req.to_node_id).await
+            },
+        )
+        .await
+    }
+
+    async fn list_replicas(
+        &self,
+        request: Request<pb::ListReplicasRequest>,
+    ) -> Result<Response<pb::ListReplicasResponse>, Status> {
+        let manager = Arc::clone(&self.driver.manager);
+        observe(
+            &self.driver.metrics,
+            "Admin.ListReplicas",
+            "",
+            request.metadata(),
+            async move {
+                let recs = {
+                    let manager = Arc::clone(&manager);
+                    blocking(move || manager.list_replicas()).await?
+                };
+                let replicas = recs
+                    .into_iter()
+                    .map(|r| {
+                        let latest = r.snapshots.last();
+                        pb::Replica {
+                            latest_path: latest
+                                .map(|s| {
+                                    manager
+                                        .replica_dir(&r.id)
+                                        .join(&s.name)
+                                        .join(volume_core::replication::SNAPSHOT_SUBVOLUME)
+                                })
+                                .map(|p| p.display().to_string())
+                                .unwrap_or_default(),
+                            latest_stream_bytes: latest.map(|s| s.stream_bytes).unwrap_or(0),
+                            volume_id: r.id,
+                            name: r.name,
+                            kind: r.kind.to_string(),
+                            fs_type: r.fs.map(|f| f.to_string()).unwrap_or_default(),
+                            capacity_bytes: r.capacity,
+                            source_node_id: r.source_node_id,
+                            snapshots: r.snapshots.into_iter().map(|s| s.name).collect(),
+                        }
+                    })
+                    .collect();
+                Ok(pb::ListReplicasResponse { replicas })
             },
         )
         .await

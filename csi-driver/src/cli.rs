@@ -130,6 +130,18 @@ pub enum Command {
         #[arg(long)]
         size: String,
     },
+    /// Send a snapshot of a volume to a peer daemon (`stowaged --peer`): incremental
+    /// from the newest snapshot both hold, else full. btrfs pools only.
+    Replicate {
+        /// Volume name or id.
+        name: String,
+        /// The peer's node id.
+        #[arg(long)]
+        to: String,
+    },
+    /// Replicas of other nodes' volumes held on this node.
+    #[command(subcommand)]
+    Replica(ReplicaCommand),
     /// Print a shell completion script.
     Completion {
         /// The shell.
@@ -173,6 +185,13 @@ pub enum SnapshotCommand {
         /// Snapshot name or id.
         name: String,
     },
+}
+
+/// `vol replica` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ReplicaCommand {
+    /// List replicas and the snapshots each holds.
+    Ls,
 }
 
 /// `vol layer` subcommands.
@@ -364,6 +383,12 @@ pub fn volume_json(v: &pb::Volume) -> serde_json::Value {
         "mutable_parameters": v.mutable_parameters,
         "ephemeral": v.ephemeral,
         "condition": v.condition.as_ref().map(|c| json!({"abnormal": c.abnormal, "message": c.message})),
+        "replicas": v.replicas.iter().map(|r| json!({
+            "node_id": r.node_id,
+            "snapshot": r.snapshot,
+            "bytes_sent": r.bytes_sent,
+            "acknowledged_at": r.acknowledged_at,
+        })).collect::<Vec<_>>(),
     })
 }
 
@@ -510,6 +535,70 @@ impl Listed for pb::Layer {
             self.diff_id.clone(),
             format_size(self.size_bytes),
             self.entries.to_string(),
+        ]
+    }
+}
+
+impl Listed for pb::ReplicateVolumeResponse {
+    const HEADER: &'static [&'static str] = &["SNAPSHOT", "PARENT", "INCREMENTAL", "BYTES SENT"];
+    fn name(&self) -> &str {
+        &self.snapshot
+    }
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "snapshot": self.snapshot,
+            "parent": self.parent,
+            "incremental": self.incremental,
+            "bytes_sent": self.bytes_sent,
+        })
+    }
+    fn row(&self) -> Vec<String> {
+        vec![
+            self.snapshot.clone(),
+            if self.parent.is_empty() {
+                "-".into()
+            } else {
+                self.parent.clone()
+            },
+            self.incremental.to_string(),
+            self.bytes_sent.to_string(),
+        ]
+    }
+}
+
+impl Listed for pb::Replica {
+    const HEADER: &'static [&'static str] = &[
+        "NAME",
+        "KIND",
+        "SOURCE NODE",
+        "SNAPSHOTS",
+        "LATEST",
+        "VOLUME ID",
+    ];
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "volume_id": self.volume_id,
+            "name": self.name,
+            "kind": self.kind,
+            "fs_type": self.fs_type,
+            "capacity_bytes": self.capacity_bytes,
+            "source_node_id": self.source_node_id,
+            "snapshots": self.snapshots,
+            "latest_path": self.latest_path,
+            "latest_stream_bytes": self.latest_stream_bytes,
+        })
+    }
+    fn row(&self) -> Vec<String> {
+        vec![
+            self.name.clone(),
+            self.kind.clone(),
+            self.source_node_id.clone(),
+            self.snapshots.join(","),
+            self.latest_path.clone(),
+            self.volume_id.clone(),
         ]
     }
 }
@@ -685,6 +774,28 @@ pub async fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), CliError> {
             .unwrap_or_default();
             print_list(cli, out, &[s]).map_err(io_err)
         }
+        Command::Replicate { name, to } => {
+            let r = with_progress(
+                "replicating",
+                admin.replicate_volume(pb::ReplicateVolumeRequest {
+                    volume: name.clone(),
+                    to_node_id: to.clone(),
+                }),
+            )
+            .await
+            .map_err(from_status)?
+            .into_inner();
+            print_list(cli, out, &[r]).map_err(io_err)
+        }
+        Command::Replica(ReplicaCommand::Ls) => {
+            let replicas = admin
+                .list_replicas(pb::ListReplicasRequest {})
+                .await
+                .map_err(from_status)?
+                .into_inner()
+                .replicas;
+            print_list(cli, out, &replicas).map_err(io_err)
+        }
         Command::Snapshot(SnapshotCommand::Ls { volume }) => {
             let snaps = admin
                 .list_snapshots(pb::ListSnapshotsRequest {
@@ -838,6 +949,7 @@ mod tests {
                 "name",
                 "parameters",
                 "published_at",
+                "replicas",
                 "source",
                 "staging_path"
             ]

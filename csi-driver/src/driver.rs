@@ -25,6 +25,8 @@ pub struct DriverConfig {
     pub require_controller_publish: bool,
     /// The `stowage-overlay` program that mounts image volumes with `overlay=fuse`.
     pub overlay_program: std::path::PathBuf,
+    /// Statically configured peers and the cluster secret.
+    pub peers: crate::peer::Peers,
 }
 
 /// Shared by the Identity, Controller and Node services.

@@ -27,8 +27,22 @@ pub fn to_status(err: &Error) -> Status {
         Error::Command { .. } => Code::Internal,
         Error::Store(_) => Code::Internal,
         Error::Corrupt { .. } => Code::Internal,
+        Error::StreamMismatch(_) => Code::DataLoss,
     };
     Status::new(code, chain(err))
+}
+
+/// A peer client error as a gRPC status.
+pub fn peer_status(e: &crate::peer::PeerError) -> Status {
+    use crate::peer::PeerError;
+    let message = chain(e);
+    match e {
+        PeerError::UnknownPeer(_) => Status::not_found(message),
+        PeerError::Connect(..) => Status::unavailable(message),
+        PeerError::SecretFile(..) | PeerError::BadSecret(_) | PeerError::BadPeer(_) => {
+            Status::internal(message)
+        }
+    }
 }
 
 /// A layer store error as a gRPC status: a bad blob, layout or digest is the caller's

@@ -86,6 +86,10 @@ pub enum Error {
         /// What it printed on stderr (trimmed).
         stderr: String,
     },
+    /// A replication stream does not match its trailer (length or blake3 digest), or
+    /// does not hold the snapshot its header names: nothing of it was kept.
+    #[error("replication stream rejected: {0}")]
+    StreamMismatch(String),
     /// The metadata store failed.
     #[error("metadata store")]
     Store(#[source] Box<dyn std::error::Error + Send + Sync>),

@@ -20,6 +20,7 @@ pub mod params;
 pub mod plugin_mounts;
 pub mod pool;
 pub mod reconcile;
+pub mod replication;
 pub mod size;
 pub mod snapshot;
 pub mod store;
@@ -29,8 +30,8 @@ pub use error::{Error, Result};
 pub use guard::{InFlight, OperationGuard};
 pub use manager::{CreateRequest, NodeIdentity, VolumeManager};
 pub use model::{
-    ContentSource, FsType, GroupSnapshotRecord, SnapshotRecord, VolumeKind, VolumeRecord,
-    VolumeState,
+    ContentSource, FsType, GroupSnapshotRecord, ReplicaAck, ReplicaRecord, ReplicaSnapshot,
+    SnapshotRecord, VolumeKind, VolumeRecord, VolumeState,
 };
 pub use params::VolumeParams;
 pub use pool::{Pool, PoolBackend, PoolConfig};

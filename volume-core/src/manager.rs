@@ -467,6 +467,7 @@ impl VolumeManager {
 
     /// Removes a volume's storage and then its record.
     pub(crate) fn forget(&self, rec: &VolumeRecord) -> Result<()> {
+        self.release_replication(&rec.id)?;
         self.pool.release(&rec.id)?;
         self.store.remove::<VolumeRecord>(&rec.id)
     }

@@ -231,6 +231,22 @@ pub struct VolumeRecord {
     /// volume plugin; it stays staged at its plugin mount point while any is left.
     #[serde(default)]
     pub plugin_callers: Vec<String>,
+    /// Per peer, the newest replication snapshot it acknowledged (primary side).
+    #[serde(default)]
+    pub replicas: Vec<ReplicaAck>,
+}
+
+/// A peer's acknowledgement of a replication snapshot of a volume.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ReplicaAck {
+    /// The peer's node id.
+    pub node_id: String,
+    /// The snapshot it holds (sequence number).
+    pub snapshot: String,
+    /// Bytes of the stream that brought it.
+    pub bytes_sent: u64,
+    /// When it acknowledged, seconds since the epoch.
+    pub acknowledged_at: u64,
 }
 
 impl VolumeRecord {
@@ -277,6 +293,40 @@ pub struct SnapshotRecord {
     /// The group snapshot it belongs to, if any.
     #[serde(default)]
     pub group_id: Option<String>,
+}
+
+/// A volume of another node replicated into this node's pool: the read-only
+/// snapshots received for it, at `<pool>/replicas/<volume id>/<snapshot>`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ReplicaRecord {
+    /// The volume's id on its primary (`v-` + 32 hex digits).
+    pub id: String,
+    /// The volume's name on its primary.
+    pub name: String,
+    /// Kind of the volume.
+    pub kind: VolumeKind,
+    /// Filesystem of a loop volume.
+    pub fs: Option<FsType>,
+    /// Capacity on the primary.
+    pub capacity: u64,
+    /// The node that sent the newest snapshot.
+    pub source_node_id: String,
+    /// Snapshots received, oldest first.
+    pub snapshots: Vec<ReplicaSnapshot>,
+}
+
+/// One snapshot a replica holds.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ReplicaSnapshot {
+    /// Its name: the primary's sequence number for the volume's replication
+    /// snapshots, in decimal.
+    pub name: String,
+    /// The snapshot the stream was relative to (incremental), if any.
+    pub parent: Option<String>,
+    /// Bytes of the stream.
+    pub stream_bytes: u64,
+    /// When it was applied, seconds since the epoch.
+    pub received_at: u64,
 }
 
 /// Snapshots of several volumes taken at one point in time.

@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
-use crate::model::{GroupSnapshotRecord, SnapshotRecord, VolumeRecord};
+use crate::model::{GroupSnapshotRecord, ReplicaRecord, SnapshotRecord, VolumeRecord};
 
 type Table = TableDefinition<'static, &'static str, &'static [u8]>;
 type NameTable = TableDefinition<'static, &'static str, &'static str>;
@@ -60,6 +60,19 @@ impl Record for GroupSnapshotRecord {
     }
 }
 
+impl Record for ReplicaRecord {
+    const TABLE: Table = TableDefinition::new("replicas");
+    const NAMES: NameTable = TableDefinition::new("replica_names");
+    fn id(&self) -> &str {
+        &self.id
+    }
+    /// Replicas are looked up by volume id only: volumes of different primaries may
+    /// share a name, so their name index entry is informational (the last one wins).
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+
 fn db_err(e: impl Into<redb::Error>) -> Error {
     Error::Store(Box::new(e.into()))
 }
@@ -80,6 +93,7 @@ impl Store {
             (VolumeRecord::TABLE, VolumeRecord::NAMES),
             (SnapshotRecord::TABLE, SnapshotRecord::NAMES),
             (GroupSnapshotRecord::TABLE, GroupSnapshotRecord::NAMES),
+            (ReplicaRecord::TABLE, ReplicaRecord::NAMES),
         ] {
             tx.open_table(t).map_err(db_err)?;
             tx.open_table(n).map_err(db_err)?;

@@ -62,6 +62,18 @@ struct Args {
     /// /run/docker/plugins/stowage.sock); not served when unset.
     #[arg(long, env = "STOWAGE_PLUGIN_SOCKET")]
     plugin_socket: Option<PathBuf>,
+    /// Address to serve the peer service on, for other daemons (e.g. 0.0.0.0:7420, or
+    /// 127.0.0.1:0 for any free port); the bound address is written to
+    /// `<state-dir>/peer.addr`. Needs --cluster-secret-file. Not served when unset.
+    #[arg(long, env = "STOWAGE_PEER_LISTEN")]
+    peer_listen: Option<String>,
+    /// File holding the cluster's shared secret (printable ASCII; surrounding
+    /// whitespace ignored), which peers present and this daemon presents to them.
+    #[arg(long, env = "STOWAGE_CLUSTER_SECRET_FILE")]
+    cluster_secret_file: Option<PathBuf>,
+    /// A peer daemon, NODE_ID=HOST:PORT (its --peer-listen address); repeatable.
+    #[arg(long = "peer", value_name = "NODE_ID=HOST:PORT")]
+    peers: Vec<String>,
     /// Log format.
     #[arg(long, env = "STOWAGE_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -141,11 +153,21 @@ async fn run() -> anyhow::Result<()> {
         Some(p) => std::path::absolute(p).context("--overlay-program")?,
         None => helper.with_file_name("stowage-overlay"),
     };
+    let secret = match &args.cluster_secret_file {
+        Some(path) => Some(csi_driver::peer::ClusterSecret::from_file(path)?),
+        None => None,
+    };
+    if secret.is_none() && (args.peer_listen.is_some() || !args.peers.is_empty()) {
+        anyhow::bail!("--peer-listen and --peer need --cluster-secret-file");
+    }
+    let peers = csi_driver::peer::Peers::parse(&args.peers, secret.clone())?;
+    let peer_addr_file = layout.root.join("peer.addr");
     let config = DriverConfig {
         node_id: node_id.clone(),
         max_volumes_per_node: args.max_volumes_per_node,
         require_controller_publish: args.require_controller_publish,
         overlay_program,
+        peers,
     };
     let socket = socket_path(&args.endpoint)?;
     let plugin_mounts = csi_driver::plugin::mounts_dir(&layout.root);
@@ -166,6 +188,24 @@ async fn run() -> anyhow::Result<()> {
         Some(path) => Some(bind_private(path).context("--plugin-socket")?),
         None => None,
     };
+    // Also before the CSI socket: a client that sees that socket finds `peer.addr`.
+    let peer_listener = match (&args.peer_listen, secret) {
+        (Some(addr), Some(secret)) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("--peer-listen {addr}"))?;
+            let bound = listener.local_addr().context("peer listener address")?;
+            std::fs::write(&peer_addr_file, format!("{bound}\n"))
+                .with_context(|| format!("write {}", peer_addr_file.display()))?;
+            tracing::info!(peer.listen = %bound, "serving the peer service");
+            Some((listener, secret))
+        }
+        _ => {
+            // A file left by an earlier run with --peer-listen would name a dead port.
+            let _ = std::fs::remove_file(&peer_addr_file);
+            None
+        }
+    };
     let listener = bind_private(&socket)?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -185,6 +225,19 @@ async fn run() -> anyhow::Result<()> {
         tokio::spawn(async move {
             if let Err(e) = http.await {
                 tracing::error!(error = %e, "metrics server failed");
+            }
+        });
+    }
+    if let Some((listener, secret)) = peer_listener {
+        let peer = csi_driver::peer::serve(
+            listener,
+            Arc::clone(&driver),
+            secret,
+            stopped(stop_rx.clone()),
+        );
+        tokio::spawn(async move {
+            if let Err(e) = peer.await {
+                tracing::error!(error = %e, "peer server failed");
             }
         });
     }

@@ -1,10 +1,12 @@
-//! btrfs operations: subvolumes, qgroup limits and usage, the nodatacow flag.
+//! btrfs operations: subvolumes, qgroup limits and usage, the nodatacow flag, send and
+//! receive streams.
 
 use std::fmt::Debug;
 use std::fs::File;
 use std::io;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
 use crate::error::{Error, Result};
 use crate::os::command::run;
@@ -17,6 +19,33 @@ pub struct QgroupUsage {
     pub referenced: u64,
     /// The limit on referenced bytes (None: unlimited).
     pub max_referenced: Option<u64>,
+}
+
+/// A running `btrfs send`: read the stream to its end, then [`SendStream::finish`]
+/// says whether the sender succeeded. Dropped unfinished, the sender is killed.
+pub trait SendStream: io::Read + Send {
+    /// Waits for the sender; an error when it failed.
+    fn finish(self: Box<Self>) -> Result<()>;
+}
+
+/// A running `btrfs receive`: write the stream into it, then
+/// [`ReceiveSink::finish`] closes it and says whether the receiver applied it.
+/// Dropped unfinished, the receiver is killed (what it made is the caller's to remove).
+pub trait ReceiveSink: io::Write + Send {
+    /// Closes the input and waits for the receiver; an error when it failed.
+    fn finish(self: Box<Self>) -> Result<()>;
+}
+
+impl std::fmt::Debug for dyn ReceiveSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReceiveSink")
+    }
+}
+
+impl std::fmt::Debug for dyn SendStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SendStream")
+    }
 }
 
 /// btrfs-specific operations on a pool.
@@ -44,6 +73,101 @@ pub trait Btrfs: Send + Sync + Debug {
     fn qgroup_usage(&self, fs_uuid: &str, subvolume_id: u64) -> Result<Option<QgroupUsage>>;
     /// Marks an empty file nodatacow, so in-place writes to an image do not fragment it.
     fn set_nocow(&self, file: &File) -> io::Result<()>;
+    /// Starts a send stream of read-only subvolume `snapshot`, relative to read-only
+    /// subvolume `parent` (incremental) when given.
+    fn send(&self, snapshot: &Path, parent: Option<&Path>) -> Result<Box<dyn SendStream>>;
+    /// Starts receiving a send stream into directory `dir`, where the stream's
+    /// subvolume appears under the name it had on the sender.
+    fn receive(&self, dir: &Path) -> Result<Box<dyn ReceiveSink>>;
+}
+
+/// A child process whose stdout is a send stream.
+#[derive(Debug)]
+struct ChildSend {
+    child: Option<Child>,
+    stdout: ChildStdout,
+}
+
+impl io::Read for ChildSend {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.stdout.read(buf)
+    }
+}
+
+impl SendStream for ChildSend {
+    fn finish(mut self: Box<Self>) -> Result<()> {
+        match self.child.take() {
+            Some(child) => wait_child("btrfs send", child),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for ChildSend {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A child process whose stdin takes a send stream.
+#[derive(Debug)]
+struct ChildReceive {
+    child: Option<Child>,
+    stdin: Option<ChildStdin>,
+}
+
+impl io::Write for ChildReceive {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match &mut self.stdin {
+            Some(w) => w.write(buf),
+            None => Err(io::Error::from(io::ErrorKind::BrokenPipe)),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match &mut self.stdin {
+            Some(w) => w.flush(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl ReceiveSink for ChildReceive {
+    fn finish(mut self: Box<Self>) -> Result<()> {
+        drop(self.stdin.take());
+        match self.child.take() {
+            Some(child) => wait_child("btrfs receive", child),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for ChildReceive {
+    fn drop(&mut self) {
+        drop(self.stdin.take());
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn wait_child(program: &str, child: Child) -> Result<()> {
+    let out = child
+        .wait_with_output()
+        .map_err(|e| Error::io(format!("wait for {program}"), e))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(Error::Command {
+            program: program.to_string(),
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
+    }
 }
 
 /// btrfs through the btrfs tool, statfs, sysfs and inode-flag ioctls.
@@ -226,5 +350,45 @@ impl Btrfs for RealBtrfs {
     fn set_nocow(&self, file: &File) -> io::Result<()> {
         let flags = sys::get_inode_flags(file.as_fd())?;
         sys::set_inode_flags(file.as_fd(), flags | sys::FS_NOCOW_FL)
+    }
+
+    fn send(&self, snapshot: &Path, parent: Option<&Path>) -> Result<Box<dyn SendStream>> {
+        let mut cmd = Command::new("btrfs");
+        cmd.arg("send").arg("-q");
+        if let Some(p) = parent {
+            cmd.arg("-p").arg(p);
+        }
+        let mut child = cmd
+            .arg(snapshot)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| Error::io("run btrfs send", e))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| Error::io("btrfs send stdout", io::ErrorKind::BrokenPipe.into()))?;
+        Ok(Box::new(ChildSend {
+            child: Some(child),
+            stdout,
+        }))
+    }
+
+    fn receive(&self, dir: &Path) -> Result<Box<dyn ReceiveSink>> {
+        let mut child = Command::new("btrfs")
+            .arg("receive")
+            .arg("-q")
+            .arg(dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| Error::io("run btrfs receive", e))?;
+        let stdin = child.stdin.take();
+        Ok(Box::new(ChildReceive {
+            child: Some(child),
+            stdin,
+        }))
     }
 }

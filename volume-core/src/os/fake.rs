@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use crate::error::{Error, Result};
 use crate::model::FsType;
 use crate::os::Host;
-use crate::os::btrfs::{Btrfs, QgroupUsage};
+use crate::os::btrfs::{Btrfs, QgroupUsage, ReceiveSink, SendStream};
 use crate::os::copy::TreeCopy;
 use crate::os::loopdev::{LoopControl, LoopInfo};
 use crate::os::mkfs::Formatter;
@@ -356,6 +356,114 @@ impl Btrfs for FakeHost {
 
     fn set_nocow(&self, _file: &File) -> io::Result<()> {
         self.enter("set_nocow", &[])
+    }
+
+    fn send(&self, snapshot: &Path, parent: Option<&Path>) -> Result<Box<dyn SendStream>> {
+        let parent_text = parent.map(|p| p.display().to_string()).unwrap_or_default();
+        self.enter("send", &[&snapshot.display(), &parent_text])
+            .map_err(|e| to_err("send", e))?;
+        let bytes = fake_stream(snapshot).map_err(|e| to_err("send", e))?;
+        Ok(Box::new(FakeSend(io::Cursor::new(bytes))))
+    }
+
+    fn receive(&self, dir: &Path) -> Result<Box<dyn ReceiveSink>> {
+        self.enter("receive", &[&dir.display()])
+            .map_err(|e| to_err("receive", e))?;
+        Ok(Box::new(FakeReceive {
+            dir: dir.to_path_buf(),
+            bytes: Vec::new(),
+        }))
+    }
+}
+
+/// The fake's send stream format: `FAKESEND\n<subvolume name>\n`, then per top-level
+/// regular file `<name>\n<length>\n<bytes>`. Always a full stream.
+const FAKE_MAGIC: &str = "FAKESEND\n";
+
+fn fake_stream(snapshot: &Path) -> io::Result<Vec<u8>> {
+    let name = snapshot
+        .file_name()
+        .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let mut out = format!("{FAKE_MAGIC}{}\n", name.to_string_lossy()).into_bytes();
+    let mut entries: Vec<_> = std::fs::read_dir(snapshot)?.collect::<io::Result<_>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        if e.file_type()?.is_file() {
+            let data = std::fs::read(e.path())?;
+            out.extend_from_slice(
+                format!("{}\n{}\n", e.file_name().to_string_lossy(), data.len()).as_bytes(),
+            );
+            out.extend_from_slice(&data);
+        }
+    }
+    Ok(out)
+}
+
+#[derive(Debug)]
+struct FakeSend(io::Cursor<Vec<u8>>);
+
+impl io::Read for FakeSend {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl SendStream for FakeSend {
+    fn finish(self: Box<Self>) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Collects the stream and applies it at `finish`, as `btrfs receive` would: the
+/// subvolume appears under `dir` with the sender's name; a malformed or truncated
+/// stream fails, leaving what was made so far.
+#[derive(Debug)]
+struct FakeReceive {
+    dir: PathBuf,
+    bytes: Vec<u8>,
+}
+
+impl io::Write for FakeReceive {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl ReceiveSink for FakeReceive {
+    fn finish(self: Box<Self>) -> Result<()> {
+        let bad = || Error::Command {
+            program: "fake receive".into(),
+            status: "exit status: 1".into(),
+            stderr: "malformed stream".into(),
+        };
+        let rest = self
+            .bytes
+            .strip_prefix(FAKE_MAGIC.as_bytes())
+            .ok_or_else(bad)?;
+        let mut lines = rest.splitn(2, |b| *b == b'\n');
+        let name = String::from_utf8_lossy(lines.next().ok_or_else(bad)?).into_owned();
+        let mut rest = lines.next().ok_or_else(bad)?;
+        let sub = self.dir.join(&name);
+        std::fs::create_dir(&sub).map_err(|e| to_err("receive", e))?;
+        while !rest.is_empty() {
+            let mut parts = rest.splitn(3, |b| *b == b'\n');
+            let file = String::from_utf8_lossy(parts.next().ok_or_else(bad)?).into_owned();
+            let len: usize = String::from_utf8_lossy(parts.next().ok_or_else(bad)?)
+                .parse()
+                .map_err(|_| bad())?;
+            let tail = parts.next().ok_or_else(bad)?;
+            if tail.len() < len {
+                return Err(bad());
+            }
+            std::fs::write(sub.join(file), &tail[..len]).map_err(|e| to_err("receive", e))?;
+            rest = &tail[len..];
+        }
+        Ok(())
     }
 }
 

@@ -1,0 +1,377 @@
+//! The peer service (stowage.proto `Peer`): what daemons say to each other over TCP.
+//! Every call carries the cluster secret in the metadata key
+//! [`SECRET_METADATA_KEY`]; [`PeerAuth`] refuses any other with UNAUTHENTICATED,
+//! comparing blake3 digests (constant-time equality) and logging the refusal with the
+//! caller's address, never the secret. Peers are configured statically
+//! (`--peer NODE_ID=HOST:PORT`).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use stowage_proto::stowage::v1 as pb;
+use stowage_proto::stowage::v1::peer_client::PeerClient;
+use stowage_proto::stowage::v1::peer_server::{Peer, PeerServer};
+use stowage_proto::stowage::v1::snapshot_chunk::Part;
+use tonic::metadata::AsciiMetadataValue;
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status};
+use volume_core::replication::IncomingHeader;
+use volume_core::{FsType, VolumeKind};
+
+use crate::driver::Driver;
+use crate::rpc::{blocking, observe};
+
+/// The gRPC metadata key that carries the cluster secret.
+pub const SECRET_METADATA_KEY: &str = "x-stowage-cluster-secret";
+
+/// Errors of the peer service's set-up and client side.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    /// The secret file could not be read.
+    #[error("read cluster secret {0}")]
+    SecretFile(PathBuf, #[source] std::io::Error),
+    /// The secret is empty or not printable ASCII (it travels as a metadata value).
+    #[error("cluster secret in {0} must be non-empty printable ASCII")]
+    BadSecret(PathBuf),
+    /// A `--peer` value is not `NODE_ID=HOST:PORT`.
+    #[error("peer {0:?}: expected NODE_ID=HOST:PORT")]
+    BadPeer(String),
+    /// No peer of that node id is configured.
+    #[error("no peer {0:?} is configured (--peer NODE_ID=HOST:PORT)")]
+    UnknownPeer(String),
+    /// Connecting to a peer failed.
+    #[error("connect to peer {0}")]
+    Connect(String, #[source] tonic::transport::Error),
+}
+
+/// The cluster's shared secret. Its `Debug` shows nothing of it.
+#[derive(Clone)]
+pub struct ClusterSecret {
+    value: AsciiMetadataValue,
+    digest: blake3::Hash,
+}
+
+impl std::fmt::Debug for ClusterSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClusterSecret(..)")
+    }
+}
+
+impl ClusterSecret {
+    /// The secret in `path`, without surrounding whitespace.
+    pub fn from_file(path: &Path) -> Result<Self, PeerError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| PeerError::SecretFile(path.to_path_buf(), e))?;
+        Self::new(text.trim()).ok_or_else(|| PeerError::BadSecret(path.to_path_buf()))
+    }
+
+    /// `secret` if it is non-empty printable ASCII.
+    pub fn new(secret: &str) -> Option<Self> {
+        if secret.is_empty() || !secret.bytes().all(|b| b.is_ascii_graphic()) {
+            return None;
+        }
+        Some(ClusterSecret {
+            value: secret.parse().ok()?,
+            digest: blake3::hash(secret.as_bytes()),
+        })
+    }
+
+    /// True when `presented` is this secret. Digests are compared, in constant time
+    /// (`blake3::Hash` equality), so the time taken says nothing about the secret.
+    pub fn matches(&self, presented: &[u8]) -> bool {
+        blake3::hash(presented) == self.digest
+    }
+}
+
+/// Server-side check of every peer call's secret.
+#[derive(Debug, Clone)]
+pub struct PeerAuth {
+    secret: ClusterSecret,
+}
+
+impl Interceptor for PeerAuth {
+    fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
+        let ok = req
+            .metadata()
+            .get(SECRET_METADATA_KEY)
+            .is_some_and(|v| self.secret.matches(v.as_bytes()));
+        if ok {
+            return Ok(req);
+        }
+        let addr = req
+            .remote_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "unknown".into());
+        tracing::warn!(peer.addr = %addr, "peer call refused: missing or wrong cluster secret");
+        Err(Status::unauthenticated("cluster secret missing or wrong"))
+    }
+}
+
+/// Client side: adds the secret to every call.
+#[derive(Debug, Clone)]
+pub struct SendSecret {
+    secret: ClusterSecret,
+}
+
+impl Interceptor for SendSecret {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        req.metadata_mut()
+            .insert(SECRET_METADATA_KEY, self.secret.value.clone());
+        Ok(req)
+    }
+}
+
+/// A client of a peer's service that presents the cluster secret.
+pub type AuthedPeerClient = PeerClient<InterceptedService<Channel, SendSecret>>;
+
+/// Connects to the peer service at `addr` (`HOST:PORT`), presenting `secret`.
+pub async fn connect(addr: &str, secret: &ClusterSecret) -> Result<AuthedPeerClient, PeerError> {
+    let channel = Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| PeerError::Connect(addr.to_string(), e))?
+        .connect()
+        .await
+        .map_err(|e| PeerError::Connect(addr.to_string(), e))?;
+    Ok(PeerClient::with_interceptor(
+        channel,
+        SendSecret {
+            secret: secret.clone(),
+        },
+    ))
+}
+
+/// The statically configured peers and the secret to reach them.
+#[derive(Debug, Clone, Default)]
+pub struct Peers {
+    /// Node id → `HOST:PORT` of its peer service.
+    pub addrs: BTreeMap<String, String>,
+    /// The cluster secret (None: peering is off).
+    pub secret: Option<ClusterSecret>,
+}
+
+impl Peers {
+    /// Parses `--peer` values (`NODE_ID=HOST:PORT`).
+    pub fn parse(values: &[String], secret: Option<ClusterSecret>) -> Result<Self, PeerError> {
+        let mut addrs = BTreeMap::new();
+        for v in values {
+            let (id, addr) = v
+                .split_once('=')
+                .filter(|(id, addr)| !id.is_empty() && addr.contains(':'))
+                .ok_or_else(|| PeerError::BadPeer(v.clone()))?;
+            addrs.insert(id.to_string(), addr.to_string());
+        }
+        Ok(Peers { addrs, secret })
+    }
+
+    /// Connects to configured peer `node_id`.
+    pub async fn connect(&self, node_id: &str) -> Result<AuthedPeerClient, PeerError> {
+        let addr = self
+            .addrs
+            .get(node_id)
+            .ok_or_else(|| PeerError::UnknownPeer(node_id.to_string()))?;
+        let secret = self
+            .secret
+            .as_ref()
+            .ok_or_else(|| PeerError::UnknownPeer(node_id.to_string()))?;
+        connect(addr, secret).await
+    }
+}
+
+/// Largest data chunk of a replication stream.
+pub const MAX_CHUNK: usize = 1 << 20;
+
+/// The Peer service.
+#[derive(Debug, Clone)]
+pub struct PeerService {
+    driver: Arc<Driver>,
+}
+
+/// What the stream handler passes to the blocking receiver.
+enum Incoming {
+    Data(Vec<u8>),
+    Trailer(Vec<u8>, u64),
+}
+
+fn incoming_header(h: pb::SnapshotHeader) -> Result<IncomingHeader, Status> {
+    let bad = |e: volume_core::Error| crate::status::to_status(&e);
+    Ok(IncomingHeader {
+        volume_id: h.volume_id,
+        name: h.name,
+        kind: VolumeKind::parse(&h.kind).map_err(bad)?,
+        fs: if h.fs_type.is_empty() {
+            None
+        } else {
+            Some(FsType::parse(&h.fs_type).map_err(bad)?)
+        },
+        capacity: h.capacity_bytes,
+        snapshot: h.snapshot,
+        parent: Some(h.parent).filter(|p| !p.is_empty()),
+        source_node_id: h.source_node_id,
+    })
+}
+
+#[tonic::async_trait]
+impl Peer for PeerService {
+    async fn hello(
+        &self,
+        request: Request<pb::HelloRequest>,
+    ) -> Result<Response<pb::HelloResponse>, Status> {
+        let (meta, _, req) = request.into_parts();
+        let node_id = self.driver.config.node_id.clone();
+        observe(&self.driver.metrics, "Peer.Hello", "", &meta, async move {
+            tracing::debug!(peer.node_id = %req.node_id, "peer hello");
+            Ok(pb::HelloResponse {
+                node_id,
+                version: env!("CARGO_PKG_VERSION").to_string(),
+            })
+        })
+        .await
+    }
+
+    async fn replica_state(
+        &self,
+        request: Request<pb::ReplicaStateRequest>,
+    ) -> Result<Response<pb::ReplicaStateResponse>, Status> {
+        let (meta, _, req) = request.into_parts();
+        let manager = Arc::clone(&self.driver.manager);
+        observe(
+            &self.driver.metrics,
+            "Peer.ReplicaState",
+            &req.volume_id.clone(),
+            &meta,
+            async move {
+                let snapshots = blocking(move || manager.replica_state(&req.volume_id)).await?;
+                Ok(pb::ReplicaStateResponse { snapshots })
+            },
+        )
+        .await
+    }
+
+    async fn receive_snapshot(
+        &self,
+        request: Request<tonic::Streaming<pb::SnapshotChunk>>,
+    ) -> Result<Response<pb::ReceiveSnapshotResponse>, Status> {
+        let (meta, _, mut stream) = request.into_parts();
+        let manager = Arc::clone(&self.driver.manager);
+        observe(
+            &self.driver.metrics,
+            "Peer.ReceiveSnapshot",
+            "",
+            &meta,
+            async move {
+                let header = match stream.message().await?.and_then(|c| c.part) {
+                    Some(Part::Header(h)) => incoming_header(h)?,
+                    _ => {
+                        return Err(Status::invalid_argument(
+                            "the first message must be the header",
+                        ));
+                    }
+                };
+                // Chunks go through a bounded channel to the blocking receiver, which
+                // pipes them into `btrfs receive`; it drops (and so discards) the
+                // incoming snapshot unless the trailer arrives and matches.
+                let (tx, mut rx) = tokio::sync::mpsc::channel::<Incoming>(8);
+                let apply = tokio::task::spawn_blocking(move || {
+                    let mut incoming = manager
+                        .begin_receive(header)
+                        .map_err(|e| crate::status::to_status(&e))?;
+                    while let Some(msg) = rx.blocking_recv() {
+                        match msg {
+                            Incoming::Data(d) => incoming
+                                .write(&d)
+                                .map_err(|e| crate::status::to_status(&e))?,
+                            Incoming::Trailer(digest, len) => {
+                                return incoming
+                                    .commit(&digest, len)
+                                    .map_err(|e| crate::status::to_status(&e));
+                            }
+                        }
+                    }
+                    Err(Status::aborted("the stream ended before its trailer"))
+                });
+                let forwarded: Result<(), Status> = async {
+                    while let Some(msg) = stream.message().await? {
+                        let item = match msg.part {
+                            Some(Part::Data(d)) if d.len() <= MAX_CHUNK => Incoming::Data(d),
+                            Some(Part::Data(_)) => {
+                                return Err(Status::invalid_argument(
+                                    "a data chunk is larger than 1 MiB",
+                                ));
+                            }
+                            Some(Part::Trailer(t)) => Incoming::Trailer(t.blake3, t.length),
+                            Some(Part::Header(_)) | None => {
+                                return Err(Status::invalid_argument(
+                                    "only data chunks and a trailer may follow the header",
+                                ));
+                            }
+                        };
+                        let last = matches!(item, Incoming::Trailer(..));
+                        // A closed channel: the receiver failed; its error is the answer.
+                        if tx.send(item).await.is_err() || last {
+                            break;
+                        }
+                    }
+                    Ok(())
+                }
+                .await;
+                drop(tx);
+                let applied = apply
+                    .await
+                    .map_err(|e| Status::internal(format!("worker failed: {e}")))?;
+                forwarded?;
+                let snap = applied?;
+                Ok(pb::ReceiveSnapshotResponse {
+                    snapshot: snap.name,
+                    bytes: snap.stream_bytes,
+                })
+            },
+        )
+        .await
+    }
+}
+
+/// Serves the peer service of `driver` on `listener` until `shutdown`, refusing calls
+/// without `secret`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    driver: Arc<Driver>,
+    secret: ClusterSecret,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let service = PeerServer::with_interceptor(PeerService { driver }, PeerAuth { secret });
+    tonic::transport::Server::builder()
+        .add_service(service)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown,
+        )
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{ClusterSecret, Peers};
+
+    #[test]
+    fn secret_matches_only_itself_and_debug_hides_it() {
+        let s = ClusterSecret::new("s3cret-value").unwrap();
+        assert!(s.matches(b"s3cret-value"));
+        assert!(!s.matches(b"s3cret-valuf"));
+        assert!(!s.matches(b""));
+        assert!(!format!("{s:?}").contains("s3cret"));
+        assert!(ClusterSecret::new("").is_none());
+        assert!(ClusterSecret::new("has space").is_none());
+    }
+
+    #[test]
+    fn peers_parse_node_id_equals_address() {
+        let p = Peers::parse(&["b=127.0.0.1:7000".to_string()], None).unwrap();
+        assert_eq!(p.addrs["b"], "127.0.0.1:7000");
+        assert!(Peers::parse(&["b".to_string()], None).is_err());
+        assert!(Peers::parse(&["=1.2.3.4:5".to_string()], None).is_err());
+        assert!(Peers::parse(&["b=nohostport".to_string()], None).is_err());
+    }
+}
