@@ -597,3 +597,70 @@ impl Clients {
             .collect()
     }
 }
+
+/// Running the `vol` command line against a test daemon.
+pub mod vol {
+    use std::path::{Path, PathBuf};
+    use std::process::{Command, Output, Stdio};
+
+    use crate::Daemon;
+
+    /// The workspace's target/debug/vol.
+    pub fn bin() -> PathBuf {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/vol");
+        assert!(p.exists(), "{} missing: cargo build --bins", p.display());
+        p
+    }
+
+    /// Runs `vol --socket <daemon's> ARGS`.
+    pub fn run(d: &Daemon, args: &[&str]) -> Output {
+        Command::new(bin())
+            .arg("--socket")
+            .arg(d.socket())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run vol")
+    }
+
+    /// Runs `vol ARGS`, which must succeed; returns its stdout.
+    pub fn ok(d: &Daemon, args: &[&str]) -> String {
+        let out = run(d, args);
+        assert!(
+            out.status.success(),
+            "vol {args:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs `vol ARGS`, which must fail with exit status `code`, print nothing on
+    /// stdout and one line starting `vol: ` on stderr; returns that line.
+    pub fn fails(d: &Daemon, args: &[&str], code: i32) -> String {
+        let out = run(d, args);
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "vol {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.stdout.is_empty(), "nothing on stdout when failing");
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert!(err.starts_with("vol: "), "{err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "one-line error: {err}");
+        err
+    }
+
+    /// Parses one line of `--output json`.
+    pub fn json(line: &str) -> serde_json::Value {
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+    }
+
+    /// Runs `vol --output json ARGS`, which must succeed; one value per output line.
+    pub fn json_lines(d: &Daemon, args: &[&str]) -> Vec<serde_json::Value> {
+        let mut full = vec!["--output", "json"];
+        full.extend_from_slice(args);
+        ok(d, &full).lines().map(json).collect()
+    }
+}

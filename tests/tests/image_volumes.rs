@@ -7,58 +7,13 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use stowage_tests::vol::{fails, json, ok};
 
 use stowage_proto::csi::v1 as csi;
 use stowage_tests::{Clients, Daemon, mount_cap, mounts_under};
 use tonic::Code;
 
 const MIB: i64 = 1 << 20;
-
-fn vol_bin() -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/vol");
-    assert!(p.exists(), "{} missing: cargo build --bins", p.display());
-    p
-}
-
-fn vol(d: &Daemon, args: &[&str]) -> Output {
-    Command::new(vol_bin())
-        .arg("--socket")
-        .arg(d.socket())
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run vol")
-}
-
-fn ok(d: &Daemon, args: &[&str]) -> String {
-    let out = vol(d, args);
-    assert!(
-        out.status.success(),
-        "vol {args:?} failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn fails(d: &Daemon, args: &[&str], code: i32) -> String {
-    let out = vol(d, args);
-    assert_eq!(
-        out.status.code(),
-        Some(code),
-        "vol {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.stdout.is_empty(), "nothing on stdout when failing");
-    let err = String::from_utf8(out.stderr).unwrap();
-    assert_eq!(err.trim_end().lines().count(), 1, "one-line error: {err}");
-    err
-}
-
-fn json(line: &str) -> serde_json::Value {
-    serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
-}
 
 /// One tar entry: a directory (`None`) or a file with its content.
 type Entry<'a> = (&'a str, Option<&'a [u8]>);

@@ -5,7 +5,8 @@
 
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
+use stowage_tests::vol::json_lines as vol_json;
 
 use stowage_proto::stowage::v1 as pb;
 use stowage_proto::stowage::v1::admin_client::AdminClient;
@@ -53,38 +54,6 @@ fn primary_daemon(secret: &str, peer: &str) -> Daemon {
 
 async fn admin(d: &Daemon) -> AdminClient<tonic::transport::Channel> {
     AdminClient::new(csi_driver::client::connect(&d.socket()).await.unwrap())
-}
-
-fn vol(d: &Daemon, args: &[&str]) -> Output {
-    let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/vol");
-    assert!(
-        bin.exists(),
-        "{} missing: cargo build --bins",
-        bin.display()
-    );
-    Command::new(bin)
-        .arg("--socket")
-        .arg(d.socket())
-        .arg("--output")
-        .arg("json")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run vol")
-}
-
-fn vol_json(d: &Daemon, args: &[&str]) -> Vec<serde_json::Value> {
-    let out = vol(d, args);
-    assert!(
-        out.status.success(),
-        "vol {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-        .collect()
 }
 
 /// sha256 of a file, by the system tool (fast even in a debug build).
