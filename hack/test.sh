@@ -157,11 +157,11 @@ cargo build --workspace --bins || {
 }
 took build
 
-header "cargo test --workspace -- --test-threads=2  (STOWAGE_PRIVILEGED_TESTS=required)"
+header "cargo test --workspace --no-fail-fast -- --test-threads=2  (STOWAGE_PRIVILEGED_TESTS=required)"
 export STOWAGE_PRIVILEGED_TESTS=required
 test_log=$LOG_DIR/cargo-test.log
 test_rc=0
-cargo test --workspace -- --test-threads=2 2>&1 | tee "$test_log" || test_rc=$?
+cargo test --workspace --no-fail-fast -- --test-threads=2 2>&1 | tee "$test_log" || test_rc=$?
 took "cargo test"
 echo "log: $test_log"
 

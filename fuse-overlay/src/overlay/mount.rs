@@ -295,11 +295,12 @@ impl MountGuard {
         };
         let user = matches!(inner, Inner::FuseUser(_));
         let result = match inner {
-            Inner::Fuse(session) => session.umount_and_join(),
+            // Unmount ourselves (patiently), then let the session loop end.
+            Inner::Fuse(session) => umount_patiently(&self.target).and_then(|()| session.join()),
             Inner::FuseUser(session) => {
                 super::sys::fusermount_unmount(&self.target, false).and_then(|()| session.join())
             }
-            Inner::Kernel => RealMount.umount(&self.target, false),
+            Inner::Kernel => umount_patiently(&self.target),
         };
         match result {
             Ok(()) => Ok(()),
@@ -323,6 +324,22 @@ impl Drop for MountGuard {
     fn drop(&mut self) {
         if let Err(e) = self.do_unmount() {
             tracing::warn!(error = %e, "overlay unmount failed; detached lazily");
+        }
+    }
+}
+
+/// Unmounts `target`, retrying for up to two seconds while it is busy: the kernel
+/// finishes releasing files closed just before (FUSE sends RELEASE asynchronously), so
+/// an unmount right after the last close can meet EBUSY for a moment.
+fn umount_patiently(target: &Path) -> io::Result<()> {
+    let mut tries = 0;
+    loop {
+        match RealMount.umount(target, false) {
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && tries < 20 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            other => return other,
         }
     }
 }
