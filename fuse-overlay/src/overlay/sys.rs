@@ -31,11 +31,21 @@ pub(crate) fn getxattr(path: &Path, name: &OsStr, follow: bool) -> io::Result<Ve
     };
     let p = path_cstr(path)?;
     let n = cstr(name.as_bytes())?;
+    read_sized(|buf, len| {
+        // SAFETY: `p` and `n` are NUL-terminated strings that outlive the call;
+        // `read_sized` passes a null buffer with length 0, or a buffer valid for writes
+        // of `len` bytes, of which the kernel writes at most `len`.
+        unsafe { get(p.as_ptr(), n.as_ptr(), buf.cast::<libc::c_void>(), len) }
+    })
+}
+
+/// Runs a size-then-fetch call (getxattr, listxattr): first with no buffer to learn
+/// the size, then with a buffer of that size, again when the value grew in between
+/// (ERANGE). `call` gets a null pointer with length 0, or a buffer valid for `len` bytes.
+fn read_sized(mut call: impl FnMut(*mut u8, usize) -> isize) -> io::Result<Vec<u8>> {
     let mut buf: Vec<u8> = Vec::new();
     loop {
-        // SAFETY: `p` and `n` are NUL-terminated strings that outlive the call; a null
-        // buffer with size 0 asks only for the value's size.
-        let size = unsafe { get(p.as_ptr(), n.as_ptr(), std::ptr::null_mut(), 0) };
+        let size = call(std::ptr::null_mut(), 0);
         if size < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -43,22 +53,12 @@ pub(crate) fn getxattr(path: &Path, name: &OsStr, follow: bool) -> io::Result<Ve
         if buf.is_empty() {
             return Ok(buf);
         }
-        // SAFETY: `buf` is valid for writes of `buf.len()` bytes; the kernel writes at
-        // most that many.
-        let got = unsafe {
-            get(
-                p.as_ptr(),
-                n.as_ptr(),
-                buf.as_mut_ptr().cast::<libc::c_void>(),
-                buf.len(),
-            )
-        };
+        let got = call(buf.as_mut_ptr(), buf.len());
         if got >= 0 {
             buf.truncate(got as usize);
             return Ok(buf);
         }
         let err = io::Error::last_os_error();
-        // The value grew between the two calls: ask again.
         if err.raw_os_error() != Some(libc::ERANGE) {
             return Err(err);
         }
@@ -128,34 +128,11 @@ pub(crate) fn listxattr(path: &Path, follow: bool) -> io::Result<Vec<u8>> {
         libc::llistxattr
     };
     let p = path_cstr(path)?;
-    let mut buf: Vec<u8> = Vec::new();
-    loop {
-        // SAFETY: `p` is NUL-terminated; a null buffer with size 0 asks for the size.
-        let size = unsafe { list(p.as_ptr(), std::ptr::null_mut(), 0) };
-        if size < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        buf.resize(size as usize, 0);
-        if buf.is_empty() {
-            return Ok(buf);
-        }
-        // SAFETY: `buf` is valid for writes of `buf.len()` bytes.
-        let got = unsafe {
-            list(
-                p.as_ptr(),
-                buf.as_mut_ptr().cast::<libc::c_char>(),
-                buf.len(),
-            )
-        };
-        if got >= 0 {
-            buf.truncate(got as usize);
-            return Ok(buf);
-        }
-        let err = io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::ERANGE) {
-            return Err(err);
-        }
-    }
+    read_sized(|buf, len| {
+        // SAFETY: `p` is NUL-terminated and outlives the call; `read_sized` passes a null
+        // buffer with length 0, or a buffer valid for writes of `len` bytes.
+        unsafe { list(p.as_ptr(), buf.cast::<libc::c_char>(), len) }
+    })
 }
 
 /// Makes `dst` share `src`'s data extents (a reflink copy); fails with EXDEV or
