@@ -35,7 +35,7 @@ impl AdminService {
 pub fn to_pb_volume(driver: &Driver, rec: &VolumeRecord) -> pb::Volume {
     let health = match driver.manager.node_health(rec, None) {
         Ok(h) if h.abnormal => h,
-        _ => driver.manager.controller_health(rec),
+        _ => driver.health(rec),
     };
     pb::Volume {
         id: rec.id.clone(),
@@ -73,16 +73,14 @@ pub fn to_pb_volume(driver: &Driver, rec: &VolumeRecord) -> pb::Volume {
             .iter()
             .map(|m| format!("{}:{}", m.pid, m.target.display()))
             .collect(),
-        replicas: rec
-            .replicas
-            .iter()
-            .map(|r| pb::ReplicaStatus {
-                node_id: r.node_id.clone(),
-                snapshot: r.snapshot.clone(),
-                bytes_sent: r.bytes_sent,
-                acknowledged_at: r.acknowledged_at,
-            })
-            .collect(),
+        replicas: crate::replicate::statuses(driver, rec),
+        generation: rec.generation.max(1),
+        copies: rec.replication.as_ref().map(|s| s.copies).unwrap_or(1),
+        replication_interval_secs: rec
+            .replication
+            .as_ref()
+            .map(|s| s.interval_secs)
+            .unwrap_or(0),
     }
 }
 
@@ -246,6 +244,10 @@ impl Admin for AdminService {
                 let mut create =
                     CreateRequest::new(req.name.clone(), req.capacity_bytes, 0, params);
                 create.mutable_parameters = mutable;
+                if let Some(r) = create.params.replication {
+                    create.replica_nodes =
+                        crate::replicate::place(&driver, r.copies as usize - 1, &[]).await?;
+                }
                 let manager = Arc::clone(&driver.manager);
                 let rec = blocking(move || manager.create(&create)).await?;
                 Ok(pb::VolumeResponse {
@@ -773,11 +775,77 @@ impl Admin for AdminService {
                             fs_type: r.fs.map(|f| f.to_string()).unwrap_or_default(),
                             capacity_bytes: r.capacity,
                             source_node_id: r.source_node_id,
-                            snapshots: r.snapshots.into_iter().map(|s| s.name).collect(),
+                            generation: r.generation.max(1),
+                            split_brain: r.split_brain.unwrap_or_default(),
+                            latest_taken_at: latest.map(|s| s.taken_at).unwrap_or(0),
+                            snapshots: r.snapshots.iter().map(|s| s.name.clone()).collect(),
                         }
                     })
                     .collect();
                 Ok(pb::ListReplicasResponse { replicas })
+            },
+        )
+        .await
+    }
+
+    async fn promote_volume(
+        &self,
+        request: Request<pb::PromoteVolumeRequest>,
+    ) -> Result<Response<pb::VolumeResponse>, Status> {
+        let (meta, _, req) = request.into_parts();
+        let driver = Arc::clone(&self.driver);
+        observe(
+            &self.driver.metrics,
+            "Admin.PromoteVolume",
+            &req.volume.clone(),
+            &meta,
+            async move {
+                require(&req.volume, "volume")?;
+                let manager = Arc::clone(&driver.manager);
+                let rec = {
+                    let (driver, volume) = (Arc::clone(&driver), req.volume.clone());
+                    blocking(move || {
+                        // A half-received stream is not part of the copy being promoted.
+                        if let Ok(Some(r)) = manager
+                            .list_replicas()
+                            .map(|rs| rs.into_iter().find(|r| r.id == volume || r.name == volume))
+                        {
+                            drop(driver.replication.unpark(&r.id));
+                        }
+                        manager.promote(&volume)
+                    })
+                    .await?
+                };
+                Ok(pb::VolumeResponse {
+                    volume: Some(to_pb_volume(&driver, &rec)),
+                })
+            },
+        )
+        .await
+    }
+
+    async fn modify_volume(
+        &self,
+        request: Request<pb::ModifyVolumeRequest>,
+    ) -> Result<Response<pb::VolumeResponse>, Status> {
+        let (meta, _, req) = request.into_parts();
+        let driver = Arc::clone(&self.driver);
+        observe(
+            &self.driver.metrics,
+            "Admin.ModifyVolume",
+            &req.volume.clone(),
+            &meta,
+            async move {
+                require(&req.volume, "volume")?;
+                let manager = Arc::clone(&driver.manager);
+                let volume = req.volume.clone();
+                let id = blocking(move || manager.resolve(&volume)).await?.id;
+                let rec = driver
+                    .modify(&id, req.parameters.into_iter().collect())
+                    .await?;
+                Ok(pb::VolumeResponse {
+                    volume: Some(to_pb_volume(&driver, &rec)),
+                })
             },
         )
         .await

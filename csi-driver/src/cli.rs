@@ -142,6 +142,20 @@ pub enum Command {
     /// Replicas of other nodes' volumes held on this node.
     #[command(subcommand)]
     Replica(ReplicaCommand),
+    /// Make this node's replica of a volume the primary (failover), from the newest
+    /// snapshot it received. Run it on the replica's node.
+    Promote {
+        /// The replica's volume name or id.
+        name: String,
+    },
+    /// Change mutable parameters: compression, replicas, replicationInterval.
+    Modify {
+        /// Volume name or id.
+        name: String,
+        /// KEY=VALUE (e.g. replicas=3, replicationInterval=1m).
+        #[arg(required = true, value_name = "KEY=VALUE")]
+        params: Vec<String>,
+    },
     /// Print a shell completion script.
     Completion {
         /// The shell.
@@ -385,10 +399,18 @@ pub fn volume_json(v: &pb::Volume) -> serde_json::Value {
         "condition": v.condition.as_ref().map(|c| json!({"abnormal": c.abnormal, "message": c.message})),
         "replicas": v.replicas.iter().map(|r| json!({
             "node_id": r.node_id,
+            "state": r.state,
             "snapshot": r.snapshot,
+            "lag_seconds": r.lag_seconds,
+            "lag_bytes": r.lag_bytes,
             "bytes_sent": r.bytes_sent,
             "acknowledged_at": r.acknowledged_at,
+            "taken_at": r.taken_at,
+            "last_error": if r.last_error.is_empty() { serde_json::Value::Null } else { json!(r.last_error) },
         })).collect::<Vec<_>>(),
+        "generation": v.generation,
+        "copies": v.copies,
+        "replication_interval_secs": v.replication_interval_secs,
     })
 }
 
@@ -589,6 +611,9 @@ impl Listed for pb::Replica {
             "snapshots": self.snapshots,
             "latest_path": self.latest_path,
             "latest_stream_bytes": self.latest_stream_bytes,
+            "latest_taken_at": self.latest_taken_at,
+            "generation": self.generation,
+            "split_brain": if self.split_brain.is_empty() { serde_json::Value::Null } else { serde_json::json!(self.split_brain) },
         })
     }
     fn row(&self) -> Vec<String> {
@@ -867,6 +892,41 @@ pub async fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), CliError> {
                 capacity_bytes,
             };
             let v = with_progress("cloning", admin.clone_volume(req))
+                .await
+                .map_err(from_status)?
+                .into_inner()
+                .volume
+                .unwrap_or_default();
+            print_list(cli, out, &[v]).map_err(io_err)
+        }
+        Command::Promote { name } => {
+            let v = with_progress(
+                "promoting",
+                admin.promote_volume(pb::PromoteVolumeRequest {
+                    volume: name.clone(),
+                }),
+            )
+            .await
+            .map_err(from_status)?
+            .into_inner()
+            .volume
+            .unwrap_or_default();
+            print_list(cli, out, &[v]).map_err(io_err)
+        }
+        Command::Modify { name, params } => {
+            let mut parameters = std::collections::HashMap::new();
+            for p in params {
+                let (k, v) = p.split_once('=').ok_or_else(|| CliError {
+                    code: EXIT_USAGE,
+                    message: format!("{p:?} is not KEY=VALUE"),
+                })?;
+                parameters.insert(k.to_string(), v.to_string());
+            }
+            let v = admin
+                .modify_volume(pb::ModifyVolumeRequest {
+                    volume: name.clone(),
+                    parameters,
+                })
                 .await
                 .map_err(from_status)?
                 .into_inner()

@@ -92,7 +92,19 @@ impl Controller for ControllerService {
                     )));
                 }
                 let fs_type = req.volume_capabilities.iter().find_map(mount_fs_type);
-                let mut params = VolumeParams::parse(&req.parameters, fs_type)
+                // Replication settings given as mutable parameters (a
+                // VolumeAttributesClass) count as parameters: they place copies.
+                let mut parameters = req.parameters.clone();
+                let mut mutable = req.mutable_parameters.clone();
+                for key in [
+                    volume_core::params::REPLICAS,
+                    volume_core::params::REPLICATION_INTERVAL,
+                ] {
+                    if let Some(v) = mutable.remove(key) {
+                        parameters.insert(key.to_string(), v);
+                    }
+                }
+                let mut params = VolumeParams::parse(&parameters, fs_type)
                     .map_err(|e| crate::status::to_status(&e))?;
                 {
                     let driver = Arc::clone(&driver);
@@ -127,7 +139,11 @@ impl Controller for ControllerService {
                 };
                 let mut create = CreateRequest::new(req.name.clone(), required, limit, params);
                 create.source = source;
-                create.mutable_parameters = to_btree(&req.mutable_parameters);
+                create.mutable_parameters = to_btree(&mutable);
+                if let Some(r) = create.params.replication {
+                    create.replica_nodes =
+                        crate::replicate::place(&driver, r.copies as usize - 1, &[]).await?;
+                }
                 create.block = req.volume_capabilities.iter().any(is_block);
                 let manager = Arc::clone(&driver.manager);
                 let rec = blocking(move || manager.create(&create)).await?;
@@ -293,7 +309,7 @@ impl Controller for ControllerService {
                     volume: Some(driver.to_csi_volume(rec)),
                     status: Some(csi::list_volumes_response::VolumeStatus {
                         published_node_ids: driver.published_nodes(rec),
-                        volume_condition: Some(condition(&driver.manager.controller_health(rec))),
+                        volume_condition: Some(condition(&driver.health(rec))),
                     }),
                 })
                 .collect();
@@ -544,12 +560,8 @@ impl Controller for ControllerService {
             async move {
                 require(&req.volume_id, "volume_id")?;
                 let manager = Arc::clone(&driver.manager);
-                let (rec, health) = blocking(move || {
-                    let rec = manager.get(&req.volume_id)?;
-                    let health = manager.controller_health(&rec);
-                    Ok((rec, health))
-                })
-                .await?;
+                let rec = blocking(move || manager.get(&req.volume_id)).await?;
+                let health = driver.health(&rec);
                 Ok(csi::ControllerGetVolumeResponse {
                     volume: Some(driver.to_csi_volume(&rec)),
                     status: Some(csi::controller_get_volume_response::VolumeStatus {
@@ -567,7 +579,7 @@ impl Controller for ControllerService {
         request: Request<csi::ControllerModifyVolumeRequest>,
     ) -> Result<Response<csi::ControllerModifyVolumeResponse>, Status> {
         let (meta, _, req) = request.into_parts();
-        let manager = Arc::clone(&self.driver.manager);
+        let driver = Arc::clone(&self.driver);
         observe(
             &self.driver.metrics,
             "ControllerModifyVolume",
@@ -576,7 +588,7 @@ impl Controller for ControllerService {
             async move {
                 require(&req.volume_id, "volume_id")?;
                 let params = to_btree(&req.mutable_parameters);
-                blocking(move || manager.modify(&req.volume_id, &params)).await?;
+                driver.modify(&req.volume_id, params).await?;
                 Ok(csi::ControllerModifyVolumeResponse {})
             },
         )

@@ -40,6 +40,8 @@ pub struct Driver {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Read-only image layers (admin `ImportLayer`/`ListLayers`/`RemoveLayer`).
     pub layers: Arc<LayerStore>,
+    /// Runtime replication state (links, cut-off streams kept to resume).
+    pub replication: crate::replicate::ReplicationState,
 }
 
 impl Driver {
@@ -50,6 +52,7 @@ impl Driver {
             config,
             metrics: Arc::new(crate::metrics::Metrics::new()),
             layers: Arc::new(layers),
+            replication: Default::default(),
         })
     }
 
@@ -79,6 +82,27 @@ impl Driver {
             .collect()
     }
 
+    /// The volume's health as the controller reports it: its storage, and its
+    /// replicas when it is replicated.
+    pub fn health(&self, rec: &VolumeRecord) -> VolumeHealth {
+        crate::replicate::health(self, rec, self.manager.controller_health(rec))
+    }
+
+    /// Applies mutable parameters to volume `id`, placing the copies a raised
+    /// `replicas` adds on peers first.
+    pub async fn modify(
+        self: &Arc<Self>,
+        id: &str,
+        params: std::collections::BTreeMap<String, String>,
+    ) -> Result<VolumeRecord, tonic::Status> {
+        let (manager, id2, p2) = (Arc::clone(&self.manager), id.to_string(), params.clone());
+        let (need, have) =
+            crate::rpc::blocking(move || manager.replica_nodes_wanted(&id2, &p2)).await?;
+        let new_nodes = crate::replicate::place(self, need, &have).await?;
+        let (manager, id) = (Arc::clone(&self.manager), id.to_string());
+        crate::rpc::blocking(move || manager.modify_placed(&id, &params, &new_nodes)).await
+    }
+
     /// This node's topology segment.
     pub fn topology(&self) -> csi::Topology {
         csi::Topology {
@@ -105,7 +129,16 @@ impl Driver {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
             content_source: rec.content_source.as_ref().map(content_source),
-            accessible_topology: vec![self.topology()],
+            accessible_topology: std::iter::once(self.topology())
+                .chain(
+                    rec.replication
+                        .iter()
+                        .flat_map(|s| &s.nodes)
+                        .map(|n| csi::Topology {
+                            segments: HashMap::from([(TOPOLOGY_KEY.to_string(), n.clone())]),
+                        }),
+                )
+                .collect(),
         }
     }
 

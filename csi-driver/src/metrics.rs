@@ -35,6 +35,22 @@ struct KindLabels {
     kind: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReplicaLabels {
+    volume_id: String,
+    node_id: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReplicaStateLabels {
+    volume_id: String,
+    node_id: String,
+    state: String,
+}
+
+/// Replica states a link can be in (one gauge per state, 1 for the current one).
+const REPLICA_STATES: [&str; 4] = ["syncing", "in sync", "degraded", "diverged"];
+
 /// The daemon's metrics registry.
 #[derive(Debug)]
 pub struct Metrics {
@@ -47,6 +63,10 @@ pub struct Metrics {
     staged: Gauge,
     published: Gauge,
     inflight: Gauge,
+    replica_lag_seconds: Family<ReplicaLabels, Gauge>,
+    replica_lag_bytes: Family<ReplicaLabels, Gauge>,
+    replica_state: Family<ReplicaStateLabels, Gauge>,
+    split_brains: Counter,
 }
 
 impl Default for Metrics {
@@ -75,6 +95,10 @@ impl Metrics {
             staged: Gauge::default(),
             published: Gauge::default(),
             inflight: Gauge::default(),
+            replica_lag_seconds: Family::default(),
+            replica_lag_bytes: Family::default(),
+            replica_state: Family::default(),
+            split_brains: Counter::default(),
         };
         {
             let mut r = m.registry.lock().unwrap_or_else(|e| e.into_inner());
@@ -113,6 +137,26 @@ impl Metrics {
                 "stowage_operations_in_flight",
                 "Volume operations currently running",
                 m.inflight.clone(),
+            );
+            r.register(
+                "stowage_replica_lag_seconds",
+                "Age of the copy a replica node holds (now minus when its snapshot was taken)",
+                m.replica_lag_seconds.clone(),
+            );
+            r.register(
+                "stowage_replica_lag_bytes",
+                "Stream bytes still to deliver to a replica node, as of the last attempt",
+                m.replica_lag_bytes.clone(),
+            );
+            r.register(
+                "stowage_replica_state",
+                "1 for the state a replica link is in (syncing, in sync, degraded, diverged)",
+                m.replica_state.clone(),
+            );
+            r.register(
+                "stowage_split_brains",
+                "Times this node found another node holding a newer generation of its volume",
+                m.split_brains.clone(),
             );
         }
         m
@@ -156,6 +200,40 @@ impl Metrics {
             .set(vols.iter().map(|v| v.publications.len()).sum::<usize>() as i64);
         self.inflight.set(manager.inflight().len() as i64);
         Ok(())
+    }
+
+    /// Counts one split brain seen.
+    pub fn split_brain(&self) {
+        self.split_brains.inc();
+    }
+
+    /// Replaces the replica gauges with `links` (volume id, status of one replica
+    /// node).
+    pub fn set_replicas(&self, links: &[(String, stowage_proto::stowage::v1::ReplicaStatus)]) {
+        self.replica_lag_seconds.clear();
+        self.replica_lag_bytes.clear();
+        self.replica_state.clear();
+        for (volume_id, s) in links {
+            let labels = ReplicaLabels {
+                volume_id: volume_id.clone(),
+                node_id: s.node_id.clone(),
+            };
+            self.replica_lag_seconds
+                .get_or_create(&labels)
+                .set(i64::try_from(s.lag_seconds).unwrap_or(i64::MAX));
+            self.replica_lag_bytes
+                .get_or_create(&labels)
+                .set(i64::try_from(s.lag_bytes).unwrap_or(i64::MAX));
+            for state in REPLICA_STATES {
+                self.replica_state
+                    .get_or_create(&ReplicaStateLabels {
+                        volume_id: volume_id.clone(),
+                        node_id: s.node_id.clone(),
+                        state: state.to_string(),
+                    })
+                    .set(i64::from(s.state == state));
+            }
+        }
     }
 
     /// The registry in the Prometheus/OpenMetrics text format.

@@ -19,7 +19,7 @@ use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
-use volume_core::replication::IncomingHeader;
+use volume_core::replication::{Holding, IncomingHeader, IncomingSnapshot};
 use volume_core::{FsType, VolumeKind};
 
 use crate::driver::Driver;
@@ -128,10 +128,17 @@ impl Interceptor for SendSecret {
 /// A client of a peer's service that presents the cluster secret.
 pub type AuthedPeerClient = PeerClient<InterceptedService<Channel, SendSecret>>;
 
-/// Connects to the peer service at `addr` (`HOST:PORT`), presenting `secret`.
+/// Connects to the peer service at `addr` (`HOST:PORT`), presenting `secret`. HTTP/2
+/// keepalive pings notice a peer that went away mid-stream (a link down sends no
+/// reset) within about ten seconds.
 pub async fn connect(addr: &str, secret: &ClusterSecret) -> Result<AuthedPeerClient, PeerError> {
     let channel = Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| PeerError::Connect(addr.to_string(), e))?
+        .connect_timeout(KEEPALIVE)
+        .http2_keep_alive_interval(KEEPALIVE)
+        .keep_alive_timeout(KEEPALIVE)
+        .keep_alive_while_idle(true)
+        .tcp_nodelay(true)
         .connect()
         .await
         .map_err(|e| PeerError::Connect(addr.to_string(), e))?;
@@ -182,6 +189,8 @@ impl Peers {
 
 /// Largest data chunk of a replication stream.
 pub const MAX_CHUNK: usize = 1 << 20;
+/// Keepalive ping interval and timeout of peer connections (both sides).
+pub const KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The Peer service.
 #[derive(Debug, Clone)]
@@ -193,6 +202,13 @@ pub struct PeerService {
 enum Incoming {
     Data(Vec<u8>),
     Trailer(Vec<u8>, u64),
+}
+
+/// How a receive ended.
+enum Received {
+    Applied(volume_core::ReplicaSnapshot),
+    /// Cut off before its trailer, with bytes received: kept to resume.
+    Cut(Box<IncomingSnapshot>),
 }
 
 fn incoming_header(h: pb::SnapshotHeader) -> Result<IncomingHeader, Status> {
@@ -210,6 +226,13 @@ fn incoming_header(h: pb::SnapshotHeader) -> Result<IncomingHeader, Status> {
         snapshot: h.snapshot,
         parent: Some(h.parent).filter(|p| !p.is_empty()),
         source_node_id: h.source_node_id,
+        generation: h.generation.max(1),
+        taken_at: h.taken_at,
+        spec: (h.copies > 1).then_some(volume_core::ReplicationSpec {
+            copies: h.copies,
+            interval_secs: h.interval_secs,
+            nodes: h.replica_nodes,
+        }),
     })
 }
 
@@ -221,11 +244,14 @@ impl Peer for PeerService {
     ) -> Result<Response<pb::HelloResponse>, Status> {
         let (meta, _, req) = request.into_parts();
         let node_id = self.driver.config.node_id.clone();
+        let manager = Arc::clone(&self.driver.manager);
         observe(&self.driver.metrics, "Peer.Hello", "", &meta, async move {
             tracing::debug!(peer.node_id = %req.node_id, "peer hello");
+            let usage = blocking(move || manager.capacity()).await?;
             Ok(pb::HelloResponse {
                 node_id,
                 version: env!("CARGO_PKG_VERSION").to_string(),
+                available_bytes: usage.available,
             })
         })
         .await
@@ -237,14 +263,41 @@ impl Peer for PeerService {
     ) -> Result<Response<pb::ReplicaStateResponse>, Status> {
         let (meta, _, req) = request.into_parts();
         let manager = Arc::clone(&self.driver.manager);
+        let driver = Arc::clone(&self.driver);
         observe(
             &self.driver.metrics,
             "Peer.ReplicaState",
             &req.volume_id.clone(),
             &meta,
             async move {
-                let snapshots = blocking(move || manager.replica_state(&req.volume_id)).await?;
-                Ok(pb::ReplicaStateResponse { snapshots })
+                let id = req.volume_id.clone();
+                let holding = blocking(move || manager.holding(&req.volume_id)).await?;
+                let partial = driver.replication.partial(&id);
+                Ok(match holding {
+                    Holding::Nothing => pb::ReplicaStateResponse {
+                        role: "none".into(),
+                        partial,
+                        ..Default::default()
+                    },
+                    Holding::Replica {
+                        generation,
+                        snapshots,
+                    } => pb::ReplicaStateResponse {
+                        snapshots,
+                        role: "replica".into(),
+                        generation,
+                        partial,
+                    },
+                    Holding::Primary {
+                        generation,
+                        snapshots,
+                    } => pb::ReplicaStateResponse {
+                        snapshots,
+                        role: "primary".into(),
+                        generation,
+                        partial: None,
+                    },
+                })
             },
         )
         .await
@@ -256,28 +309,54 @@ impl Peer for PeerService {
     ) -> Result<Response<pb::ReceiveSnapshotResponse>, Status> {
         let (meta, _, mut stream) = request.into_parts();
         let manager = Arc::clone(&self.driver.manager);
+        let driver = Arc::clone(&self.driver);
         observe(
             &self.driver.metrics,
             "Peer.ReceiveSnapshot",
             "",
             &meta,
             async move {
-                let header = match stream.message().await?.and_then(|c| c.part) {
-                    Some(Part::Header(h)) => incoming_header(h)?,
+                let (header, offset) = match stream.message().await?.and_then(|c| c.part) {
+                    Some(Part::Header(h)) => {
+                        let offset = h.resume_offset;
+                        (incoming_header(h)?, offset)
+                    }
                     _ => {
                         return Err(Status::invalid_argument(
                             "the first message must be the header",
                         ));
                     }
                 };
+                // A stream cut off earlier is resumed only at the byte it stopped at,
+                // for the same snapshot and parent; any other header discards it.
+                let parked = driver.replication.unpark(&header.volume_id);
+                let resumed = match (offset, parked) {
+                    (0, _) => None,
+                    (n, Some(p))
+                        if p.received() == n
+                            && p.header().snapshot == header.snapshot
+                            && p.header().parent == header.parent =>
+                    {
+                        Some(p)
+                    }
+                    (n, _) => {
+                        return Err(Status::failed_precondition(format!(
+                            "no cut-off stream of snapshot {} to resume at byte {n}",
+                            header.snapshot
+                        )));
+                    }
+                };
                 // Chunks go through a bounded channel to the blocking receiver, which
-                // pipes them into `btrfs receive`; it drops (and so discards) the
-                // incoming snapshot unless the trailer arrives and matches.
+                // pipes them into `btrfs receive`. It commits when the trailer arrives
+                // and matches; cut off before, it hands the receive back to be kept.
                 let (tx, mut rx) = tokio::sync::mpsc::channel::<Incoming>(8);
                 let apply = tokio::task::spawn_blocking(move || {
-                    let mut incoming = manager
-                        .begin_receive(header)
-                        .map_err(|e| crate::status::to_status(&e))?;
+                    let mut incoming = match resumed {
+                        Some(p) => p,
+                        None => manager
+                            .begin_receive(header)
+                            .map_err(|e| crate::status::to_status(&e))?,
+                    };
                     while let Some(msg) = rx.blocking_recv() {
                         match msg {
                             Incoming::Data(d) => incoming
@@ -286,11 +365,12 @@ impl Peer for PeerService {
                             Incoming::Trailer(digest, len) => {
                                 return incoming
                                     .commit(&digest, len)
+                                    .map(Received::Applied)
                                     .map_err(|e| crate::status::to_status(&e));
                             }
                         }
                     }
-                    Err(Status::aborted("the stream ended before its trailer"))
+                    Ok(Received::Cut(Box::new(incoming)))
                 });
                 let forwarded: Result<(), Status> = async {
                     while let Some(msg) = stream.message().await? {
@@ -321,12 +401,23 @@ impl Peer for PeerService {
                 let applied = apply
                     .await
                     .map_err(|e| Status::internal(format!("worker failed: {e}")))?;
-                forwarded?;
-                let snap = applied?;
-                Ok(pb::ReceiveSnapshotResponse {
-                    snapshot: snap.name,
-                    bytes: snap.stream_bytes,
-                })
+                match applied? {
+                    Received::Applied(snap) => {
+                        forwarded?;
+                        Ok(pb::ReceiveSnapshotResponse {
+                            snapshot: snap.name,
+                            bytes: snap.stream_bytes,
+                        })
+                    }
+                    Received::Cut(incoming) => {
+                        if incoming.received() > 0 {
+                            driver.replication.park(*incoming);
+                        }
+                        Err(forwarded.err().unwrap_or_else(|| {
+                            Status::aborted("the stream ended before its trailer")
+                        }))
+                    }
+                }
             },
         )
         .await
@@ -343,6 +434,9 @@ pub async fn serve(
 ) -> Result<(), tonic::transport::Error> {
     let service = PeerServer::with_interceptor(PeerService { driver }, PeerAuth { secret });
     tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(KEEPALIVE))
+        .http2_keepalive_timeout(Some(KEEPALIVE))
+        .tcp_nodelay(true)
         .add_service(service)
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),

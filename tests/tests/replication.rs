@@ -214,7 +214,7 @@ async fn full_then_incremental(params: &[(&str, &str)], file: &str) -> (u64, u64
 
     let r1 = vol_json(&a, &["replicate", "rep", "--to", "b"]);
     assert_eq!(r1.len(), 1, "{r1:?}");
-    assert_eq!(r1[0]["snapshot"], "1");
+    assert_eq!(r1[0]["snapshot"], "1-g1");
     assert_eq!(r1[0]["incremental"], false);
     let full = r1[0]["bytes_sent"].as_u64().unwrap();
     assert!(
@@ -224,12 +224,12 @@ async fn full_then_incremental(params: &[(&str, &str)], file: &str) -> (u64, u64
 
     let ours = a.state_dir().join("pool/replication").join(&id);
     let (snaps, latest) = replica_on(&b, &id);
-    assert_eq!(snaps, ["1"]);
+    assert_eq!(snaps, ["1-g1"]);
     let replica_dir = b.state_dir().join("pool/replicas").join(&id);
-    assert_eq!(latest, replica_dir.join("1/data"));
+    assert_eq!(latest, replica_dir.join("1-g1/data"));
     assert_eq!(
         sha256(&latest.join(file)),
-        sha256(&ours.join("1/data").join(file))
+        sha256(&ours.join("1-g1/data").join(file))
     );
     let check = |latest: &Path, expected: &str, n: &str| {
         let got = if file == "disk.img" {
@@ -239,32 +239,32 @@ async fn full_then_incremental(params: &[(&str, &str)], file: &str) -> (u64, u64
         };
         assert_eq!(got, expected, "data.bin in the replica's snapshot {n}");
     };
-    check(&latest, &written, "1");
+    check(&latest, &written, "1-g1");
 
     write_at(&data, 32 * MIB as u64, &pattern(MIB, 2));
     let written2 = sha256(&data);
     let r2 = vol_json(&a, &["replicate", "rep", "--to", "b"]);
-    assert_eq!(r2[0]["snapshot"], "2");
-    assert_eq!(r2[0]["parent"], "1");
+    assert_eq!(r2[0]["snapshot"], "2-g1");
+    assert_eq!(r2[0]["parent"], "1-g1");
     assert_eq!(r2[0]["incremental"], true);
     let incremental = r2[0]["bytes_sent"].as_u64().unwrap();
     let (snaps, latest) = replica_on(&b, &id);
-    assert_eq!(snaps, ["1", "2"]);
-    assert_eq!(latest, replica_dir.join("2/data"));
+    assert_eq!(snaps, ["1-g1", "2-g1"]);
+    assert_eq!(latest, replica_dir.join("2-g1/data"));
     assert_eq!(
         sha256(&latest.join(file)),
-        sha256(&ours.join("2/data").join(file))
+        sha256(&ours.join("2-g1/data").join(file))
     );
-    check(&latest, &written2, "2");
+    check(&latest, &written2, "2-g1");
     // The primary records what the peer acknowledged.
     let inspect = vol_json(&a, &["inspect", "rep"]);
     assert_eq!(inspect[0]["replicas"][0]["node_id"], "b");
-    assert_eq!(inspect[0]["replicas"][0]["snapshot"], "2");
+    assert_eq!(inspect[0]["replicas"][0]["snapshot"], "2-g1");
     assert_eq!(inspect[0]["replicas"][0]["bytes_sent"], incremental);
     // The first snapshot is still there, unchanged.
     assert_eq!(
-        sha256(&replica_dir.join("1/data").join(file)),
-        sha256(&ours.join("1/data").join(file))
+        sha256(&replica_dir.join("1-g1/data").join(file)),
+        sha256(&ours.join("1-g1/data").join(file))
     );
     // Nothing half-received is left on the replica.
     let left: Vec<_> = std::fs::read_dir(&replica_dir)

@@ -10,6 +10,7 @@ pub mod container;
 pub mod ephemeral;
 pub mod error;
 pub mod expand;
+pub mod failover;
 pub mod guard;
 pub mod manager;
 pub mod model;
@@ -31,7 +32,7 @@ pub use guard::{InFlight, OperationGuard};
 pub use manager::{CreateRequest, NodeIdentity, VolumeManager};
 pub use model::{
     ContentSource, FsType, GroupSnapshotRecord, ReplicaAck, ReplicaRecord, ReplicaSnapshot,
-    SnapshotRecord, VolumeKind, VolumeRecord, VolumeState,
+    ReplicationSnapshot, ReplicationSpec, SnapshotRecord, VolumeKind, VolumeRecord, VolumeState,
 };
 pub use params::VolumeParams;
 pub use pool::{Pool, PoolBackend, PoolConfig};

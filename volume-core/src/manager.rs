@@ -9,11 +9,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::error::{Error, Result};
 use crate::guard::{InFlight, OperationGuard};
 use crate::model::{
-    ContentSource, PoolUsage, SnapshotRecord, VolumeHealth, VolumeKind, VolumeRecord, VolumeState,
+    ContentSource, PoolUsage, ReplicationSpec, SnapshotRecord, VolumeHealth, VolumeKind,
+    VolumeRecord, VolumeState,
 };
 use crate::os::Host;
 use crate::params::VolumeParams;
-use crate::pool::Pool;
+use crate::pool::{Pool, PoolBackend};
 use crate::size::round_up;
 use crate::store::Store;
 
@@ -45,6 +46,8 @@ pub struct CreateRequest {
     pub mutable_parameters: BTreeMap<String, String>,
     /// Some capability asks for raw block access (loop volumes only).
     pub block: bool,
+    /// Nodes chosen to hold the other copies of a replicated volume.
+    pub replica_nodes: Vec<String>,
 }
 
 impl CreateRequest {
@@ -63,6 +66,7 @@ impl CreateRequest {
             source: None,
             mutable_parameters: BTreeMap::new(),
             block: false,
+            replica_nodes: Vec::new(),
         }
     }
 }
@@ -133,7 +137,8 @@ pub fn validate_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn now() -> u64 {
+/// Seconds since the epoch (the clock records carry).
+pub fn now() -> u64 {
     now_precise().0
 }
 
@@ -274,6 +279,13 @@ impl VolumeManager {
             ));
         }
         crate::modify::validate(&req.mutable_parameters, req.params.kind, &self.pool)?;
+        if req.params.replication.is_some()
+            && !matches!(self.pool.backend(), PoolBackend::Btrfs { .. })
+        {
+            return Err(Error::InvalidArgument(
+                "replicas above 1 need a btrfs pool (replication ships btrfs send streams)".into(),
+            ));
+        }
         let _guard = self.inflight.try_claim([format!("name:{}", req.name)])?;
         let mut capacity = self.choose_capacity(req)?;
         // A clone's source must not be unstaged (thawed, detached) while it is copied.
@@ -311,6 +323,12 @@ impl VolumeManager {
             created_at: now(),
             content_source: req.source.clone(),
             fs_size: origin.as_ref().map(|o| o.1).unwrap_or(0),
+            generation: 1,
+            replication: req.params.replication.map(|r| ReplicationSpec {
+                copies: r.copies,
+                interval_secs: r.interval_secs,
+                nodes: req.replica_nodes.clone(),
+            }),
             ..Default::default()
         };
         let _id_guard = self.claim(&id)?;

@@ -234,6 +234,37 @@ pub struct VolumeRecord {
     /// Per peer, the newest replication snapshot it acknowledged (primary side).
     #[serde(default)]
     pub replicas: Vec<ReplicaAck>,
+    /// The volume's generation: 1 when created, raised by every promotion of a
+    /// replica. A node holding an older generation of the same volume is stale.
+    #[serde(default)]
+    pub generation: u64,
+    /// Where and how often the volume is replicated (`replicas`,
+    /// `replicationInterval`); `None` for a volume with one copy.
+    #[serde(default)]
+    pub replication: Option<ReplicationSpec>,
+    /// The replication snapshots this primary holds, oldest first.
+    #[serde(default)]
+    pub replication_snapshots: Vec<ReplicationSnapshot>,
+}
+
+/// How a volume is replicated.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ReplicationSpec {
+    /// Copies wanted, the primary's included (`replicas` parameter).
+    pub copies: u32,
+    /// Seconds between replication snapshots (`replicationInterval`).
+    pub interval_secs: u64,
+    /// The nodes holding the other copies, chosen at creation.
+    pub nodes: Vec<String>,
+}
+
+/// A replication snapshot the primary took.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ReplicationSnapshot {
+    /// Its name (`<seq>-g<generation>`).
+    pub name: String,
+    /// When it was taken, seconds since the epoch.
+    pub taken_at: u64,
 }
 
 /// A peer's acknowledgement of a replication snapshot of a volume.
@@ -247,6 +278,10 @@ pub struct ReplicaAck {
     pub bytes_sent: u64,
     /// When it acknowledged, seconds since the epoch.
     pub acknowledged_at: u64,
+    /// When the acknowledged snapshot was taken, seconds since the epoch: the
+    /// replica holds the volume as it was then.
+    #[serde(default)]
+    pub taken_at: u64,
 }
 
 impl VolumeRecord {
@@ -313,6 +348,16 @@ pub struct ReplicaRecord {
     pub source_node_id: String,
     /// Snapshots received, oldest first.
     pub snapshots: Vec<ReplicaSnapshot>,
+    /// The primary's generation of the volume, as of the newest snapshot.
+    #[serde(default)]
+    pub generation: u64,
+    /// The replication settings the primary sent (used when this copy is promoted).
+    #[serde(default)]
+    pub spec: Option<ReplicationSpec>,
+    /// Set when this node was the volume's primary and found a newer generation
+    /// elsewhere: what happened and the snapshot that keeps its divergent data.
+    #[serde(default)]
+    pub split_brain: Option<String>,
 }
 
 /// One snapshot a replica holds.
@@ -327,6 +372,9 @@ pub struct ReplicaSnapshot {
     pub stream_bytes: u64,
     /// When it was applied, seconds since the epoch.
     pub received_at: u64,
+    /// When the primary took it, seconds since the epoch.
+    #[serde(default)]
+    pub taken_at: u64,
 }
 
 /// Snapshots of several volumes taken at one point in time.

@@ -15,6 +15,55 @@ pub const K8S_PREFIX: &str = "csi.storage.k8s.io/";
 pub const LAYERS: &str = "layers";
 /// Parameter choosing an image volume's overlay back end (`kernel` or `fuse`).
 pub const OVERLAY: &str = "overlay";
+/// Parameter: copies of the volume, the primary's included (1 = not replicated).
+pub const REPLICAS: &str = "replicas";
+/// Parameter: time between replication snapshots (`30s`, `5m`, `1h` or seconds).
+pub const REPLICATION_INTERVAL: &str = "replicationInterval";
+/// Replication interval when `replicationInterval` is not given, in seconds.
+pub const DEFAULT_REPLICATION_INTERVAL: u64 = 30;
+/// Most copies a volume may ask for.
+pub const MAX_REPLICAS: u32 = 8;
+
+/// Parses `replicas`: 1 to [`MAX_REPLICAS`].
+pub fn parse_replicas(s: &str) -> Result<u32> {
+    match s.trim().parse::<u32>() {
+        Ok(n) if (1..=MAX_REPLICAS).contains(&n) => Ok(n),
+        _ => Err(Error::InvalidArgument(format!(
+            "{REPLICAS} {s:?} is not a number from 1 to {MAX_REPLICAS}"
+        ))),
+    }
+}
+
+/// Parses `replicationInterval` into seconds: a whole number with an optional unit
+/// `s`, `m` or `h`; at least one second, at most a day.
+pub fn parse_interval(s: &str) -> Result<u64> {
+    let t = s.trim();
+    let (digits, unit) = match t.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => t.split_at(i),
+        None => (t, "s"),
+    };
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        _ => 0,
+    };
+    match digits.parse::<u64>() {
+        Ok(n) if scale != 0 && n > 0 && n.saturating_mul(scale) <= 86_400 => Ok(n * scale),
+        _ => Err(Error::InvalidArgument(format!(
+            "{REPLICATION_INTERVAL} {s:?} is not a duration from 1s to 24h (e.g. 30s, 5m, 1h)"
+        ))),
+    }
+}
+
+/// The replication a volume asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Replication {
+    /// Copies, the primary's included (at least 2).
+    pub copies: u32,
+    /// Seconds between replication snapshots.
+    pub interval_secs: u64,
+}
 
 /// Which overlay implementation mounts an image volume's publications.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -105,6 +154,8 @@ pub struct VolumeParams {
     pub layers: Vec<String>,
     /// Image volumes: the overlay back end.
     pub overlay: Option<OverlayBackend>,
+    /// Replication, when `replicas` is above 1.
+    pub replication: Option<Replication>,
     /// The parameters we understood, normalised, echoed as volume context.
     pub normalized: BTreeMap<String, String>,
 }
@@ -117,17 +168,21 @@ impl VolumeParams {
         let mut fs_param = None;
         let mut layers_param = None;
         let mut overlay_param = None;
+        let mut replicas = 1;
+        let mut interval = None;
         for (key, value) in params {
             match key.as_str() {
                 KIND => kind = VolumeKind::parse(value)?,
                 FS_TYPE => fs_param = Some(FsType::parse(value)?),
                 LAYERS => layers_param = Some(value.as_str()),
                 OVERLAY => overlay_param = Some(OverlayBackend::parse(value)?),
+                REPLICAS => replicas = parse_replicas(value)?,
+                REPLICATION_INTERVAL => interval = Some(parse_interval(value)?),
                 k if k.starts_with(K8S_PREFIX) => {}
                 other => {
                     return Err(Error::InvalidArgument(format!(
                         "unknown parameter {other:?} (known: {KIND}, {FS_TYPE}, {LAYERS}, \
-                         {OVERLAY}, {K8S_PREFIX}*)"
+                         {OVERLAY}, {REPLICAS}, {REPLICATION_INTERVAL}, {K8S_PREFIX}*)"
                     )));
                 }
             }
@@ -187,6 +242,27 @@ impl VolumeParams {
             normalized.insert(FS_TYPE.to_string(), fs.as_str().to_string());
         }
         let overlay = (kind == VolumeKind::Image).then(|| overlay_param.unwrap_or_default());
+        let replication = if replicas > 1 {
+            if kind == VolumeKind::Image {
+                return Err(Error::InvalidArgument(
+                    "image volumes are not replicated: their layers are read-only and the \
+                     writable layer belongs to one publication"
+                        .into(),
+                ));
+            }
+            let interval_secs = interval.unwrap_or(DEFAULT_REPLICATION_INTERVAL);
+            normalized.insert(REPLICAS.to_string(), replicas.to_string());
+            normalized.insert(
+                REPLICATION_INTERVAL.to_string(),
+                format!("{interval_secs}s"),
+            );
+            Some(Replication {
+                copies: replicas,
+                interval_secs,
+            })
+        } else {
+            None
+        };
         if let Some(o) = overlay {
             normalized.insert(LAYERS.to_string(), layers.join(","));
             normalized.insert(OVERLAY.to_string(), o.as_str().to_string());
@@ -196,6 +272,7 @@ impl VolumeParams {
             fs,
             layers,
             overlay,
+            replication,
             normalized,
         })
     }
@@ -217,6 +294,42 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn replication_parameters_parse_and_normalise() {
+        let p = VolumeParams::parse(
+            &map(&[("replicas", "3"), ("replicationInterval", "2m")]),
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            p.replication,
+            Some(Replication {
+                copies: 3,
+                interval_secs: 120
+            })
+        );
+        assert_eq!(p.normalized["replicationInterval"], "120s");
+        let p = VolumeParams::parse(&map(&[("replicas", "2")]), None).unwrap();
+        assert_eq!(p.replication.unwrap().interval_secs, 30);
+        let p = VolumeParams::parse(&map(&[("replicas", "1")]), None).unwrap();
+        assert_eq!(p.replication, None);
+        assert!(!p.normalized.contains_key("replicas"));
+        for bad in ["0", "9", "two", "-1"] {
+            assert!(parse_replicas(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_interval("45").unwrap(), 45);
+        assert_eq!(parse_interval("1h").unwrap(), 3600);
+        for bad in ["0s", "2d", "s", "", "25h", "1.5m"] {
+            assert!(parse_interval(bad).is_err(), "{bad}");
+        }
+        let image = map(&[
+            ("kind", "image"),
+            ("layers", &"a".repeat(64)),
+            ("replicas", "2"),
+        ]);
+        assert!(VolumeParams::parse(&image, None).is_err());
     }
 
     #[test]

@@ -1,26 +1,33 @@
-//! Replication, first slice: shipping a volume's read-only snapshots to another node's
-//! pool as btrfs send streams, full or incremental, and applying them there
-//! atomically. Both pools must be btrfs. The transport (gRPC) is csi-driver's.
+//! Replication: shipping a volume's read-only snapshots to other nodes' pools as
+//! btrfs send streams, full or incremental, and applying them there atomically. Both
+//! pools must be btrfs. The transport (gRPC), the schedule and the peers are
+//! csi-driver's; promotion and split brain are in [`crate::failover`].
 //!
 //! Layout (each `data` a read-only subvolume):
 //! ```text
-//! <pool>/replication/<volume id>/<seq>/data        the primary's replication snapshots
-//! <pool>/replicas/<volume id>/<seq>/data           a replica's received snapshots
-//! <pool>/replicas/<volume id>/incoming-<n>/data    a stream being received
+//! <pool>/replication/<volume id>/<name>/data      the primary's replication snapshots
+//! <pool>/replicas/<volume id>/<name>/data         a replica's received snapshots
+//! <pool>/replicas/<volume id>/incoming-<n>/data   a stream being received
 //! ```
-//! `<seq>` is a decimal sequence number per volume, counted by the primary. A received
-//! snapshot is put in place by renaming its `incoming-<n>` directory to `<seq>`: one
+//! A snapshot's name is `<seq>-g<generation>`: a sequence number per volume and the
+//! generation of the primary that took it, so that two primaries of one volume
+//! (before and after a failover) never give different data the same name. A received
+//! snapshot is put in place by renaming its `incoming-<n>` directory to its name: one
 //! atomic rename of a plain directory (btrfs refuses to move a read-only subvolume to
 //! another directory, EROFS). Neither tree holds CSI snapshots, so ListSnapshots never
 //! shows them.
 
 use std::io::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::error::{Error, IoContext, Result};
 use crate::guard::OperationGuard;
 use crate::manager::{VolumeManager, is_valid_id, new_id, now, validate_name};
-use crate::model::{FsType, ReplicaAck, ReplicaRecord, ReplicaSnapshot, VolumeKind, VolumeRecord};
+use crate::model::{
+    FsType, ReplicaAck, ReplicaRecord, ReplicaSnapshot, ReplicationSnapshot, ReplicationSpec,
+    VolumeKind, VolumeRecord,
+};
 use crate::os::btrfs::{ReceiveSink, SendStream};
 use crate::pool::PoolBackend;
 
@@ -32,10 +39,12 @@ const INCOMING_PREFIX: &str = "incoming-";
 /// Name of the read-only subvolume inside a snapshot's directory (also its name in
 /// the send stream, so `btrfs receive` creates it under this name).
 pub const SNAPSHOT_SUBVOLUME: &str = "data";
+/// Received snapshots a replica keeps (newest first): the newest is the copy, the
+/// older ones let a primary that lost a newer one (a failover) still send an
+/// incremental stream.
+pub const REPLICA_KEEPS: usize = 3;
 
-/// The sequence number a replication snapshot name stands for: 1 to 20 decimal
-/// digits, no leading zero. Anything else is not a name this module ever joins to a
-/// path.
+/// A positive decimal number of 1 to 20 digits without a leading zero.
 pub fn parse_seq(name: &str) -> Option<u64> {
     if name.is_empty() || name.len() > 20 || name.starts_with('0') {
         return None;
@@ -46,13 +55,31 @@ pub fn parse_seq(name: &str) -> Option<u64> {
     name.parse().ok()
 }
 
+/// The name of replication snapshot `seq` taken in `generation`.
+pub fn snapshot_name(seq: u64, generation: u64) -> String {
+    format!("{seq}-g{generation}")
+}
+
+/// Sequence number and generation of a replication snapshot name. Anything else is
+/// not a name this module ever joins to a path.
+pub fn parse_snapshot_name(name: &str) -> Option<(u64, u64)> {
+    let (seq, generation) = name.split_once("-g")?;
+    Some((parse_seq(seq)?, parse_seq(generation)?))
+}
+
+fn seq_of(name: &str) -> u64 {
+    parse_snapshot_name(name).map(|(s, _)| s).unwrap_or(0)
+}
+
 /// A replication snapshot taken on the primary, ready to send.
 #[derive(Debug, Clone)]
 pub struct OutgoingSnapshot {
-    /// The volume as it was when the snapshot was taken.
+    /// The volume as it was when the stream was prepared.
     pub volume: VolumeRecord,
-    /// The snapshot's name (its sequence number).
+    /// The snapshot's name.
     pub name: String,
+    /// When it was taken, seconds since the epoch.
+    pub taken_at: u64,
     /// Its read-only subvolume.
     pub path: PathBuf,
     /// The newest snapshot the replica also holds, name and path: the stream is
@@ -79,6 +106,33 @@ pub struct IncomingHeader {
     pub parent: Option<String>,
     /// The sending node.
     pub source_node_id: String,
+    /// The sender's generation of the volume.
+    pub generation: u64,
+    /// When the snapshot was taken on the primary.
+    pub taken_at: u64,
+    /// The volume's replication settings.
+    pub spec: Option<ReplicationSpec>,
+}
+
+/// What this node holds of a volume, as a peer asks it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Holding {
+    /// Nothing.
+    Nothing,
+    /// A replica of that generation with these snapshots, oldest first.
+    Replica {
+        /// The generation of the newest snapshot's sender.
+        generation: u64,
+        /// Snapshot names, oldest first.
+        snapshots: Vec<String>,
+    },
+    /// The volume itself, as its primary.
+    Primary {
+        /// This node's generation of it.
+        generation: u64,
+        /// Its replication snapshots, oldest first.
+        snapshots: Vec<String>,
+    },
 }
 
 fn require_btrfs(mgr: &VolumeManager) -> Result<()> {
@@ -90,22 +144,24 @@ fn require_btrfs(mgr: &VolumeManager) -> Result<()> {
     }
 }
 
-/// Sequence numbers of the snapshots in `dir`, ascending.
-fn seqs_in(dir: &std::path::Path) -> Result<Vec<u64>> {
+/// Snapshot names in `dir`, by ascending sequence number.
+pub(crate) fn names_in(dir: &Path) -> Result<Vec<String>> {
     let mut out = Vec::new();
     match std::fs::read_dir(dir) {
         Ok(entries) => {
             for e in entries {
                 let e = e.ctx(|| format!("read {}", dir.display()))?;
-                if let Some(seq) = e.file_name().to_str().and_then(parse_seq) {
-                    out.push(seq);
+                if let Some(name) = e.file_name().to_str()
+                    && parse_snapshot_name(name).is_some()
+                {
+                    out.push(name.to_string());
                 }
             }
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(Error::io(format!("read {}", dir.display()), e)),
     }
-    out.sort_unstable();
+    out.sort_by_key(|n| seq_of(n));
     Ok(out)
 }
 
@@ -122,51 +178,115 @@ impl VolumeManager {
         self.pool.root().join(REPLICAS_DIR).join(id)
     }
 
-    /// Takes the next replication snapshot of `volume` (name or id) — a read-only
-    /// snapshot of its subvolume, the filesystem frozen if it is a mounted loop
-    /// volume — and picks as parent the newest of `replica_holds` (the replica's
-    /// snapshot names) that this node still has.
-    pub fn take_replication_snapshot(
-        &self,
-        volume: &str,
-        replica_holds: &[String],
-    ) -> Result<OutgoingSnapshot> {
+    /// Claims volume `id`, waiting up to two seconds for a CSI operation on it to end
+    /// (background replication should not fail because a stage was running).
+    fn claim_patiently(&self, id: &str) -> Result<OperationGuard> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        loop {
+            match self.claim(id) {
+                Err(Error::Busy(_)) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Takes the next replication snapshot of `volume` (name or id): a read-only
+    /// snapshot of its subvolume, the filesystem frozen if it is a mounted loop volume.
+    pub fn take_replication_snapshot(&self, volume: &str) -> Result<ReplicationSnapshot> {
         require_btrfs(self)?;
         let id = self.resolve(volume)?.id;
-        let _guard = self.claim(&id)?;
-        let vol = self.get(&id)?;
+        let _guard = self.claim_patiently(&id)?;
+        let mut vol = self.get(&id)?;
         let dir = self.replication_dir(&id);
         std::fs::create_dir_all(&dir).ctx(|| format!("create {}", dir.display()))?;
-        let have = seqs_in(&dir)?;
-        let seq = have.last().copied().unwrap_or(0) + 1;
-        let name = seq.to_string();
+        let seq = names_in(&dir)?
+            .iter()
+            .chain(vol.replication_snapshots.iter().map(|s| &s.name))
+            .map(|n| seq_of(n))
+            .max()
+            .unwrap_or(0)
+            + 1;
+        let name = snapshot_name(seq, vol.generation.max(1));
         let seq_dir = dir.join(&name);
         std::fs::create_dir(&seq_dir).ctx(|| format!("create {}", seq_dir.display()))?;
         let path = seq_dir.join(SNAPSHOT_SUBVOLUME);
         let source = self.pool.volume_dir(&id);
+        let taken_at = now();
         if let Err(e) = self.with_frozen(std::slice::from_ref(&vol), || {
             self.host.btrfs.snapshot(&source, &path, true).map(|_| ())
         }) {
             let _ = std::fs::remove_dir(&seq_dir);
             return Err(e);
         }
-        let parent = replica_holds
+        let snap = ReplicationSnapshot {
+            name: name.clone(),
+            taken_at,
+        };
+        vol.replication_snapshots.push(snap.clone());
+        if let Err(e) = self.store.put(&vol) {
+            let _ = self.remove_snapshot_dir(&seq_dir);
+            return Err(e);
+        }
+        tracing::debug!(volume.id = %id, snapshot = %name, "replication snapshot taken");
+        Ok(snap)
+    }
+
+    /// The stream that brings a replica holding `replica_holds` (snapshot names) to
+    /// snapshot `name` of volume `id`: relative to the newest older snapshot both hold,
+    /// else full.
+    pub fn outgoing(
+        &self,
+        id: &str,
+        name: &str,
+        replica_holds: &[String],
+    ) -> Result<OutgoingSnapshot> {
+        let vol = self.get(id)?;
+        let snap = vol
+            .replication_snapshots
             .iter()
-            .filter_map(|n| parse_seq(n))
-            .filter(|s| have.contains(s))
-            .max()
-            .map(|s| {
-                let name = s.to_string();
-                let path = dir.join(&name).join(SNAPSHOT_SUBVOLUME);
-                (name, path)
+            .find(|s| s.name == name)
+            .cloned()
+            .ok_or_else(|| {
+                Error::FailedPrecondition(format!("volume {id} has no replication snapshot {name}"))
+            })?;
+        let dir = self.replication_dir(id);
+        let path = dir.join(name).join(SNAPSHOT_SUBVOLUME);
+        if !path.is_dir() {
+            return Err(Error::FailedPrecondition(format!(
+                "replication snapshot {name} of {id} is gone from the pool"
+            )));
+        }
+        let seq = seq_of(name);
+        let parent = names_in(&dir)?
+            .into_iter()
+            .rev()
+            .filter(|n| seq_of(n) < seq && replica_holds.contains(n))
+            .find(|n| dir.join(n).join(SNAPSHOT_SUBVOLUME).is_dir())
+            .map(|n| {
+                let path = dir.join(&n).join(SNAPSHOT_SUBVOLUME);
+                (n, path)
             });
-        tracing::info!(volume.id = %id, snapshot = %name, parent = ?parent.as_ref().map(|p| &p.0), "replication snapshot taken");
         Ok(OutgoingSnapshot {
             volume: vol,
-            name,
+            name: name.to_string(),
+            taken_at: snap.taken_at,
             path,
             parent,
         })
+    }
+
+    /// Takes a replication snapshot and prepares the stream for a replica holding
+    /// `replica_holds` (the one-shot `vol replicate`).
+    pub fn take_and_prepare(
+        &self,
+        volume: &str,
+        replica_holds: &[String],
+    ) -> Result<OutgoingSnapshot> {
+        let id = self.resolve(volume)?.id;
+        let snap = self.take_replication_snapshot(&id)?;
+        self.outgoing(&id, &snap.name, replica_holds)
     }
 
     /// Records that peer `node_id` acknowledged snapshot `snapshot` of volume `id`.
@@ -177,13 +297,20 @@ impl VolumeManager {
         snapshot: &str,
         bytes_sent: u64,
     ) -> Result<()> {
-        let _guard = self.claim(id)?;
+        let _guard = self.claim_patiently(id)?;
         let mut rec = self.get(id)?;
+        let taken_at = rec
+            .replication_snapshots
+            .iter()
+            .find(|s| s.name == snapshot)
+            .map(|s| s.taken_at)
+            .unwrap_or(0);
         let ack = ReplicaAck {
             node_id: node_id.to_string(),
             snapshot: snapshot.to_string(),
             bytes_sent,
             acknowledged_at: now(),
+            taken_at,
         };
         match rec.replicas.iter_mut().find(|r| r.node_id == node_id) {
             Some(r) => *r = ack,
@@ -192,16 +319,52 @@ impl VolumeManager {
         self.store.put(&rec)
     }
 
+    /// Deletes the replication snapshots of volume `id` that no replica needs: keeps
+    /// the newest, each one a replica acknowledged, and those in `keep` (streams in
+    /// flight).
+    pub fn prune_replication(&self, id: &str, keep: &[String]) -> Result<()> {
+        let _guard = self.claim_patiently(id)?;
+        let mut rec = self.get(id)?;
+        let dir = self.replication_dir(id);
+        let names = names_in(&dir)?;
+        let newest = names.last().cloned();
+        let mut removed = Vec::new();
+        for name in &names {
+            let needed = Some(name) == newest.as_ref()
+                || keep.contains(name)
+                || rec.replicas.iter().any(|r| &r.snapshot == name);
+            if !needed {
+                self.remove_snapshot_dir(&dir.join(name))?;
+                removed.push(name.clone());
+            }
+        }
+        if !removed.is_empty() || rec.replication_snapshots.len() != names.len() - removed.len() {
+            rec.replication_snapshots
+                .retain(|s| names.contains(&s.name) && !removed.contains(&s.name));
+            self.store.put(&rec)?;
+            tracing::debug!(volume.id = %id, ?removed, "replication snapshots pruned");
+        }
+        Ok(())
+    }
+
+    /// Removes a snapshot directory and the read-only subvolume in it.
+    pub(crate) fn remove_snapshot_dir(&self, seq_dir: &Path) -> Result<()> {
+        let sub = seq_dir.join(SNAPSHOT_SUBVOLUME);
+        if sub.exists() {
+            self.host.btrfs.delete_subvolume(&sub)?;
+        }
+        match std::fs::remove_dir(seq_dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io(format!("remove {}", seq_dir.display()), e)),
+        }
+    }
+
     /// Removes volume `id`'s replication snapshots (the volume is being deleted).
     pub(crate) fn release_replication(&self, id: &str) -> Result<()> {
         let dir = self.replication_dir(id);
-        for seq in seqs_in(&dir)? {
-            let seq_dir = dir.join(seq.to_string());
-            let sub = seq_dir.join(SNAPSHOT_SUBVOLUME);
-            if sub.exists() {
-                self.host.btrfs.delete_subvolume(&sub)?;
-            }
-            std::fs::remove_dir(&seq_dir).ctx(|| format!("remove {}", seq_dir.display()))?;
+        for name in names_in(&dir)? {
+            self.remove_snapshot_dir(&dir.join(name))?;
         }
         match std::fs::remove_dir(&dir) {
             Ok(()) => Ok(()),
@@ -217,17 +380,33 @@ impl VolumeManager {
             .send(&snap.path, snap.parent.as_ref().map(|p| p.1.as_path()))
     }
 
-    /// The names of the snapshots this node holds of volume `id` as a replica, oldest
-    /// first (empty when it holds none).
-    pub fn replica_state(&self, id: &str) -> Result<Vec<String>> {
+    /// What this node holds of volume `id`: the volume itself, a replica, or nothing.
+    pub fn holding(&self, id: &str) -> Result<Holding> {
         if !is_valid_id(id) {
             return Err(Error::InvalidArgument(format!("{id:?} is not a volume id")));
         }
-        Ok(self
-            .store
-            .get::<ReplicaRecord>(id)?
-            .map(|r| r.snapshots.into_iter().map(|s| s.name).collect())
-            .unwrap_or_default())
+        if let Some(v) = self.store.get::<VolumeRecord>(id)? {
+            return Ok(Holding::Primary {
+                generation: v.generation.max(1),
+                snapshots: names_in(&self.replication_dir(id))?,
+            });
+        }
+        Ok(match self.store.get::<ReplicaRecord>(id)? {
+            Some(r) => Holding::Replica {
+                generation: r.generation.max(1),
+                snapshots: r.snapshots.into_iter().map(|s| s.name).collect(),
+            },
+            None => Holding::Nothing,
+        })
+    }
+
+    /// The names of the snapshots this node holds of volume `id` as a replica, oldest
+    /// first (empty when it holds none).
+    pub fn replica_state(&self, id: &str) -> Result<Vec<String>> {
+        Ok(match self.holding(id)? {
+            Holding::Replica { snapshots, .. } => snapshots,
+            _ => Vec::new(),
+        })
     }
 
     /// Every replica this node holds.
@@ -240,7 +419,7 @@ impl VolumeManager {
     /// in a fresh `incoming-<n>` directory. Feed it with [`IncomingSnapshot::write`],
     /// then [`IncomingSnapshot::commit`]; dropped before commit, it removes everything
     /// it made.
-    pub fn begin_receive(&self, header: IncomingHeader) -> Result<IncomingSnapshot<'_>> {
+    pub fn begin_receive(self: &Arc<Self>, header: IncomingHeader) -> Result<IncomingSnapshot> {
         require_btrfs(self)?;
         if !is_valid_id(&header.volume_id) {
             return Err(Error::InvalidArgument(format!(
@@ -249,23 +428,34 @@ impl VolumeManager {
             )));
         }
         validate_name(&header.name)?;
-        if parse_seq(&header.snapshot).is_none()
+        if parse_snapshot_name(&header.snapshot).is_none()
             || header
                 .parent
                 .as_deref()
-                .is_some_and(|p| parse_seq(p).is_none())
+                .is_some_and(|p| parse_snapshot_name(p).is_none())
         {
             return Err(Error::InvalidArgument(
-                "snapshot and parent names must be sequence numbers".into(),
+                "snapshot and parent names must be <seq>-g<generation>".into(),
             ));
         }
         let guard = self
             .inflight()
             .try_claim([format!("replica:{}", header.volume_id)])?;
-        if self.store.get::<VolumeRecord>(&header.volume_id)?.is_some() {
+        if let Some(own) = self.store.get::<VolumeRecord>(&header.volume_id)? {
             return Err(Error::FailedPrecondition(format!(
-                "volume {} is a volume of this node, not a replica",
-                header.volume_id
+                "volume {} is a volume of this node (generation {}), not a replica; \
+                 the sender has generation {}",
+                header.volume_id,
+                own.generation.max(1),
+                header.generation
+            )));
+        }
+        if let Some(r) = self.store.get::<ReplicaRecord>(&header.volume_id)?
+            && r.generation > header.generation
+        {
+            return Err(Error::FailedPrecondition(format!(
+                "stale primary: this replica of {} has generation {}, the sender {}",
+                header.volume_id, r.generation, header.generation
             )));
         }
         let dir = self.replica_dir(&header.volume_id);
@@ -288,7 +478,7 @@ impl VolumeManager {
         let incoming = dir.join(format!("{INCOMING_PREFIX}{}", new_id("")));
         std::fs::create_dir(&incoming).ctx(|| format!("create {}", incoming.display()))?;
         let mut rx = IncomingSnapshot {
-            mgr: self,
+            mgr: Arc::clone(self),
             header,
             dir,
             incoming,
@@ -304,7 +494,7 @@ impl VolumeManager {
 
     /// Removes `incoming-*` directories under a replica directory, with any partial
     /// subvolume in them.
-    fn clear_incoming(&self, dir: &std::path::Path) -> Result<()> {
+    fn clear_incoming(&self, dir: &Path) -> Result<()> {
         for e in std::fs::read_dir(dir).ctx(|| format!("read {}", dir.display()))? {
             let e = e.ctx(|| format!("read {}", dir.display()))?;
             if e.file_name()
@@ -317,7 +507,7 @@ impl VolumeManager {
         Ok(())
     }
 
-    fn remove_incoming(&self, incoming: &std::path::Path) -> Result<()> {
+    fn remove_incoming(&self, incoming: &Path) -> Result<()> {
         if let Ok(entries) = std::fs::read_dir(incoming) {
             for e in entries.flatten() {
                 self.host.btrfs.delete_subvolume(&e.path())?;
@@ -329,14 +519,47 @@ impl VolumeManager {
             Err(e) => Err(Error::io(format!("remove {}", incoming.display()), e)),
         }
     }
+
+    /// Removes received snapshots of replica `rec` that are no longer needed: keeps
+    /// the newest [`REPLICA_KEEPS`] of the lineage ending in `newest`. Snapshots of an
+    /// older generation newer than `newest`'s parent were never part of the new
+    /// primary's history: they are dropped with a warning.
+    fn prune_replica(&self, rec: &mut ReplicaRecord, newest: &str, parent: Option<&str>) {
+        let dir = self.replica_dir(&rec.id);
+        let (_, new_generation) = parse_snapshot_name(newest).unwrap_or((0, 0));
+        let parent_seq = parent.map(seq_of).unwrap_or(0);
+        let mut keep: Vec<String> = Vec::new();
+        let mut drop_names = Vec::new();
+        for s in rec.snapshots.iter().rev() {
+            let (seq, generation) = parse_snapshot_name(&s.name).unwrap_or((0, 0));
+            let off_lineage = s.name != newest && generation < new_generation && seq > parent_seq;
+            if off_lineage {
+                tracing::warn!(volume.id = %rec.id, snapshot = %s.name, "dropping a replica snapshot the new primary never had (taken by the primary before a failover)");
+                drop_names.push(s.name.clone());
+            } else if keep.len() < REPLICA_KEEPS {
+                keep.push(s.name.clone());
+            } else {
+                drop_names.push(s.name.clone());
+            }
+        }
+        for name in &drop_names {
+            if let Err(e) = self.remove_snapshot_dir(&dir.join(name)) {
+                tracing::warn!(volume.id = %rec.id, snapshot = %name, error = %e, "remove old replica snapshot");
+                keep.push(name.clone());
+            }
+        }
+        rec.snapshots.retain(|s| keep.contains(&s.name));
+    }
 }
 
 /// A replication stream being applied on the replica. Never half-applied: the
 /// received subvolume is moved into place (one rename) only after the receiver
-/// succeeded and the stream's length and blake3 digest match the trailer.
+/// succeeded and the stream's length and blake3 digest match the trailer. It may be
+/// kept (with its receiver running) across a broken connection, so that the sender
+/// resumes where the stream stopped.
 #[derive(Debug)]
-pub struct IncomingSnapshot<'a> {
-    mgr: &'a VolumeManager,
+pub struct IncomingSnapshot {
+    mgr: Arc<VolumeManager>,
     header: IncomingHeader,
     dir: PathBuf,
     incoming: PathBuf,
@@ -347,7 +570,23 @@ pub struct IncomingSnapshot<'a> {
     _guard: OperationGuard,
 }
 
-impl IncomingSnapshot<'_> {
+impl IncomingSnapshot {
+    /// The stream's header.
+    pub fn header(&self) -> &IncomingHeader {
+        &self.header
+    }
+
+    /// Bytes received so far.
+    pub fn received(&self) -> u64 {
+        self.length
+    }
+
+    /// blake3 of the bytes received so far (a resuming sender checks that its stream
+    /// starts with them).
+    pub fn prefix_digest(&self) -> [u8; 32] {
+        *self.hasher.clone().finalize().as_bytes()
+    }
+
     /// Passes the next bytes of the stream to the receiver.
     pub fn write(&mut self, data: &[u8]) -> Result<()> {
         self.hasher.update(data);
@@ -360,7 +599,7 @@ impl IncomingSnapshot<'_> {
 
     /// Finishes the stream: the receiver must succeed and `length` and `digest` (the
     /// sender's blake3 of the whole stream) must match what arrived; then the snapshot
-    /// is moved into place and recorded.
+    /// is moved into place and recorded, and older snapshots are pruned.
     pub fn commit(mut self, digest: &[u8], length: u64) -> Result<ReplicaSnapshot> {
         let sink = self
             .sink
@@ -388,9 +627,9 @@ impl IncomingSnapshot<'_> {
         let target = self.dir.join(&self.header.snapshot);
         std::fs::rename(&self.incoming, &target)
             .ctx(|| format!("move {} to {}", self.incoming.display(), target.display()))?;
+        let mgr = Arc::clone(&self.mgr);
         let h = &self.header;
-        let mut rec = self
-            .mgr
+        let mut rec = mgr
             .store
             .get::<ReplicaRecord>(&h.volume_id)?
             .unwrap_or_else(|| ReplicaRecord {
@@ -402,16 +641,22 @@ impl IncomingSnapshot<'_> {
         rec.fs = h.fs;
         rec.capacity = h.capacity;
         rec.source_node_id = h.source_node_id.clone();
+        rec.generation = rec.generation.max(h.generation);
+        if h.spec.is_some() {
+            rec.spec = h.spec.clone();
+        }
         let snap = ReplicaSnapshot {
             name: h.snapshot.clone(),
             parent: h.parent.clone(),
             stream_bytes: self.length,
             received_at: now(),
+            taken_at: h.taken_at,
         };
         rec.snapshots.push(snap.clone());
         self.done = true;
-        if let Err(e) = self.mgr.store.put(&rec) {
-            if let Err(undo) = self.mgr.remove_incoming(&target) {
+        mgr.prune_replica(&mut rec, &h.snapshot, h.parent.as_deref());
+        if let Err(e) = mgr.store.put(&rec) {
+            if let Err(undo) = mgr.remove_incoming(&target) {
                 tracing::warn!(path = %target.display(), error = %undo, "remove unrecorded replica snapshot");
             }
             return Err(e);
@@ -421,7 +666,7 @@ impl IncomingSnapshot<'_> {
     }
 }
 
-impl Drop for IncomingSnapshot<'_> {
+impl Drop for IncomingSnapshot {
     fn drop(&mut self) {
         if self.done {
             return;
@@ -439,8 +684,10 @@ impl Drop for IncomingSnapshot<'_> {
 #[cfg(test)]
 mod tests {
     use std::io::Read as _;
+    use std::sync::Arc;
 
-    use super::{IncomingHeader, parse_seq};
+    use super::{IncomingHeader, parse_seq, parse_snapshot_name};
+    use crate::VolumeManager;
     use crate::error::Error;
     use crate::manager::tests::{fixture, req};
     use crate::model::VolumeKind;
@@ -455,11 +702,14 @@ mod tests {
             snapshot: snapshot.into(),
             parent: parent.map(str::to_string),
             source_node_id: "a".into(),
+            generation: 1,
+            taken_at: 0,
+            spec: None,
         }
     }
 
-    fn stream_of(f: &crate::manager::tests::Fixture, snap: &super::OutgoingSnapshot) -> Vec<u8> {
-        let mut s = f.mgr.send_stream(snap).unwrap();
+    fn stream_of(m: &VolumeManager, snap: &super::OutgoingSnapshot) -> Vec<u8> {
+        let mut s = m.send_stream(snap).unwrap();
         let mut bytes = Vec::new();
         s.read_to_end(&mut bytes).unwrap();
         s.finish().unwrap();
@@ -467,74 +717,116 @@ mod tests {
     }
 
     #[test]
-    fn seq_names_are_plain_decimal() {
+    fn names_are_seq_dash_g_generation() {
         assert_eq!(parse_seq("1"), Some(1));
         assert_eq!(parse_seq("42"), Some(42));
         for bad in ["", "0", "01", "1a", "../1", "-1", "123456789012345678901"] {
             assert_eq!(parse_seq(bad), None, "{bad}");
         }
+        assert_eq!(parse_snapshot_name("3-g1"), Some((3, 1)));
+        assert_eq!(super::snapshot_name(12, 7), "12-g7");
+        for bad in ["3", "3-g", "-g1", "3-g0", "../3-g1", "3-g1/x", "3_g1"] {
+            assert_eq!(parse_snapshot_name(bad), None, "{bad}");
+        }
     }
 
     #[test]
     fn snapshot_ships_and_applies_then_next_is_relative_to_the_common_one() {
-        let a = fixture(true);
-        let b = fixture(true);
-        let v = a.mgr.create(&req("v", "dir", 4 << 20)).unwrap();
-        std::fs::write(a.mgr.pool().volume_dir(&v.id).join("data"), b"one").unwrap();
+        let (fa, fb) = (fixture(true), fixture(true));
+        let (a, b) = (Arc::new(fa.mgr), Arc::new(fb.mgr));
+        let v = a.create(&req("v", "dir", 4 << 20)).unwrap();
+        std::fs::write(a.pool().volume_dir(&v.id).join("data"), b"one").unwrap();
 
-        let s1 = a.mgr.take_replication_snapshot("v", &[]).unwrap();
-        assert_eq!(s1.name, "1");
+        let s1 = a.take_and_prepare("v", &[]).unwrap();
+        assert_eq!(s1.name, "1-g1");
         assert!(s1.parent.is_none());
         let bytes = stream_of(&a, &s1);
-        let mut rx = b.mgr.begin_receive(header(&v.id, "1", None)).unwrap();
+        let mut rx = b.begin_receive(header(&v.id, "1-g1", None)).unwrap();
         rx.write(&bytes).unwrap();
+        assert_eq!(rx.received(), bytes.len() as u64);
+        assert_eq!(rx.prefix_digest(), *blake3::hash(&bytes).as_bytes());
         let got = rx
             .commit(blake3::hash(&bytes).as_bytes(), bytes.len() as u64)
             .unwrap();
-        assert_eq!(got.name, "1");
-        let applied = b.mgr.replica_dir(&v.id).join("1/data/data");
+        assert_eq!(got.name, "1-g1");
+        let applied = b.replica_dir(&v.id).join("1-g1/data/data");
         assert_eq!(std::fs::read(applied).unwrap(), b"one");
-        assert_eq!(b.mgr.replica_state(&v.id).unwrap(), vec!["1".to_string()]);
-        assert_eq!(b.mgr.list_replicas().unwrap()[0].name, "vol");
-        a.mgr.record_replica_ack(&v.id, "b", "1", 3).unwrap();
-        a.mgr.record_replica_ack(&v.id, "b", "1", 3).unwrap();
-        let acks = a.mgr.get(&v.id).unwrap().replicas;
+        assert_eq!(b.replica_state(&v.id).unwrap(), vec!["1-g1".to_string()]);
+        assert_eq!(b.list_replicas().unwrap()[0].name, "vol");
+        a.record_replica_ack(&v.id, "b", "1-g1", 3).unwrap();
+        a.record_replica_ack(&v.id, "b", "1-g1", 3).unwrap();
+        let acks = a.get(&v.id).unwrap().replicas;
         assert_eq!(acks.len(), 1);
         assert_eq!(
             (acks[0].node_id.as_str(), acks[0].snapshot.as_str()),
-            ("b", "1")
+            ("b", "1-g1")
         );
 
         let s2 = a
-            .mgr
-            .take_replication_snapshot(&v.id, &b.mgr.replica_state(&v.id).unwrap())
+            .take_and_prepare(&v.id, &b.replica_state(&v.id).unwrap())
             .unwrap();
-        assert_eq!(s2.name, "2");
-        assert_eq!(s2.parent.as_ref().unwrap().0, "1");
+        assert_eq!(s2.name, "2-g1");
+        assert_eq!(s2.parent.as_ref().unwrap().0, "1-g1");
         stream_of(&a, &s2);
-        assert!(a.fake.calls().iter().any(|c| c.starts_with("send")
-            && c.contains(&format!("{}/2/data", v.id))
-            && c.ends_with(&format!("{}/1/data", v.id))));
+        assert!(fa.fake.calls().iter().any(|c| c.starts_with("send")
+            && c.contains(&format!("{}/2-g1/data", v.id))
+            && c.ends_with(&format!("{}/1-g1/data", v.id))));
         // Replication snapshots are not CSI snapshots.
         assert!(
-            a.mgr
-                .list_snapshots(&Default::default(), None, 10)
+            a.list_snapshots(&Default::default(), None, 10)
                 .unwrap()
                 .is_empty()
         );
+        // Pruning keeps the newest and the acknowledged one, drops the rest.
+        a.take_replication_snapshot(&v.id).unwrap();
+        a.prune_replication(&v.id, &[]).unwrap();
+        let left = super::names_in(&a.replication_dir(&v.id)).unwrap();
+        assert_eq!(left, vec!["1-g1".to_string(), "3-g1".to_string()]);
+        let recorded: Vec<_> = a
+            .get(&v.id)
+            .unwrap()
+            .replication_snapshots
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
+        assert_eq!(recorded, left);
+    }
+
+    #[test]
+    fn a_replica_keeps_its_newest_snapshots_only() {
+        let (fa, fb) = (fixture(true), fixture(true));
+        let (a, b) = (Arc::new(fa.mgr), Arc::new(fb.mgr));
+        let v = a.create(&req("v", "dir", 4 << 20)).unwrap();
+        for i in 1..=5u64 {
+            let holds = b.replica_state(&v.id).unwrap();
+            let out = a.take_and_prepare(&v.id, &holds).unwrap();
+            let bytes = stream_of(&a, &out);
+            let parent = out.parent.as_ref().map(|p| p.0.as_str());
+            let mut rx = b.begin_receive(header(&v.id, &out.name, parent)).unwrap();
+            rx.write(&bytes).unwrap();
+            rx.commit(blake3::hash(&bytes).as_bytes(), bytes.len() as u64)
+                .unwrap();
+            assert_eq!(out.name, format!("{i}-g1"));
+        }
+        assert_eq!(
+            b.replica_state(&v.id).unwrap(),
+            vec!["3-g1".to_string(), "4-g1".into(), "5-g1".into()]
+        );
+        let on_disk = super::names_in(&b.replica_dir(&v.id)).unwrap();
+        assert_eq!(on_disk, b.replica_state(&v.id).unwrap());
     }
 
     #[test]
     fn a_stream_that_does_not_match_its_trailer_leaves_nothing() {
-        let a = fixture(true);
-        let b = fixture(true);
-        let v = a.mgr.create(&req("v", "dir", 4 << 20)).unwrap();
-        std::fs::write(a.mgr.pool().volume_dir(&v.id).join("data"), b"one").unwrap();
-        let s1 = a.mgr.take_replication_snapshot("v", &[]).unwrap();
+        let (fa, fb) = (fixture(true), fixture(true));
+        let (a, b) = (Arc::new(fa.mgr), Arc::new(fb.mgr));
+        let v = a.create(&req("v", "dir", 4 << 20)).unwrap();
+        std::fs::write(a.pool().volume_dir(&v.id).join("data"), b"one").unwrap();
+        let s1 = a.take_and_prepare("v", &[]).unwrap();
         let bytes = stream_of(&a, &s1);
 
         // Wrong digest: received fine, but refused and removed.
-        let mut rx = b.mgr.begin_receive(header(&v.id, "1", None)).unwrap();
+        let mut rx = b.begin_receive(header(&v.id, "1-g1", None)).unwrap();
         rx.write(&bytes).unwrap();
         let wrong = blake3::hash(b"something else");
         assert!(matches!(
@@ -542,7 +834,7 @@ mod tests {
             Err(Error::StreamMismatch(_))
         ));
         // Truncated: the receiver fails.
-        let mut rx = b.mgr.begin_receive(header(&v.id, "1", None)).unwrap();
+        let mut rx = b.begin_receive(header(&v.id, "1-g1", None)).unwrap();
         rx.write(&bytes[..bytes.len() - 1]).unwrap();
         let short = &bytes[..bytes.len() - 1];
         assert!(
@@ -550,19 +842,23 @@ mod tests {
                 .is_err()
         );
         // Abandoned mid-stream (connection lost).
-        let mut rx = b.mgr.begin_receive(header(&v.id, "1", None)).unwrap();
+        let mut rx = b.begin_receive(header(&v.id, "1-g1", None)).unwrap();
         rx.write(&bytes[..4]).unwrap();
         drop(rx);
 
-        let dir = b.mgr.replica_dir(&v.id);
+        let dir = b.replica_dir(&v.id);
         let left: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().collect();
         assert!(left.is_empty(), "left behind: {left:?}");
-        assert!(b.mgr.replica_state(&v.id).unwrap().is_empty());
+        assert!(b.replica_state(&v.id).unwrap().is_empty());
 
         // A parent the replica does not hold is refused before anything is made.
         assert!(matches!(
-            b.mgr.begin_receive(header(&v.id, "2", Some("1"))),
+            b.begin_receive(header(&v.id, "2-g1", Some("1-g1"))),
             Err(Error::FailedPrecondition(_))
         ));
+        // A volume of the receiving node is never overwritten by a stream.
+        let own = b.create(&req("own", "dir", 4 << 20)).unwrap();
+        let err = b.begin_receive(header(&own.id, "1-g1", None)).unwrap_err();
+        assert!(err.to_string().contains("not a replica"), "{err}");
     }
 }

@@ -241,6 +241,13 @@ async fn run() -> anyhow::Result<()> {
             }
         });
     }
+    if !driver.config.peers.addrs.is_empty() {
+        // Replicated volumes need their peers; without any, there is nothing to run.
+        tokio::spawn(csi_driver::replicate::run(
+            Arc::clone(&driver),
+            stopped(stop_rx.clone()),
+        ));
+    }
     if let Some(listener) = plugin_listener {
         let plugin = csi_driver::plugin::serve(
             listener,
