@@ -1000,9 +1000,11 @@ mod tests {
                 "capacity_bytes",
                 "capacity_enforced",
                 "condition",
+                "copies",
                 "created_at",
                 "ephemeral",
                 "fs",
+                "generation",
                 "id",
                 "kind",
                 "mutable_parameters",
@@ -1010,6 +1012,7 @@ mod tests {
                 "parameters",
                 "published_at",
                 "replicas",
+                "replication_interval_secs",
                 "source",
                 "staging_path"
             ]
