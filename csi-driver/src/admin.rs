@@ -805,14 +805,26 @@ impl Admin for AdminService {
                 let rec = {
                     let (driver, volume) = (Arc::clone(&driver), req.volume.clone());
                     blocking(move || {
-                        // A half-received stream is not part of the copy being promoted.
-                        if let Ok(Some(r)) = manager
-                            .list_replicas()
-                            .map(|rs| rs.into_iter().find(|r| r.id == volume || r.name == volume))
-                        {
-                            drop(driver.replication.unpark(&r.id));
+                        // A stream being received ends (and is kept to resume) when its
+                        // sender is gone; wait a moment for that, then drop what was
+                        // kept: a half-received stream is not part of the copy promoted.
+                        let deadline =
+                            std::time::Instant::now() + std::time::Duration::from_secs(10);
+                        loop {
+                            if let Ok(Some(r)) = manager.list_replicas().map(|rs| {
+                                rs.into_iter().find(|r| r.id == volume || r.name == volume)
+                            }) {
+                                drop(driver.replication.unpark(&r.id));
+                            }
+                            match manager.promote(&volume) {
+                                Err(volume_core::Error::Busy(_))
+                                    if std::time::Instant::now() < deadline =>
+                                {
+                                    std::thread::sleep(std::time::Duration::from_millis(200));
+                                }
+                                other => return other,
+                            }
                         }
-                        manager.promote(&volume)
                     })
                     .await?
                 };

@@ -19,7 +19,7 @@ use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
-use volume_core::replication::{Holding, IncomingHeader, IncomingSnapshot};
+use volume_core::replication::{Holding, IncomingHeader};
 use volume_core::{FsType, VolumeKind};
 
 use crate::driver::Driver;
@@ -207,8 +207,8 @@ enum Incoming {
 /// How a receive ended.
 enum Received {
     Applied(volume_core::ReplicaSnapshot),
-    /// Cut off before its trailer, with bytes received: kept to resume.
-    Cut(Box<IncomingSnapshot>),
+    /// Cut off before its trailer (what arrived is kept to resume).
+    Cut,
 }
 
 fn incoming_header(h: pb::SnapshotHeader) -> Result<IncomingHeader, Status> {
@@ -350,6 +350,7 @@ impl Peer for PeerService {
                 // pipes them into `btrfs receive`. It commits when the trailer arrives
                 // and matches; cut off before, it hands the receive back to be kept.
                 let (tx, mut rx) = tokio::sync::mpsc::channel::<Incoming>(8);
+                let keeper = Arc::clone(&driver);
                 let apply = tokio::task::spawn_blocking(move || {
                     let mut incoming = match resumed {
                         Some(p) => p,
@@ -370,7 +371,12 @@ impl Peer for PeerService {
                             }
                         }
                     }
-                    Ok(Received::Cut(Box::new(incoming)))
+                    // Cut off before the trailer. Kept from here, not by the handler:
+                    // a connection that died may have cancelled the handler already.
+                    if incoming.received() > 0 {
+                        keeper.replication.park(incoming);
+                    }
+                    Ok(Received::Cut)
                 });
                 let forwarded: Result<(), Status> = async {
                     while let Some(msg) = stream.message().await? {
@@ -409,14 +415,9 @@ impl Peer for PeerService {
                             bytes: snap.stream_bytes,
                         })
                     }
-                    Received::Cut(incoming) => {
-                        if incoming.received() > 0 {
-                            driver.replication.park(*incoming);
-                        }
-                        Err(forwarded.err().unwrap_or_else(|| {
-                            Status::aborted("the stream ended before its trailer")
-                        }))
-                    }
+                    Received::Cut => Err(forwarded
+                        .err()
+                        .unwrap_or_else(|| Status::aborted("the stream ended before its trailer"))),
                 }
             },
         )

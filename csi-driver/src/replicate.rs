@@ -313,7 +313,12 @@ async fn sync_volume(driver: &Arc<Driver>, vol: VolumeRecord) {
         let link = driver.replication.link(&vol.id, node);
         let waiting = link.last_error.is_some()
             && link.last_attempt.is_some_and(|t| t.elapsed() < RETRY_AFTER);
-        if acked || waiting {
+        // Even a node that holds the newest snapshot is asked once per interval (and
+        // first after a restart): it may have been promoted meanwhile.
+        let check = link
+            .last_attempt
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(spec.interval_secs));
+        if (acked && !check) || waiting {
             continue;
         }
         let (driver, id, node, name) = (

@@ -49,11 +49,18 @@ pub struct Daemon {
     dir: tempfile::TempDir,
     child: Option<Child>,
     args: Vec<String>,
+    prefix: Vec<String>,
 }
 
 impl Daemon {
     /// Starts stowaged with the embedded pool of `pool_size` (e.g. "4GiB") and `extra` args.
     pub fn start(pool_size: &str, extra: &[&str]) -> Daemon {
+        Daemon::start_as(&[], NODE_ID, pool_size, extra)
+    }
+
+    /// Starts stowaged as node `node_id`, run through `prefix` (e.g. `nsenter
+    /// --net=/run/netns/X --`, to put it in a network namespace).
+    pub fn start_as(prefix: &[&str], node_id: &str, pool_size: &str, extra: &[&str]) -> Daemon {
         require_root();
         let dir = tempfile::Builder::new()
             .prefix("stowage-it-")
@@ -63,13 +70,14 @@ impl Daemon {
             "--pool-size".to_string(),
             pool_size.to_string(),
             "--node-id".to_string(),
-            NODE_ID.to_string(),
+            node_id.to_string(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut d = Daemon {
             dir,
             child: None,
             args,
+            prefix: prefix.iter().map(|s| s.to_string()).collect(),
         };
         d.spawn();
         d
@@ -102,7 +110,15 @@ impl Daemon {
             .append(true)
             .open(self.root().join("stowaged.log"))
             .expect("log file");
-        let child = Command::new(stowaged_bin())
+        let mut cmd = match self.prefix.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(stowaged_bin());
+                c
+            }
+            None => Command::new(stowaged_bin()),
+        };
+        let child = cmd
             .arg("--endpoint")
             .arg(format!("unix://{}", self.socket().display()))
             .arg("--state-dir")
@@ -597,6 +613,9 @@ impl Clients {
             .collect()
     }
 }
+
+/// Hosts in network namespaces on a bridge.
+pub mod cluster;
 
 /// Running the `vol` command line against a test daemon.
 pub mod vol {

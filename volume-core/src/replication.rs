@@ -328,10 +328,27 @@ impl VolumeManager {
         let dir = self.replication_dir(id);
         let names = names_in(&dir)?;
         let newest = names.last().cloned();
+        // After a promotion, the newest snapshot of the older generation is the one
+        // the other copies most likely hold: kept until each replica node has
+        // acknowledged a snapshot of this generation, so they catch up incrementally.
+        let generation = rec.generation.max(1);
+        let of_generation = |n: &str| parse_snapshot_name(n).map(|(_, g)| g);
+        let all_caught_up = rec.replication.as_ref().is_none_or(|spec| {
+            spec.nodes.iter().all(|node| {
+                rec.replicas
+                    .iter()
+                    .any(|a| &a.node_id == node && of_generation(&a.snapshot) == Some(generation))
+            })
+        });
+        let inherited = names
+            .iter()
+            .rfind(|n| of_generation(n).is_some_and(|g| g < generation))
+            .cloned();
         let mut removed = Vec::new();
         for name in &names {
             let needed = Some(name) == newest.as_ref()
                 || keep.contains(name)
+                || (!all_caught_up && Some(name) == inherited.as_ref())
                 || rec.replicas.iter().any(|r| &r.snapshot == name);
             if !needed {
                 self.remove_snapshot_dir(&dir.join(name))?;
