@@ -308,7 +308,7 @@ impl Admin for AdminService {
         request: Request<pb::DeleteVolumeRequest>,
     ) -> Result<Response<pb::DeleteVolumeResponse>, Status> {
         let (meta, _, req) = request.into_parts();
-        let manager = Arc::clone(&self.driver.manager);
+        let driver = Arc::clone(&self.driver);
         observe(
             &self.driver.metrics,
             "Admin.DeleteVolume",
@@ -316,11 +316,12 @@ impl Admin for AdminService {
             &meta,
             async move {
                 require(&req.volume, "volume")?;
-                blocking(move || {
-                    let rec = manager.resolve(&req.volume)?;
-                    manager.delete(&rec.id)
-                })
-                .await?;
+                let manager = Arc::clone(&driver.manager);
+                let id = match blocking(move || manager.resolve(&req.volume)).await {
+                    Ok(rec) => rec.id,
+                    Err(e) => return Err(e),
+                };
+                driver.delete(&id).await?;
                 Ok(pb::DeleteVolumeResponse {})
             },
         )
@@ -858,6 +859,41 @@ impl Admin for AdminService {
                 Ok(pb::VolumeResponse {
                     volume: Some(to_pb_volume(&driver, &rec)),
                 })
+            },
+        )
+        .await
+    }
+
+    async fn remove_replica(
+        &self,
+        request: Request<pb::RemoveReplicaRequest>,
+    ) -> Result<Response<pb::RemoveReplicaResponse>, Status> {
+        let (meta, _, req) = request.into_parts();
+        let driver = Arc::clone(&self.driver);
+        observe(
+            &self.driver.metrics,
+            "Admin.RemoveReplica",
+            &req.volume.clone(),
+            &meta,
+            async move {
+                require(&req.volume, "volume")?;
+                let manager = Arc::clone(&driver.manager);
+                let volume = req.volume.clone();
+                let id = blocking(move || {
+                    manager
+                        .list_replicas()?
+                        .into_iter()
+                        .find(|r| r.id == volume || r.name == volume)
+                        .map(|r| r.id)
+                        .ok_or_else(|| {
+                            volume_core::Error::VolumeNotFound(format!("replica {volume}"))
+                        })
+                })
+                .await?;
+                drop(driver.replication.unpark(&id));
+                let manager = Arc::clone(&driver.manager);
+                blocking(move || manager.remove_replica(&id, None)).await?;
+                Ok(pb::RemoveReplicaResponse {})
             },
         )
         .await

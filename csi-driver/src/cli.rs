@@ -206,6 +206,12 @@ pub enum SnapshotCommand {
 pub enum ReplicaCommand {
     /// List replicas and the snapshots each holds.
     Ls,
+    /// Remove this node's replica of a volume (its primary normally does this when
+    /// the volume is deleted).
+    Rm {
+        /// The volume's name or id.
+        name: String,
+    },
 }
 
 /// `vol layer` subcommands.
@@ -811,6 +817,18 @@ pub async fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), CliError> {
             .map_err(from_status)?
             .into_inner();
             print_list(cli, out, &[r]).map_err(io_err)
+        }
+        Command::Replica(ReplicaCommand::Rm { name }) => {
+            admin
+                .remove_replica(pb::RemoveReplicaRequest {
+                    volume: name.clone(),
+                })
+                .await
+                .map_err(from_status)?;
+            if !cli.quiet && cli.output == Output::Table {
+                writeln!(out, "removed replica {name}").map_err(io_err)?;
+            }
+            Ok(())
         }
         Command::Replica(ReplicaCommand::Ls) => {
             let replicas = admin

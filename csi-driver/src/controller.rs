@@ -160,7 +160,7 @@ impl Controller for ControllerService {
         request: Request<csi::DeleteVolumeRequest>,
     ) -> Result<Response<csi::DeleteVolumeResponse>, Status> {
         let (meta, _, req) = request.into_parts();
-        let manager = Arc::clone(&self.driver.manager);
+        let driver = Arc::clone(&self.driver);
         observe(
             &self.driver.metrics,
             "DeleteVolume",
@@ -168,7 +168,7 @@ impl Controller for ControllerService {
             &meta,
             async move {
                 require(&req.volume_id, "volume_id")?;
-                blocking(move || manager.delete(&req.volume_id)).await?;
+                driver.delete(&req.volume_id).await?;
                 Ok(csi::DeleteVolumeResponse {})
             },
         )

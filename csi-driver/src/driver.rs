@@ -100,7 +100,32 @@ impl Driver {
             crate::rpc::blocking(move || manager.replica_nodes_wanted(&id2, &p2)).await?;
         let new_nodes = crate::replicate::place(self, need, &have).await?;
         let (manager, id) = (Arc::clone(&self.manager), id.to_string());
-        crate::rpc::blocking(move || manager.modify_placed(&id, &params, &new_nodes)).await
+        let rec =
+            crate::rpc::blocking(move || manager.modify_placed(&id, &params, &new_nodes)).await?;
+        let now: Vec<String> = rec
+            .replication
+            .iter()
+            .flat_map(|s| s.nodes.clone())
+            .collect();
+        let gone: Vec<String> = have.into_iter().filter(|n| !now.contains(n)).collect();
+        crate::replicate::drop_copies(self, &rec.id, rec.generation.max(1), gone);
+        Ok(rec)
+    }
+
+    /// Deletes volume `id`, then asks its replica nodes to drop their copies.
+    pub async fn delete(self: &Arc<Self>, id: &str) -> Result<(), tonic::Status> {
+        let (manager, id2) = (Arc::clone(&self.manager), id.to_string());
+        let rec = crate::rpc::blocking(move || {
+            let rec = manager.get(&id2).ok();
+            manager.delete(&id2).map(|()| rec)
+        })
+        .await?;
+        if let Some(rec) = rec
+            && let Some(spec) = &rec.replication
+        {
+            crate::replicate::drop_copies(self, id, rec.generation.max(1), spec.nodes.clone());
+        }
+        Ok(())
     }
 
     /// This node's topology segment.

@@ -303,6 +303,30 @@ impl Peer for PeerService {
         .await
     }
 
+    async fn drop_replica(
+        &self,
+        request: Request<pb::DropReplicaRequest>,
+    ) -> Result<Response<pb::DropReplicaResponse>, Status> {
+        let (meta, _, req) = request.into_parts();
+        let driver = Arc::clone(&self.driver);
+        observe(
+            &self.driver.metrics,
+            "Peer.DropReplica",
+            &req.volume_id.clone(),
+            &meta,
+            async move {
+                drop(driver.replication.unpark(&req.volume_id));
+                let manager = Arc::clone(&driver.manager);
+                let removed = blocking(move || {
+                    manager.remove_replica(&req.volume_id, Some(req.generation.max(1)))
+                })
+                .await?;
+                Ok(pb::DropReplicaResponse { removed })
+            },
+        )
+        .await
+    }
+
     async fn receive_snapshot(
         &self,
         request: Request<tonic::Streaming<pb::SnapshotChunk>>,

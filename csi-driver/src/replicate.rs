@@ -752,3 +752,38 @@ pub async fn place(
     }
     Ok(candidates.into_iter().take(count).map(|c| c.1).collect())
 }
+
+/// Tells replica nodes `nodes` to remove their copies of volume `id` (deleted here,
+/// or no longer placed there), in the background. A node that cannot be reached
+/// keeps its copy: the warning names the command that removes it.
+pub fn drop_copies(driver: &Arc<Driver>, id: &str, generation: u64, nodes: Vec<String>) {
+    for node in nodes {
+        let (driver, id) = (Arc::clone(driver), id.to_string());
+        tokio::spawn(async move {
+            let asked = async {
+                let mut c = driver
+                    .config
+                    .peers
+                    .connect(&node)
+                    .await
+                    .map_err(|e| peer_status(&e))?;
+                c.drop_replica(pb::DropReplicaRequest {
+                    volume_id: id.clone(),
+                    generation,
+                })
+                .await
+            };
+            match tokio::time::timeout(Duration::from_secs(10), asked).await {
+                Ok(Ok(r)) => {
+                    tracing::info!(volume.id = %id, peer = %node, removed = r.into_inner().removed, "replica dropped");
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(volume.id = %id, peer = %node, error = %e.message(), "replica not dropped; remove it there with `vol replica rm {id}`");
+                }
+                Err(_) => {
+                    tracing::warn!(volume.id = %id, peer = %node, "replica not dropped (no answer); remove it there with `vol replica rm {id}`");
+                }
+            }
+        });
+    }
+}

@@ -278,6 +278,10 @@ async fn full_then_incremental(params: &[(&str, &str)], file: &str) -> (u64, u64
     assert!(snaps.is_empty(), "{snaps:?}");
 
     c.unpublish_and_unstage(&id, &staging, &target).await;
+    // The peer's copy can be removed there by hand.
+    stowage_tests::vol::ok(&b, &["replica", "rm", "rep"]);
+    assert!(!replica_dir.exists());
+    assert!(vol_json(&b, &["replica", "ls"]).is_empty());
     (full, incremental)
 }
 

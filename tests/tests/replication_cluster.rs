@@ -342,6 +342,18 @@ async fn three_hosts_replicate_resume_fail_over_and_resolve_split_brain() {
         (link_state(&b, "rep", "a") == "in sync").then_some(())
     });
 
+    // --- Deleting the volume on its primary removes the copies too. ---
+    vol_ok(&b, &["rm", "rep"]);
+    for (name, d) in [("a", &a), ("c", &c)] {
+        wait_for(
+            &format!("{name} to drop its copy"),
+            Duration::from_secs(15),
+            || replica(d, &id).is_none().then_some(()),
+        );
+        let dir = d.state_dir().join("pool/replicas").join(&id);
+        assert!(!dir.exists(), "{} left behind", dir.display());
+    }
+
     // --- A daemon with the wrong secret is refused by every host. ---
     let wrong = keys.path().join("wrong");
     std::fs::write(&wrong, "not-the-secret\n").unwrap();

@@ -431,6 +431,39 @@ impl VolumeManager {
         self.store.list::<ReplicaRecord>()
     }
 
+    /// Removes this node's replica of volume `id` (its primary deleted the volume,
+    /// or no longer places a copy here). `up_to_generation`: only a replica of that
+    /// generation or older (a stale primary cannot remove a newer copy). False when
+    /// there was none.
+    pub fn remove_replica(&self, id: &str, up_to_generation: Option<u64>) -> Result<bool> {
+        if !is_valid_id(id) {
+            return Err(Error::InvalidArgument(format!("{id:?} is not a volume id")));
+        }
+        let _guard = self.inflight().try_claim([format!("replica:{id}")])?;
+        let Some(rec) = self.store.get::<ReplicaRecord>(id)? else {
+            return Ok(false);
+        };
+        if let Some(g) = up_to_generation
+            && rec.generation > g
+        {
+            return Err(Error::FailedPrecondition(format!(
+                "replica of {id} has generation {}, newer than the caller's {g}",
+                rec.generation
+            )));
+        }
+        let dir = self.replica_dir(id);
+        if dir.exists() {
+            self.clear_incoming(&dir)?;
+            for name in names_in(&dir)? {
+                self.remove_snapshot_dir(&dir.join(name))?;
+            }
+            std::fs::remove_dir(&dir).ctx(|| format!("remove {}", dir.display()))?;
+        }
+        self.store.remove::<ReplicaRecord>(id)?;
+        tracing::info!(volume.id = %id, volume.name = %rec.name, "replica removed");
+        Ok(true)
+    }
+
     /// Starts applying a replication stream described by `header`: checks it, clears
     /// what an earlier interrupted receive of this volume left, and starts the receiver
     /// in a fresh `incoming-<n>` directory. Feed it with [`IncomingSnapshot::write`],
@@ -873,6 +906,21 @@ mod tests {
             b.begin_receive(header(&v.id, "2-g1", Some("1-g1"))),
             Err(Error::FailedPrecondition(_))
         ));
+        // Removal: refused for a newer generation, then done, then nothing to do.
+        let out = a.take_and_prepare(&v.id, &[]).unwrap();
+        let bytes = stream_of(&a, &out);
+        let mut rx = b.begin_receive(header(&v.id, &out.name, None)).unwrap();
+        rx.write(&bytes).unwrap();
+        rx.commit(blake3::hash(&bytes).as_bytes(), bytes.len() as u64)
+            .unwrap();
+        assert!(matches!(
+            b.remove_replica(&v.id, Some(0)),
+            Err(Error::FailedPrecondition(_))
+        ));
+        assert!(b.remove_replica(&v.id, Some(1)).unwrap());
+        assert!(!b.replica_dir(&v.id).exists());
+        assert!(b.list_replicas().unwrap().is_empty());
+        assert!(!b.remove_replica(&v.id, None).unwrap());
         // A volume of the receiving node is never overwritten by a stream.
         let own = b.create(&req("own", "dir", 4 << 20)).unwrap();
         let err = b.begin_receive(header(&own.id, "1-g1", None)).unwrap_err();
