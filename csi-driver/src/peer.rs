@@ -228,6 +228,7 @@ fn incoming_header(h: pb::SnapshotHeader) -> Result<IncomingHeader, Status> {
         source_node_id: h.source_node_id,
         generation: h.generation.max(1),
         taken_at: h.taken_at,
+        format: volume_core::replication::StreamFormat::parse(&h.stream_format).map_err(bad)?,
         spec: (h.copies > 1).then_some(volume_core::ReplicationSpec {
             copies: h.copies,
             interval_secs: h.interval_secs,

@@ -280,6 +280,7 @@ mod tests {
                 generation: v.generation,
                 taken_at: out.taken_at,
                 spec: v.replication.clone(),
+                format: a.stream_format(),
             })
             .unwrap();
         rx.write(&bytes).unwrap();
@@ -380,6 +381,7 @@ mod tests {
                 generation: 1,
                 taken_at: 0,
                 spec: None,
+                format: b.stream_format(),
             })
             .unwrap_err();
         assert!(err.to_string().contains("stale primary"), "{err}");

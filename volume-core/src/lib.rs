@@ -6,6 +6,7 @@
 //! tested with recording fakes; the real implementations need root.
 
 pub mod attachment;
+pub mod chunkdiff;
 pub mod container;
 pub mod ephemeral;
 pub mod error;

@@ -14,7 +14,7 @@ use crate::model::{
 };
 use crate::os::Host;
 use crate::params::VolumeParams;
-use crate::pool::{Pool, PoolBackend};
+use crate::pool::Pool;
 use crate::size::round_up;
 use crate::store::Store;
 
@@ -279,13 +279,6 @@ impl VolumeManager {
             ));
         }
         crate::modify::validate(&req.mutable_parameters, req.params.kind, &self.pool)?;
-        if req.params.replication.is_some()
-            && !matches!(self.pool.backend(), PoolBackend::Btrfs { .. })
-        {
-            return Err(Error::InvalidArgument(
-                "replicas above 1 need a btrfs pool (replication ships btrfs send streams)".into(),
-            ));
-        }
         let _guard = self.inflight.try_claim([format!("name:{}", req.name)])?;
         let mut capacity = self.choose_capacity(req)?;
         // A clone's source must not be unstaged (thawed, detached) while it is copied.

@@ -40,10 +40,9 @@ pub fn validate(params: &BTreeMap<String, String>, kind: VolumeKind, pool: &Pool
                 } else {
                     parse_interval(value)?;
                 }
-                if kind == VolumeKind::Image || !matches!(pool.backend(), PoolBackend::Btrfs { .. })
-                {
+                if kind == VolumeKind::Image {
                     return Err(Error::InvalidArgument(format!(
-                        "{key} applies to directory and loop volumes on a btrfs pool only"
+                        "{key} applies to directory and loop volumes only"
                     )));
                 }
             }
@@ -265,9 +264,10 @@ mod tests {
         assert!(rec.replication.is_none());
         let p = fixture(false);
         let pd = p.mgr.create(&req("d", "dir", 1 << 20)).unwrap();
-        assert!(matches!(
-            p.mgr.modify(&pd.id, &params("replicas", "2")),
-            Err(Error::InvalidArgument(_))
-        ));
+        let rec = p
+            .mgr
+            .modify_placed(&pd.id, &params("replicas", "2"), &["b".into()])
+            .unwrap();
+        assert_eq!(rec.replication.unwrap().nodes, vec!["b".to_string()]);
     }
 }

@@ -1,7 +1,10 @@
-//! Replication: shipping a volume's read-only snapshots to other nodes' pools as
-//! btrfs send streams, full or incremental, and applying them there atomically. Both
-//! pools must be btrfs. The transport (gRPC), the schedule and the peers are
-//! csi-driver's; promotion and split brain are in [`crate::failover`].
+//! Replication: shipping a volume's read-only snapshots to other nodes' pools, full
+//! or incremental, and applying them there atomically. On btrfs pools a snapshot is a
+//! read-only subvolume and the stream is `btrfs send`'s; on other pools a snapshot is
+//! a copy (reflinked where the filesystem can) and the stream is a blake3-verified
+//! chunk diff ([`crate::chunkdiff`]). Both ends must use the same kind. The transport
+//! (gRPC), the schedule and the peers are csi-driver's; promotion and split brain are
+//! in [`crate::failover`].
 //!
 //! Layout (each `data` a read-only subvolume):
 //! ```text
@@ -112,6 +115,8 @@ pub struct IncomingHeader {
     pub taken_at: u64,
     /// The volume's replication settings.
     pub spec: Option<ReplicationSpec>,
+    /// The kind of stream.
+    pub format: StreamFormat,
 }
 
 /// What this node holds of a volume, as a peer asks it.
@@ -135,12 +140,99 @@ pub enum Holding {
     },
 }
 
-fn require_btrfs(mgr: &VolumeManager) -> Result<()> {
-    match mgr.pool.backend() {
-        PoolBackend::Btrfs { .. } => Ok(()),
-        PoolBackend::Plain => Err(Error::FailedPrecondition(
-            "replication needs a btrfs pool (plain pools cannot replicate yet)".into(),
-        )),
+/// How a pool's replication streams are made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamFormat {
+    /// `btrfs send` / `btrfs receive`.
+    Btrfs,
+    /// [`crate::chunkdiff`].
+    Chunk,
+}
+
+impl StreamFormat {
+    /// The header spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StreamFormat::Btrfs => "btrfs",
+            StreamFormat::Chunk => "chunk",
+        }
+    }
+
+    /// Parses the header spelling (empty: btrfs, what older senders meant).
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "" | "btrfs" => Ok(StreamFormat::Btrfs),
+            "chunk" => Ok(StreamFormat::Chunk),
+            other => Err(Error::InvalidArgument(format!(
+                "stream format {other:?} is not btrfs or chunk"
+            ))),
+        }
+    }
+}
+
+/// The chunk-diff sender running in a thread, read through a pipe.
+struct ChunkSend {
+    reader: std::io::PipeReader,
+    worker: std::thread::JoinHandle<Result<()>>,
+}
+
+impl std::io::Read for ChunkSend {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.reader.read(buf)
+    }
+}
+
+impl SendStream for ChunkSend {
+    fn finish(self: Box<Self>) -> Result<()> {
+        drop(self.reader);
+        self.worker
+            .join()
+            .map_err(|_| Error::StreamMismatch("the chunk-diff sender panicked".into()))?
+    }
+}
+
+/// The chunk-diff receiver running in a thread, fed through a pipe. Dropped
+/// unfinished, it closes the pipe and waits for the thread, so nothing writes into the
+/// incoming directory after that.
+struct ChunkReceive {
+    writer: Option<std::io::PipeWriter>,
+    worker: Option<std::thread::JoinHandle<Result<()>>>,
+}
+
+impl std::io::Write for ChunkReceive {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match &mut self.writer {
+            Some(w) => w.write(buf),
+            None => Err(std::io::ErrorKind::BrokenPipe.into()),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl ChunkReceive {
+    fn wait(&mut self) -> Result<()> {
+        drop(self.writer.take());
+        match self.worker.take() {
+            Some(w) => w
+                .join()
+                .map_err(|_| Error::StreamMismatch("the chunk-diff receiver panicked".into()))?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl ReceiveSink for ChunkReceive {
+    fn finish(mut self: Box<Self>) -> Result<()> {
+        self.wait()
+    }
+}
+
+impl Drop for ChunkReceive {
+    fn drop(&mut self) {
+        let _ = self.wait();
     }
 }
 
@@ -195,7 +287,6 @@ impl VolumeManager {
     /// Takes the next replication snapshot of `volume` (name or id): a read-only
     /// snapshot of its subvolume, the filesystem frozen if it is a mounted loop volume.
     pub fn take_replication_snapshot(&self, volume: &str) -> Result<ReplicationSnapshot> {
-        require_btrfs(self)?;
         let id = self.resolve(volume)?.id;
         let _guard = self.claim_patiently(&id)?;
         let mut vol = self.get(&id)?;
@@ -214,9 +305,12 @@ impl VolumeManager {
         let path = seq_dir.join(SNAPSHOT_SUBVOLUME);
         let source = self.pool.volume_dir(&id);
         let taken_at = now();
-        if let Err(e) = self.with_frozen(std::slice::from_ref(&vol), || {
-            self.host.btrfs.snapshot(&source, &path, true).map(|_| ())
-        }) {
+        if let Err(e) =
+            self.with_frozen(std::slice::from_ref(&vol), || match self.stream_format() {
+                StreamFormat::Btrfs => self.host.btrfs.snapshot(&source, &path, true).map(|_| ()),
+                StreamFormat::Chunk => self.host.copier.copy_tree(&source, &path),
+            })
+        {
             let _ = std::fs::remove_dir(&seq_dir);
             return Err(e);
         }
@@ -364,11 +458,29 @@ impl VolumeManager {
         Ok(())
     }
 
-    /// Removes a snapshot directory and the read-only subvolume in it.
+    /// The kind of replication stream this node's pool makes and takes.
+    pub fn stream_format(&self) -> StreamFormat {
+        match self.pool.backend() {
+            PoolBackend::Btrfs { .. } => StreamFormat::Btrfs,
+            PoolBackend::Plain => StreamFormat::Chunk,
+        }
+    }
+
+    /// Removes a snapshot's tree (a subvolume on btrfs, a directory elsewhere).
+    fn remove_tree(&self, path: &Path) -> Result<()> {
+        match self.stream_format() {
+            StreamFormat::Btrfs => self.host.btrfs.delete_subvolume(path),
+            StreamFormat::Chunk => {
+                std::fs::remove_dir_all(path).ctx(|| format!("remove {}", path.display()))
+            }
+        }
+    }
+
+    /// Removes a snapshot directory and the read-only tree in it.
     pub(crate) fn remove_snapshot_dir(&self, seq_dir: &Path) -> Result<()> {
         let sub = seq_dir.join(SNAPSHOT_SUBVOLUME);
         if sub.exists() {
-            self.host.btrfs.delete_subvolume(&sub)?;
+            self.remove_tree(&sub)?;
         }
         match std::fs::remove_dir(seq_dir) {
             Ok(()) => Ok(()),
@@ -392,9 +504,20 @@ impl VolumeManager {
 
     /// Starts the send stream of `snap` (incremental when it has a parent).
     pub fn send_stream(&self, snap: &OutgoingSnapshot) -> Result<Box<dyn SendStream>> {
-        self.host
-            .btrfs
-            .send(&snap.path, snap.parent.as_ref().map(|p| p.1.as_path()))
+        let parent = snap.parent.as_ref().map(|p| p.1.clone());
+        match self.stream_format() {
+            StreamFormat::Btrfs => self.host.btrfs.send(&snap.path, parent.as_deref()),
+            StreamFormat::Chunk => {
+                let (reader, writer) =
+                    std::io::pipe().ctx(|| "create a pipe for the chunk-diff stream".into())?;
+                let new = snap.path.clone();
+                let worker = std::thread::Builder::new()
+                    .name("chunkdiff-send".into())
+                    .spawn(move || crate::chunkdiff::send(&new, parent.as_deref(), writer))
+                    .ctx(|| "start the chunk-diff sender".into())?;
+                Ok(Box::new(ChunkSend { reader, worker }))
+            }
+        }
     }
 
     /// What this node holds of volume `id`: the volume itself, a replica, or nothing.
@@ -470,7 +593,14 @@ impl VolumeManager {
     /// then [`IncomingSnapshot::commit`]; dropped before commit, it removes everything
     /// it made.
     pub fn begin_receive(self: &Arc<Self>, header: IncomingHeader) -> Result<IncomingSnapshot> {
-        require_btrfs(self)?;
+        if header.format != self.stream_format() {
+            return Err(Error::FailedPrecondition(format!(
+                "the sender streams {} but this node's pool takes {} streams (both pools \
+                 must be btrfs, or neither)",
+                header.format.as_str(),
+                self.stream_format().as_str()
+            )));
+        }
         if !is_valid_id(&header.volume_id) {
             return Err(Error::InvalidArgument(format!(
                 "{:?} is not a volume id",
@@ -538,7 +668,31 @@ impl VolumeManager {
             done: false,
             _guard: guard,
         };
-        rx.sink = Some(self.host.btrfs.receive(&rx.incoming)?);
+        rx.sink = Some(match rx.header.format {
+            StreamFormat::Btrfs => self.host.btrfs.receive(&rx.incoming)?,
+            StreamFormat::Chunk => {
+                // The stream applies to a copy of the parent (or an empty tree).
+                let target = rx.incoming.join(SNAPSHOT_SUBVOLUME);
+                match &rx.header.parent {
+                    Some(p) => self
+                        .host
+                        .copier
+                        .copy_tree(&rx.dir.join(p).join(SNAPSHOT_SUBVOLUME), &target)?,
+                    None => std::fs::create_dir(&target)
+                        .ctx(|| format!("create {}", target.display()))?,
+                }
+                let (reader, writer) =
+                    std::io::pipe().ctx(|| "create a pipe for the chunk-diff stream".into())?;
+                let worker = std::thread::Builder::new()
+                    .name("chunkdiff-apply".into())
+                    .spawn(move || crate::chunkdiff::apply(reader, &target))
+                    .ctx(|| "start the chunk-diff receiver".into())?;
+                Box::new(ChunkReceive {
+                    writer: Some(writer),
+                    worker: Some(worker),
+                })
+            }
+        });
         Ok(rx)
     }
 
@@ -560,7 +714,7 @@ impl VolumeManager {
     fn remove_incoming(&self, incoming: &Path) -> Result<()> {
         if let Ok(entries) = std::fs::read_dir(incoming) {
             for e in entries.flatten() {
-                self.host.btrfs.delete_subvolume(&e.path())?;
+                self.remove_tree(&e.path())?;
             }
         }
         match std::fs::remove_dir(incoming) {
@@ -642,7 +796,9 @@ impl IncomingSnapshot {
         self.hasher.update(data);
         self.length += data.len() as u64;
         match &mut self.sink {
-            Some(sink) => sink.write_all(data).ctx(|| "write to btrfs receive".into()),
+            Some(sink) => sink
+                .write_all(data)
+                .ctx(|| "write to the stream's receiver".into()),
             None => Err(Error::FailedPrecondition("stream already finished".into())),
         }
     }
@@ -755,6 +911,7 @@ mod tests {
             generation: 1,
             taken_at: 0,
             spec: None,
+            format: super::StreamFormat::Btrfs,
         }
     }
 
@@ -840,6 +997,76 @@ mod tests {
             .map(|s| s.name)
             .collect();
         assert_eq!(recorded, left);
+    }
+
+    #[test]
+    fn plain_pools_ship_chunk_diffs_and_refuse_btrfs_streams() {
+        let (fa, fb) = (fixture(false), fixture(false));
+        let (a, b) = (Arc::new(fa.mgr), Arc::new(fb.mgr));
+        assert_eq!(a.stream_format(), super::StreamFormat::Chunk);
+        let v = a.create(&req("v", "dir", 4 << 20)).unwrap();
+        let data = a.pool().volume_dir(&v.id).join("data");
+        let big: Vec<u8> = (0..3 << 20).map(|i| (i % 253) as u8).collect();
+        std::fs::write(&data, &big).unwrap();
+        let plain = |name: &str, parent: Option<&str>| IncomingHeader {
+            format: super::StreamFormat::Chunk,
+            ..header(&v.id, name, parent)
+        };
+        let s1 = a.take_and_prepare("v", &[]).unwrap();
+        let bytes = stream_of(&a, &s1);
+        assert!(bytes.len() > 3 << 20);
+        // A btrfs stream header is refused by a plain pool.
+        assert!(matches!(
+            b.begin_receive(header(&v.id, &s1.name, None)),
+            Err(Error::FailedPrecondition(_))
+        ));
+        let mut rx = b.begin_receive(plain(&s1.name, None)).unwrap();
+        rx.write(&bytes).unwrap();
+        rx.commit(blake3::hash(&bytes).as_bytes(), bytes.len() as u64)
+            .unwrap();
+        let got = b.replica_dir(&v.id).join(&s1.name).join("data/data");
+        assert_eq!(std::fs::read(&got).unwrap(), big);
+
+        // One byte changed: one chunk travels, applied to a copy of the parent.
+        let mut big2 = big.clone();
+        big2[(1 << 20) + 7] ^= 1;
+        std::fs::write(&data, &big2).unwrap();
+        let s2 = a
+            .take_and_prepare(&v.id, &b.replica_state(&v.id).unwrap())
+            .unwrap();
+        assert_eq!(s2.parent.as_ref().unwrap().0, s1.name);
+        let bytes = stream_of(&a, &s2);
+        assert!(bytes.len() < (1 << 20) + 4096, "{}", bytes.len());
+        let mut rx = b.begin_receive(plain(&s2.name, Some(&s1.name))).unwrap();
+        rx.write(&bytes).unwrap();
+        rx.commit(blake3::hash(&bytes).as_bytes(), bytes.len() as u64)
+            .unwrap();
+        let got2 = b.replica_dir(&v.id).join(&s2.name).join("data/data");
+        assert_eq!(std::fs::read(&got2).unwrap(), big2);
+        assert_eq!(
+            std::fs::read(&got).unwrap(),
+            big,
+            "the parent copy is unchanged"
+        );
+
+        // A cut-off stream leaves nothing; promotion works on a plain pool too.
+        let s3 = a
+            .take_and_prepare(&v.id, &b.replica_state(&v.id).unwrap())
+            .unwrap();
+        let bytes = stream_of(&a, &s3);
+        let mut rx = b.begin_receive(plain(&s3.name, Some(&s2.name))).unwrap();
+        rx.write(&bytes[..10]).unwrap();
+        drop(rx);
+        let left: Vec<_> = std::fs::read_dir(b.replica_dir(&v.id))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .filter(|n| n.to_string_lossy().starts_with("incoming-"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+        let promoted = b.promote(&v.id).unwrap();
+        let vol = b.pool().volume_dir(&promoted.id).join("data");
+        assert_eq!(std::fs::read(vol).unwrap(), big2);
     }
 
     #[test]
