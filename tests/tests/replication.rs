@@ -306,6 +306,18 @@ async fn dir_volume_replicates_in_full_then_incrementally() {
     );
 }
 
+/// The body of a plain HTTP/1.0 GET of /metrics.
+fn scrape(addr: &str) -> String {
+    use std::io::Read as _;
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to metrics");
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    text.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default()
+}
+
 /// Two daemons on plain directory pools (not btrfs): a staged ext4 loop volume with
 /// `replicas=2` is replicated on its schedule by chunk diff — frozen while copied,
 /// the first stream full, the next one only the changed chunks — and each copy on the
@@ -337,6 +349,10 @@ async fn plain_pools_replicate_a_staged_loop_volume_by_chunk_diff() {
     );
     let peer = format!("b={}", peer_addr(&b));
     let pool_a = format!("dir:{}", pa.display());
+    let metrics = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
     let a = Daemon::start(
         "1GiB",
         &[
@@ -346,6 +362,8 @@ async fn plain_pools_replicate_a_staged_loop_volume_by_chunk_diff() {
             &secret,
             "--peer",
             &peer,
+            "--metrics-address",
+            &metrics,
         ],
     );
     let mut c = a.clients().await;
@@ -407,5 +425,26 @@ async fn plain_pools_replicate_a_staged_loop_volume_by_chunk_diff() {
     );
     let v = vol_json(&a, &["inspect", "plain-rep"]);
     assert_eq!(v[0]["replicas"][0]["node_id"], "b");
+    // The metrics carry the link's state and lag.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let in_sync =
+        format!("stowage_replica_state{{volume_id=\"{id}\",node_id=\"b\",state=\"in sync\"}} 1");
+    loop {
+        let body = scrape(&metrics);
+        if body.contains(&in_sync) {
+            assert!(
+                body.contains(&format!(
+                    "stowage_replica_lag_seconds{{volume_id=\"{id}\",node_id=\"b\"}}"
+                )),
+                "{body}"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never in sync:\n{body}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
     c.unpublish_and_unstage(&id, &staging, &target).await;
 }

@@ -296,10 +296,26 @@ async fn three_hosts_replicate_resume_fail_over_and_resolve_split_brain() {
         rc["latest_stream_bytes"].as_u64().unwrap() < 16 * MIB as u64,
         "c caught up incrementally: {rc}"
     );
-    // a is down: b reports its copy degraded.
+    // a is down: b reports its copy degraded, also as CSI's volume condition.
     wait_for("a reported degraded", Duration::from_secs(15), || {
         (link_state(&b, "rep", "a") == "degraded").then_some(())
     });
+    let got = b
+        .clients()
+        .await
+        .controller
+        .controller_get_volume(stowage_proto::csi::v1::ControllerGetVolumeRequest {
+            volume_id: id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let cond = got.status.unwrap().volume_condition.unwrap();
+    assert!(cond.abnormal, "{cond:?}");
+    assert!(
+        cond.message.contains("replica on a is degraded"),
+        "{cond:?}"
+    );
 
     // --- The old primary returns: split brain found, data kept, resynced. ---
     a.restart();
