@@ -13,6 +13,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use nix::sys::stat::{Mode, SFlag, UtimensatFlags};
 use nix::sys::time::TimeSpec;
@@ -21,15 +22,16 @@ use super::attr::FileKind;
 use super::inode::{Node, UPPER_LAYER};
 use super::{OverlayFs, errno, sys, whiteout};
 
-/// Copies `len` bytes at `start` from `src` to the same offset of `dst`.
-fn copy_range(src: &File, dst: &File, start: u64, len: u64) -> io::Result<()> {
+/// Copies `len` bytes at `start` from `src` to the same offset of `dst`; returns the
+/// offset reached (below `start + len` when `src` ends first).
+fn copy_range(src: &File, dst: &File, start: u64, len: u64) -> io::Result<u64> {
     let mut off_in = start as i64;
     let mut off_out = start as i64;
     let end = start + len;
     while (off_in as u64) < end {
         let want = (end - off_in as u64).min(1 << 30) as usize;
         match nix::fcntl::copy_file_range(src, Some(&mut off_in), dst, Some(&mut off_out), want) {
-            Ok(0) => return Ok(()),
+            Ok(0) => return Ok(off_in as u64),
             Ok(_) => {}
             Err(
                 nix::errno::Errno::EXDEV
@@ -41,10 +43,10 @@ fn copy_range(src: &File, dst: &File, start: u64, len: u64) -> io::Result<()> {
             Err(e) => return Err(e.into()),
         }
     }
-    Ok(())
+    Ok(off_in as u64)
 }
 
-fn copy_by_read(src: &File, dst: &File, mut off: u64, end: u64) -> io::Result<()> {
+fn copy_by_read(src: &File, dst: &File, mut off: u64, end: u64) -> io::Result<u64> {
     let mut buf = vec![0u8; 1 << 20];
     while off < end {
         let want = ((end - off) as usize).min(buf.len());
@@ -55,16 +57,41 @@ fn copy_by_read(src: &File, dst: &File, mut off: u64, end: u64) -> io::Result<()
         dst.write_all_at(&buf[..n], off)?;
         off += n as u64;
     }
-    Ok(())
+    Ok(off)
 }
 
-/// Copies a regular file's data: a reflink when the filesystem can, else only the data
-/// extents (holes stay holes).
-pub(crate) fn copy_data(src: &File, dst: &File, size: u64) -> io::Result<()> {
+/// Files up to this size are copied in one `copy_file_range` without looking for holes
+/// (two `lseek`s and an `ftruncate` saved per small file).
+const SMALL_FILE: u64 = 1 << 20;
+
+/// Copies a regular file's data: a reflink when the filesystem can (`reflink` says
+/// whether to try; the first refusal clears it, as the upper filesystem will not change
+/// its mind), else only the data extents (holes stay holes) of files above
+/// [`SMALL_FILE`], everything of smaller ones.
+pub(crate) fn copy_data(src: &File, dst: &File, size: u64, reflink: &AtomicBool) -> io::Result<()> {
     if size == 0 {
         return Ok(());
     }
-    if sys::ficlone(dst, src).is_ok() {
+    if reflink.load(Ordering::Relaxed) {
+        match sys::ficlone(dst, src) {
+            Ok(()) => return Ok(()),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EOPNOTSUPP) | Some(libc::ENOTTY)
+                ) =>
+            {
+                reflink.store(false, Ordering::Relaxed);
+            }
+            Err(_) => {}
+        }
+    }
+    if size <= SMALL_FILE {
+        // A source shortened meanwhile leaves a shorter copy: it gets the recorded
+        // size, as after a sparse copy.
+        if copy_range(src, dst, 0, size)? < size {
+            dst.set_len(size)?;
+        }
         return Ok(());
     }
     let mut off: u64 = 0;
@@ -139,8 +166,15 @@ pub(crate) fn copy_xattrs(
 
 impl OverlayFs {
     /// Builds a copy of `src` (metadata `md`) at the fresh work path `tmp`, data
-    /// included unless `with_data` is false.
-    fn build_copy(&self, src: &Path, md: &Metadata, tmp: &Path, with_data: bool) -> io::Result<()> {
+    /// included unless `with_data` is false. For a regular file, returns the copy's
+    /// metadata (read from its descriptor: the inode number survives the rename).
+    fn build_copy(
+        &self,
+        src: &Path,
+        md: &Metadata,
+        tmp: &Path,
+        with_data: bool,
+    ) -> io::Result<Option<Metadata>> {
         let kind = FileKind::from_mode(md.mode());
         match kind {
             FileKind::File => {
@@ -152,8 +186,9 @@ impl OverlayFs {
                     .custom_flags(libc::O_CLOEXEC)
                     .open(tmp)?;
                 if with_data {
-                    copy_data(&s, &d, md.size())?;
+                    copy_data(&s, &d, md.size(), &self.reflink)?;
                 }
+                return self.copy_file_metadata(src, md, tmp, &d).map(Some);
             }
             FileKind::Dir => std::fs::DirBuilder::new().mode(0o700).create(tmp)?,
             FileKind::Symlink => std::os::unix::fs::symlink(std::fs::read_link(src)?, tmp)?,
@@ -166,7 +201,33 @@ impl OverlayFs {
                 )?;
             }
         }
-        self.copy_metadata(src, md, tmp, true)
+        self.copy_metadata(src, md, tmp, true).map(|()| None)
+    }
+
+    /// [`Self::copy_metadata`] for a regular file being built, through its open
+    /// descriptor `d` (no path lookups): owner, xattrs, mode, times; then its metadata.
+    fn copy_file_metadata(
+        &self,
+        src: &Path,
+        md: &Metadata,
+        tmp: &Path,
+        d: &File,
+    ) -> io::Result<Metadata> {
+        if let Err(e) = std::os::unix::fs::fchown(d, Some(md.uid()), Some(md.gid()))
+            && (self.privileged || e.raw_os_error() != Some(libc::EPERM))
+        {
+            return Err(e);
+        }
+        copy_xattrs(src, tmp, src.starts_with("/proc/self/fd"), self.privileged)?;
+        d.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(
+            md.mode() & 0o7777,
+        ))?;
+        nix::sys::stat::futimens(
+            d,
+            &timespec(md.atime(), md.atime_nsec()),
+            &timespec(md.mtime(), md.mtime_nsec()),
+        )?;
+        d.metadata()
     }
 
     /// Owner, xattrs, mode and times of `md` (the file at `src`) onto `dst`. `nofollow`
@@ -211,12 +272,17 @@ impl OverlayFs {
         Ok(())
     }
 
-    /// Copies the file at `src` up to the upper path `dst` (which must not exist) and
-    /// returns the new upper file's metadata.
-    fn copy_to_upper(&self, src: &Path, dst: &Path, with_data: bool) -> io::Result<Metadata> {
-        let md = std::fs::symlink_metadata(src)?;
+    /// Copies the file at `src` (metadata `md`) up to the upper path `dst` (which must
+    /// not exist) and returns the new upper file's inode number.
+    fn copy_to_upper(
+        &self,
+        src: &Path,
+        md: &Metadata,
+        dst: &Path,
+        with_data: bool,
+    ) -> io::Result<u64> {
         let tmp = self.tmp_path();
-        let built = self.build_copy(src, &md, &tmp, with_data).and_then(|()| {
+        let built = self.build_copy(src, md, &tmp, with_data).and_then(|copy| {
             nix::fcntl::renameat2(
                 nix::fcntl::AT_FDCWD,
                 &tmp,
@@ -225,16 +291,20 @@ impl OverlayFs {
                 nix::fcntl::RenameFlags::RENAME_NOREPLACE,
             )
             .map_err(io::Error::from)
+            .map(|()| copy)
         });
-        if let Err(e) = built {
-            let _ = if md.is_dir() {
-                std::fs::remove_dir(&tmp)
-            } else {
-                std::fs::remove_file(&tmp)
-            };
-            return Err(e);
+        match built {
+            Ok(Some(copy)) => Ok(copy.ino()),
+            Ok(None) => Ok(std::fs::symlink_metadata(dst)?.ino()),
+            Err(e) => {
+                let _ = if md.is_dir() {
+                    std::fs::remove_dir(&tmp)
+                } else {
+                    std::fs::remove_file(&tmp)
+                };
+                Err(e)
+            }
         }
-        std::fs::symlink_metadata(dst)
     }
 
     /// Makes sure `node` exists in the upper layer, copying it (and first its parents)
@@ -253,8 +323,8 @@ impl OverlayFs {
         let layer = st.lower.ok_or_else(|| errno(libc::EIO))?;
         let src = self.lower_at(layer, &rel);
         let lower_md = std::fs::symlink_metadata(&src)?;
-        let umd = self.copy_to_upper(&src, &self.upper_at(&rel), with_data)?;
-        self.idents.alias((UPPER_LAYER, umd.ino()), node.ino);
+        let upper_ino = self.copy_to_upper(&src, &lower_md, &self.upper_at(&rel), with_data)?;
+        self.idents.alias((UPPER_LAYER, upper_ino), node.ino);
         if st.lower_hardlink {
             self.idents.unmap(Self::ident_of_lower(layer, &lower_md));
         }
@@ -345,7 +415,8 @@ impl OverlayFs {
             let umd = std::fs::symlink_metadata(&dst)?;
             self.idents.unmap((UPPER_LAYER, umd.ino()));
         } else {
-            self.copy_to_upper(&src, &dst, true)?;
+            let md = std::fs::symlink_metadata(&src)?;
+            self.copy_to_upper(&src, &md, &dst, true)?;
         }
         let mut s = node.lock();
         s.detached = Some(Arc::new(lower_fd));

@@ -123,6 +123,10 @@ pub struct OverlayFs {
     handles: file::Handles,
     dirs: dir::DirHandles,
     next_tmp: AtomicU64,
+    /// This process's id, in the work directory's scratch names.
+    pid: u32,
+    /// Whether copy-up still tries reflinks (cleared when the upper filesystem refuses).
+    reflink: std::sync::atomic::AtomicBool,
     privileged: bool,
     ttl_lower: Duration,
     ttl_upper: Duration,
@@ -200,6 +204,8 @@ impl OverlayFs {
             handles: file::Handles::default(),
             dirs: dir::DirHandles::default(),
             next_tmp: AtomicU64::new(0),
+            pid: std::process::id(),
+            reflink: std::sync::atomic::AtomicBool::new(true),
             privileged: nix::unistd::geteuid().is_root(),
             ttl_lower: config.ttl_lower,
             ttl_upper: config.ttl_upper,
@@ -228,7 +234,7 @@ impl OverlayFs {
     /// A fresh name in the work directory.
     fn tmp_path(&self) -> PathBuf {
         let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
-        self.work.join(format!("#{}.{n}", std::process::id()))
+        self.work.join(format!("#{}.{n}", self.pid))
     }
 
     /// `root/rel`, without a trailing slash for the root itself.
