@@ -97,10 +97,11 @@ impl MountSys for FakeMount {
 pub struct KernelOverlay {
     /// Lower layers, top first.
     pub lowers: Vec<PathBuf>,
-    /// Upper layer.
-    pub upper: PathBuf,
-    /// Work directory.
-    pub work: PathBuf,
+    /// Upper layer; `None` for a read-only overlay (then mounted `MS_RDONLY`; the
+    /// kernel needs two lower layers at least).
+    pub upper: Option<PathBuf>,
+    /// Work directory (with `upper`).
+    pub work: Option<PathBuf>,
     /// Further overlayfs options (`volatile`, `redirect_dir=on`, `userxattr`, …).
     pub extra: Vec<String>,
     /// mount(2) flags (`MS_NOSUID`, `MS_NODEV`, `MS_RDONLY`, …).
@@ -131,11 +132,18 @@ impl KernelOverlay {
             .map(|p| escape(p))
             .collect::<io::Result<Vec<_>>>()?
             .join(":");
-        let mut data = format!(
-            "lowerdir={lowers},upperdir={},workdir={}",
-            escape(&self.upper)?,
-            escape(&self.work)?
-        );
+        let mut data = format!("lowerdir={lowers}");
+        match (&self.upper, &self.work) {
+            (Some(upper), Some(work)) => {
+                data.push_str(&format!(
+                    ",upperdir={},workdir={}",
+                    escape(upper)?,
+                    escape(work)?
+                ));
+            }
+            (None, None) => {}
+            _ => return Err(io::Error::from_raw_os_error(libc::EINVAL)),
+        }
         for o in &self.extra {
             data.push(',');
             data.push_str(o);
@@ -145,7 +153,11 @@ impl KernelOverlay {
 
     /// Mounts at `target`.
     pub fn mount(&self, sys: &dyn MountSys, target: &Path) -> io::Result<()> {
-        sys.mount("overlay", target, "overlay", self.flags, &self.data()?)
+        let mut flags = self.flags;
+        if self.upper.is_none() {
+            flags |= MsFlags::MS_RDONLY;
+        }
+        sys.mount("overlay", target, "overlay", flags, &self.data()?)
     }
 }
 
@@ -156,8 +168,8 @@ mod tests {
     fn req() -> KernelOverlay {
         KernelOverlay {
             lowers: vec!["/l/a".into(), "/l/b:c".into()],
-            upper: "/u".into(),
-            work: "/w".into(),
+            upper: Some("/u".into()),
+            work: Some("/w".into()),
             extra: vec!["volatile".into()],
             flags: MsFlags::MS_NOSUID,
         }
@@ -174,7 +186,7 @@ mod tests {
     #[test]
     fn commas_and_empty_lowers_are_refused() {
         let mut r = req();
-        r.upper = "/u,x".into();
+        r.upper = Some("/u,x".into());
         assert_eq!(r.data().unwrap_err().raw_os_error(), Some(libc::EINVAL));
         let mut r = req();
         r.lowers.clear();
@@ -188,5 +200,25 @@ mod tests {
         let calls = fake.calls.lock().unwrap();
         assert_eq!(calls.len(), 1);
         assert!(calls[0].starts_with("mount overlay /t overlay 0x2 lowerdir=/l/a"));
+    }
+
+    #[test]
+    fn without_upper_it_is_a_read_only_mount_of_the_lowers() {
+        let mut r = req();
+        r.upper = None;
+        r.work = None;
+        r.extra.clear();
+        assert_eq!(r.data().unwrap(), "lowerdir=/l/a:/l/b\\:c");
+        let fake = FakeMount::default();
+        r.mount(&fake, Path::new("/t")).unwrap();
+        let calls = fake.calls.lock().unwrap();
+        // MS_NOSUID | MS_RDONLY
+        assert!(
+            calls[0].starts_with("mount overlay /t overlay 0x3 lowerdir="),
+            "{}",
+            calls[0]
+        );
+        r.work = Some("/w".into());
+        assert!(r.data().is_err(), "a work directory without an upper layer");
     }
 }

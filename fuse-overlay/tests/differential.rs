@@ -1437,6 +1437,85 @@ fn oci_whiteout_and_opaque_marker() {
     );
 }
 
+// ---------------------------------------------------------------- read-only overlays
+
+/// Every path under `root` with its mode, size, mtime and content (for files).
+fn layer_state(root: &std::path::Path) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let md = std::fs::symlink_metadata(&p).unwrap();
+        let content = if md.is_file() {
+            std::fs::read(&p).unwrap()
+        } else {
+            Vec::new()
+        };
+        out.push(format!(
+            "{} {:o} {} {} {content:?}",
+            p.display(),
+            md.mode(),
+            md.size(),
+            md.mtime_nsec() + md.mtime() * 1_000_000_000
+        ));
+        if md.is_dir() {
+            for e in std::fs::read_dir(&p).unwrap() {
+                stack.push(e.unwrap().path());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Without an upper layer the overlay is read-only: the merged view is the same as
+/// kernel overlayfs's (whiteouts and opaque directories of the top layer honoured),
+/// every change fails with EROFS on both, and no layer is touched.
+#[test]
+fn read_only_overlay_matches_kernel_and_refuses_changes() {
+    overlay_harness::require_root();
+    let f = Fixture::new(3);
+    f.file(0, "top", "T")
+        .file(1, "mid", "M")
+        .file(2, "bottom", "B")
+        .file(2, "hidden", "H")
+        .whiteout(0, "hidden")
+        .file(1, "d/one", "1")
+        .file(2, "d/two", "2")
+        .file(2, "opq/gone", "G")
+        .opaque(0, "opq")
+        .file(0, "opq/kept", "K")
+        .file(2, "shadow", "low")
+        .file(1, "shadow", "high");
+    let before = layer_state(f.root.path());
+    let ops = |c: &mut Ctx| {
+        c.ls("");
+        c.ls("d");
+        c.ls("opq");
+        c.read("shadow");
+        c.read("top");
+        c.stat("bottom");
+        c.append("bottom", "+");
+        c.write("new", "x");
+        c.unlink("top");
+        c.mkdir("dir");
+        c.rmdir("d");
+        c.rename("mid", "mid2");
+        c.chmod("top", 0o600);
+        c.truncate("shadow", 0);
+        c.symlink("top", "link");
+        c.setxattr("top", "user.x", "1");
+    };
+    let kernel = overlay_harness::run_read_only(fuse_overlay::overlay::Backend::Kernel, &f, &ops);
+    let ours = overlay_harness::run_read_only(fuse_overlay::overlay::Backend::Fuse, &f, &ops);
+    assert_eq!(kernel, ours, "kernel vs ours:\n{kernel:#?}\n{ours:#?}");
+    assert!(
+        ours.iter().filter(|l| l.contains("EROFS")).count() >= 9,
+        "every change refused: {ours:#?}"
+    );
+    assert_eq!(layer_state(f.root.path()), before, "no layer was changed");
+}
+
 // ---------------------------------------------------------------- the stowage-overlay binary
 
 /// Mounts through the `stowage-overlay` binary in both command-line forms (its own and

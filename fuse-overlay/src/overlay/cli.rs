@@ -217,14 +217,15 @@ pub fn parse_options(options: &[String], cwd: &Path) -> Result<Parsed, OptionErr
     let lowers = lowers
         .filter(|l| !l.is_empty())
         .ok_or(OptionError::Missing("lowerdir"))?;
-    Ok(Parsed {
-        layers: Layers {
-            lowers,
-            upper: upper.ok_or(OptionError::Missing("upperdir"))?,
-            work: work.ok_or(OptionError::Missing("workdir"))?,
-        },
-        options: o,
-    })
+    // Without upperdir (and workdir): a read-only overlay of the lower layers, as
+    // fuse-overlayfs and kernel overlayfs do.
+    let layers = match (upper, work) {
+        (Some(upper), Some(work)) => Layers::writable(lowers, upper, work),
+        (None, None) => Layers::read_only(lowers),
+        (Some(_), None) => return Err(OptionError::Missing("workdir")),
+        (None, Some(_)) => return Err(OptionError::Missing("upperdir")),
+    };
+    Ok(Parsed { layers, options: o })
 }
 
 /// Mounts and serves in this process until unmounted (or SIGINT/SIGTERM/SIGHUP, which
@@ -238,7 +239,8 @@ pub fn serve(parsed: &Parsed, target: &Path, mounted: impl FnOnce()) -> anyhow::
     sigs.add(Signal::SIGHUP);
     sigs.thread_block()?;
     let fs = fuse_fs(&parsed.layers, &parsed.options)?;
-    let (mut session, user) = fuse_session(fs, target, &parsed.options)?;
+    let (mut session, user) =
+        fuse_session(fs, target, &parsed.options, parsed.layers.is_read_only())?;
     mounted();
     let mut unmounter = session.unmount_callable();
     let target_owned = target.to_path_buf();
@@ -343,8 +345,8 @@ mod tests {
                 PathBuf::from("/d")
             ]
         );
-        assert_eq!(p.layers.upper, PathBuf::from("/cwd/u"));
-        assert_eq!(p.layers.work, PathBuf::from("/w"));
+        assert_eq!(p.layers.upper, Some(PathBuf::from("/cwd/u")));
+        assert_eq!(p.layers.work, Some(PathBuf::from("/w")));
         assert!(p.options.suid);
         assert!(!p.options.dev);
         assert!(!p.options.exec);
@@ -361,6 +363,20 @@ mod tests {
         .unwrap();
         assert!(!p.options.suid);
         assert_eq!(p.layers.lowers, vec![PathBuf::from("/l")]);
+    }
+
+    #[test]
+    fn lowerdir_alone_is_a_read_only_overlay() {
+        let p = parse(&["lowerdir=/a:/b,nodev"]).unwrap();
+        assert!(p.layers.is_read_only());
+        assert_eq!(
+            p.layers.lowers,
+            vec![PathBuf::from("/a"), PathBuf::from("/b")]
+        );
+        assert!(matches!(
+            parse(&["lowerdir=/l,upperdir=/u"]),
+            Err(OptionError::Missing("workdir"))
+        ));
     }
 
     #[test]

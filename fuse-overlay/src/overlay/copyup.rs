@@ -310,6 +310,7 @@ impl OverlayFs {
     /// Makes sure `node` exists in the upper layer, copying it (and first its parents)
     /// up. Needs the namespace lock held exclusively.
     pub(crate) fn copy_up(&self, node: &Arc<Node>, with_data: bool) -> io::Result<()> {
+        self.check_writable()?;
         let st = node.snapshot();
         if st.upper {
             return Ok(());

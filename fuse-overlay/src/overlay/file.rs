@@ -118,6 +118,9 @@ impl OverlayFs {
         }
         let write = flags & libc::O_ACCMODE != libc::O_RDONLY;
         let trunc = flags & libc::O_TRUNC != 0;
+        if write || trunc {
+            self.check_writable()?;
+        }
         if (write || trunc) && !node.snapshot().upper {
             let _t = self.write_tree();
             self.copy_up(&node, !trunc)?;
@@ -126,7 +129,7 @@ impl OverlayFs {
         let st = node.snapshot();
         let path = self.backing_path(&node, &st)?;
         let extra = flags & !STRIP;
-        let (file, writable) = if st.upper {
+        let (file, writable) = if st.upper && !self.read_only {
             match open_backing(&path, true, extra) {
                 Ok(f) => (f, true),
                 Err(e) if !write => {
@@ -198,6 +201,7 @@ impl OverlayFs {
         data: &[u8],
         kill_suidgid: bool,
     ) -> io::Result<usize> {
+        self.check_writable()?;
         let h = self.handle(fh)?;
         let f = self.handle_file(&h)?;
         if kill_suidgid {
@@ -219,6 +223,7 @@ impl OverlayFs {
 
     /// Allocates or punches space in an open file (`fallocate(2)` modes).
     pub fn fallocate(&self, fh: u64, offset: u64, length: u64, mode: i32) -> io::Result<()> {
+        self.check_writable()?;
         let h = self.handle(fh)?;
         let f = self.handle_file(&h)?;
         nix::fcntl::fallocate(

@@ -91,6 +91,9 @@ pub struct OverlayConfig {
     pub ttl_lower: Duration,
     /// Cache time for entries and attributes in the upper layer.
     pub ttl_upper: Duration,
+    /// A read-only overlay: `upper` is the top read-only layer (never written, opened
+    /// read-only), `work` is unused, and every change is refused with EROFS.
+    pub read_only: bool,
 }
 
 impl OverlayConfig {
@@ -102,7 +105,22 @@ impl OverlayConfig {
             work,
             ttl_lower: Duration::from_secs(600),
             ttl_upper: Duration::from_secs(1),
+            read_only: false,
         }
+    }
+
+    /// A read-only overlay of `layers` (top first, at least one): nothing is written
+    /// anywhere, every change is EROFS.
+    pub fn read_only(mut layers: Vec<PathBuf>) -> Self {
+        let top = if layers.is_empty() {
+            PathBuf::new()
+        } else {
+            layers.remove(0)
+        };
+        let mut c = OverlayConfig::new(layers, top, PathBuf::new());
+        c.ttl_upper = c.ttl_lower;
+        c.read_only = true;
+        c
     }
 }
 
@@ -125,6 +143,7 @@ pub struct OverlayFs {
     next_tmp: AtomicU64,
     /// This process's id, in the work directory's scratch names.
     pid: u32,
+    read_only: bool,
     /// Whether copy-up still tries reflinks (cleared when the upper filesystem refuses).
     reflink: std::sync::atomic::AtomicBool,
     privileged: bool,
@@ -148,7 +167,7 @@ impl OverlayFs {
             }
             Ok(p)
         };
-        if config.lowers.is_empty() {
+        if config.lowers.is_empty() && !config.read_only {
             return Err(errno(libc::EINVAL));
         }
         let lowers = config
@@ -159,17 +178,22 @@ impl OverlayFs {
         let upper = LayerRoot {
             path: check_dir(&config.upper)?,
         };
-        let work_root = check_dir(&config.work)?;
-        if std::fs::metadata(&work_root)?.dev() != std::fs::metadata(&upper.path)?.dev() {
-            return Err(errno(libc::EXDEV));
-        }
-        let work = work_root.join(WORK_SUBDIR);
-        match std::fs::remove_dir_all(&work) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
-        std::fs::create_dir(&work)?;
+        let work = if config.read_only {
+            PathBuf::new()
+        } else {
+            let work_root = check_dir(&config.work)?;
+            if std::fs::metadata(&work_root)?.dev() != std::fs::metadata(&upper.path)?.dev() {
+                return Err(errno(libc::EXDEV));
+            }
+            let work = work_root.join(WORK_SUBDIR);
+            match std::fs::remove_dir_all(&work) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+            std::fs::create_dir(&work)?;
+            work
+        };
 
         let upper_md = std::fs::symlink_metadata(&upper.path)?;
         let idents = Idents::new();
@@ -205,11 +229,26 @@ impl OverlayFs {
             dirs: dir::DirHandles::default(),
             next_tmp: AtomicU64::new(0),
             pid: std::process::id(),
+            read_only: config.read_only,
             reflink: std::sync::atomic::AtomicBool::new(true),
             privileged: nix::unistd::geteuid().is_root(),
             ttl_lower: config.ttl_lower,
             ttl_upper: config.ttl_upper,
         })
+    }
+
+    /// Whether the overlay refuses every change (no upper layer).
+    pub fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// EROFS for a read-only overlay.
+    pub(crate) fn check_writable(&self) -> io::Result<()> {
+        if self.read_only {
+            Err(errno(libc::EROFS))
+        } else {
+            Ok(())
+        }
     }
 
     /// Whether the overlay runs with privilege (writes kernel-style whiteouts, trusted

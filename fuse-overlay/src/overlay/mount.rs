@@ -26,10 +26,44 @@ pub enum Backend {
 pub struct Layers {
     /// Read-only lower layers, top first.
     pub lowers: Vec<PathBuf>,
-    /// Writable upper layer.
-    pub upper: PathBuf,
-    /// Work directory on the upper layer's filesystem.
-    pub work: PathBuf,
+    /// Writable upper layer; `None` for a read-only overlay of the lower layers.
+    pub upper: Option<PathBuf>,
+    /// Work directory on the upper layer's filesystem (given with `upper` only).
+    pub work: Option<PathBuf>,
+}
+
+impl Layers {
+    /// Lower layers (top first) under a writable upper layer with its work directory.
+    pub fn writable(lowers: Vec<PathBuf>, upper: PathBuf, work: PathBuf) -> Self {
+        Layers {
+            lowers,
+            upper: Some(upper),
+            work: Some(work),
+        }
+    }
+
+    /// A read-only overlay of `lowers` (top first).
+    pub fn read_only(lowers: Vec<PathBuf>) -> Self {
+        Layers {
+            lowers,
+            upper: None,
+            work: None,
+        }
+    }
+
+    /// True without an upper layer.
+    pub fn is_read_only(&self) -> bool {
+        self.upper.is_none()
+    }
+
+    /// EINVAL unless there is a lower layer and `upper` and `work` are both given or
+    /// both absent.
+    fn check(&self) -> io::Result<()> {
+        if self.lowers.is_empty() || self.upper.is_some() != self.work.is_some() {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        Ok(())
+    }
 }
 
 /// Mount options common to both back ends (plus a few for each).
@@ -133,10 +167,11 @@ pub struct MountGuard {
 }
 
 /// The fuser configuration for our mounts.
-pub(crate) fn fuser_config(options: &MountOptions) -> fuser::Config {
+pub(crate) fn fuser_config(options: &MountOptions, read_only: bool) -> fuser::Config {
     use fuser::MountOption as O;
     let mut c = fuser::Config::default();
     c.mount_options = vec![
+        if read_only { O::RO } else { O::RW },
         O::FSName(options.fsname.clone()),
         // Passed to the kernel (fuser would only hand `Subtype` to fusermount), so the
         // mount table says `fuse.stowage-overlay`.
@@ -157,8 +192,9 @@ pub(crate) fn fuser_config(options: &MountOptions) -> fuser::Config {
 }
 
 /// The option string fusermount3 gets for an unprivileged mount.
-fn fusermount_options(options: &MountOptions) -> String {
+fn fusermount_options(options: &MountOptions, read_only: bool) -> String {
     let mut o = vec![
+        if read_only { "ro" } else { "rw" }.to_string(),
         format!("fsname={}", options.fsname),
         "subtype=stowage-overlay".to_string(),
         "default_permissions".to_string(),
@@ -182,12 +218,13 @@ pub(crate) fn fuse_session(
     fs: OverlayFuse,
     target: &Path,
     options: &MountOptions,
+    read_only: bool,
 ) -> io::Result<(fuser::Session<OverlayFuse>, bool)> {
-    let config = fuser_config(options);
+    let config = fuser_config(options, read_only);
     if nix::unistd::geteuid().is_root() {
         return Ok((fuser::Session::new(fs, target, &config)?, false));
     }
-    let fd = super::sys::fusermount(target, &fusermount_options(options))?;
+    let fd = super::sys::fusermount(target, &fusermount_options(options, read_only))?;
     match fuser::Session::from_fd(fs, fd, config.acl, config) {
         Ok(s) => Ok((s, true)),
         Err(e) => {
@@ -199,13 +236,19 @@ pub(crate) fn fuse_session(
 
 /// The FUSE filesystem for `layers`.
 pub(crate) fn fuse_fs(layers: &Layers, options: &MountOptions) -> io::Result<OverlayFuse> {
-    let mut cfg = OverlayConfig::new(
-        layers.lowers.clone(),
-        layers.upper.clone(),
-        layers.work.clone(),
-    );
+    layers.check()?;
+    let mut cfg = match (&layers.upper, &layers.work) {
+        (Some(upper), Some(work)) => {
+            let mut c = OverlayConfig::new(layers.lowers.clone(), upper.clone(), work.clone());
+            c.ttl_upper = options.ttl_upper;
+            c
+        }
+        _ => OverlayConfig::read_only(layers.lowers.clone()),
+    };
     cfg.ttl_lower = options.ttl_lower;
-    cfg.ttl_upper = options.ttl_upper;
+    if cfg.read_only {
+        cfg.ttl_upper = options.ttl_lower;
+    }
     let core = Arc::new(OverlayFs::new(cfg)?);
     Ok(OverlayFuse::new(
         core,
@@ -230,7 +273,8 @@ impl Overlay {
                     target: target.to_path_buf(),
                     source,
                 };
-                let (session, user) = fuse_session(fs, target, options).map_err(fail)?;
+                let (session, user) =
+                    fuse_session(fs, target, options, layers.is_read_only()).map_err(fail)?;
                 let session = session.spawn().map_err(fail)?;
                 if user {
                     Inner::FuseUser(session)

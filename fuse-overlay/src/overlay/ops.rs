@@ -123,6 +123,7 @@ impl OverlayFs {
         flags: i32,
         caller: Caller,
     ) -> io::Result<(Entry, Opened)> {
+        self.check_writable()?;
         let _t = self.write_tree();
         let new = self.prepare_create(parent, name, caller)?;
         let keep = flags & (libc::O_SYNC | libc::O_DSYNC | libc::O_NONBLOCK);
@@ -140,6 +141,7 @@ impl OverlayFs {
 
     /// Creates a directory.
     pub fn mkdir(&self, parent: u64, name: &OsStr, mode: u32, caller: Caller) -> io::Result<Entry> {
+        self.check_writable()?;
         let _t = self.write_tree();
         let new = self.prepare_create(parent, name, caller)?;
         std::fs::DirBuilder::new()
@@ -157,6 +159,7 @@ impl OverlayFs {
         rdev: u64,
         caller: Caller,
     ) -> io::Result<Entry> {
+        self.check_writable()?;
         let kind = FileKind::from_mode(mode);
         if matches!(kind, FileKind::Dir | FileKind::Symlink) {
             return Err(errno(libc::EINVAL));
@@ -180,6 +183,7 @@ impl OverlayFs {
         target: &Path,
         caller: Caller,
     ) -> io::Result<Entry> {
+        self.check_writable()?;
         let _t = self.write_tree();
         let new = self.prepare_create(parent, name, caller)?;
         std::os::unix::fs::symlink(target, &new.path)?;
@@ -188,6 +192,7 @@ impl OverlayFs {
 
     /// Creates a hard link `newname` in `newparent` to `ino` (copied up first).
     pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> io::Result<Entry> {
+        self.check_writable()?;
         let _t = self.write_tree();
         let node = self.nodes.get(ino)?;
         if node.kind == FileKind::Dir {
@@ -259,6 +264,7 @@ impl OverlayFs {
 
     /// Removes the non-directory `name`; a whiteout hides any lower file of that name.
     pub fn unlink(&self, parent: u64, name: &OsStr) -> io::Result<()> {
+        self.check_writable()?;
         let _t = self.write_tree();
         let (pnode, pst, prel) = self.dir_node(parent)?;
         let r = self
@@ -286,6 +292,7 @@ impl OverlayFs {
 
     /// Removes the directory `name`, which must be empty in the merged view.
     pub fn rmdir(&self, parent: u64, name: &OsStr) -> io::Result<()> {
+        self.check_writable()?;
         let _t = self.write_tree();
         let (pnode, pst, prel) = self.dir_node(parent)?;
         let r = self
@@ -327,6 +334,7 @@ impl OverlayFs {
         newname: &OsStr,
         flags: u32,
     ) -> io::Result<()> {
+        self.check_writable()?;
         if flags == libc::RENAME_EXCHANGE {
             return self.exchange(parent, name, newparent, newname);
         }
@@ -507,6 +515,7 @@ impl OverlayFs {
     /// Changes attributes (copying up first; a truncation to zero copies no data).
     /// `fh` is the handle the change came through, if any.
     pub fn setattr(&self, ino: u64, fh: Option<u64>, set: &SetAttr) -> io::Result<Attr> {
+        self.check_writable()?;
         let _t = self.write_tree();
         let node = self.nodes.get(ino)?;
         self.copy_up(&node, set.size != Some(0))?;

@@ -50,6 +50,7 @@ impl OverlayFs {
 
     /// Sets xattr `name` of `ino` (`flags`: `XATTR_CREATE`/`XATTR_REPLACE`).
     pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> io::Result<()> {
+        self.check_writable()?;
         let name = &whiteout::xattr_to_layer(name, self.privileged);
         let _t = self.write_tree();
         let node = self.nodes.get(ino)?;
@@ -61,6 +62,7 @@ impl OverlayFs {
 
     /// Removes xattr `name` of `ino`.
     pub fn removexattr(&self, ino: u64, name: &OsStr) -> io::Result<()> {
+        self.check_writable()?;
         let name = &whiteout::xattr_to_layer(name, self.privileged);
         let _t = self.write_tree();
         let node = self.nodes.get(ino)?;

@@ -721,11 +721,7 @@ fn dirs(tag: &str) -> Dirs {
 }
 
 fn run_on(backend: Backend, fx: &Fixture, d: &Dirs, ops: &dyn Fn(&mut Ctx)) -> Vec<String> {
-    let layers = Layers {
-        lowers: fx.lowers.clone(),
-        upper: d.upper.clone(),
-        work: d.work.clone(),
-    };
+    let layers = Layers::writable(fx.lowers.clone(), d.upper.clone(), d.work.clone());
     let guard = Overlay::mount(backend, &layers, &d.mnt, &MountOptions::default())
         .unwrap_or_else(|e| panic!("{backend:?} mount: {e:#?}"));
     let mut ctx = Ctx {
@@ -836,11 +832,7 @@ pub fn case(
     }
     let work2 = fd._tmp.path().join("work2");
     fs::create_dir(&work2).unwrap();
-    let layers = Layers {
-        lowers: fx.lowers.clone(),
-        upper: fd.upper.clone(),
-        work: work2,
-    };
+    let layers = Layers::writable(fx.lowers.clone(), fd.upper.clone(), work2);
     let guard = Overlay::mount(Backend::Kernel, &layers, &fd.mnt, &MountOptions::default())
         .unwrap_or_else(|e| panic!("{name}: kernel remount of our upper: {e:#?}"));
     let mut ctx = Ctx {
@@ -868,4 +860,23 @@ impl Drop for LazyUnmount {
     fn drop(&mut self) {
         let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
     }
+}
+
+/// Mounts `fx`'s layers as a read-only overlay (no upper layer) with `backend`, runs
+/// `ops`, lists the tree, and returns the log.
+pub fn run_read_only(backend: Backend, fx: &Fixture, ops: &dyn Fn(&mut Ctx)) -> Vec<String> {
+    let d = dirs("ro");
+    let layers = Layers::read_only(fx.lowers.clone());
+    let guard = Overlay::mount(backend, &layers, &d.mnt, &MountOptions::default())
+        .unwrap_or_else(|e| panic!("{backend:?} read-only mount: {e:#?}"));
+    let mut ctx = Ctx {
+        root: d.mnt.clone(),
+        log: Vec::new(),
+    };
+    ops(&mut ctx);
+    ctx.tree();
+    guard
+        .unmount()
+        .unwrap_or_else(|e| panic!("{backend:?} unmount: {e:#?}"));
+    ctx.log
 }
