@@ -652,16 +652,8 @@ fn send(
 
 /// Fills `buf` from `r` as far as it goes; 0 at the end.
 fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> Result<usize, Status> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match r.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(Status::internal(format!("read btrfs send stream: {e}"))),
-        }
-    }
-    Ok(filled)
+    volume_core::chunkdiff::fill(r, buf)
+        .map_err(|e| Status::internal(format!("read the replication stream: {e}")))
 }
 
 /// Replicates `volume` (name or id) to configured peer `to` once, now (`vol

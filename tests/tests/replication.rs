@@ -11,7 +11,7 @@ use stowage_tests::vol::json_lines as vol_json;
 use stowage_proto::stowage::v1 as pb;
 use stowage_proto::stowage::v1::admin_client::AdminClient;
 use stowage_proto::stowage::v1::peer_client::PeerClient;
-use stowage_tests::{Daemon, NODE_ID};
+use stowage_tests::{Daemon, NODE_ID, pattern, sha256};
 use tonic::Code;
 
 const MIB: usize = 1 << 20;
@@ -54,27 +54,6 @@ fn primary_daemon(secret: &str, peer: &str) -> Daemon {
 
 async fn admin(d: &Daemon) -> AdminClient<tonic::transport::Channel> {
     AdminClient::new(csi_driver::client::connect(&d.socket()).await.unwrap())
-}
-
-/// sha256 of a file, by the system tool (fast even in a debug build).
-fn sha256(path: &Path) -> String {
-    let out = Command::new("sha256sum").arg(path).output().unwrap();
-    assert!(out.status.success(), "sha256sum {}", path.display());
-    String::from_utf8(out.stdout).unwrap()[..64].to_string()
-}
-
-/// Deterministic bytes that do not compress or deduplicate.
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 /// Writes `data` at `offset` of `path` and syncs it.

@@ -8,14 +8,13 @@
 //! secret is refused.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use stowage_proto::stowage::v1 as pb;
 use stowage_proto::stowage::v1::admin_client::AdminClient;
-use stowage_tests::Daemon;
 use stowage_tests::cluster::Cluster;
 use stowage_tests::vol::{json_lines as vol_json, ok as vol_ok};
+use stowage_tests::{Daemon, pattern, sha256};
 
 const SECRET: &str = "three-hosts-share-this";
 const PORT: u16 = 7420;
@@ -23,25 +22,6 @@ const MIB: usize = 1 << 20;
 /// Replication interval of the test volume, seconds.
 const INTERVAL: u64 = 3;
 const NAMES: [&str; 3] = ["a", "b", "c"];
-
-fn sha256(path: &Path) -> String {
-    let out = Command::new("sha256sum").arg(path).output().unwrap();
-    assert!(out.status.success(), "sha256sum {}", path.display());
-    String::from_utf8(out.stdout).unwrap()[..64].to_string()
-}
-
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
 
 fn write_synced(path: &Path, data: &[u8]) {
     use std::io::Write;

@@ -193,8 +193,9 @@ impl<W: Write> Writer<W> {
     }
 }
 
-/// Reads up to `buf.len()` bytes (fewer only at the end).
-fn fill(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+/// Reads up to `buf.len()` bytes from `r` (fewer only at its end), retrying
+/// interrupted reads.
+pub fn fill(r: &mut (impl Read + ?Sized), buf: &mut [u8]) -> std::io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
         match r.read(&mut buf[n..]) {

@@ -722,10 +722,21 @@ fn dirs(tag: &str) -> Dirs {
 
 fn run_on(backend: Backend, fx: &Fixture, d: &Dirs, ops: &dyn Fn(&mut Ctx)) -> Vec<String> {
     let layers = Layers::writable(fx.lowers.clone(), d.upper.clone(), d.work.clone());
-    let guard = Overlay::mount(backend, &layers, &d.mnt, &MountOptions::default())
+    run_layers(backend, &layers, &d.mnt, ops)
+}
+
+/// Mounts `layers` at `mnt` with `backend`, runs `ops`, lists the tree, unmounts, and
+/// returns the log.
+fn run_layers(
+    backend: Backend,
+    layers: &Layers,
+    mnt: &Path,
+    ops: &dyn Fn(&mut Ctx),
+) -> Vec<String> {
+    let guard = Overlay::mount(backend, layers, mnt, &MountOptions::default())
         .unwrap_or_else(|e| panic!("{backend:?} mount: {e:#?}"));
     let mut ctx = Ctx {
-        root: d.mnt.clone(),
+        root: mnt.to_path_buf(),
         log: Vec::new(),
     };
     ops(&mut ctx);
@@ -866,17 +877,5 @@ impl Drop for LazyUnmount {
 /// `ops`, lists the tree, and returns the log.
 pub fn run_read_only(backend: Backend, fx: &Fixture, ops: &dyn Fn(&mut Ctx)) -> Vec<String> {
     let d = dirs("ro");
-    let layers = Layers::read_only(fx.lowers.clone());
-    let guard = Overlay::mount(backend, &layers, &d.mnt, &MountOptions::default())
-        .unwrap_or_else(|e| panic!("{backend:?} read-only mount: {e:#?}"));
-    let mut ctx = Ctx {
-        root: d.mnt.clone(),
-        log: Vec::new(),
-    };
-    ops(&mut ctx);
-    ctx.tree();
-    guard
-        .unmount()
-        .unwrap_or_else(|e| panic!("{backend:?} unmount: {e:#?}"));
-    ctx.log
+    run_layers(backend, &Layers::read_only(fx.lowers.clone()), &d.mnt, ops)
 }
