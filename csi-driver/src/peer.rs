@@ -139,6 +139,8 @@ pub async fn connect(addr: &str, secret: &ClusterSecret) -> Result<AuthedPeerCli
         .keep_alive_timeout(KEEPALIVE)
         .keep_alive_while_idle(true)
         .tcp_nodelay(true)
+        .initial_stream_window_size(WINDOW)
+        .initial_connection_window_size(2 * WINDOW)
         .connect()
         .await
         .map_err(|e| PeerError::Connect(addr.to_string(), e))?;
@@ -189,6 +191,9 @@ impl Peers {
 
 /// Largest data chunk of a replication stream.
 pub const MAX_CHUNK: usize = 1 << 20;
+/// HTTP/2 flow-control window of a peer stream: a few 1 MiB chunks in flight, so the
+/// sender is not held up waiting for each window update.
+pub const WINDOW: u32 = 4 << 20;
 /// Keepalive ping interval and timeout of peer connections (both sides).
 pub const KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -462,10 +467,24 @@ pub async fn serve(
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE))
         .http2_keepalive_timeout(Some(KEEPALIVE))
-        .tcp_nodelay(true)
+        .initial_stream_window_size(Some(WINDOW))
+        .initial_connection_window_size(Some(2 * WINDOW))
         .add_service(service)
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            // tonic's own `tcp_nodelay` does not reach sockets of a listener passed in:
+            // set it on each. Without it, Nagle on the receiver and delayed ACKs on the
+            // sender stall every HTTP/2 window update (a full sync ran at 1/9 of a plain
+            // TCP copy).
+            tokio_stream::StreamExt::map(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                |conn| {
+                    conn.inspect(|s| {
+                        if let Err(e) = s.set_nodelay(true) {
+                            tracing::debug!(error = %e, "TCP_NODELAY not set on a peer connection");
+                        }
+                    })
+                },
+            ),
             shutdown,
         )
         .await

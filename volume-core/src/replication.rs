@@ -236,6 +236,13 @@ impl Drop for ChunkReceive {
     }
 }
 
+/// Writes back everything the filesystem holding `path` has not written yet
+/// (syncfs(2)).
+fn sync_filesystem(path: &Path) -> Result<()> {
+    let f = std::fs::File::open(path).ctx(|| format!("open {}", path.display()))?;
+    nix::unistd::syncfs(&f).map_err(|e| Error::io(format!("syncfs {}", path.display()), e.into()))
+}
+
 /// Snapshot names in `dir`, by ascending sequence number.
 pub(crate) fn names_in(dir: &Path) -> Result<Vec<String>> {
     let mut out = Vec::new();
@@ -830,9 +837,17 @@ impl IncomingSnapshot {
                 "the stream did not hold exactly the subvolume {SNAPSHOT_SUBVOLUME}"
             )));
         }
+        // On disk before it is acknowledged: `btrfs receive` commits its metadata, but
+        // file data reaches the disk on a commit only with `flushoncommit`; a replica
+        // that lost power after acknowledging could hold the record of a snapshot
+        // whose files are incomplete. Then the rename, then its directory.
+        sync_filesystem(&self.incoming)?;
         let target = self.dir.join(&self.header.snapshot);
         std::fs::rename(&self.incoming, &target)
             .ctx(|| format!("move {} to {}", self.incoming.display(), target.display()))?;
+        std::fs::File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .ctx(|| format!("sync {}", self.dir.display()))?;
         let mgr = Arc::clone(&self.mgr);
         let h = &self.header;
         let mut rec = mgr
