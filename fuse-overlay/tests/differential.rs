@@ -1516,6 +1516,82 @@ fn read_only_overlay_matches_kernel_and_refuses_changes() {
     assert_eq!(layer_state(f.root.path()), before, "no layer was changed");
 }
 
+/// Copying a lower file up leaves its access time alone (layers are shared by many
+/// overlays), as kernel overlayfs does; so does reading it on kernel overlayfs. Under
+/// FUSE passthrough a read is the kernel's, through a backing file it opens with the
+/// reader's flags (O_NOATIME cannot be added): the lower file's atime follows the
+/// lower filesystem's own rule (relatime: at most once a day) — a documented
+/// difference.
+#[test]
+fn lower_access_times_do_not_change() {
+    overlay_harness::require_root();
+    for backend in [
+        fuse_overlay::overlay::Backend::Kernel,
+        fuse_overlay::overlay::Backend::Fuse,
+    ] {
+        let f = Fixture::new(1);
+        f.file(0, "read", "r").file(0, "copied", "c");
+        // atime before mtime: relatime would update it on the next read.
+        for name in ["read", "copied"] {
+            let p = f.lowers[0].join(name);
+            nix::sys::stat::utimes(
+                &p,
+                &nix::sys::time::TimeVal::new(1_000, 0),
+                &nix::sys::time::TimeVal::new(2_000, 0),
+            )
+            .unwrap();
+        }
+        let ops = |c: &mut Ctx| {
+            c.read("read");
+            c.append("copied", "+");
+            c.read("copied");
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        let (u, w, m) = (
+            tmp.path().join("u"),
+            tmp.path().join("w"),
+            tmp.path().join("m"),
+        );
+        for d in [&u, &w, &m] {
+            std::fs::create_dir(d).unwrap();
+        }
+        let layers = fuse_overlay::overlay::Layers::writable(f.lowers.clone(), u, w);
+        let guard = fuse_overlay::overlay::Overlay::mount(
+            backend,
+            &layers,
+            &m,
+            &fuse_overlay::overlay::MountOptions::default(),
+        )
+        .unwrap();
+        let mut c = Ctx {
+            root: m.clone(),
+            log: Vec::new(),
+        };
+        ops(&mut c);
+        assert_eq!(
+            c.log,
+            vec![
+                r#"read read: "r""#.to_string(),
+                "append copied: ok".into(),
+                r#"read copied: "c+""#.into()
+            ]
+        );
+        guard.unmount().unwrap();
+        use std::os::unix::fs::MetadataExt;
+        let atime = |name: &str| std::fs::metadata(f.lowers[0].join(name)).unwrap().atime();
+        assert_eq!(
+            atime("copied"),
+            1_000,
+            "{backend:?}: copy-up changed the atime"
+        );
+        if backend == fuse_overlay::overlay::Backend::Kernel {
+            assert_eq!(atime("read"), 1_000, "kernel: a read changed the atime");
+        } else {
+            assert!(atime("read") > 1_000, "passthrough reads follow relatime");
+        }
+    }
+}
+
 // ---------------------------------------------------------------- the stowage-overlay binary
 
 /// Mounts through the `stowage-overlay` binary in both command-line forms (its own and

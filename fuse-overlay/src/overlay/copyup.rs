@@ -178,7 +178,7 @@ impl OverlayFs {
         let kind = FileKind::from_mode(md.mode());
         match kind {
             FileKind::File => {
-                let s = File::open(src)?;
+                let s = super::file::open_lower(src, 0)?;
                 let d = std::fs::OpenOptions::new()
                     .write(true)
                     .create_new(true)

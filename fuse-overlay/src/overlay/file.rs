@@ -68,6 +68,17 @@ fn open_backing(path: &Path, write: bool, extra: i32) -> io::Result<File> {
         .open(path)
 }
 
+/// Opens a file of a read-only layer for reading without updating its access time
+/// (layers are shared between overlays and must not change under them; kernel
+/// overlayfs does the same). O_NOATIME needs ownership or CAP_FOWNER: without it, a
+/// plain open.
+pub(crate) fn open_lower(path: &Path, extra: i32) -> io::Result<File> {
+    match open_backing(path, false, extra | libc::O_NOATIME) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => open_backing(path, false, extra),
+        other => other,
+    }
+}
+
 impl OverlayFs {
     fn add_handle(&self, node: Arc<Node>, file: Arc<File>, upper: bool) -> u64 {
         let fh = self.handles.next.fetch_add(1, Ordering::Relaxed) + 1;
@@ -139,7 +150,8 @@ impl OverlayFs {
                 Err(e) => return Err(e),
             }
         } else {
-            (open_backing(&path, false, extra)?, false)
+            // A lower file, or any file of a read-only overlay.
+            (open_lower(&path, extra)?, false)
         };
         if trunc && st.upper {
             file.set_len(0)?;
