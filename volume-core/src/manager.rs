@@ -279,6 +279,17 @@ impl VolumeManager {
             ));
         }
         crate::modify::validate(&req.mutable_parameters, req.params.kind, &self.pool)?;
+        if let Some(r) = req.params.replication
+            && req.replica_nodes.len() + 1 != r.copies as usize
+        {
+            return Err(Error::InvalidArgument(format!(
+                "replicas={} needs {} replica node(s) placed by the controller, {} were given \
+                 (inline ephemeral volumes and the volume plugin do not replicate)",
+                r.copies,
+                r.copies - 1,
+                req.replica_nodes.len()
+            )));
+        }
         let _guard = self.inflight.try_claim([format!("name:{}", req.name)])?;
         let mut capacity = self.choose_capacity(req)?;
         // A clone's source must not be unstaged (thawed, detached) while it is copied.
@@ -589,6 +600,23 @@ pub(crate) mod tests {
         let mut p = HashMap::new();
         p.insert("kind".to_string(), kind.to_string());
         CreateRequest::new(name, bytes, 0, VolumeParams::parse(&p, None).unwrap())
+    }
+
+    #[test]
+    fn replicated_create_needs_its_replica_nodes() {
+        let f = fixture(true);
+        let mut p = HashMap::new();
+        p.insert("replicas".to_string(), "3".to_string());
+        let params = VolumeParams::parse(&p, None).unwrap();
+        let mut r = CreateRequest::new("rep", 1 << 20, 0, params);
+        assert!(matches!(f.mgr.create(&r), Err(Error::InvalidArgument(_))));
+        r.replica_nodes = vec!["b".into()];
+        assert!(matches!(f.mgr.create(&r), Err(Error::InvalidArgument(_))));
+        r.replica_nodes.push("c".into());
+        let rec = f.mgr.create(&r).unwrap();
+        let spec = rec.replication.unwrap();
+        assert_eq!((spec.copies, spec.nodes.len()), (3, 2));
+        assert_eq!(rec.generation, 1);
     }
 
     #[test]
