@@ -890,9 +890,13 @@ impl Admin for AdminService {
                         })
                 })
                 .await?;
-                drop(driver.replication.unpark(&id));
+                let parked = driver.replication.unpark(&id);
                 let manager = Arc::clone(&driver.manager);
-                blocking(move || manager.remove_replica(&id, None)).await?;
+                blocking(move || {
+                    drop(parked);
+                    manager.remove_replica(&id, None)
+                })
+                .await?;
                 Ok(pb::RemoveReplicaResponse {})
             },
         )

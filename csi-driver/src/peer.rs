@@ -321,9 +321,11 @@ impl Peer for PeerService {
             &req.volume_id.clone(),
             &meta,
             async move {
-                drop(driver.replication.unpark(&req.volume_id));
+                // A cut-off stream holds the replica: discard it first, off the runtime.
+                let parked = driver.replication.unpark(&req.volume_id);
                 let manager = Arc::clone(&driver.manager);
                 let removed = blocking(move || {
+                    drop(parked);
                     manager.remove_replica(&req.volume_id, Some(req.generation.max(1)))
                 })
                 .await?;
@@ -361,7 +363,10 @@ impl Peer for PeerService {
                 // for the same snapshot and parent; any other header discards it.
                 let parked = driver.replication.unpark(&header.volume_id);
                 let resumed = match (offset, parked) {
-                    (0, _) => None,
+                    (0, p) => {
+                        crate::replicate::dispose(p);
+                        None
+                    }
                     (n, Some(p))
                         if p.received() == n
                             && p.header().snapshot == header.snapshot
@@ -369,7 +374,8 @@ impl Peer for PeerService {
                     {
                         Some(p)
                     }
-                    (n, _) => {
+                    (n, p) => {
+                        crate::replicate::dispose(p);
                         return Err(Status::failed_precondition(format!(
                             "no cut-off stream of snapshot {} to resume at byte {n}",
                             header.snapshot

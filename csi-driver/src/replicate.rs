@@ -109,10 +109,16 @@ impl ReplicationState {
         );
     }
 
-    /// Takes the parked stream of volume `id` (dropping it discards it).
+    /// Takes the parked stream of volume `id` (dropping it discards it: do that off
+    /// the async runtime, see [`dispose`]).
     pub fn unpark(&self, id: &str) -> Option<IncomingSnapshot> {
         self.expire();
         lock(&self.parked).remove(id).map(|p| p.incoming)
+    }
+
+    /// Forgets the links of volumes not in `live` (deleted, or no longer replicated).
+    pub fn retain_links(&self, live: &HashSet<String>) {
+        lock(&self.links).retain(|(v, _), _| live.contains(v));
     }
 
     /// What the parked stream of volume `id` holds, for a sender deciding to resume.
@@ -129,7 +135,8 @@ impl ReplicationState {
         })
     }
 
-    fn expire(&self) {
+    /// Discards parked streams older than [`PARKED_FOR`].
+    pub fn expire(&self) {
         let expired: Vec<Parked> = {
             let mut parked = lock(&self.parked);
             let old: Vec<String> = parked
@@ -140,7 +147,18 @@ impl ReplicationState {
             old.iter().filter_map(|k| parked.remove(k)).collect()
         };
         // Dropped outside the lock: dropping removes the partial subvolume.
-        drop(expired);
+        dispose(expired);
+    }
+}
+
+/// Drops what a discarded receive holds — it stops `btrfs receive` and deletes the
+/// partial tree — on a blocking thread when called on the async runtime.
+pub fn dispose<T: Send + 'static>(value: T) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(rt) => {
+            rt.spawn_blocking(move || drop(value));
+        }
+        Err(_) => drop(value),
     }
 }
 
@@ -259,6 +277,14 @@ pub async fn run(driver: Arc<Driver>, shutdown: impl std::future::Future<Output 
             .flat_map(|v| statuses(&driver, v).into_iter().map(|s| (v.id.clone(), s)))
             .collect();
         driver.metrics.set_replicas(&links);
+        driver.replication.retain_links(
+            &vols
+                .iter()
+                .filter(|v| v.replication.is_some())
+                .map(|v| v.id.clone())
+                .collect(),
+        );
+        driver.replication.expire();
         for vol in vols {
             if vol.replication.is_none() || vol.state != volume_core::VolumeState::Ready {
                 continue;
@@ -304,7 +330,6 @@ async fn sync_volume(driver: &Arc<Driver>, vol: VolumeRecord) {
         }
     }
     let Some(newest) = newest else { return };
-    let mut tasks = Vec::new();
     for node in &spec.nodes {
         let acked = vol
             .replicas
@@ -318,7 +343,11 @@ async fn sync_volume(driver: &Arc<Driver>, vol: VolumeRecord) {
         let check = link
             .last_attempt
             .is_none_or(|t| t.elapsed() >= Duration::from_secs(spec.interval_secs));
-        if (acked && !check) || waiting {
+        // A node still busy with an earlier stream (a long full sync) keeps it; the
+        // other nodes and the snapshots go on without waiting for it.
+        // A failed attempt is retried (after RETRY_AFTER) even when the node holds the
+        // newest snapshot: the failure may be a newer generation to step down for.
+        if (acked && !check && link.last_error.is_none()) || waiting || link.in_flight {
             continue;
         }
         let (driver, id, node, name) = (
@@ -327,8 +356,10 @@ async fn sync_volume(driver: &Arc<Driver>, vol: VolumeRecord) {
             node.clone(),
             newest.name.clone(),
         );
-        tasks.push(tokio::spawn(async move {
-            driver.replication.update(&id, &node, |l| l.in_flight = true);
+        driver
+            .replication
+            .update(&id, &node, |l| l.in_flight = true);
+        tokio::spawn(async move {
             let result = sync_to(&driver, &id, &node, &name).await;
             driver.replication.update(&id, &node, |l| {
                 l.in_flight = false;
@@ -344,10 +375,7 @@ async fn sync_volume(driver: &Arc<Driver>, vol: VolumeRecord) {
             if let Err(e) = result {
                 tracing::warn!(volume.id = %id, peer = %node, code = ?e.code(), error = %e.message(), "replication to peer failed");
             }
-        }));
-    }
-    for t in tasks {
-        let _ = t.await;
+        });
     }
     let keep: Vec<String> = spec
         .nodes
@@ -483,6 +511,18 @@ async fn step_down(
     node: &str,
     state: &pb::ReplicaStateResponse,
 ) -> Result<(), Status> {
+    // Streams of this volume to other nodes hold its snapshots (btrfs refuses to
+    // delete a subvolume being sent): step down once they have ended.
+    let others_busy = lock(&driver.replication.links)
+        .iter()
+        .any(|((v, n), l)| v == id && n != node && l.in_flight);
+    if others_busy {
+        return Err(Status::unavailable(format!(
+            "node {node} holds a newer generation of {id}; stepping down once the streams \
+             to other nodes end"
+        )));
+    }
+    let first = driver.replication.link(id, node).diverged.is_none();
     let (manager, id2, node2, generation, snaps) = (
         Arc::clone(&driver.manager),
         id.to_string(),
@@ -492,12 +532,16 @@ async fn step_down(
     );
     match blocking(move || manager.step_down(&id2, &node2, generation, &snaps)).await {
         Ok(down) => {
-            driver.metrics.split_brain();
+            if first {
+                driver.metrics.split_brain();
+            }
             tracing::error!(volume.id = %id, new_primary = %node, snapshot.id = %down.snapshot_id, kept = ?down.kept, "split brain resolved: stepped down, divergent data kept in a snapshot");
             Ok(())
         }
         Err(e) => {
-            driver.metrics.split_brain();
+            if first {
+                driver.metrics.split_brain();
+            }
             let msg = e.message().to_string();
             driver
                 .replication
@@ -686,6 +730,13 @@ pub async fn replicate(
     };
     let answer = stream_to(driver, &mut client, to, &snap, None).await?;
     record_ack(driver, &vol.id, to, &answer.snapshot, answer.bytes).await;
+    {
+        // Keeps what a peer acknowledged (the next parent) and the newest.
+        let (manager, id) = (Arc::clone(&driver.manager), vol.id.clone());
+        if let Err(e) = blocking(move || manager.prune_replication(&id, &[])).await {
+            tracing::warn!(volume.id = %vol.id, error = %e.message(), "prune replication snapshots");
+        }
+    }
     let parent = snap.parent.map(|p| p.0).unwrap_or_default();
     tracing::info!(volume.id = %vol.id, peer = %to, snapshot = %answer.snapshot, parent = %parent, bytes = answer.bytes, "replicated");
     Ok(pb::ReplicateVolumeResponse {
@@ -760,13 +811,25 @@ pub fn drop_copies(driver: &Arc<Driver>, id: &str, generation: u64, nodes: Vec<S
                     .connect(&node)
                     .await
                     .map_err(|e| peer_status(&e))?;
-                c.drop_replica(pb::DropReplicaRequest {
-                    volume_id: id.clone(),
-                    generation,
-                })
-                .await
+                // A stream still being applied there holds the copy: wait it out.
+                let mut tries = 0;
+                loop {
+                    let r = c
+                        .drop_replica(pb::DropReplicaRequest {
+                            volume_id: id.clone(),
+                            generation,
+                        })
+                        .await;
+                    match r {
+                        Err(e) if e.code() == tonic::Code::Aborted && tries < 20 => {
+                            tries += 1;
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                        }
+                        other => return other,
+                    }
+                }
             };
-            match tokio::time::timeout(Duration::from_secs(10), asked).await {
+            match tokio::time::timeout(Duration::from_secs(30), asked).await {
                 Ok(Ok(r)) => {
                     tracing::info!(volume.id = %id, peer = %node, removed = r.into_inner().removed, "replica dropped");
                 }

@@ -219,6 +219,7 @@ async fn full_then_incremental(params: &[(&str, &str)], file: &str) -> (u64, u64
         assert_eq!(got, expected, "data.bin in the replica's snapshot {n}");
     };
     check(&latest, &written, "1-g1");
+    let first_sum = sha256(&latest.join(file));
 
     write_at(&data, 32 * MIB as u64, &pattern(MIB, 2));
     let written2 = sha256(&data);
@@ -240,11 +241,10 @@ async fn full_then_incremental(params: &[(&str, &str)], file: &str) -> (u64, u64
     assert_eq!(inspect[0]["replicas"][0]["node_id"], "b");
     assert_eq!(inspect[0]["replicas"][0]["snapshot"], "2-g1");
     assert_eq!(inspect[0]["replicas"][0]["bytes_sent"], incremental);
-    // The first snapshot is still there, unchanged.
-    assert_eq!(
-        sha256(&replica_dir.join("1-g1/data").join(file)),
-        sha256(&ours.join("1-g1/data").join(file))
-    );
+    // The replica keeps the first snapshot too (its newest three); the primary keeps
+    // only what a peer acknowledged last, the parent of the next stream.
+    assert_eq!(sha256(&replica_dir.join("1-g1/data").join(file)), first_sum);
+    assert!(!ours.join("1-g1").exists(), "the primary pruned 1-g1");
     // Nothing half-received is left on the replica.
     let left: Vec<_> = std::fs::read_dir(&replica_dir)
         .unwrap()
@@ -396,8 +396,10 @@ async fn plain_pools_replicate_a_staged_loop_volume_by_chunk_diff() {
         "plain pools: first stream {} bytes, after a 1 MiB change {} bytes",
         first.1, second.1
     );
+    // 1 MiB of data plus the chunks ext4's journal and metadata touched, not the
+    // whole image again.
     assert!(
-        second.1 < first.1,
+        second.1 < 6 * MIB as u64 && second.1 < first.1 / 2,
         "the second stream carries changed chunks only: {} vs {}",
         second.1,
         first.1

@@ -228,6 +228,14 @@ async fn three_hosts_replicate_resume_fail_over_and_resolve_split_brain() {
         "a resumed rather than restarted:\n{}",
         a.log()
     );
+    // ... and the replicas took the rest: no refused resumption, no full resend.
+    for l in [
+        "no cut-off stream",
+        "sending it again in full",
+        "cut-off stream does not match",
+    ] {
+        assert!(!a.log().contains(l), "{l}:\n{}", a.log());
+    }
 
     // --- Failover: the primary dies; its last writes never reached anyone. ---
     vol_ok(&a, &["modify", "rep", "replicationInterval=1h"]);
@@ -246,6 +254,15 @@ async fn three_hosts_replicate_resume_fail_over_and_resolve_split_brain() {
         b"written on a after its last replication",
     );
     a.kill9();
+    // b promotes exactly the snapshot a recorded as acknowledged.
+    let held = replica(&b, &id).unwrap();
+    let newest = held["snapshots"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(newest, acked.as_str(), "{held}");
 
     let promoted = vol_json(&b, &["promote", "rep"]);
     assert_eq!(promoted[0]["id"], id.as_str());
@@ -265,7 +282,6 @@ async fn three_hosts_replicate_resume_fail_over_and_resolve_split_brain() {
         .collect();
     nodes.sort();
     assert_eq!(nodes, ["a", "c"], "the old primary is now a replica node");
-    eprintln!("promoted from {acked}");
     // The new primary's writes reach c, incrementally (c held the same snapshots).
     vol_ok(&b, &["modify", "rep", "replicationInterval=2s"]);
     write_synced(&b_dir.join("after.bin"), &pattern(2 * MIB, 4));

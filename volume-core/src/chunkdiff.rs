@@ -36,6 +36,8 @@ const MAX_RECORD: u32 = 64 << 10;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Op {
+    /// The tree's root directory: its mode and owner (first in every stream).
+    Root { mode: u32, uid: u32, gid: u32 },
     /// Remove `path` (and everything under it).
     Delete { path: String },
     /// A directory (created if missing).
@@ -168,6 +170,8 @@ fn content(path: &Path, meta: &std::fs::Metadata) -> Result<Vec<u8>> {
 /// The digest of the tree at `root`, as a stream's `End` carries it.
 pub fn tree_digest(root: &Path) -> Result<String> {
     let mut d = Digest::new();
+    let meta = std::fs::metadata(root).ctx(|| format!("stat {}", root.display()))?;
+    d.entry("", &meta, &[]);
     for (rel, meta) in walk(root)? {
         let c = content(&root.join(&rel), &meta)?;
         d.entry(&rel, &meta, &c);
@@ -224,20 +228,31 @@ pub fn send(new: &Path, parent: Option<&Path>, out: impl Write) -> Result<()> {
         .iter()
         .map(|(p, m)| (p.as_str(), kind(m)))
         .collect();
-    // Deletions: the topmost path of each removed (or retyped) subtree.
-    let mut deleted: Vec<&String> = Vec::new();
+    let root = std::fs::metadata(new).ctx(|| format!("stat {}", new.display()))?;
+    w.op(&Op::Root {
+        mode: root.mode(),
+        uid: root.uid(),
+        gid: root.gid(),
+    })?;
+    // Deletions: the topmost path of each removed (or retyped) subtree. In sorted
+    // order a subtree's paths follow its root directly.
+    let mut deleted: Option<String> = None;
     let mut old_paths: Vec<&String> = old.keys().collect();
     old_paths.sort();
     for p in old_paths {
-        if deleted.iter().any(|d| p.starts_with(&format!("{d}/"))) {
+        if deleted.as_ref().is_some_and(|d| {
+            p.strip_prefix(d.as_str())
+                .is_some_and(|r| r.starts_with('/'))
+        }) {
             continue;
         }
         if new_kinds.get(p.as_str()) != Some(&kind(&old[p])) {
             w.op(&Op::Delete { path: p.clone() })?;
-            deleted.push(p);
+            deleted = Some(p.clone());
         }
     }
     let mut digest = Digest::new();
+    digest.entry("", &root, &[]);
     let mut links: HashMap<(u64, u64), String> = HashMap::new();
     let mut buf = vec![0u8; CHUNK];
     let mut old_buf = vec![0u8; CHUNK];
@@ -425,6 +440,11 @@ pub fn apply(input: impl Read, dest: &Path) -> Result<()> {
             return Err(bad("a file ended without FileEnd"));
         }
         match op {
+            Op::Root { mode, uid, gid } => {
+                chown(dest, uid, gid)?;
+                std::fs::set_permissions(dest, std::fs::Permissions::from_mode(mode & 0o7777))
+                    .ctx(|| format!("chmod {}", dest.display()))?;
+            }
             Op::Delete { path } => remove_any(&beneath(dest, &path)?)?,
             Op::Dir {
                 path,
@@ -496,6 +516,9 @@ pub fn apply(input: impl Read, dest: &Path) -> Result<()> {
             }
             Op::Zero { offset, len } => {
                 let (p, f) = current.as_mut().ok_or_else(|| bad("zero outside a file"))?;
+                if len as usize > CHUNK {
+                    return Err(bad("zero range larger than 1 MiB"));
+                }
                 let punched = nix::fcntl::fallocate(
                     &*f,
                     nix::fcntl::FallocateFlags::FALLOC_FL_PUNCH_HOLE
@@ -514,7 +537,11 @@ pub fn apply(input: impl Read, dest: &Path) -> Result<()> {
                     .take()
                     .ok_or_else(|| bad("file end outside a file"))?;
                 let when = std::time::UNIX_EPOCH
-                    + std::time::Duration::new(mtime.max(0) as u64, mtime_nsec);
+                    .checked_add(std::time::Duration::new(
+                        mtime.max(0) as u64,
+                        mtime_nsec.min(999_999_999),
+                    ))
+                    .ok_or_else(|| bad("file time out of range"))?;
                 f.set_modified(when)
                     .ctx(|| format!("set mtime {}", p.display()))?;
             }
@@ -611,6 +638,7 @@ mod tests {
         sparse.set_len(64 << 20).unwrap();
         std::os::unix::fs::FileExt::write_all_at(&sparse, &[7u8; CHUNK], 32 << 20).unwrap();
 
+        std::fs::set_permissions(&v1, std::fs::Permissions::from_mode(0o750)).unwrap();
         // Full.
         let full = stream(&v1, None);
         assert!(
@@ -622,6 +650,8 @@ mod tests {
         std::fs::create_dir(&r1).unwrap();
         apply(full.as_slice(), &r1).unwrap();
         assert_eq!(tree_digest(&r1).unwrap(), tree_digest(&v1).unwrap());
+        let root_mode = std::fs::metadata(&r1).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(root_mode, 0o750, "the root's mode travels");
         assert_eq!(std::fs::read(r1.join("sub/big")).unwrap(), big);
         assert_eq!(
             std::fs::read_link(r1.join("link")).unwrap(),
@@ -729,6 +759,47 @@ mod tests {
         }
         assert!(outside.exists());
         assert!(std::fs::read_dir(&outside).unwrap().next().is_none());
+        // Out-of-range values are refused, not panics.
+        for ops in [
+            vec![
+                Op::File {
+                    path: "f".into(),
+                    mode: 0o100644,
+                    uid: 0,
+                    gid: 0,
+                    size: 10,
+                    base: false,
+                },
+                Op::Zero {
+                    offset: 0,
+                    len: 4 << 20,
+                },
+            ],
+            vec![
+                Op::File {
+                    path: "f".into(),
+                    mode: 0o100644,
+                    uid: 0,
+                    gid: 0,
+                    size: 10,
+                    base: false,
+                },
+                Op::FileEnd {
+                    mtime: i64::MAX,
+                    mtime_nsec: u32::MAX,
+                },
+            ],
+        ] {
+            let mut s = MAGIC.to_vec();
+            let mut w = Writer { out: &mut s };
+            for op in &ops {
+                w.op(op).unwrap();
+            }
+            let dest = t.path().join(format!("range-{}", ops.len() * 7 + s.len()));
+            std::fs::create_dir(&dest).unwrap();
+            // An error (the stream also ends without End), never a panic.
+            assert!(apply(s.as_slice(), &dest).is_err());
+        }
         // A truncated stream fails.
         let dest = t.path().join("trunc");
         std::fs::create_dir(&dest).unwrap();

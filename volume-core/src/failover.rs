@@ -31,6 +31,21 @@ pub struct SteppedDown {
     pub dropped: Vec<String>,
 }
 
+/// Generations carry the promotion's time in their high bits and 20 random bits
+/// below: two promotions of one volume (on two nodes, in the same second) do not
+/// tie, and a later promotion ranks higher unless the clocks disagree by more than
+/// the time between them.
+fn new_generation(previous: u64) -> u64 {
+    let random = u64::from(uuid::Uuid::new_v4().as_u128() as u32) & 0xF_FFFF;
+    (previous + 1).max((now() << 20) | random)
+}
+
+/// The largest generation a promotion could have made by now (with a day of clock
+/// skew): a peer claiming more is not believed.
+fn max_plausible_generation() -> u64 {
+    ((now() + 86_400) << 20) | 0xF_FFFF
+}
+
 impl VolumeManager {
     /// Makes this node's replica of `volume` (id, or name of a replica) the volume's
     /// primary, from the newest snapshot it received, with a new generation. The
@@ -42,8 +57,13 @@ impl VolumeManager {
         let _replica_guard = self.inflight().try_claim([format!("replica:{id}")])?;
         let _guard = self.claim(&id)?;
         if let Some(existing) = self.store.get::<VolumeRecord>(&id)? {
+            if existing.state == VolumeState::Ready {
+                self.finish_promotion(&id)?;
+            }
             return Ok(existing);
         }
+        // A stream cut off before a restart leaves its incoming directory behind.
+        self.clear_incoming_of(&id)?;
         if self.store.get_by_name::<VolumeRecord>(&rep.name)?.is_some() {
             return Err(Error::FailedPrecondition(format!(
                 "a volume named {} already exists on this node",
@@ -57,7 +77,7 @@ impl VolumeManager {
             .replica_dir(&id)
             .join(&latest.name)
             .join(SNAPSHOT_SUBVOLUME);
-        let generation = (rep.generation + 1).max(now());
+        let generation = new_generation(rep.generation);
         let me = &self.node.node_id;
         let spec = rep.spec.clone().map(|mut s| {
             if !s.nodes.contains(&rep.source_node_id) {
@@ -105,23 +125,39 @@ impl VolumeManager {
             }
             return Err(e);
         }
-        // The received snapshots become the new primary's replication snapshots: the
-        // parents of incremental streams to the other replicas.
-        let from = self.replica_dir(&id);
-        let to = self.replication_dir(&id);
-        if to.exists() {
-            self.release_replication(&id)?;
-        }
-        if let Some(parent) = to.parent() {
-            std::fs::create_dir_all(parent).ctx(|| format!("create {}", parent.display()))?;
-        }
-        std::fs::rename(&from, &to)
-            .ctx(|| format!("move {} to {}", from.display(), to.display()))?;
-        self.store.remove::<ReplicaRecord>(&id)?;
+        // Ready before anything of the replica moves: from here on a crash leaves a
+        // volume and a replica record side by side, which the next start (or a repeated
+        // promote) finishes; never a half-made volume that a restart would roll back
+        // together with the snapshots it came from.
         rec.state = VolumeState::Ready;
         self.store.put(&rec)?;
+        self.finish_promotion(&id)?;
         tracing::warn!(volume.id = %id, volume.name = %rec.name, generation, from_snapshot = %latest.name, "replica promoted to primary");
         Ok(rec)
+    }
+
+    /// Finishes the promotion of volume `id` (whose record is Ready): the received
+    /// snapshots become its replication snapshots — the parents of incremental streams
+    /// to the other replicas — and the replica record goes. Idempotent.
+    pub(crate) fn finish_promotion(&self, id: &str) -> Result<()> {
+        let from = self.replica_dir(id);
+        let to = self.replication_dir(id);
+        if from.exists() {
+            self.clear_incoming_of(id)?;
+            if to.exists() {
+                self.release_replication(id)?;
+            }
+            if let Some(parent) = to.parent() {
+                std::fs::create_dir_all(parent).ctx(|| format!("create {}", parent.display()))?;
+            }
+            std::fs::rename(&from, &to)
+                .ctx(|| format!("move {} to {}", from.display(), to.display()))?;
+        }
+        if self.store.get::<ReplicaRecord>(id)?.is_some() {
+            self.store.remove::<ReplicaRecord>(id)?;
+            tracing::info!(volume.id = %id, "promotion finished");
+        }
+        Ok(())
     }
 
     fn find_replica(&self, volume: &str) -> Result<ReplicaRecord> {
@@ -157,8 +193,15 @@ impl VolumeManager {
         new_generation: u64,
         their_snapshots: &[String],
     ) -> Result<SteppedDown> {
+        let _guard = self.claim(id)?;
         let vol = self.get(id)?;
         let own_generation = vol.generation.max(1);
+        if new_generation > max_plausible_generation() {
+            return Err(Error::FailedPrecondition(format!(
+                "node {new_primary} claims generation {new_generation} of {id}, beyond any \
+                 promotion's clock: refused"
+            )));
+        }
         if own_generation >= new_generation {
             return Err(Error::FailedPrecondition(format!(
                 "node {new_primary} has generation {new_generation} of {id}, not newer than \
@@ -173,8 +216,8 @@ impl VolumeManager {
             )));
         }
         let snapshot_name = format!("split-brain-{}-g{own_generation}", vol.name);
-        let snapshot = self.create_snapshot(&snapshot_name, id)?;
-        let _guard = self.claim(id)?;
+        // Under the volume's guard since the in-use check: nothing can stage it now.
+        let snapshot = self.create_snapshot_claimed(&snapshot_name, id)?;
         let mut vol = self.get(id)?;
         let dir = self.replication_dir(id);
         let replica_dir = self.replica_dir(id);

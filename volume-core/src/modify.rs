@@ -104,6 +104,11 @@ impl VolumeManager {
         validate(params, rec.kind, &self.pool)?;
         let replication = replication_after(&rec, params, new_nodes)?;
         apply(&self.pool, &rec, params)?;
+        if rec.replication.is_some() && replication.is_none() {
+            // No longer replicated: its replication snapshots have no use.
+            self.release_replication(id)?;
+            rec.replication_snapshots.clear();
+        }
         rec.replication = replication;
         if let Some(spec) = &rec.replication {
             rec.replicas.retain(|a| spec.nodes.contains(&a.node_id));

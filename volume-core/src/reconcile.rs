@@ -68,7 +68,9 @@ impl VolumeManager {
             }
         }
         let mut staged_images = HashSet::new();
-        for mut rec in self.store.list::<VolumeRecord>()? {
+        let volumes = self.store.list::<VolumeRecord>()?;
+        self.reconcile_replicas(&volumes)?;
+        for mut rec in volumes {
             match rec.state {
                 VolumeState::Creating => {
                     self.forget(&rec)?;
@@ -171,6 +173,26 @@ impl VolumeManager {
             }
         }
         Ok(report)
+    }
+}
+
+impl VolumeManager {
+    /// Replicas after a restart: a promotion that a crash interrupted after its
+    /// volume became Ready is finished; what cut-off receives left is removed (their
+    /// receivers died with the daemon).
+    fn reconcile_replicas(&self, volumes: &[VolumeRecord]) -> Result<()> {
+        for rep in self.store.list::<crate::model::ReplicaRecord>()? {
+            let promoted = volumes
+                .iter()
+                .any(|v| v.id == rep.id && v.state == VolumeState::Ready);
+            if promoted {
+                self.finish_promotion(&rep.id)?;
+                tracing::warn!(volume.id = %rep.id, "finished an interrupted promotion");
+            } else {
+                self.clear_incoming_of(&rep.id)?;
+            }
+        }
+        Ok(())
     }
 }
 

@@ -502,6 +502,10 @@ impl VolumeManager {
         for name in names_in(&dir)? {
             self.remove_snapshot_dir(&dir.join(name))?;
         }
+        // Anything else (an incoming directory carried over by a promotion).
+        if dir.exists() {
+            self.clear_incoming(&dir)?;
+        }
         match std::fs::remove_dir(&dir) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -703,6 +707,15 @@ impl VolumeManager {
         Ok(rx)
     }
 
+    /// Removes what cut-off receives of volume `id` left (`incoming-*`).
+    pub(crate) fn clear_incoming_of(&self, id: &str) -> Result<()> {
+        let dir = self.replica_dir(id);
+        if dir.exists() {
+            self.clear_incoming(&dir)?;
+        }
+        Ok(())
+    }
+
     /// Removes `incoming-*` directories under a replica directory, with any partial
     /// subvolume in them.
     fn clear_incoming(&self, dir: &Path) -> Result<()> {
@@ -731,35 +744,46 @@ impl VolumeManager {
         }
     }
 
-    /// Removes received snapshots of replica `rec` that are no longer needed: keeps
-    /// the newest [`REPLICA_KEEPS`] of the lineage ending in `newest`. Snapshots of an
-    /// older generation newer than `newest`'s parent were never part of the new
-    /// primary's history: they are dropped with a warning.
+    /// Which received snapshots of replica `rec` to keep: the newest [`REPLICA_KEEPS`]
+    /// of the lineage ending in `newest`. Snapshots of an older generation newer than
+    /// `newest`'s parent were never part of the new primary's history: they are
+    /// dropped with a warning. Only the record changes here; [`Self::remove_unrecorded`]
+    /// removes the directories once the record is stored.
     fn prune_replica(&self, rec: &mut ReplicaRecord, newest: &str, parent: Option<&str>) {
-        let dir = self.replica_dir(&rec.id);
         let (_, new_generation) = parse_snapshot_name(newest).unwrap_or((0, 0));
         let parent_seq = parent.map(seq_of).unwrap_or(0);
         let mut keep: Vec<String> = Vec::new();
-        let mut drop_names = Vec::new();
         for s in rec.snapshots.iter().rev() {
             let (seq, generation) = parse_snapshot_name(&s.name).unwrap_or((0, 0));
             let off_lineage = s.name != newest && generation < new_generation && seq > parent_seq;
             if off_lineage {
                 tracing::warn!(volume.id = %rec.id, snapshot = %s.name, "dropping a replica snapshot the new primary never had (taken by the primary before a failover)");
-                drop_names.push(s.name.clone());
             } else if keep.len() < REPLICA_KEEPS {
                 keep.push(s.name.clone());
-            } else {
-                drop_names.push(s.name.clone());
-            }
-        }
-        for name in &drop_names {
-            if let Err(e) = self.remove_snapshot_dir(&dir.join(name)) {
-                tracing::warn!(volume.id = %rec.id, snapshot = %name, error = %e, "remove old replica snapshot");
-                keep.push(name.clone());
             }
         }
         rec.snapshots.retain(|s| keep.contains(&s.name));
+    }
+
+    /// Removes the snapshot directories of replica `rec` that its (stored) record does
+    /// not list. A failure leaves a directory that the next call removes.
+    fn remove_unrecorded(&self, rec: &ReplicaRecord) {
+        let dir = self.replica_dir(&rec.id);
+        let names = match names_in(&dir) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(volume.id = %rec.id, error = %e, "list replica snapshots");
+                return;
+            }
+        };
+        for name in names {
+            if rec.snapshots.iter().any(|s| s.name == name) {
+                continue;
+            }
+            if let Err(e) = self.remove_snapshot_dir(&dir.join(&name)) {
+                tracing::warn!(volume.id = %rec.id, snapshot = %name, error = %e, "remove old replica snapshot");
+            }
+        }
     }
 }
 
@@ -882,6 +906,8 @@ impl IncomingSnapshot {
             }
             return Err(e);
         }
+        // The record first, then the directories it no longer lists.
+        mgr.remove_unrecorded(&rec);
         tracing::info!(volume.id = %h.volume_id, snapshot = %h.snapshot, parent = ?h.parent, bytes = self.length, "replica snapshot applied");
         Ok(snap)
     }

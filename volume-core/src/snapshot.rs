@@ -23,6 +23,24 @@ impl VolumeManager {
     /// Takes a snapshot named `name` of volume `source`; a repeat with the same name and
     /// source returns the existing one, with another source fails.
     pub fn create_snapshot(&self, name: &str, source: &str) -> Result<SnapshotRecord> {
+        self.snapshot_of(name, source, || self.claim(source).map(Some))
+    }
+
+    /// [`Self::create_snapshot`] of a volume whose guard the caller already holds.
+    pub(crate) fn create_snapshot_claimed(
+        &self,
+        name: &str,
+        source: &str,
+    ) -> Result<SnapshotRecord> {
+        self.snapshot_of(name, source, || Ok(None))
+    }
+
+    fn snapshot_of(
+        &self,
+        name: &str,
+        source: &str,
+        claim: impl FnOnce() -> Result<Option<crate::guard::OperationGuard>>,
+    ) -> Result<SnapshotRecord> {
         validate_name(name)?;
         let _name_guard = self.inflight().try_claim([format!("snapshot:{name}")])?;
         if let Some(existing) = self.store.get_by_name::<SnapshotRecord>(name)? {
@@ -37,7 +55,7 @@ impl VolumeManager {
                 VolumeState::Creating | VolumeState::Deleting => self.forget_snapshot(&existing)?,
             }
         }
-        let _guard = self.claim(source)?;
+        let _guard = claim()?;
         let vol = self.get(source)?;
         let mut snaps = self.snapshot_volumes(&[vol], name, None)?;
         Ok(snaps.remove(0))
