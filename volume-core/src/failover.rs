@@ -400,6 +400,56 @@ mod tests {
     }
 
     #[test]
+    fn step_down_is_refused_while_in_use_or_for_an_implausible_generation() {
+        let fa = fixture(true);
+        let fb = fixture(true);
+        let (a, b) = (Arc::new(fa.mgr), Arc::new(fb.mgr));
+        let v = a.create(&req("v", "dir", 4 << 20)).unwrap();
+        ship(&a, &b, &v.id, "a");
+        let snaps = vec!["1-g1".to_string()];
+        assert!(matches!(
+            a.step_down(&v.id, "b", u64::MAX, &snaps),
+            Err(Error::FailedPrecondition(_))
+        ));
+        a.attach(&v.id, "node-1", false, 0).unwrap();
+        let err = a.step_down(&v.id, "b", 5, &snaps).unwrap_err();
+        assert!(err.to_string().contains("in use"), "{err}");
+        // Nothing was touched: still the primary, no snapshot taken.
+        assert!(a.get(&v.id).is_ok());
+        assert!(
+            a.list_snapshots(&Default::default(), None, 10)
+                .unwrap()
+                .is_empty()
+        );
+        assert!(a.list_replicas().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_promotion_interrupted_after_ready_is_finished_at_start() {
+        let fa = fixture(true);
+        let fb = fixture(true);
+        let (a, b) = (Arc::new(fa.mgr), Arc::new(fb.mgr));
+        let v = a.create(&req("v", "dir", 4 << 20)).unwrap();
+        ship(&a, &b, &v.id, "a");
+        let rep = b.list_replicas().unwrap().remove(0);
+        b.promote(&v.id).unwrap();
+        // Put back what a crash right after the Ready record would have left: the
+        // replica directory and record beside the volume, plus a cut-off receive.
+        std::fs::rename(b.replication_dir(&v.id), b.replica_dir(&v.id)).unwrap();
+        std::fs::create_dir(b.replica_dir(&v.id).join("incoming-x")).unwrap();
+        b.store.put(&rep).unwrap();
+        b.reconcile().unwrap();
+        assert!(b.list_replicas().unwrap().is_empty());
+        assert!(!b.replica_dir(&v.id).exists());
+        let moved = super::super::replication::names_in(&b.replication_dir(&v.id)).unwrap();
+        assert_eq!(moved, vec!["1-g1".to_string()]);
+        assert!(!b.replication_dir(&v.id).join("incoming-x").exists());
+        // Deleting the promoted volume leaves nothing behind.
+        b.delete(&v.id).unwrap();
+        assert!(!b.replication_dir(&v.id).exists());
+    }
+
+    #[test]
     fn a_stale_primary_cannot_overwrite_a_newer_replica() {
         let fa = fixture(true);
         let fb = fixture(true);
