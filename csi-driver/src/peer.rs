@@ -3,7 +3,9 @@
 //! [`SECRET_METADATA_KEY`]; [`PeerAuth`] refuses any other with UNAUTHENTICATED,
 //! comparing blake3 digests (constant-time equality) and logging the refusal with the
 //! caller's address, never the secret. Peers are configured statically
-//! (`--peer NODE_ID=HOST:PORT`).
+//! (`--peer NODE_ID=HOST:PORT`). With [`PeerTls`] the link is mutual TLS: each side
+//! presents a certificate signed by the cluster's CA, and a client checks that the
+//! server's certificate names the node id it meant to reach.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -46,6 +48,51 @@ pub enum PeerError {
     /// Connecting to a peer failed.
     #[error("connect to peer {0}")]
     Connect(String, #[source] tonic::transport::Error),
+    /// A TLS file could not be read.
+    #[error("read {0}")]
+    TlsFile(PathBuf, #[source] std::io::Error),
+    /// The TLS settings were refused.
+    #[error("peer TLS settings")]
+    Tls(#[source] tonic::transport::Error),
+}
+
+/// Mutual TLS for the peer link: this node's certificate and key, and the cluster
+/// CA that every peer's certificate must be signed by. A node's certificate names its
+/// node id (a DNS subject alternative name), which clients check.
+#[derive(Clone)]
+pub struct PeerTls {
+    identity: tonic::transport::Identity,
+    ca: tonic::transport::Certificate,
+}
+
+impl std::fmt::Debug for PeerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PeerTls(..)")
+    }
+}
+
+impl PeerTls {
+    /// Reads PEM files: certificate (chain), private key, CA certificate.
+    pub fn from_files(cert: &Path, key: &Path, ca: &Path) -> Result<Self, PeerError> {
+        let read = |p: &Path| std::fs::read(p).map_err(|e| PeerError::TlsFile(p.to_path_buf(), e));
+        Ok(PeerTls {
+            identity: tonic::transport::Identity::from_pem(read(cert)?, read(key)?),
+            ca: tonic::transport::Certificate::from_pem(read(ca)?),
+        })
+    }
+
+    fn server(&self) -> tonic::transport::ServerTlsConfig {
+        tonic::transport::ServerTlsConfig::new()
+            .identity(self.identity.clone())
+            .client_ca_root(self.ca.clone())
+    }
+
+    fn client(&self, node_id: &str) -> tonic::transport::ClientTlsConfig {
+        tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(self.ca.clone())
+            .identity(self.identity.clone())
+            .domain_name(node_id)
+    }
 }
 
 /// The cluster's shared secret. Its `Debug` shows nothing of it.
@@ -131,9 +178,20 @@ pub type AuthedPeerClient = PeerClient<InterceptedService<Channel, SendSecret>>;
 /// Connects to the peer service at `addr` (`HOST:PORT`), presenting `secret`. HTTP/2
 /// keepalive pings notice a peer that went away mid-stream (a link down sends no
 /// reset) within about ten seconds.
-pub async fn connect(addr: &str, secret: &ClusterSecret) -> Result<AuthedPeerClient, PeerError> {
-    let channel = Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| PeerError::Connect(addr.to_string(), e))?
+pub async fn connect(
+    addr: &str,
+    secret: &ClusterSecret,
+    tls: Option<(&PeerTls, &str)>,
+) -> Result<AuthedPeerClient, PeerError> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
+        .map_err(|e| PeerError::Connect(addr.to_string(), e))?;
+    if let Some((tls, node_id)) = tls {
+        endpoint = endpoint
+            .tls_config(tls.client(node_id))
+            .map_err(PeerError::Tls)?;
+    }
+    let channel = endpoint
         .connect_timeout(KEEPALIVE)
         .http2_keep_alive_interval(KEEPALIVE)
         .keep_alive_timeout(KEEPALIVE)
@@ -159,6 +217,8 @@ pub struct Peers {
     pub addrs: BTreeMap<String, String>,
     /// The cluster secret (None: peering is off).
     pub secret: Option<ClusterSecret>,
+    /// Mutual TLS for the link (None: plain TCP).
+    pub tls: Option<PeerTls>,
 }
 
 impl Peers {
@@ -172,7 +232,11 @@ impl Peers {
                 .ok_or_else(|| PeerError::BadPeer(v.clone()))?;
             addrs.insert(id.to_string(), addr.to_string());
         }
-        Ok(Peers { addrs, secret })
+        Ok(Peers {
+            addrs,
+            secret,
+            tls: None,
+        })
     }
 
     /// Connects to configured peer `node_id`.
@@ -185,7 +249,7 @@ impl Peers {
             .secret
             .as_ref()
             .ok_or_else(|| PeerError::UnknownPeer(node_id.to_string()))?;
-        connect(addr, secret).await
+        connect(addr, secret, self.tls.as_ref().map(|t| (t, node_id))).await
     }
 }
 
@@ -462,15 +526,21 @@ impl Peer for PeerService {
 }
 
 /// Serves the peer service of `driver` on `listener` until `shutdown`, refusing calls
-/// without `secret`.
+/// without `secret` (and, with the driver's peer TLS, connections without a
+/// certificate of the cluster CA).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     driver: Arc<Driver>,
     secret: ClusterSecret,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
+    let tls = driver.config.peers.tls.clone();
     let service = PeerServer::with_interceptor(PeerService { driver }, PeerAuth { secret });
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &tls {
+        builder = builder.tls_config(tls.server())?;
+    }
+    builder
         .http2_keepalive_interval(Some(KEEPALIVE))
         .http2_keepalive_timeout(Some(KEEPALIVE))
         .initial_stream_window_size(Some(WINDOW))

@@ -39,9 +39,11 @@ pub fn peer_status(e: &crate::peer::PeerError) -> Status {
     match e {
         PeerError::UnknownPeer(_) => Status::not_found(message),
         PeerError::Connect(..) => Status::unavailable(message),
-        PeerError::SecretFile(..) | PeerError::BadSecret(_) | PeerError::BadPeer(_) => {
-            Status::internal(message)
-        }
+        PeerError::SecretFile(..)
+        | PeerError::BadSecret(_)
+        | PeerError::BadPeer(_)
+        | PeerError::TlsFile(..)
+        | PeerError::Tls(_) => Status::internal(message),
     }
 }
 

@@ -71,6 +71,17 @@ struct Args {
     /// whitespace ignored), which peers present and this daemon presents to them.
     #[arg(long, env = "STOWAGE_CLUSTER_SECRET_FILE")]
     cluster_secret_file: Option<PathBuf>,
+    /// Peer link over mutual TLS: this node's certificate (PEM), which must name its
+    /// node id as a DNS subject alternative name. With --peer-tls-key and
+    /// --peer-tls-ca; without them the link is plain TCP.
+    #[arg(long, env = "STOWAGE_PEER_TLS_CERT")]
+    peer_tls_cert: Option<PathBuf>,
+    /// This node's private key (PEM), for --peer-tls-cert.
+    #[arg(long, env = "STOWAGE_PEER_TLS_KEY")]
+    peer_tls_key: Option<PathBuf>,
+    /// The cluster CA certificate (PEM) every peer's certificate must be signed by.
+    #[arg(long, env = "STOWAGE_PEER_TLS_CA")]
+    peer_tls_ca: Option<PathBuf>,
     /// A peer daemon, NODE_ID=HOST:PORT (its --peer-listen address); repeatable.
     #[arg(long = "peer", value_name = "NODE_ID=HOST:PORT")]
     peers: Vec<String>,
@@ -160,7 +171,14 @@ async fn run() -> anyhow::Result<()> {
     if secret.is_none() && (args.peer_listen.is_some() || !args.peers.is_empty()) {
         anyhow::bail!("--peer-listen and --peer need --cluster-secret-file");
     }
-    let peers = csi_driver::peer::Peers::parse(&args.peers, secret.clone())?;
+    let mut peers = csi_driver::peer::Peers::parse(&args.peers, secret.clone())?;
+    peers.tls = match (&args.peer_tls_cert, &args.peer_tls_key, &args.peer_tls_ca) {
+        (Some(cert), Some(key), Some(ca)) => {
+            Some(csi_driver::peer::PeerTls::from_files(cert, key, ca)?)
+        }
+        (None, None, None) => None,
+        _ => anyhow::bail!("--peer-tls-cert, --peer-tls-key and --peer-tls-ca go together"),
+    };
     let peer_addr_file = layout.root.join("peer.addr");
     let config = DriverConfig {
         node_id: node_id.clone(),
