@@ -680,6 +680,18 @@ fn print_inspect(cli: &Cli, out: &mut dyn Write, v: &pb::Volume) -> std::io::Res
     }
 }
 
+/// `KEY=VALUE` arguments as a map; anything else is a usage error.
+fn key_values(items: &[String]) -> Result<std::collections::HashMap<String, String>, CliError> {
+    items
+        .iter()
+        .map(|o| {
+            o.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| usage(format!("option {o:?} is not KEY=VALUE")))
+        })
+        .collect()
+}
+
 fn io_err(e: std::io::Error) -> CliError {
     CliError {
         code: EXIT_ERROR,
@@ -709,12 +721,7 @@ pub async fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), CliError> {
             if let Some(fs) = fs {
                 parameters.insert("fsType".to_string(), fs.clone());
             }
-            for o in opts {
-                let (k, v) = o
-                    .split_once('=')
-                    .ok_or_else(|| usage(format!("option {o:?} is not KEY=VALUE")))?;
-                parameters.insert(k.to_string(), v.to_string());
-            }
+            parameters.extend(key_values(opts)?);
             let req = pb::CreateVolumeRequest {
                 name: name.clone(),
                 capacity_bytes: size_arg(size)?,
@@ -932,18 +939,10 @@ pub async fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), CliError> {
             print_list(cli, out, &[v]).map_err(io_err)
         }
         Command::Modify { name, params } => {
-            let mut parameters = std::collections::HashMap::new();
-            for p in params {
-                let (k, v) = p.split_once('=').ok_or_else(|| CliError {
-                    code: EXIT_USAGE,
-                    message: format!("{p:?} is not KEY=VALUE"),
-                })?;
-                parameters.insert(k.to_string(), v.to_string());
-            }
             let v = admin
                 .modify_volume(pb::ModifyVolumeRequest {
                     volume: name.clone(),
-                    parameters,
+                    parameters: key_values(params)?,
                 })
                 .await
                 .map_err(from_status)?

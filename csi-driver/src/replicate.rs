@@ -51,10 +51,6 @@ pub struct Link {
     pub diverged: Option<String>,
     /// The snapshot being sent (kept from pruning while it may be resumed).
     pub sending: Option<String>,
-    /// Streams resumed rather than restarted, and bytes they did not resend.
-    pub resumed: u64,
-    /// Bytes not resent thanks to resumption.
-    pub resumed_bytes: u64,
 }
 
 /// A stream cut off mid-way, kept on the replica with its receiver running.
@@ -169,15 +165,18 @@ pub fn statuses(driver: &Driver, rec: &VolumeRecord) -> Vec<pb::ReplicaStatus> {
         return rec
             .replicas
             .iter()
-            .map(|a| pb::ReplicaStatus {
-                node_id: a.node_id.clone(),
-                snapshot: a.snapshot.clone(),
-                bytes_sent: a.bytes_sent,
-                acknowledged_at: a.acknowledged_at,
-                taken_at: a.taken_at,
-                lag_seconds: volume_core::manager::now().saturating_sub(a.taken_at),
-                state: "manual".into(),
-                ..Default::default()
+            .map(|a| {
+                let taken_at = rec.snapshot_taken_at(&a.snapshot).unwrap_or(0);
+                pb::ReplicaStatus {
+                    node_id: a.node_id.clone(),
+                    snapshot: a.snapshot.clone(),
+                    bytes_sent: a.bytes_sent,
+                    acknowledged_at: a.acknowledged_at,
+                    taken_at,
+                    lag_seconds: volume_core::manager::now().saturating_sub(taken_at),
+                    state: "manual".into(),
+                    ..Default::default()
+                }
             })
             .collect();
     };
@@ -186,8 +185,9 @@ pub fn statuses(driver: &Driver, rec: &VolumeRecord) -> Vec<pb::ReplicaStatus> {
         .iter()
         .map(|node| {
             let ack = rec.replicas.iter().find(|a| &a.node_id == node);
+            let taken_at = ack.and_then(|a| rec.snapshot_taken_at(&a.snapshot));
             let link = driver.replication.link(&rec.id, node);
-            let since = ack.map(|a| a.taken_at).unwrap_or(rec.created_at);
+            let since = taken_at.unwrap_or(rec.created_at);
             let lag_seconds = now.saturating_sub(since);
             let state = if link.diverged.is_some() {
                 "diverged"
@@ -215,7 +215,7 @@ pub fn statuses(driver: &Driver, rec: &VolumeRecord) -> Vec<pb::ReplicaStatus> {
                     .clone()
                     .or(link.last_error.clone())
                     .unwrap_or_default(),
-                taken_at: ack.map(|a| a.taken_at).unwrap_or(0),
+                taken_at: taken_at.unwrap_or(0),
             }
         })
         .collect()
@@ -637,10 +637,6 @@ fn send(
         if left == 0 && hasher.clone().finalize().as_bytes().as_slice() == p.prefix_blake3 {
             header.resume_offset = p.received;
             tracing::info!(volume.id = %id, peer = %node, snapshot = %snap.name, offset = p.received, "resuming a cut-off stream");
-            driver.replication.update(id, node, |l| {
-                l.resumed += 1;
-                l.resumed_bytes += p.received;
-            });
         } else {
             // The stream differs from what the peer holds: start again.
             drop(stream);

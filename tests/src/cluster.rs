@@ -34,14 +34,9 @@ impl Cluster {
     pub fn new(hosts: usize, net: u8) -> Cluster {
         crate::require_root();
         let tag = format!("stw{}", std::process::id() % 100_000);
-        let c = Cluster {
-            tag: tag.clone(),
-            net,
-            hosts: 0,
-        };
+        let mut c = Cluster { tag, net, hosts: 0 };
         run("ip", &["link", "add", &c.bridge(), "type", "bridge"]);
         run("ip", &["link", "set", &c.bridge(), "up"]);
-        let mut c = c;
         for i in 0..hosts {
             let ns = c.netns(i);
             run("ip", &["netns", "add", &ns]);

@@ -621,6 +621,15 @@ pub fn sha256(path: &Path) -> String {
     String::from_utf8(out.stdout).unwrap()[..64].to_string()
 }
 
+/// Writes `data` to `path` (replacing it) and syncs it to the device.
+pub fn write_synced(path: &Path, data: &[u8]) {
+    use std::io::Write as _;
+    let mut f =
+        std::fs::File::create(path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
+    f.write_all(data).unwrap();
+    f.sync_all().unwrap();
+}
+
 /// `len` deterministic bytes from `seed` that do not compress or deduplicate.
 pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;

@@ -14,19 +14,11 @@ use stowage_proto::csi::v1 as csi;
 use stowage_proto::csi::v1::group_controller_client::GroupControllerClient;
 use stowage_tests::{
     Daemon, block_cap, fs_total_bytes, loops_under, mount_cap, mounts_under, snapshot_source,
-    volume_source,
+    volume_source, write_synced,
 };
 use tonic::Code;
 
 const MIB: i64 = 1 << 20;
-
-/// Writes `data` to `path` (replacing it) and syncs it to the device.
-fn write_synced(path: &Path, data: &[u8]) {
-    let mut f =
-        std::fs::File::create(path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
-    f.write_all(data).unwrap();
-    f.sync_all().unwrap();
-}
 
 fn read(path: &Path) -> Vec<u8> {
     std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))

@@ -7,14 +7,14 @@
 //! snapshot and catches up incrementally as a replica; a daemon with a wrong cluster
 //! secret is refused.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use stowage_proto::stowage::v1 as pb;
 use stowage_proto::stowage::v1::admin_client::AdminClient;
 use stowage_tests::cluster::Cluster;
 use stowage_tests::vol::{json_lines as vol_json, ok as vol_ok};
-use stowage_tests::{Daemon, pattern, sha256};
+use stowage_tests::{Daemon, pattern, sha256, write_synced};
 
 const SECRET: &str = "three-hosts-share-this";
 const PORT: u16 = 7420;
@@ -22,13 +22,6 @@ const MIB: usize = 1 << 20;
 /// Replication interval of the test volume, seconds.
 const INTERVAL: u64 = 3;
 const NAMES: [&str; 3] = ["a", "b", "c"];
-
-fn write_synced(path: &Path, data: &[u8]) {
-    use std::io::Write;
-    let mut f = std::fs::File::create(path).unwrap();
-    f.write_all(data).unwrap();
-    f.sync_all().unwrap();
-}
 
 /// Host `i`'s daemon: peer service on its address, the other two as peers.
 fn host(cluster: &Cluster, i: usize, secret: &str) -> Daemon {

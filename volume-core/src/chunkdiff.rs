@@ -253,7 +253,9 @@ pub fn send(new: &Path, parent: Option<&Path>, out: impl Write) -> Result<()> {
     }
     let mut digest = Digest::new();
     digest.entry("", &root, &[]);
-    let mut links: HashMap<(u64, u64), String> = HashMap::new();
+    // Hard-linked files: the first path of each inode and its content hash, so later
+    // names link to it without reading the data again.
+    let mut links: HashMap<(u64, u64), (String, blake3::Hash)> = HashMap::new();
     let mut buf = vec![0u8; CHUNK];
     let mut old_buf = vec![0u8; CHUNK];
     for (rel, meta) in &new_entries {
@@ -282,16 +284,15 @@ pub fn send(new: &Path, parent: Option<&Path>, out: impl Write) -> Result<()> {
             })?;
             digest.entry(rel, meta, &content(&path, meta)?);
         } else if meta.is_file() {
-            if meta.nlink() > 1 {
-                if let Some(first) = links.get(&(meta.dev(), meta.ino())) {
-                    w.op(&Op::Link {
-                        path: rel.clone(),
-                        target: first.clone(),
-                    })?;
-                    digest.entry(rel, meta, &content(&path, meta)?);
-                    continue;
-                }
-                links.insert((meta.dev(), meta.ino()), rel.clone());
+            if meta.nlink() > 1
+                && let Some((first, hash)) = links.get(&(meta.dev(), meta.ino()))
+            {
+                w.op(&Op::Link {
+                    path: rel.clone(),
+                    target: first.clone(),
+                })?;
+                digest.entry(rel, meta, hash.as_bytes());
+                continue;
             }
             let base = old.get(rel).filter(|m| m.is_file());
             w.op(&Op::File {
@@ -350,7 +351,11 @@ pub fn send(new: &Path, parent: Option<&Path>, out: impl Write) -> Result<()> {
                 mtime,
                 mtime_nsec: meta.mtime_nsec() as u32,
             })?;
-            digest.entry(rel, meta, hasher.finalize().as_bytes());
+            let hash = hasher.finalize();
+            digest.entry(rel, meta, hash.as_bytes());
+            if meta.nlink() > 1 {
+                links.insert((meta.dev(), meta.ino()), (rel.clone(), hash));
+            }
         } else if ft.is_block_device() || ft.is_char_device() || ft.is_fifo() {
             w.op(&Op::Node {
                 path: rel.clone(),

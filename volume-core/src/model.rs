@@ -278,16 +278,22 @@ pub struct ReplicaAck {
     pub bytes_sent: u64,
     /// When it acknowledged, seconds since the epoch.
     pub acknowledged_at: u64,
-    /// When the acknowledged snapshot was taken, seconds since the epoch: the
-    /// replica holds the volume as it was then.
-    #[serde(default)]
-    pub taken_at: u64,
 }
 
 impl VolumeRecord {
     /// True when staged or published somewhere on this node.
     pub fn in_use(&self) -> bool {
         self.staging.is_some() || !self.publications.is_empty() || !self.container_mounts.is_empty()
+    }
+
+    /// When replication snapshot `name` was taken (seconds since the epoch). The
+    /// primary keeps every snapshot a replica acknowledged, so an acknowledgement's
+    /// time is always found here.
+    pub fn snapshot_taken_at(&self, name: &str) -> Option<u64> {
+        self.replication_snapshots
+            .iter()
+            .find(|s| s.name == name)
+            .map(|s| s.taken_at)
     }
 
     /// Bytes the filesystem spans (see `fs_size`).

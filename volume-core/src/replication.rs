@@ -400,18 +400,11 @@ impl VolumeManager {
     ) -> Result<()> {
         let _guard = self.claim_patiently(id)?;
         let mut rec = self.get(id)?;
-        let taken_at = rec
-            .replication_snapshots
-            .iter()
-            .find(|s| s.name == snapshot)
-            .map(|s| s.taken_at)
-            .unwrap_or(0);
         let ack = ReplicaAck {
             node_id: node_id.to_string(),
             snapshot: snapshot.to_string(),
             bytes_sent,
             acknowledged_at: now(),
-            taken_at,
         };
         match rec.replicas.iter_mut().find(|r| r.node_id == node_id) {
             Some(r) => *r = ack,
@@ -553,7 +546,8 @@ impl VolumeManager {
 
     /// The names of the snapshots this node holds of volume `id` as a replica, oldest
     /// first (empty when it holds none).
-    pub fn replica_state(&self, id: &str) -> Result<Vec<String>> {
+    #[cfg(test)]
+    pub(crate) fn replica_state(&self, id: &str) -> Result<Vec<String>> {
         Ok(match self.holding(id)? {
             Holding::Replica { snapshots, .. } => snapshots,
             _ => Vec::new(),
