@@ -108,7 +108,7 @@ if ((${#missing[@]} > 0)); then
 else
 	echo "all present: ${APT_PACKAGES[*]}"
 fi
-for tool in mkfs.ext4 mkfs.xfs mkfs.btrfs btrfs losetup mount umount fusermount3 ip python3; do
+for tool in mkfs.ext4 mkfs.xfs mkfs.btrfs btrfs losetup mount umount fusermount3 ip python3 fincore filefrag; do
 	command -v "$tool" >/dev/null || die "$tool not found after installing ${APT_PACKAGES[*]}"
 done
 

@@ -1,7 +1,8 @@
 //! Copy-up: bringing an entry from a lower layer into the upper layer before it changes.
 //!
-//! The copy is built under a fresh name in the work directory — data (reflink, else
-//! `copy_file_range` over the data extents, holes kept), then owner, xattrs (not the
+//! The copy is built under a fresh name in the work directory — data (reflink; else a
+//! small file not in the page cache by one direct read, so it is cached once, as its
+//! copy; else `copy_file_range` over the data extents, holes kept), then owner, xattrs (not the
 //! overlay's own), mode, and last the times — and renamed into place, so the upper layer
 //! never shows a half-copied file. Parent directories are copied first, with their own
 //! metadata. Copied files are not fsynced (kernel overlayfs fsyncs unless `volatile`).
@@ -89,7 +90,15 @@ pub(crate) fn copy_data(src: &File, dst: &File, size: u64, reflink: &AtomicBool)
     if size <= SMALL_FILE {
         // A source shortened meanwhile leaves a shorter copy: it gets the recorded
         // size, as after a sparse copy.
-        if copy_range(src, dst, 0, size)? < size {
+        let copied = match uncached(src, size) {
+            true => copy_direct(src, dst, size)?,
+            false => None,
+        };
+        let copied = match copied {
+            Some(n) => n,
+            None => copy_range(src, dst, 0, size)?,
+        };
+        if copied < size {
             dst.set_len(size)?;
         }
         return Ok(());
@@ -115,6 +124,77 @@ pub(crate) fn copy_data(src: &File, dst: &File, size: u64, reflink: &AtomicBool)
         off = hole.max(data + 1);
     }
     dst.set_len(size)
+}
+
+/// Whether none of the first `size` bytes of `src` are in the page cache (false when
+/// the kernel cannot tell).
+fn uncached(src: &File, size: u64) -> bool {
+    sys::cached_pages(src, size).is_ok_and(|n| n == 0)
+}
+
+/// Alignment of direct reads: a page, a multiple of every logical block size.
+const DIRECT_ALIGN: usize = 4096;
+
+/// Copies a small file whose data is not in the page cache with one direct read
+/// (`O_DIRECT`): the data goes from the device to the copy without a stop in the lower
+/// file's page cache, so a copied-up file is cached once (as its upper copy), not twice,
+/// and the read skips page-cache bookkeeping. Returns the bytes copied, or `None` when
+/// the lower filesystem refuses direct reads (the caller then copies through the cache).
+fn copy_direct(src: &File, dst: &File, size: u64) -> io::Result<Option<u64>> {
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    let flags = OFlag::from_bits_truncate(fcntl(src, FcntlArg::F_GETFL)?);
+    if fcntl(src, FcntlArg::F_SETFL(flags | OFlag::O_DIRECT)).is_err() {
+        return Ok(None);
+    }
+    let len = (size as usize).div_ceil(DIRECT_ALIGN) * DIRECT_ALIGN;
+    DIRECT_BUF.with_borrow_mut(|raw| {
+        if raw.len() < len + DIRECT_ALIGN {
+            raw.resize(len + DIRECT_ALIGN, 0);
+        }
+        let start = raw.as_ptr().align_offset(DIRECT_ALIGN);
+        read_direct(src, dst, size, &mut raw[start..start + len], flags)
+    })
+}
+
+thread_local! {
+    /// Each worker's buffer for [`copy_direct`], kept between copy-ups (at most
+    /// [`SMALL_FILE`] plus a page): a fresh one would cost a page fault per page.
+    static DIRECT_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The read and write of [`copy_direct`] through the aligned `buf` (the size of `src`
+/// rounded up to [`DIRECT_ALIGN`]); `flags` are `src`'s flags before `O_DIRECT`.
+fn read_direct(
+    src: &File,
+    dst: &File,
+    size: u64,
+    buf: &mut [u8],
+    flags: nix::fcntl::OFlag,
+) -> io::Result<Option<u64>> {
+    use nix::fcntl::{FcntlArg, fcntl};
+    let len = buf.len();
+    let mut got = 0;
+    while got < len {
+        match src.read_at(&mut buf[got..], got as u64) {
+            Ok(0) => break,
+            // A direct read ends short only at the end of the file.
+            Ok(n) if n % DIRECT_ALIGN != 0 => {
+                got += n;
+                break;
+            }
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) && got == 0 => {
+                // Alignment this filesystem does not accept: through the cache instead.
+                fcntl(src, FcntlArg::F_SETFL(flags))?;
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let n = got.min(size as usize);
+    dst.write_all_at(&buf[..n], 0)?;
+    Ok(Some(n as u64))
 }
 
 fn timespec(secs: i64, nsecs: i64) -> TimeSpec {
@@ -164,22 +244,51 @@ pub(crate) fn copy_xattrs(
     Ok(())
 }
 
+/// [`copy_xattrs`] between two open regular files (no path lookups).
+fn copy_file_xattrs(src: &File, dst: &File, privileged: bool) -> io::Result<()> {
+    let list = match sys::flistxattr(src) {
+        Ok(l) => l,
+        Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for name in list.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let name = OsStr::from_bytes(name);
+        if whiteout::xattr_from_layer(name, privileged).is_none() {
+            continue;
+        }
+        let value = match sys::fgetxattr(src, name) {
+            Ok(v) => v,
+            Err(e) if xattr_error_ignorable(&e) => continue,
+            Err(e) => return Err(e),
+        };
+        match sys::fsetxattr(dst, name, &value) {
+            Ok(()) => {}
+            Err(e) if xattr_error_ignorable(&e) => {
+                tracing::debug!(xattr = ?name, error = %e, "xattr not copied up");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 impl OverlayFs {
     /// Builds a copy of `src` (metadata `md`) at the fresh work path `tmp`, data
-    /// included unless `with_data` is false. For a regular file, returns the copy's
-    /// metadata (read from its descriptor: the inode number survives the rename).
+    /// included unless `with_data` is false. For a regular file, returns the copy open
+    /// for reading and writing (it stays valid across the rename).
     fn build_copy(
         &self,
         src: &Path,
         md: &Metadata,
         tmp: &Path,
         with_data: bool,
-    ) -> io::Result<Option<Metadata>> {
+    ) -> io::Result<Option<File>> {
         let kind = FileKind::from_mode(md.mode());
         match kind {
             FileKind::File => {
                 let s = super::file::open_lower(src, 0)?;
                 let d = std::fs::OpenOptions::new()
+                    .read(true)
                     .write(true)
                     .create_new(true)
                     .mode(0o600)
@@ -188,7 +297,8 @@ impl OverlayFs {
                 if with_data {
                     copy_data(&s, &d, md.size(), &self.reflink)?;
                 }
-                return self.copy_file_metadata(src, md, tmp, &d).map(Some);
+                self.copy_file_metadata(&s, md, &d)?;
+                return Ok(Some(d));
             }
             FileKind::Dir => std::fs::DirBuilder::new().mode(0o700).create(tmp)?,
             FileKind::Symlink => std::os::unix::fs::symlink(std::fs::read_link(src)?, tmp)?,
@@ -204,21 +314,15 @@ impl OverlayFs {
         self.copy_metadata(src, md, tmp, true).map(|()| None)
     }
 
-    /// [`Self::copy_metadata`] for a regular file being built, through its open
-    /// descriptor `d` (no path lookups): owner, xattrs, mode, times; then its metadata.
-    fn copy_file_metadata(
-        &self,
-        src: &Path,
-        md: &Metadata,
-        tmp: &Path,
-        d: &File,
-    ) -> io::Result<Metadata> {
+    /// [`Self::copy_metadata`] for a regular file being built, from the open lower file
+    /// `s` to the open copy `d` (no path lookups): owner, xattrs, mode, times.
+    fn copy_file_metadata(&self, s: &File, md: &Metadata, d: &File) -> io::Result<()> {
         if let Err(e) = std::os::unix::fs::fchown(d, Some(md.uid()), Some(md.gid()))
             && (self.privileged || e.raw_os_error() != Some(libc::EPERM))
         {
             return Err(e);
         }
-        copy_xattrs(src, tmp, src.starts_with("/proc/self/fd"), self.privileged)?;
+        copy_file_xattrs(s, d, self.privileged)?;
         d.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(
             md.mode() & 0o7777,
         ))?;
@@ -227,7 +331,7 @@ impl OverlayFs {
             &timespec(md.atime(), md.atime_nsec()),
             &timespec(md.mtime(), md.mtime_nsec()),
         )?;
-        d.metadata()
+        Ok(())
     }
 
     /// Owner, xattrs, mode and times of `md` (the file at `src`) onto `dst`. `nofollow`
@@ -273,14 +377,15 @@ impl OverlayFs {
     }
 
     /// Copies the file at `src` (metadata `md`) up to the upper path `dst` (which must
-    /// not exist) and returns the new upper file's inode number.
+    /// not exist) and returns the new upper file's inode number, and for a regular file
+    /// the copy, open for reading and writing.
     fn copy_to_upper(
         &self,
         src: &Path,
         md: &Metadata,
         dst: &Path,
         with_data: bool,
-    ) -> io::Result<u64> {
+    ) -> io::Result<(u64, Option<File>)> {
         let tmp = self.tmp_path();
         let built = self.build_copy(src, md, &tmp, with_data).and_then(|copy| {
             nix::fcntl::renameat2(
@@ -294,8 +399,8 @@ impl OverlayFs {
             .map(|()| copy)
         });
         match built {
-            Ok(Some(copy)) => Ok(copy.ino()),
-            Ok(None) => Ok(std::fs::symlink_metadata(dst)?.ino()),
+            Ok(Some(copy)) => Ok((copy.metadata()?.ino(), Some(copy))),
+            Ok(None) => Ok((std::fs::symlink_metadata(dst)?.ino(), None)),
             Err(e) => {
                 let _ = if md.is_dir() {
                     std::fs::remove_dir(&tmp)
@@ -310,13 +415,26 @@ impl OverlayFs {
     /// Makes sure `node` exists in the upper layer, copying it (and first its parents)
     /// up. Needs the namespace lock held exclusively.
     pub(crate) fn copy_up(&self, node: &Arc<Node>, with_data: bool) -> io::Result<()> {
+        self.copy_up_file(node, with_data).map(drop)
+    }
+
+    /// [`Self::copy_up`], handing back the copy of a regular file copied by this call,
+    /// open for reading and writing (an open that caused the copy-up uses it instead of
+    /// opening the new upper file again).
+    pub(crate) fn copy_up_file(
+        &self,
+        node: &Arc<Node>,
+        with_data: bool,
+    ) -> io::Result<Option<File>> {
         self.check_writable()?;
         let st = node.snapshot();
         if st.upper {
-            return Ok(());
+            return Ok(None);
         }
         if let Some(f) = &st.detached {
-            return self.copy_up_detached(node, f.clone(), with_data);
+            return self
+                .copy_up_detached(node, f.clone(), with_data)
+                .map(|()| None);
         }
         let parent = st.parent.clone().ok_or_else(|| errno(libc::ENOENT))?;
         self.copy_up(&parent, true)?;
@@ -324,7 +442,8 @@ impl OverlayFs {
         let layer = st.lower.ok_or_else(|| errno(libc::EIO))?;
         let src = self.lower_at(layer, &rel);
         let lower_md = std::fs::symlink_metadata(&src)?;
-        let upper_ino = self.copy_to_upper(&src, &lower_md, &self.upper_at(&rel), with_data)?;
+        let (upper_ino, copy) =
+            self.copy_to_upper(&src, &lower_md, &self.upper_at(&rel), with_data)?;
         self.idents.alias((UPPER_LAYER, upper_ino), node.ino);
         if st.lower_hardlink {
             self.idents.unmap(Self::ident_of_lower(layer, &lower_md));
@@ -333,7 +452,7 @@ impl OverlayFs {
         s.upper = true;
         s.lower_hardlink = false;
         tracing::debug!(ino = node.ino, path = %rel.display(), "copied up");
-        Ok(())
+        Ok(copy)
     }
 
     /// Copy-up of a lower file that was removed from the namespace while open: the copy

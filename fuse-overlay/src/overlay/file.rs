@@ -60,6 +60,18 @@ const STRIP: i32 = libc::O_ACCMODE
     | libc::O_NOFOLLOW
     | libc::O_PATH;
 
+/// The kernel's `O_LARGEFILE`, which it sets on every open by a 64-bit process and
+/// passes on in FUSE open requests (libc's constant is 0 for 64-bit glibc targets).
+#[cfg(target_arch = "x86_64")]
+const KERNEL_O_LARGEFILE: i32 = 0o100000;
+#[cfg(target_arch = "aarch64")]
+const KERNEL_O_LARGEFILE: i32 = 0o400000;
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+const KERNEL_O_LARGEFILE: i32 = 0;
+
+/// Flags of a caller's open that a descriptor opened without them serves as well.
+const REUSABLE: i32 = KERNEL_O_LARGEFILE | libc::O_CLOEXEC;
+
 fn open_backing(path: &Path, write: bool, extra: i32) -> io::Result<File> {
     std::fs::OpenOptions::new()
         .read(true)
@@ -132,15 +144,20 @@ impl OverlayFs {
         if write || trunc {
             self.check_writable()?;
         }
-        if (write || trunc) && !node.snapshot().upper {
+        let copy = if (write || trunc) && !node.snapshot().upper {
             let _t = self.write_tree();
-            self.copy_up(&node, !trunc)?;
-        }
+            self.copy_up_file(&node, !trunc)?
+        } else {
+            None
+        };
         let _t = self.read_tree();
         let st = node.snapshot();
-        let path = self.backing_path(&node, &st)?;
         let extra = flags & !STRIP;
-        let (file, writable) = if st.upper && !self.read_only {
+        let (file, writable) = if let Some(copy) = copy.filter(|_| extra & !REUSABLE == 0) {
+            // The copy-up's own descriptor: the same file, open read-write.
+            (copy, true)
+        } else if st.upper && !self.read_only {
+            let path = self.backing_path(&node, &st)?;
             match open_backing(&path, true, extra) {
                 Ok(f) => (f, true),
                 Err(e) if !write => {
@@ -151,7 +168,7 @@ impl OverlayFs {
             }
         } else {
             // A lower file, or any file of a read-only overlay.
-            (open_lower(&path, extra)?, false)
+            (open_lower(&self.backing_path(&node, &st)?, extra)?, false)
         };
         if trunc && st.upper {
             file.set_len(0)?;

@@ -1,5 +1,6 @@
 //! The overlay's only `unsafe`: extended attributes on paths (the `l*xattr` family, which
-//! never follow a final symlink), the `FICLONE` reflink ioctl and `fork` for the daemon.
+//! never follow a final symlink) and on descriptors, the `FICLONE` reflink ioctl, `cachestat` and `fork` for
+//! the daemon.
 //! Everything else goes through std or nix.
 
 use std::ffi::{CString, OsStr};
@@ -135,6 +136,48 @@ pub(crate) fn listxattr(path: &Path, follow: bool) -> io::Result<Vec<u8>> {
     })
 }
 
+/// The raw, NUL-separated list of extended attribute names of the open file `fd`.
+pub(crate) fn flistxattr(fd: impl AsFd) -> io::Result<Vec<u8>> {
+    let fd = fd.as_fd();
+    read_sized(|buf, len| {
+        // SAFETY: the descriptor is borrowed for the call; `read_sized` passes a null
+        // buffer with length 0, or a buffer valid for writes of `len` bytes.
+        unsafe { libc::flistxattr(fd.as_raw_fd(), buf.cast::<libc::c_char>(), len) }
+    })
+}
+
+/// Value of the extended attribute `name` of the open file `fd`.
+pub(crate) fn fgetxattr(fd: impl AsFd, name: &OsStr) -> io::Result<Vec<u8>> {
+    let fd = fd.as_fd();
+    let n = cstr(name.as_bytes())?;
+    read_sized(|buf, len| {
+        // SAFETY: `n` is NUL-terminated and outlives the call; the descriptor is
+        // borrowed; `read_sized` passes a null buffer with length 0, or a buffer valid
+        // for writes of `len` bytes, of which the kernel writes at most `len`.
+        unsafe { libc::fgetxattr(fd.as_raw_fd(), n.as_ptr(), buf.cast::<libc::c_void>(), len) }
+    })
+}
+
+/// Sets the extended attribute `name` of the open file `fd`.
+pub(crate) fn fsetxattr(fd: impl AsFd, name: &OsStr, value: &[u8]) -> io::Result<()> {
+    let n = cstr(name.as_bytes())?;
+    // SAFETY: `n` is NUL-terminated and `value` is valid for reads of its length, both
+    // for the whole call; the descriptor is borrowed.
+    let rc = unsafe {
+        libc::fsetxattr(
+            fd.as_fd().as_raw_fd(),
+            n.as_ptr(),
+            value.as_ptr().cast::<libc::c_void>(),
+            value.len(),
+            0,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Makes `dst` share `src`'s data extents (a reflink copy); fails with EXDEV or
 /// EOPNOTSUPP where the two files are not on one filesystem that can do that.
 pub(crate) fn ficlone(dst: impl AsFd, src: impl AsFd) -> io::Result<()> {
@@ -151,6 +194,51 @@ pub(crate) fn ficlone(dst: impl AsFd, src: impl AsFd) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// `cachestat(2)`'s number on every architecture (the generic syscall table); libc
+/// does not name it for glibc targets yet.
+const SYS_CACHESTAT: libc::c_long = 451;
+
+/// `struct cachestat_range` of `cachestat(2)`.
+#[repr(C)]
+struct CachestatRange {
+    off: u64,
+    len: u64,
+}
+
+/// `struct cachestat` of `cachestat(2)`.
+#[repr(C)]
+#[derive(Default)]
+struct Cachestat {
+    nr_cache: u64,
+    nr_dirty: u64,
+    nr_writeback: u64,
+    nr_evicted: u64,
+    nr_recently_evicted: u64,
+}
+
+/// How many of the pages of `file`'s first `len` bytes are in the page cache
+/// (`cachestat(2)`, Linux 6.5; ENOSYS before).
+pub(crate) fn cached_pages(file: impl AsFd, len: u64) -> io::Result<u64> {
+    let range = CachestatRange { off: 0, len };
+    let mut stat = Cachestat::default();
+    // SAFETY: `range` and `stat` are live, properly laid out (`repr(C)`, the kernel's
+    // field order) for the whole call; the kernel reads `range` and writes only `stat`;
+    // the descriptor is borrowed for the call.
+    let rc = unsafe {
+        libc::syscall(
+            SYS_CACHESTAT,
+            file.as_fd().as_raw_fd(),
+            &range as *const CachestatRange,
+            &mut stat as *mut Cachestat,
+            0u32,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(stat.nr_cache)
 }
 
 /// Result of [`fork_process`].
