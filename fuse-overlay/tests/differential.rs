@@ -1712,7 +1712,7 @@ fn stowage_overlay_binary_refuses_bad_options() {
     assert!(!mounts.contains(tmp.path().to_str().unwrap()));
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_stowage-overlay"))
         .arg("-o")
-        .arg("lowerdir=/l,upperdir=/u,workdir=/w,uidmapping=0:1:1")
+        .arg("lowerdir=/l,upperdir=/u,workdir=/w,squash_to_root")
         .arg(tmp.path())
         .output()
         .unwrap();

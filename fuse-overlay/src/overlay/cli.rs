@@ -19,6 +19,7 @@ use std::time::Duration;
 use clap::Parser;
 use nix::sys::signal::{SigSet, Signal};
 
+use super::idmap::IdMap;
 use super::mount::{Layers, MountOptions, fuse_fs, fuse_session};
 use super::sys::{Forked, fork_process};
 
@@ -89,8 +90,6 @@ const IGNORED: &[&str] = &[
 /// Options whose meaning we do not implement: refused rather than silently ignored.
 const UNSUPPORTED: &[&str] = &[
     "ro",
-    "uidmapping",
-    "gidmapping",
     "squash_to_root",
     "squash_to_uid",
     "squash_to_gid",
@@ -145,6 +144,30 @@ fn split_lowers(v: &str) -> Vec<PathBuf> {
         .collect()
 }
 
+/// Splits `-o` option strings at commas, except that a `STORED:SHOWN:LEN` triple after
+/// a `uidmapping=`/`gidmapping=` option continues it (fuse-overlayfs's manual writes
+/// further triples after commas).
+fn join_id_mappings(options: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for opt in options.iter().flat_map(|s| s.split(',')) {
+        let triple = opt.split(':').count() == 3
+            && opt
+                .split(':')
+                .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+        match out.last_mut() {
+            Some(prev)
+                if triple
+                    && (prev.starts_with("uidmapping=") || prev.starts_with("gidmapping=")) =>
+            {
+                prev.push(':');
+                prev.push_str(opt);
+            }
+            _ => out.push(opt.to_string()),
+        }
+    }
+    out
+}
+
 /// Parses `-o` option strings (each comma separated), relative paths against `cwd`.
 pub fn parse_options(options: &[String], cwd: &Path) -> Result<Parsed, OptionError> {
     let mut lowers = None;
@@ -156,7 +179,8 @@ pub fn parse_options(options: &[String], cwd: &Path) -> Result<Parsed, OptionErr
         dev: true,
         ..MountOptions::default()
     };
-    for opt in options.iter().flat_map(|s| s.split(',')) {
+    for opt in &join_id_mappings(options) {
+        let opt = opt.as_str();
         if opt.is_empty() {
             continue;
         }
@@ -206,6 +230,15 @@ pub fn parse_options(options: &[String], cwd: &Path) -> Result<Parsed, OptionErr
                     .filter(|s: &f64| *s >= 0.0)
                     .ok_or_else(|| OptionError::BadValue(key.into()))?;
                 o.ttl_upper = Duration::from_secs_f64(secs);
+            }
+            "uidmapping" | "gidmapping" => {
+                let map = IdMap::parse(value.unwrap_or_default())
+                    .map_err(|e| OptionError::BadValue(format!("{key} ({e})")))?;
+                if key == "uidmapping" {
+                    o.uid_map = map;
+                } else {
+                    o.gid_map = map;
+                }
             }
             k if UNSUPPORTED.contains(&k) => return Err(OptionError::Unsupported(opt.into())),
             k if IGNORED.contains(&k) || k.starts_with("x-") => {
@@ -394,13 +427,40 @@ mod tests {
             Err(OptionError::Unknown(_))
         ));
         assert!(matches!(
-            parse(&["lowerdir=/l,upperdir=/u,workdir=/w,uidmapping=0:1000:1"]),
+            parse(&["lowerdir=/l,upperdir=/u,workdir=/w,squash_to_root"]),
             Err(OptionError::Unsupported(_))
         ));
+        for bad in [
+            "uidmapping=0:1000",
+            "gidmapping=0:1000:0",
+            "uidmapping=0:1:5:2:9:1",
+        ] {
+            assert!(
+                matches!(
+                    parse(&[&format!("lowerdir=/l,upperdir=/u,workdir=/w,{bad}")]),
+                    Err(OptionError::BadValue(_))
+                ),
+                "{bad}"
+            );
+        }
         assert!(matches!(
             parse(&["lowerdir=/l,upperdir=/u,workdir=/w,threads=0"]),
             Err(OptionError::BadValue(_))
         ));
+    }
+
+    #[test]
+    fn id_mappings_in_both_notations() {
+        let p = parse(&[
+            "lowerdir=/l,upperdir=/u,workdir=/w,uidmapping=0:1000:1:1:110000:65536,gidmapping=0:1000:1,1:110000:65536,nodev",
+        ])
+        .unwrap();
+        let want = IdMap::parse("0:1000:1:1:110000:65536").unwrap();
+        assert_eq!(p.options.uid_map, want);
+        assert_eq!(p.options.gid_map, want);
+        assert!(!p.options.dev);
+        let p = parse(&["lowerdir=/l,upperdir=/u,workdir=/w"]).unwrap();
+        assert!(p.options.uid_map.is_identity() && p.options.gid_map.is_identity());
     }
 
     #[test]

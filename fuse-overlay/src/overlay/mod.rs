@@ -49,6 +49,7 @@ pub mod cli;
 mod copyup;
 mod dir;
 mod file;
+pub mod idmap;
 pub mod inode;
 mod lookup;
 pub mod mount;
@@ -94,6 +95,10 @@ pub struct OverlayConfig {
     /// A read-only overlay: `upper` is the top read-only layer (never written, opened
     /// read-only), `work` is unused, and every change is refused with EROFS.
     pub read_only: bool,
+    /// Owners as stored in the layers → as the mount shows them (users).
+    pub uid_map: idmap::IdMap,
+    /// The same for groups.
+    pub gid_map: idmap::IdMap,
 }
 
 impl OverlayConfig {
@@ -106,6 +111,8 @@ impl OverlayConfig {
             ttl_lower: Duration::from_secs(600),
             ttl_upper: Duration::from_secs(1),
             read_only: false,
+            uid_map: idmap::IdMap::default(),
+            gid_map: idmap::IdMap::default(),
         }
     }
 
@@ -149,6 +156,8 @@ pub struct OverlayFs {
     privileged: bool,
     ttl_lower: Duration,
     ttl_upper: Duration,
+    uid_map: idmap::IdMap,
+    gid_map: idmap::IdMap,
 }
 
 pub(crate) fn errno(code: i32) -> io::Error {
@@ -234,6 +243,8 @@ impl OverlayFs {
             privileged: nix::unistd::geteuid().is_root(),
             ttl_lower: config.ttl_lower,
             ttl_upper: config.ttl_upper,
+            uid_map: config.uid_map,
+            gid_map: config.gid_map,
         })
     }
 
@@ -349,6 +360,8 @@ impl OverlayFs {
     /// link, as kernel overlayfs does).
     fn attr_of(&self, ino: u64, md: &std::fs::Metadata, st: &NodeState) -> Attr {
         let mut a = Attr::from_metadata(ino, md);
+        a.uid = self.uid_map.shown(a.uid);
+        a.gid = self.gid_map.shown(a.gid);
         if a.kind == FileKind::Dir && st.is_merged_dir() {
             a.nlink = 1;
         }

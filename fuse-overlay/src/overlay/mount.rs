@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use nix::mount::MsFlags;
 
+use super::idmap::IdMap;
 use super::{OverlayConfig, OverlayFs};
 use crate::fuse::{FuseOptions, OverlayFuse};
 use crate::kernel::{KernelOverlay, MountSys, RealMount};
@@ -91,6 +92,11 @@ pub struct MountOptions {
     pub ttl_upper: Duration,
     /// Kernel: further overlayfs options (`volatile`, `redirect_dir=on`, …).
     pub kernel_extra: Vec<String>,
+    /// FUSE: user ids as stored in the layers → as the mount shows them
+    /// (`uidmapping=`); the kernel back end refuses anything but the identity.
+    pub uid_map: IdMap,
+    /// FUSE: the same for groups (`gidmapping=`).
+    pub gid_map: IdMap,
 }
 
 impl Default for MountOptions {
@@ -106,6 +112,8 @@ impl Default for MountOptions {
             ttl_lower: Duration::from_secs(600),
             ttl_upper: Duration::from_secs(1),
             kernel_extra: Vec::new(),
+            uid_map: IdMap::default(),
+            gid_map: IdMap::default(),
         }
     }
 }
@@ -134,6 +142,14 @@ pub enum Error {
         /// Cause.
         #[source]
         source: io::Error,
+    },
+    /// The back end cannot do what the options ask.
+    #[error("the {backend:?} back end does not support {what}")]
+    Unsupported {
+        /// The back end asked for.
+        backend: Backend,
+        /// The option it cannot honour.
+        what: &'static str,
     },
     /// Unmounting failed (the mount was then detached lazily).
     #[error("unmount of {target} failed")]
@@ -246,6 +262,8 @@ pub(crate) fn fuse_fs(layers: &Layers, options: &MountOptions) -> io::Result<Ove
         _ => OverlayConfig::read_only(layers.lowers.clone()),
     };
     cfg.ttl_lower = options.ttl_lower;
+    cfg.uid_map = options.uid_map.clone();
+    cfg.gid_map = options.gid_map.clone();
     if cfg.read_only {
         cfg.ttl_upper = options.ttl_lower;
     }
@@ -283,6 +301,12 @@ impl Overlay {
                 }
             }
             Backend::Kernel => {
+                if !options.uid_map.is_identity() || !options.gid_map.is_identity() {
+                    return Err(Error::Unsupported {
+                        backend,
+                        what: "uid/gid mapping",
+                    });
+                }
                 let mut flags = MsFlags::empty();
                 if !options.suid {
                     flags |= MsFlags::MS_NOSUID;

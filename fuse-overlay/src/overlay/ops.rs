@@ -24,7 +24,9 @@ struct NewEntry {
     path: PathBuf,
     /// A whiteout was removed to make room: a new directory there must be opaque.
     over_whiteout: bool,
-    /// Group of the new entry (the parent's when it is setgid).
+    /// Owner of the new entry as stored: the caller's (mapped), with the parent's group
+    /// when the parent is setgid.
+    uid: u32,
     gid: u32,
     parent_setgid: bool,
 }
@@ -42,9 +44,27 @@ fn set_time(t: Option<SetTime>) -> TimeSpec {
 
 impl OverlayFs {
     /// Checks that `name` is free in `parent`, copies the parent up and removes any
-    /// whiteout under the name. Needs the namespace lock held exclusively.
-    fn prepare_create(&self, parent: u64, name: &OsStr, caller: Caller) -> io::Result<NewEntry> {
+    /// whiteout under the name. `caller` owns the new entry (none for a hard link); an
+    /// owner outside the id mapping cannot be stored (EOVERFLOW, as an idmapped mount
+    /// answers). Needs the namespace lock held exclusively.
+    fn prepare_create(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        caller: Option<Caller>,
+    ) -> io::Result<NewEntry> {
         name_ok(name)?;
+        let (uid, gid) = match caller {
+            Some(c) => (
+                self.uid_map
+                    .stored(c.uid)
+                    .ok_or_else(|| errno(libc::EOVERFLOW))?,
+                self.gid_map
+                    .stored(c.gid)
+                    .ok_or_else(|| errno(libc::EOVERFLOW))?,
+            ),
+            None => (0, 0),
+        };
         if whiteout::is_wh_name(name) {
             return Err(errno(libc::EINVAL));
         }
@@ -65,24 +85,19 @@ impl OverlayFs {
             rel: prel.join(name),
             path: pdir.join(name),
             over_whiteout,
-            gid: if parent_setgid { pmd.gid() } else { caller.gid },
+            uid,
+            gid: if parent_setgid { pmd.gid() } else { gid },
             parent_setgid,
         })
     }
 
     /// Gives a just-created upper entry its owner and exact mode, registers its inode
     /// (one lookup) and returns the entry.
-    fn finish_create(
-        &self,
-        new: &NewEntry,
-        name: &OsStr,
-        caller: Caller,
-        mode: u32,
-    ) -> io::Result<Entry> {
+    fn finish_create(&self, new: &NewEntry, name: &OsStr, mode: u32) -> io::Result<Entry> {
         let md = std::fs::symlink_metadata(&new.path)?;
         let kind = FileKind::from_mode(md.mode());
-        if self.privileged && (md.uid() != caller.uid || md.gid() != new.gid) {
-            std::os::unix::fs::lchown(&new.path, Some(caller.uid), Some(new.gid))?;
+        if self.privileged && (md.uid() != new.uid || md.gid() != new.gid) {
+            std::os::unix::fs::lchown(&new.path, Some(new.uid), Some(new.gid))?;
         }
         if kind != FileKind::Symlink {
             let mut want = mode & 0o7777;
@@ -125,7 +140,7 @@ impl OverlayFs {
     ) -> io::Result<(Entry, Opened)> {
         self.check_writable()?;
         let _t = self.write_tree();
-        let new = self.prepare_create(parent, name, caller)?;
+        let new = self.prepare_create(parent, name, Some(caller))?;
         let keep = flags & (libc::O_SYNC | libc::O_DSYNC | libc::O_NONBLOCK);
         let file: File = std::fs::OpenOptions::new()
             .read(true)
@@ -134,7 +149,7 @@ impl OverlayFs {
             .mode(mode & 0o7777)
             .custom_flags(keep | libc::O_CLOEXEC)
             .open(&new.path)?;
-        let entry = self.finish_create(&new, name, caller, mode)?;
+        let entry = self.finish_create(&new, name, mode)?;
         let node = self.nodes.get(entry.attr.ino)?;
         Ok((entry, self.opened_upper(node, file)))
     }
@@ -143,11 +158,11 @@ impl OverlayFs {
     pub fn mkdir(&self, parent: u64, name: &OsStr, mode: u32, caller: Caller) -> io::Result<Entry> {
         self.check_writable()?;
         let _t = self.write_tree();
-        let new = self.prepare_create(parent, name, caller)?;
+        let new = self.prepare_create(parent, name, Some(caller))?;
         std::fs::DirBuilder::new()
             .mode(mode & 0o7777)
             .create(&new.path)?;
-        self.finish_create(&new, name, caller, mode)
+        self.finish_create(&new, name, mode)
     }
 
     /// Creates a file node: regular file, fifo, socket or device.
@@ -165,14 +180,14 @@ impl OverlayFs {
             return Err(errno(libc::EINVAL));
         }
         let _t = self.write_tree();
-        let new = self.prepare_create(parent, name, caller)?;
+        let new = self.prepare_create(parent, name, Some(caller))?;
         nix::sys::stat::mknod(
             &new.path,
             SFlag::from_bits_truncate(kind.mode_bits()),
             Mode::from_bits_truncate(mode & 0o7777),
             rdev,
         )?;
-        self.finish_create(&new, name, caller, mode)
+        self.finish_create(&new, name, mode)
     }
 
     /// Creates a symbolic link `name` → `target`.
@@ -185,9 +200,9 @@ impl OverlayFs {
     ) -> io::Result<Entry> {
         self.check_writable()?;
         let _t = self.write_tree();
-        let new = self.prepare_create(parent, name, caller)?;
+        let new = self.prepare_create(parent, name, Some(caller))?;
         std::os::unix::fs::symlink(target, &new.path)?;
-        self.finish_create(&new, name, caller, 0o777)
+        self.finish_create(&new, name, 0o777)
     }
 
     /// Creates a hard link `newname` in `newparent` to `ino` (copied up first).
@@ -198,7 +213,7 @@ impl OverlayFs {
         if node.kind == FileKind::Dir {
             return Err(errno(libc::EPERM));
         }
-        let new = self.prepare_create(newparent, newname, Caller::ROOT)?;
+        let new = self.prepare_create(newparent, newname, None)?;
         self.copy_up(&node, true)?;
         let st = node.snapshot();
         let src = self.backing_path(&node, &st)?;
@@ -516,6 +531,12 @@ impl OverlayFs {
     /// `fh` is the handle the change came through, if any.
     pub fn setattr(&self, ino: u64, fh: Option<u64>, set: &SetAttr) -> io::Result<Attr> {
         self.check_writable()?;
+        // An owner outside the id mapping cannot be stored: refused before any change.
+        let map = |id: Option<u32>, m: &super::idmap::IdMap| {
+            id.map(|id| m.stored(id).ok_or_else(|| errno(libc::EINVAL)))
+                .transpose()
+        };
+        let (uid, gid) = (map(set.uid, &self.uid_map)?, map(set.gid, &self.gid_map)?);
         let _t = self.write_tree();
         let node = self.nodes.get(ino)?;
         self.copy_up(&node, set.size != Some(0))?;
@@ -536,11 +557,11 @@ impl OverlayFs {
                     .set_len(size)?,
             }
         }
-        if set.uid.is_some() || set.gid.is_some() {
+        if uid.is_some() || gid.is_some() {
             if follow {
-                std::os::unix::fs::chown(&path, set.uid, set.gid)?;
+                std::os::unix::fs::chown(&path, uid, gid)?;
             } else {
-                std::os::unix::fs::lchown(&path, set.uid, set.gid)?;
+                std::os::unix::fs::lchown(&path, uid, gid)?;
             }
         }
         if let Some(mode) = set.mode {
