@@ -298,7 +298,7 @@ impl Filesystem for OverlayFuse {
             mtime: set_time(mtime),
             // fuser does not pass FATTR_KILL_SUIDGID: a truncation by an unprivileged
             // caller is the case the kernel would mark.
-            kill_suidgid: size.is_some() && req.uid() != 0,
+            kill_suidgid: size.is_some() && !self.core.is_root(req.uid()),
         };
         match self.core.setattr(ino.0, fh.map(|f| f.0), &set) {
             Ok(a) => {

@@ -1,7 +1,9 @@
 //! Copy-up of file data on real filesystems (root: loop devices and mounts): the three
 //! ways data is copied — a direct read for small files not in the page cache, the
 //! page cache for the rest, a reflink where upper and lower share a filesystem that
-//! can — each checked for the bytes it produces and for the way it took.
+//! can — each checked for the bytes it produces and, where the way leaves a trace
+//! (the lower file's page cache, shared extents), for the way it took. Needs Linux 6.5
+//! (`cachestat`).
 
 mod overlay_harness;
 

@@ -81,9 +81,14 @@ fn layers() -> Fixture {
         .file(0, "user-file", "u")
         .file(0, "stranger", "s")
         .dir(0, "pub")
+        .dir(0, "pub2")
+        .dir(0, "sg")
         .chown(0, "user-file", 1000, 1001)
         .chown(0, "stranger", 70000, 70001)
-        .chmod(0, "pub", 0o777);
+        .chown(0, "sg", 0, 42)
+        .chmod(0, "pub", 0o777)
+        .chmod(0, "pub2", 0o777)
+        .chmod(0, "sg", 0o2777);
     f
 }
 
@@ -110,6 +115,21 @@ fn mapped_owners_on_the_fuse_overlay() {
     let layers = Layers::writable(f.lowers.clone(), upper.clone(), work.clone());
     let guard = Overlay::mount(Backend::Fuse, &layers, &mnt, &options).expect("mount");
 
+    // First a listing with owners (READDIRPLUS attributes, nothing looked up before).
+    let ls = Command::new("ls").arg("-ln").arg(&mnt).output().unwrap();
+    let ls = String::from_utf8_lossy(&ls.stdout);
+    let owners_of = |name: &str| -> String {
+        let line = ls
+            .lines()
+            .find(|l| l.ends_with(&format!(" {name}")))
+            .unwrap_or_else(|| panic!("{name} not listed:\n{ls}"));
+        let f: Vec<&str> = line.split_whitespace().collect();
+        format!("{}:{}", f[2], f[3])
+    };
+    assert_eq!(owners_of("root-file"), "100000:200000");
+    assert_eq!(owners_of("user-file"), "101000:201001");
+    assert_eq!(owners_of("stranger"), "65534:65534");
+
     // Stored owners are shown shifted; one outside the mapping as the overflow id.
     assert_eq!(owner(&mnt.join("root-file")), (100000, 200000));
     assert_eq!(owner(&mnt.join("user-file")), (101000, 201001));
@@ -133,12 +153,48 @@ fn mapped_owners_on_the_fuse_overlay() {
     assert!(ok, "mkdir as 100005: {err}");
     assert_eq!(owner(&upper.join("pub/dir")), (5, 7));
 
-    // A user outside the mapping cannot own anything here: EOVERFLOW, nothing made.
-    let (ok, err) = run_as(5, 7, &["touch", mnt.join("pub/nope").to_str().unwrap()]);
+    // Symlinks and special files too; in a setgid directory the group is the
+    // directory's stored one.
+    let (ok, err) = run_as(
+        100005,
+        200007,
+        &["ln", "-s", "new", mnt.join("pub/ln").to_str().unwrap()],
+    );
+    assert!(ok, "ln -s: {err}");
+    assert_eq!(owner(&upper.join("pub/ln")), (5, 7));
+    let (ok, err) = run_as(
+        100005,
+        200007,
+        &["mkfifo", mnt.join("pub/fifo").to_str().unwrap()],
+    );
+    assert!(ok, "mkfifo: {err}");
+    assert_eq!(owner(&upper.join("pub/fifo")), (5, 7));
+    let (ok, err) = run_as(
+        100005,
+        200007,
+        &["touch", mnt.join("sg/f").to_str().unwrap()],
+    );
+    assert!(ok, "touch in setgid dir: {err}");
+    assert_eq!(owner(&upper.join("sg/f")), (5, 42));
+    assert_eq!(owner(&mnt.join("sg/f")), (100005, 200042));
+    // A hard link keeps its inode's owner.
+    fs::hard_link(mnt.join("pub/new"), mnt.join("pub/new-link")).unwrap();
+    assert_eq!(owner(&mnt.join("pub/new-link")), (100005, 200007));
+    assert_eq!(owner(&upper.join("pub/new-link")), (5, 7));
+
+    // A user outside the mapping cannot own anything here: EOVERFLOW, nothing made —
+    // not even the copy-up of the parent directory.
+    let (ok, err) = run_as(5, 7, &["touch", mnt.join("pub2/nope").to_str().unwrap()]);
     assert!(!ok, "touch by an unmapped user succeeded");
     assert!(err.contains("Value too large"), "{err}");
+    assert!(
+        !upper.join("pub2").exists(),
+        "parent copied up for a refused create"
+    );
+    assert!(!mnt.join("pub2/nope").exists());
+    let (ok, _) = run_as(5, 7, &["mkdir", mnt.join("pub/nope").to_str().unwrap()]);
+    assert!(!ok, "mkdir by an unmapped user succeeded");
     assert!(!upper.join("pub/nope").exists());
-    assert!(!mnt.join("pub/nope").exists());
 
     // chown through the mount stores the shifted-back ids in the upper copy only.
     nix::unistd::chown(
@@ -200,7 +256,7 @@ fn stowage_overlay_binary_maps_ids() {
         tmp.path().join("w"),
         tmp.path().join("m"),
     );
-    for d in [&upper, &work, &mnt] {
+    for d in [&upper, &work, &mnt, &tmp.path().join("m2")] {
         fs::create_dir(d).unwrap();
     }
     // The unprivileged callers below must reach the mount point.
@@ -239,7 +295,7 @@ fn stowage_overlay_binary_maps_ids() {
             upper.display(),
             work.display()
         ))
-        .arg(tmp.path().join("u"))
+        .arg(tmp.path().join("m2"))
         .output()
         .unwrap();
     assert!(!bad.status.success());

@@ -150,7 +150,7 @@ fn split_lowers(v: &str) -> Vec<PathBuf> {
 fn join_id_mappings(options: &[String]) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for opt in options.iter().flat_map(|s| s.split(',')) {
-        let triple = opt.split(':').count() == 3
+        let triple = opt.split(':').count() % 3 == 0
             && opt
                 .split(':')
                 .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
@@ -459,6 +459,13 @@ mod tests {
         assert_eq!(p.options.uid_map, want);
         assert_eq!(p.options.gid_map, want);
         assert!(!p.options.dev);
+        // Two triples after one comma.
+        let p = parse(&[
+            "lowerdir=/l,upperdir=/u,workdir=/w,uidmapping=0:1000:1,1:110000:65536:70000:300000:5",
+        ])
+        .unwrap();
+        assert_eq!(p.options.uid_map.shown(70004), 300004);
+        assert_eq!(p.options.uid_map.shown(1), 110000);
         let p = parse(&["lowerdir=/l,upperdir=/u,workdir=/w"]).unwrap();
         assert!(p.options.uid_map.is_identity() && p.options.gid_map.is_identity());
     }

@@ -90,13 +90,15 @@ pub(crate) fn copy_data(src: &File, dst: &File, size: u64, reflink: &AtomicBool)
     if size <= SMALL_FILE {
         // A source shortened meanwhile leaves a shorter copy: it gets the recorded
         // size, as after a sparse copy.
-        let copied = match uncached(src, size) {
-            true => copy_direct(src, dst, size)?,
-            false => None,
+        let direct = if uncached(src, size) {
+            copy_direct(src, dst, size)?
+        } else {
+            0
         };
-        let copied = match copied {
-            Some(n) => n,
-            None => copy_range(src, dst, 0, size)?,
+        let copied = if direct < size {
+            copy_range(src, dst, direct, size - direct)?
+        } else {
+            direct
         };
         if copied < size {
             dst.set_len(size)?;
@@ -138,13 +140,14 @@ const DIRECT_ALIGN: usize = 4096;
 /// Copies a small file whose data is not in the page cache with one direct read
 /// (`O_DIRECT`): the data goes from the device to the copy without a stop in the lower
 /// file's page cache, so a copied-up file is cached once (as its upper copy), not twice,
-/// and the read skips page-cache bookkeeping. Returns the bytes copied, or `None` when
-/// the lower filesystem refuses direct reads (the caller then copies through the cache).
-fn copy_direct(src: &File, dst: &File, size: u64) -> io::Result<Option<u64>> {
+/// and the read skips page-cache bookkeeping. Returns how many bytes from the start
+/// were copied: all of them, or fewer when the lower filesystem refuses direct reads
+/// or ends one early (the caller copies the rest through the cache).
+fn copy_direct(src: &File, dst: &File, size: u64) -> io::Result<u64> {
     use nix::fcntl::{FcntlArg, OFlag, fcntl};
     let flags = OFlag::from_bits_truncate(fcntl(src, FcntlArg::F_GETFL)?);
     if fcntl(src, FcntlArg::F_SETFL(flags | OFlag::O_DIRECT)).is_err() {
-        return Ok(None);
+        return Ok(0);
     }
     let len = (size as usize).div_ceil(DIRECT_ALIGN) * DIRECT_ALIGN;
     DIRECT_BUF.with_borrow_mut(|raw| {
@@ -163,38 +166,40 @@ thread_local! {
 }
 
 /// The read and write of [`copy_direct`] through the aligned `buf` (the size of `src`
-/// rounded up to [`DIRECT_ALIGN`]); `flags` are `src`'s flags before `O_DIRECT`.
+/// rounded up to [`DIRECT_ALIGN`]); `flags` are `src`'s flags before `O_DIRECT`, put
+/// back when the rest must go through the cache.
 fn read_direct(
     src: &File,
     dst: &File,
     size: u64,
     buf: &mut [u8],
     flags: nix::fcntl::OFlag,
-) -> io::Result<Option<u64>> {
+) -> io::Result<u64> {
     use nix::fcntl::{FcntlArg, fcntl};
     let len = buf.len();
     let mut got = 0;
     while got < len {
         match src.read_at(&mut buf[got..], got as u64) {
             Ok(0) => break,
-            // A direct read ends short only at the end of the file.
+            // A block filesystem ends a direct read short only at the end of the file;
+            // others may stop anywhere: the caller copies what is left.
             Ok(n) if n % DIRECT_ALIGN != 0 => {
                 got += n;
                 break;
             }
             Ok(n) => got += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) && got == 0 => {
-                // Alignment this filesystem does not accept: through the cache instead.
-                fcntl(src, FcntlArg::F_SETFL(flags))?;
-                return Ok(None);
-            }
+            // Alignment or direct I/O this filesystem does not accept.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => break,
             Err(e) => return Err(e),
         }
     }
     let n = got.min(size as usize);
     dst.write_all_at(&buf[..n], 0)?;
-    Ok(Some(n as u64))
+    if (n as u64) < size {
+        fcntl(src, FcntlArg::F_SETFL(flags))?;
+    }
+    Ok(n as u64)
 }
 
 fn timespec(secs: i64, nsecs: i64) -> TimeSpec {
@@ -388,19 +393,22 @@ impl OverlayFs {
     ) -> io::Result<(u64, Option<File>)> {
         let tmp = self.tmp_path();
         let built = self.build_copy(src, md, &tmp, with_data).and_then(|copy| {
+            // The copy's number before it is in place: nothing may fail after the rename.
+            let ino = match &copy {
+                Some(f) => f.metadata()?.ino(),
+                None => std::fs::symlink_metadata(&tmp)?.ino(),
+            };
             nix::fcntl::renameat2(
                 nix::fcntl::AT_FDCWD,
                 &tmp,
                 nix::fcntl::AT_FDCWD,
                 dst,
                 nix::fcntl::RenameFlags::RENAME_NOREPLACE,
-            )
-            .map_err(io::Error::from)
-            .map(|()| copy)
+            )?;
+            Ok((ino, copy))
         });
         match built {
-            Ok(Some(copy)) => Ok((copy.metadata()?.ino(), Some(copy))),
-            Ok(None) => Ok((std::fs::symlink_metadata(dst)?.ino(), None)),
+            Ok(done) => Ok(done),
             Err(e) => {
                 let _ = if md.is_dir() {
                     std::fs::remove_dir(&tmp)

@@ -172,7 +172,7 @@ impl OverlayFs {
         };
         if trunc && st.upper {
             file.set_len(0)?;
-            if caller.uid != 0 {
+            if !self.is_root(caller.uid) {
                 kill_suid(&file)?;
             }
         }

@@ -10,7 +10,10 @@
 use std::fmt;
 
 /// The id a stored owner outside every range is shown as: the kernel's default
-/// overflow id ("nobody"), as a user namespace shows an unmapped owner.
+/// overflow id ("nobody"), as a user namespace shows an unmapped owner — unless a range
+/// shows some stored id as 65534: then that user would own every unmapped file (the
+/// kernel checks permissions against the ids the mount shows), and the largest id no
+/// range shows is used instead, which no process has.
 pub const OVERFLOW_ID: u32 = 65534;
 
 /// One contiguous range of ids.
@@ -34,9 +37,20 @@ impl Range {
 
 /// A mapping of owner ids (user or group) between the layers and the mount. The empty
 /// mapping is the identity.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdMap {
     ranges: Vec<Range>,
+    /// What a stored id outside every range is shown as (see [`OVERFLOW_ID`]).
+    overflow: u32,
+}
+
+impl Default for IdMap {
+    fn default() -> Self {
+        IdMap {
+            ranges: Vec::new(),
+            overflow: OVERFLOW_ID,
+        }
+    }
 }
 
 /// Why an id mapping was refused.
@@ -45,8 +59,8 @@ pub enum IdMapError {
     /// Not a list of `STORED:SHOWN:LEN` triples of decimal numbers.
     #[error("id mapping {0:?}: want STORED:SHOWN:LEN triples of decimal numbers")]
     Syntax(String),
-    /// A range of length 0, or one past the 32-bit id space.
-    #[error("id mapping range {0}: empty or past the largest id")]
+    /// A range of length 0, or one reaching 4294967295 (`(uid_t)-1`, not an id).
+    #[error("id mapping range {0}: empty or past the largest id (4294967294)")]
     BadRange(String),
     /// Two ranges share stored or shown ids: the mapping would not be one-to-one.
     #[error("id mapping ranges {0} and {1} overlap")]
@@ -65,9 +79,12 @@ impl IdMap {
     pub fn parse(spec: &str) -> Result<Self, IdMapError> {
         let nums = spec
             .split([':', ','])
-            .map(|n| n.trim().parse::<u32>())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|_| IdMapError::Syntax(spec.into()))?;
+            .map(|n| match n.bytes().all(|b| b.is_ascii_digit()) {
+                true => n.parse::<u32>().ok(),
+                false => None,
+            })
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| IdMapError::Syntax(spec.into()))?;
         if nums.is_empty() || nums.len() % 3 != 0 {
             return Err(IdMapError::Syntax(spec.into()));
         }
@@ -78,7 +95,7 @@ impl IdMap {
                 shown: t[1],
                 len: t[2],
             };
-            let past = |start: u32| u64::from(start) + u64::from(r.len) > 1 << 32;
+            let past = |start: u32| u64::from(start) + u64::from(r.len) > u64::from(u32::MAX);
             if r.len == 0 || past(r.stored) || past(r.shown) {
                 return Err(IdMapError::BadRange(r.to_string()));
             }
@@ -90,7 +107,20 @@ impl IdMap {
             }
             ranges.push(r);
         }
-        Ok(IdMap { ranges })
+        // The largest id below u32::MAX that no range shows (there is one: ranges end
+        // below u32::MAX and cannot cover everything below it without overlapping).
+        let shown_by = |id: u32| ranges.iter().find(|r| Range::contains(r.shown, r.len, id));
+        let mut overflow = OVERFLOW_ID;
+        if shown_by(overflow).is_some() {
+            overflow = u32::MAX - 1;
+            while let Some(r) = shown_by(overflow) {
+                overflow = r
+                    .shown
+                    .checked_sub(1)
+                    .ok_or_else(|| IdMapError::Syntax(spec.into()))?;
+            }
+        }
+        Ok(IdMap { ranges, overflow })
     }
 
     /// Whether this is the identity (no option given).
@@ -106,7 +136,7 @@ impl IdMap {
         self.ranges
             .iter()
             .find(|r| Range::contains(r.stored, r.len, stored))
-            .map_or(OVERFLOW_ID, |r| r.shown + (stored - r.stored))
+            .map_or(self.overflow, |r| r.shown + (stored - r.stored))
     }
 
     /// The id to store for an owner the mount's user gave; `None` when it lies
@@ -162,8 +192,24 @@ mod tests {
     }
 
     #[test]
+    fn unmapped_owners_never_show_as_a_mapped_user() {
+        // 65534 is shown for stored 65534 here: unmapped owners must not become that
+        // user's files.
+        let m = IdMap::parse("0:0:65536").unwrap();
+        assert_eq!(m.shown(65534), 65534);
+        assert_eq!(m.shown(70000), u32::MAX - 1);
+        assert_eq!(m.stored(u32::MAX - 1), None);
+        // The fallback itself taken too: the next free id below.
+        let m = IdMap::parse("0:0:65536:70000:4294967200:95").unwrap();
+        assert_eq!(m.shown(80000), 4294967199);
+        assert_eq!(m.stored(4294967199), None);
+    }
+
+    #[test]
     fn bad_mappings_are_refused() {
-        for bad in ["", "0:1", "0:1:2:3", "a:1:1", "-1:0:1", "0:0:1:"] {
+        for bad in [
+            "", "0:1", "0:1:2:3", "a:1:1", "-1:0:1", "0:0:1:", " 0:1:1", "+0:1:1",
+        ] {
             assert!(
                 matches!(IdMap::parse(bad), Err(IdMapError::Syntax(_))),
                 "{bad:?}"
@@ -175,6 +221,12 @@ mod tests {
         ));
         assert!(matches!(
             IdMap::parse("4294967295:0:2"),
+            Err(IdMapError::BadRange(_))
+        ));
+        // (uid_t)-1 is not an id: a range may end at 4294967294, not one later.
+        assert!(IdMap::parse("0:4294967294:1").is_ok());
+        assert!(matches!(
+            IdMap::parse("0:4294967295:1"),
             Err(IdMapError::BadRange(_))
         ));
         // Overlap of stored ids, then of shown ids.

@@ -358,6 +358,12 @@ impl OverlayFs {
 
     /// Attributes for `node` from its backing metadata (merged directories report one
     /// link, as kernel overlayfs does).
+    /// Whether the caller id `uid` (as the mount shows ids) is root in the layers: the
+    /// one the kernel lets keep setuid bits on a truncation or write.
+    pub fn is_root(&self, uid: u32) -> bool {
+        self.uid_map.stored(uid) == Some(0)
+    }
+
     fn attr_of(&self, ino: u64, md: &std::fs::Metadata, st: &NodeState) -> Attr {
         let mut a = Attr::from_metadata(ino, md);
         a.uid = self.uid_map.shown(a.uid);

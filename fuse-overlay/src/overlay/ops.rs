@@ -25,9 +25,8 @@ struct NewEntry {
     /// A whiteout was removed to make room: a new directory there must be opaque.
     over_whiteout: bool,
     /// Owner of the new entry as stored: the caller's (mapped), with the parent's group
-    /// when the parent is setgid.
-    uid: u32,
-    gid: u32,
+    /// when the parent is setgid; none for a hard link (it keeps its inode's).
+    owner: Option<(u32, u32)>,
     parent_setgid: bool,
 }
 
@@ -54,16 +53,16 @@ impl OverlayFs {
         caller: Option<Caller>,
     ) -> io::Result<NewEntry> {
         name_ok(name)?;
-        let (uid, gid) = match caller {
-            Some(c) => (
+        let owner = match caller {
+            Some(c) => Some((
                 self.uid_map
                     .stored(c.uid)
                     .ok_or_else(|| errno(libc::EOVERFLOW))?,
                 self.gid_map
                     .stored(c.gid)
                     .ok_or_else(|| errno(libc::EOVERFLOW))?,
-            ),
-            None => (0, 0),
+            )),
+            None => None,
         };
         if whiteout::is_wh_name(name) {
             return Err(errno(libc::EINVAL));
@@ -85,8 +84,7 @@ impl OverlayFs {
             rel: prel.join(name),
             path: pdir.join(name),
             over_whiteout,
-            uid,
-            gid: if parent_setgid { pmd.gid() } else { gid },
+            owner: owner.map(|(uid, gid)| (uid, if parent_setgid { pmd.gid() } else { gid })),
             parent_setgid,
         })
     }
@@ -96,8 +94,11 @@ impl OverlayFs {
     fn finish_create(&self, new: &NewEntry, name: &OsStr, mode: u32) -> io::Result<Entry> {
         let md = std::fs::symlink_metadata(&new.path)?;
         let kind = FileKind::from_mode(md.mode());
-        if self.privileged && (md.uid() != new.uid || md.gid() != new.gid) {
-            std::os::unix::fs::lchown(&new.path, Some(new.uid), Some(new.gid))?;
+        if let Some((uid, gid)) = new.owner
+            && self.privileged
+            && (md.uid() != uid || md.gid() != gid)
+        {
+            std::os::unix::fs::lchown(&new.path, Some(uid), Some(gid))?;
         }
         if kind != FileKind::Symlink {
             let mut want = mode & 0o7777;

@@ -196,11 +196,13 @@ pub(crate) fn ficlone(dst: impl AsFd, src: impl AsFd) -> io::Result<()> {
     Ok(())
 }
 
-/// `cachestat(2)`'s number on every architecture (the generic syscall table); libc
-/// does not name it for glibc targets yet.
+/// `cachestat(2)`'s number on x86_64 and aarch64 (the common table); libc does not
+/// name it for glibc targets yet. Other architectures number it differently.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 const SYS_CACHESTAT: libc::c_long = 451;
 
 /// `struct cachestat_range` of `cachestat(2)`.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 #[repr(C)]
 struct CachestatRange {
     off: u64,
@@ -208,6 +210,7 @@ struct CachestatRange {
 }
 
 /// `struct cachestat` of `cachestat(2)`.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 #[repr(C)]
 #[derive(Default)]
 struct Cachestat {
@@ -219,7 +222,17 @@ struct Cachestat {
 }
 
 /// How many of the pages of `file`'s first `len` bytes are in the page cache
-/// (`cachestat(2)`, Linux 6.5; ENOSYS before).
+/// (`cachestat(2)`, Linux 6.5; ENOSYS before; recent kernels answer EPERM unless the
+/// caller may write the file or owns it, which a root daemon can).
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+pub(crate) fn cached_pages(_file: impl AsFd, _len: u64) -> io::Result<u64> {
+    Err(io::Error::from_raw_os_error(libc::ENOSYS))
+}
+
+/// How many of the pages of `file`'s first `len` bytes are in the page cache
+/// (`cachestat(2)`, Linux 6.5; ENOSYS before; recent kernels answer EPERM unless the
+/// caller may write the file or owns it, which a root daemon can).
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 pub(crate) fn cached_pages(file: impl AsFd, len: u64) -> io::Result<u64> {
     let range = CachestatRange { off: 0, len };
     let mut stat = Cachestat::default();
