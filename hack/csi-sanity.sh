@@ -12,8 +12,8 @@
 #                  --csi.testvolumeaccesstype=block)
 #
 # The dir run also modifies volumes with the mutable parameter compression=zstd
-# (--csi.testvolumemutableparameters); the loop runs modify with no parameters,
-# since loop volumes have none that can change yet.
+# (--csi.testvolumemutableparameters); the loop runs modify with no parameters (their
+# only mutable ones, replicas and replicationInterval, need peer daemons).
 #
 # Environment:
 #   CSI_SANITY_ARGS             extra csi-sanity/ginkgo flags, appended last (word-split),

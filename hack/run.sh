@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs stowaged on the embedded default pool under ./.stowage (a sparse btrfs image,
 # created on first start), listening on ./.stowage/csi.sock. Installs the filesystem
-# tools it needs when they are missing. Extra arguments go to stowaged.
+# tools it needs when they are missing; builds stowaged, vol and stowage-overlay
+# (which overlay=fuse image volumes run). Extra arguments go to stowaged.
 #
 #   sudo hack/run.sh [--pool-size 20GiB] [--node-id NAME] ...
 set -euo pipefail
@@ -23,7 +24,8 @@ if ((${#missing[@]} > 0)); then
 	DEBIAN_FRONTEND=noninteractive apt-get update
 	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
 fi
-cargo build --release -p csi-driver --bin stowaged
+cargo build --release -p csi-driver --bin stowaged --bin vol
+cargo build --release -p fuse-overlay --bin stowage-overlay
 STATE=$ROOT/.stowage
 mkdir -p "$STATE"
 exec "$ROOT/target/release/stowaged" \

@@ -8,7 +8,7 @@
 #   2. cargo fmt --check, cargo clippy -D warnings, cargo build --bins
 #   3. cargo test with STOWAGE_PRIVILEGED_TESTS=required; fails on any
 #      SKIPPED-PRIVILEGED marker and on any ignored test
-#   4. hack/csi-sanity.sh (dir, loop+ext4, loop+xfs)
+#   4. hack/csi-sanity.sh (dir, loop+ext4, loop+xfs, loop as raw block)
 #   5. prints "N passed, N failed, N skipped" as its last line; exits non-zero
 #      if anything failed
 #

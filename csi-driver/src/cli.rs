@@ -131,7 +131,8 @@ pub enum Command {
         size: String,
     },
     /// Send a snapshot of a volume to a peer daemon (`stowaged --peer`): incremental
-    /// from the newest snapshot both hold, else full. btrfs pools only.
+    /// from the newest snapshot both hold, else full (btrfs send between btrfs pools,
+    /// a chunk diff between plain ones).
     Replicate {
         /// Volume name or id.
         name: String,

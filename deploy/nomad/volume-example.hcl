@@ -12,7 +12,8 @@
 #   }
 #
 # Parameters are the StorageClass parameters of the Kubernetes manifests: kind (dir |
-# loop) and fsType (ext4 | xfs, loop only).
+# loop | image), fsType (ext4 | xfs, loop only), layers and overlay (image only),
+# replicas and replicationInterval.
 id        = "stowage-example"
 name      = "stowage-example"
 type      = "csi"

@@ -1,7 +1,7 @@
 //! Mutable volume parameters (ControllerModifyVolume, VolumeAttributesClass):
 //! `compression` (`none`, `zstd`, `lzo`, `zlib`) for directory volumes on a btrfs pool,
 //! applied to the live subvolume so data written from then on is compressed;
-//! `replicas` and `replicationInterval` of volumes on a btrfs pool.
+//! `replicas` and `replicationInterval` of directory and loop volumes (any pool).
 
 use std::collections::BTreeMap;
 
