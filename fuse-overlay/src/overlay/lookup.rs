@@ -42,6 +42,20 @@ fn lstat(path: &Path) -> io::Result<Option<Metadata>> {
     }
 }
 
+/// What resolving a name found, for callers that care why nothing is there.
+// Returned and matched at once, never stored: boxing `Found` would only add an
+// allocation to every lookup.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub(crate) enum Resolution {
+    /// An entry of the merged view.
+    Found(Resolved),
+    /// Nothing, and no whiteout in the upper layer.
+    Absent,
+    /// A whiteout in the upper layer hides the name (a new entry there replaces it).
+    WhitedOutInUpper,
+}
+
 impl OverlayFs {
     /// Resolves `name` in the directory described by `parent` (at `prel`).
     pub(crate) fn resolve(
@@ -50,14 +64,29 @@ impl OverlayFs {
         prel: &Path,
         name: &OsStr,
     ) -> io::Result<Option<Resolved>> {
+        Ok(match self.resolve_detailed(parent, prel, name)? {
+            Resolution::Found(r) => Some(r),
+            Resolution::Absent | Resolution::WhitedOutInUpper => None,
+        })
+    }
+
+    /// [`Self::resolve`], telling an upper whiteout apart from nothing. A `.wh.` file
+    /// is looked for only where a layer below could hold the name (it hides nothing
+    /// else, so a miss in the last layer costs one `lstat`).
+    pub(crate) fn resolve_detailed(
+        &self,
+        parent: &NodeState,
+        prel: &Path,
+        name: &OsStr,
+    ) -> io::Result<Resolution> {
         if whiteout::is_wh_name(name) {
-            return Ok(None);
+            return Ok(Resolution::Absent);
         }
         let rel = prel.join(name);
         let mut found: Option<Resolved> = None;
         if parent.upper {
             match lstat(&self.upper_at(&rel))? {
-                Some(md) if whiteout::is_whiteout(&md) => return Ok(None),
+                Some(md) if whiteout::is_whiteout(&md) => return Ok(Resolution::WhitedOutInUpper),
                 Some(md) => {
                     let kind = FileKind::from_mode(std::os::unix::fs::MetadataExt::mode(&md));
                     let opaque =
@@ -71,17 +100,20 @@ impl OverlayFs {
                         md,
                     };
                     if kind != FileKind::Dir || opaque {
-                        return Ok(Some(r));
+                        return Ok(Resolution::Found(r));
                     }
                     found = Some(r);
                 }
                 None => {
-                    if whiteout::has_wh_file(&self.upper_at(prel), name) {
-                        return Ok(None);
+                    if !parent.dir_lowers.is_empty()
+                        && whiteout::has_wh_file(&self.upper_at(prel), name)
+                    {
+                        return Ok(Resolution::WhitedOutInUpper);
                     }
                 }
             }
         }
+        let last = parent.dir_lowers.last().copied();
         for &layer in &parent.dir_lowers {
             let path = self.lower_at(layer, &rel);
             match lstat(&path)? {
@@ -117,13 +149,15 @@ impl OverlayFs {
                     }
                 }
                 None => {
-                    if whiteout::has_wh_file(&self.lower_at(layer, prel), name) {
+                    if Some(layer) != last
+                        && whiteout::has_wh_file(&self.lower_at(layer, prel), name)
+                    {
                         break;
                     }
                 }
             }
         }
-        Ok(found)
+        Ok(found.map_or(Resolution::Absent, Resolution::Found))
     }
 
     /// Whether some lower layer below `parent` has a (not whited-out) entry `name`:

@@ -14,7 +14,7 @@ use nix::sys::time::TimeSpec;
 use super::attr::{Attr, Caller, Entry, FileKind, SetAttr, SetTime, StatFs};
 use super::file::Opened;
 use super::inode::{Node, NodeState};
-use super::lookup::Resolved;
+use super::lookup::{Resolution, Resolved};
 use super::{OverlayFs, errno, name_ok, whiteout};
 
 /// Where a new entry goes, prepared by [`OverlayFs::prepare_create`].
@@ -71,12 +71,14 @@ impl OverlayFs {
         if pst.detached.is_some() {
             return Err(errno(libc::ENOENT));
         }
-        if self.resolve(&pst, &prel, name)?.is_some() {
-            return Err(errno(libc::EEXIST));
-        }
+        let upper_whiteout = match self.resolve_detailed(&pst, &prel, name)? {
+            Resolution::Found(_) => return Err(errno(libc::EEXIST)),
+            Resolution::Absent => false,
+            Resolution::WhitedOutInUpper => true,
+        };
         self.copy_up(&pnode, true)?;
         let pdir = self.upper_at(&prel);
-        let over_whiteout = whiteout::remove_whiteout(&pdir, name)?;
+        let over_whiteout = upper_whiteout && whiteout::remove_whiteout(&pdir, name)?;
         let pmd = std::fs::symlink_metadata(&pdir)?;
         let parent_setgid = pmd.mode() & libc::S_ISGID != 0;
         Ok(NewEntry {
@@ -90,30 +92,57 @@ impl OverlayFs {
     }
 
     /// Gives a just-created upper entry its owner and exact mode, registers its inode
-    /// (one lookup) and returns the entry.
-    fn finish_create(&self, new: &NewEntry, name: &OsStr, mode: u32) -> io::Result<Entry> {
-        let md = std::fs::symlink_metadata(&new.path)?;
+    /// (one lookup) and returns the entry. `file` is the new entry open, when it is a
+    /// regular file just created (then no path is looked up again).
+    fn finish_create(
+        &self,
+        new: &NewEntry,
+        name: &OsStr,
+        mode: u32,
+        file: Option<&File>,
+    ) -> io::Result<Entry> {
+        let stat = || match file {
+            Some(f) => f.metadata(),
+            None => std::fs::symlink_metadata(&new.path),
+        };
+        let mut md = stat()?;
+        let mut changed = false;
         let kind = FileKind::from_mode(md.mode());
+        let mut chowned = false;
         if let Some((uid, gid)) = new.owner
             && self.privileged
             && (md.uid() != uid || md.gid() != gid)
         {
-            std::os::unix::fs::lchown(&new.path, Some(uid), Some(gid))?;
+            match file {
+                Some(f) => std::os::unix::fs::fchown(f, Some(uid), Some(gid))?,
+                None => std::os::unix::fs::lchown(&new.path, Some(uid), Some(gid))?,
+            }
+            chowned = true;
+            changed = true;
         }
         if kind != FileKind::Symlink {
             let mut want = mode & 0o7777;
             if kind == FileKind::Dir && new.parent_setgid {
                 want |= libc::S_ISGID;
             }
-            // The process umask may have cleared bits, and chown clears setuid/setgid.
-            if md.mode() & 0o7777 != want {
-                std::fs::set_permissions(&new.path, std::fs::Permissions::from_mode(want))?;
+            // The process umask may have cleared bits, and a chown clears setuid and
+            // setgid of a file (the mode read before it no longer tells).
+            if md.mode() & 0o7777 != want || (chowned && want & 0o6000 != 0) {
+                let perm = std::fs::Permissions::from_mode(want);
+                match file {
+                    Some(f) => f.set_permissions(perm)?,
+                    None => std::fs::set_permissions(&new.path, perm)?,
+                }
+                changed = true;
             }
         }
         if kind == FileKind::Dir && new.over_whiteout {
             whiteout::make_opaque(&new.path, self.privileged)?;
+            changed = true;
         }
-        let md = std::fs::symlink_metadata(&new.path)?;
+        if changed {
+            md = stat()?;
+        }
         let state = NodeState {
             parent: Some(new.parent.clone()),
             name: name.to_os_string(),
@@ -150,7 +179,7 @@ impl OverlayFs {
             .mode(mode & 0o7777)
             .custom_flags(keep | libc::O_CLOEXEC)
             .open(&new.path)?;
-        let entry = self.finish_create(&new, name, mode)?;
+        let entry = self.finish_create(&new, name, mode, Some(&file))?;
         let node = self.nodes.get(entry.attr.ino)?;
         Ok((entry, self.opened_upper(node, file)))
     }
@@ -163,7 +192,7 @@ impl OverlayFs {
         std::fs::DirBuilder::new()
             .mode(mode & 0o7777)
             .create(&new.path)?;
-        self.finish_create(&new, name, mode)
+        self.finish_create(&new, name, mode, None)
     }
 
     /// Creates a file node: regular file, fifo, socket or device.
@@ -188,7 +217,7 @@ impl OverlayFs {
             Mode::from_bits_truncate(mode & 0o7777),
             rdev,
         )?;
-        self.finish_create(&new, name, mode)
+        self.finish_create(&new, name, mode, None)
     }
 
     /// Creates a symbolic link `name` → `target`.
@@ -203,7 +232,7 @@ impl OverlayFs {
         let _t = self.write_tree();
         let new = self.prepare_create(parent, name, Some(caller))?;
         std::os::unix::fs::symlink(target, &new.path)?;
-        self.finish_create(&new, name, 0o777)
+        self.finish_create(&new, name, 0o777, None)
     }
 
     /// Creates a hard link `newname` in `newparent` to `ino` (copied up first).
