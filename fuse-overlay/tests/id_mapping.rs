@@ -177,6 +177,16 @@ fn mapped_owners_on_the_fuse_overlay() {
     assert!(ok, "touch in setgid dir: {err}");
     assert_eq!(owner(&upper.join("sg/f")), (5, 42));
     assert_eq!(owner(&mnt.join("sg/f")), (100005, 200042));
+    // A setuid file made by a mapped user keeps its bit although the daemon chowns it.
+    let script = format!(
+        "import os; os.umask(0); os.close(os.open({:?}, os.O_CREAT | os.O_WRONLY, 0o4755))",
+        mnt.join("pub/suid").to_str().unwrap()
+    );
+    let (ok, err) = run_as(100005, 200007, &["/usr/bin/python3", "-c", &script]);
+    assert!(ok, "setuid create: {err}");
+    let md = fs::symlink_metadata(upper.join("pub/suid")).unwrap();
+    assert_eq!((md.uid(), md.gid(), md.mode() & 0o7777), (5, 7, 0o4755));
+
     // A hard link keeps its inode's owner.
     fs::hard_link(mnt.join("pub/new"), mnt.join("pub/new-link")).unwrap();
     assert_eq!(owner(&mnt.join("pub/new-link")), (100005, 200007));
