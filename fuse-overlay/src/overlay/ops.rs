@@ -320,7 +320,9 @@ impl OverlayFs {
         }
         self.copy_up(&pnode, true)?;
         let pst = pnode.snapshot();
-        let need_whiteout = self.lower_has(&pst, &prel, name)?;
+        // Found in a lower layer: that layer still has it. Only an upper file needs
+        // the layers below looked at.
+        let need_whiteout = r.lower.is_some() || self.lower_has(&pst, &prel, name)?;
         let rel = prel.join(name);
         self.detach(&r, &self.resolved_path(&r, &rel))?;
         if r.upper {
@@ -353,7 +355,7 @@ impl OverlayFs {
         }
         self.copy_up(&pnode, true)?;
         let pst = pnode.snapshot();
-        let need_whiteout = self.lower_has(&pst, &prel, name)?;
+        let need_whiteout = r.lower.is_some() || self.lower_has(&pst, &prel, name)?;
         self.detach(&r, &self.resolved_path(&r, &rel))?;
         if r.upper {
             self.remove_upper_dir(&self.upper_at(&rel))?;
