@@ -7,7 +7,7 @@ mod overlay_harness;
 
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use fuse_overlay::overlay::idmap::IdMap;
@@ -75,6 +75,26 @@ fn stat_in_userns(paths: &[&Path]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Stored owners of [`layers`] are shown shifted by [`UID_MAP`]/[`GID_MAP`]; one
+/// outside the mapping as the overflow id.
+fn assert_layer_owners_shown(mnt: &Path) {
+    assert_eq!(owner(&mnt.join("root-file")), (100000, 200000));
+    assert_eq!(owner(&mnt.join("user-file")), (101000, 201001));
+    assert_eq!(owner(&mnt.join("stranger")), (65534, 65534));
+}
+
+/// A temporary directory (reachable by every user, as the unprivileged callers must
+/// reach the mount point) with empty `upper`, `work` and `mnt` directories.
+fn dirs() -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let [upper, work, mnt] = ["upper", "work", "mnt"].map(|n| tmp.path().join(n));
+    for d in [&upper, &work, &mnt] {
+        fs::create_dir(d).unwrap();
+    }
+    (tmp, upper, work, mnt)
+}
+
 fn layers() -> Fixture {
     let f = Fixture::new(1);
     f.file(0, "root-file", "r")
@@ -96,17 +116,7 @@ fn layers() -> Fixture {
 fn mapped_owners_on_the_fuse_overlay() {
     overlay_harness::require_root();
     let f = layers();
-    let tmp = tempfile::tempdir().unwrap();
-    let (upper, work, mnt) = (
-        tmp.path().join("upper"),
-        tmp.path().join("work"),
-        tmp.path().join("mnt"),
-    );
-    for d in [&upper, &work, &mnt] {
-        fs::create_dir(d).unwrap();
-    }
-    // The unprivileged callers below must reach the mount point.
-    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let (_tmp, upper, work, mnt) = dirs();
     let options = MountOptions {
         uid_map: IdMap::parse(UID_MAP).unwrap(),
         gid_map: IdMap::parse(GID_MAP).unwrap(),
@@ -130,53 +140,30 @@ fn mapped_owners_on_the_fuse_overlay() {
     assert_eq!(owners_of("user-file"), "101000:201001");
     assert_eq!(owners_of("stranger"), "65534:65534");
 
-    // Stored owners are shown shifted; one outside the mapping as the overflow id.
-    assert_eq!(owner(&mnt.join("root-file")), (100000, 200000));
-    assert_eq!(owner(&mnt.join("user-file")), (101000, 201001));
-    assert_eq!(owner(&mnt.join("stranger")), (65534, 65534));
+    assert_layer_owners_shown(&mnt);
     assert_eq!(owner(&mnt.join("pub")), (100000, 200000));
 
-    // A file made by a mapped user is stored under the layer's id of that user.
-    let (ok, err) = run_as(
-        100005,
-        200007,
-        &["touch", mnt.join("pub/new").to_str().unwrap()],
-    );
-    assert!(ok, "touch as 100005: {err}");
-    assert_eq!(owner(&upper.join("pub/new")), (5, 7));
-    assert_eq!(owner(&mnt.join("pub/new")), (100005, 200007));
-    let (ok, err) = run_as(
-        100005,
-        200007,
-        &["mkdir", mnt.join("pub/dir").to_str().unwrap()],
-    );
-    assert!(ok, "mkdir as 100005: {err}");
-    assert_eq!(owner(&upper.join("pub/dir")), (5, 7));
-
-    // Symlinks and special files too; in a setgid directory the group is the
-    // directory's stored one.
-    let (ok, err) = run_as(
-        100005,
-        200007,
-        &["ln", "-s", "new", mnt.join("pub/ln").to_str().unwrap()],
-    );
-    assert!(ok, "ln -s: {err}");
-    assert_eq!(owner(&upper.join("pub/ln")), (5, 7));
-    let (ok, err) = run_as(
-        100005,
-        200007,
-        &["mkfifo", mnt.join("pub/fifo").to_str().unwrap()],
-    );
-    assert!(ok, "mkfifo: {err}");
-    assert_eq!(owner(&upper.join("pub/fifo")), (5, 7));
-    let (ok, err) = run_as(
-        100005,
-        200007,
-        &["touch", mnt.join("sg/f").to_str().unwrap()],
-    );
-    assert!(ok, "touch in setgid dir: {err}");
-    assert_eq!(owner(&upper.join("sg/f")), (5, 42));
-    assert_eq!(owner(&mnt.join("sg/f")), (100005, 200042));
+    // Files, directories, symlinks and fifos made by a mapped user are stored under the
+    // layer's ids of that user; in a setgid directory the group is the directory's.
+    let p = |rel: &str| mnt.join(rel).to_str().unwrap().to_string();
+    for (cmd, rel, stored) in [
+        (vec!["touch"], "pub/new", (5, 7)),
+        (vec!["mkdir"], "pub/dir", (5, 7)),
+        (vec!["ln", "-s", "new"], "pub/ln", (5, 7)),
+        (vec!["mkfifo"], "pub/fifo", (5, 7)),
+        (vec!["touch"], "sg/f", (5, 42)),
+    ] {
+        let target = p(rel);
+        let args: Vec<&str> = cmd.iter().copied().chain([target.as_str()]).collect();
+        let (ok, err) = run_as(100005, 200007, &args);
+        assert!(ok, "{args:?} as 100005: {err}");
+        assert_eq!(owner(&upper.join(rel)), stored, "{rel} as stored");
+        assert_eq!(
+            owner(&mnt.join(rel)),
+            (100000 + stored.0, 200000 + stored.1),
+            "{rel} as shown"
+        );
+    }
     // A setuid file made by a mapped user keeps its bit although the daemon chowns it.
     let script = format!(
         "import os; os.umask(0); os.close(os.open({:?}, os.O_CREAT | os.O_WRONLY, 0o4755))",
@@ -260,17 +247,8 @@ fn mapped_owners_on_the_fuse_overlay() {
 fn stowage_overlay_binary_maps_ids() {
     overlay_harness::require_root();
     let f = layers();
-    let tmp = tempfile::tempdir().unwrap();
-    let (upper, work, mnt) = (
-        tmp.path().join("u"),
-        tmp.path().join("w"),
-        tmp.path().join("m"),
-    );
-    for d in [&upper, &work, &mnt, &tmp.path().join("m2")] {
-        fs::create_dir(d).unwrap();
-    }
-    // The unprivileged callers below must reach the mount point.
-    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let (tmp, upper, work, mnt) = dirs();
+    fs::create_dir(tmp.path().join("m2")).unwrap();
     let opts = format!(
         "lowerdir={},upperdir={},workdir={},uidmapping=0:100000:1000,1000:101000:64536,gidmapping={GID_MAP}",
         f.lowers[0].display(),
@@ -285,9 +263,7 @@ fn stowage_overlay_binary_maps_ids() {
         .unwrap();
     assert!(out.status.success(), "stowage-overlay: {out:?}");
     let _guard = overlay_harness::LazyUnmount(mnt.clone());
-    assert_eq!(owner(&mnt.join("root-file")), (100000, 200000));
-    assert_eq!(owner(&mnt.join("user-file")), (101000, 201001));
-    assert_eq!(owner(&mnt.join("stranger")), (65534, 65534));
+    assert_layer_owners_shown(&mnt);
     let (ok, err) = run_as(
         100042,
         200042,

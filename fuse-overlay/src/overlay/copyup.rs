@@ -215,15 +215,16 @@ fn xattr_error_ignorable(e: &io::Error) -> bool {
     )
 }
 
-/// Copies the xattrs of `src` to `dst`, except the overlay's own (escaped ones, which
-/// belong to the files, are copied). `follow_src` reads through a `/proc/self/fd` link.
-pub(crate) fn copy_xattrs(
-    src: &Path,
-    dst: &Path,
-    follow_src: bool,
+/// Copies the xattrs that `list` names, read with `get` and written with `set`,
+/// except the overlay's own (escaped ones, which belong to the files, are copied).
+/// Attributes the upper filesystem or our privilege cannot hold are skipped.
+fn copy_xattrs_with(
+    list: io::Result<Vec<u8>>,
+    get: impl Fn(&OsStr) -> io::Result<Vec<u8>>,
+    set: impl Fn(&OsStr, &[u8]) -> io::Result<()>,
     privileged: bool,
 ) -> io::Result<()> {
-    let list = match sys::listxattr(src, follow_src) {
+    let list = match list {
         Ok(l) => l,
         Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(()),
         Err(e) => return Err(e),
@@ -233,12 +234,12 @@ pub(crate) fn copy_xattrs(
         if whiteout::xattr_from_layer(name, privileged).is_none() {
             continue;
         }
-        let value = match sys::getxattr(src, name, follow_src) {
+        let value = match get(name) {
             Ok(v) => v,
             Err(e) if xattr_error_ignorable(&e) => continue,
             Err(e) => return Err(e),
         };
-        match sys::lsetxattr(dst, name, &value, 0) {
+        match set(name, &value) {
             Ok(()) => {}
             Err(e) if xattr_error_ignorable(&e) => {
                 tracing::debug!(xattr = ?name, error = %e, "xattr not copied up");
@@ -249,32 +250,30 @@ pub(crate) fn copy_xattrs(
     Ok(())
 }
 
+/// Copies the xattrs of `src` to `dst` (see [`copy_xattrs_with`]). `follow_src` reads
+/// through a `/proc/self/fd` link.
+pub(crate) fn copy_xattrs(
+    src: &Path,
+    dst: &Path,
+    follow_src: bool,
+    privileged: bool,
+) -> io::Result<()> {
+    copy_xattrs_with(
+        sys::listxattr(src, follow_src),
+        |name| sys::getxattr(src, name, follow_src),
+        |name, value| sys::lsetxattr(dst, name, value, 0),
+        privileged,
+    )
+}
+
 /// [`copy_xattrs`] between two open regular files (no path lookups).
 fn copy_file_xattrs(src: &File, dst: &File, privileged: bool) -> io::Result<()> {
-    let list = match sys::flistxattr(src) {
-        Ok(l) => l,
-        Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    for name in list.split(|b| *b == 0).filter(|n| !n.is_empty()) {
-        let name = OsStr::from_bytes(name);
-        if whiteout::xattr_from_layer(name, privileged).is_none() {
-            continue;
-        }
-        let value = match sys::fgetxattr(src, name) {
-            Ok(v) => v,
-            Err(e) if xattr_error_ignorable(&e) => continue,
-            Err(e) => return Err(e),
-        };
-        match sys::fsetxattr(dst, name, &value) {
-            Ok(()) => {}
-            Err(e) if xattr_error_ignorable(&e) => {
-                tracing::debug!(xattr = ?name, error = %e, "xattr not copied up");
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
+    copy_xattrs_with(
+        sys::flistxattr(src),
+        |name| sys::fgetxattr(src, name),
+        |name, value| sys::fsetxattr(dst, name, value),
+        privileged,
+    )
 }
 
 impl OverlayFs {
