@@ -234,6 +234,57 @@ fn small_uncached_files_are_copied_up_without_caching_the_lower_file() {
     guard.unmount().expect("unmount");
 }
 
+/// Dirty pages of `path` (written, not yet on disk).
+fn dirty_pages(path: &Path) -> u64 {
+    let f = File::open(path).unwrap();
+    fuse_overlay::overlay::sys::page_cache(&f, 0)
+        .expect("cachestat")
+        .dirty
+}
+
+/// A copy-up is on disk before its name is (kernel overlayfs's fsync after copy-up):
+/// otherwise a crash could leave an empty or partial upper file shadowing the intact
+/// lower one. `volatile` skips that, and its copy is still only in the page cache.
+#[test]
+fn copy_up_is_durable_unless_volatile() {
+    overlay_harness::require_root();
+    let disk = LoopFs::new("ext4");
+    let lower = disk.dir("lower");
+    let data = pattern(256 << 10, 3);
+    fs::write(lower.join("f"), &data).unwrap();
+    evict(&lower.join("f"));
+    for volatile in [false, true] {
+        let tag = if volatile { "volatile" } else { "default" };
+        let layers = Layers::writable(
+            vec![lower.clone()],
+            disk.dir(&format!("upper-{tag}")),
+            disk.dir(&format!("work-{tag}")),
+        );
+        let mnt = disk.dir(&format!("merged-{tag}"));
+        let options = MountOptions {
+            volatile,
+            ..MountOptions::default()
+        };
+        let guard = Overlay::mount(Backend::Fuse, &layers, &mnt, &options).expect("mount");
+        // A change of metadata only: the copy-up writes the data, nothing else does.
+        fs::set_permissions(
+            mnt.join("f"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
+        let upper = disk.mnt.join(format!("upper-{tag}/f"));
+        assert_eq!(fs::read(&upper).unwrap(), data, "{tag}");
+        let dirty = dirty_pages(&upper);
+        if volatile {
+            // Writeback waits 30 s (dirty_expire_centisecs) for data this fresh.
+            assert!(dirty > 0, "volatile copy-up was synced");
+        } else {
+            assert_eq!(dirty, 0, "copy-up left {dirty} dirty pages");
+        }
+        guard.unmount().expect("unmount");
+    }
+}
+
 /// Whether every extent of `path` is shared with another file (`filefrag -v`).
 fn all_extents_shared(path: &Path) -> bool {
     let out = run("filefrag", &["-v", path.to_str().unwrap()]);

@@ -124,13 +124,17 @@ def build_lowers(tmp, runs):
 
 
 class Peer:
-    def __init__(self, name, tmp, lowerdir, stowage_bin):
+    def __init__(self, name, tmp, lowerdir, stowage_bin, volatile):
         self.name = name
         base = f"{tmp}/{name}"
         self.upper, self.work, self.mnt = f"{base}/upper", f"{base}/work", f"{base}/mnt"
         for d in (self.upper, self.work, self.mnt):
             os.makedirs(d)
         opts = f"lowerdir={lowerdir},upperdir={self.upper},workdir={self.work}"
+        # fuse-overlayfs never fsyncs a copy-up; with --volatile the other two do not
+        # either (kernel overlayfs and stowage-overlay fsync each one by default).
+        if volatile and name != "fuse-ovl":
+            opts += ",volatile"
         if name == "kernel":
             cmd = ["mount", "-t", "overlay", "overlay", "-o", opts, self.mnt]
         elif name == "stowage":
@@ -328,6 +332,10 @@ def main():
     ap.add_argument("--tmp", required=True)
     ap.add_argument("--stowage-bin", required=True)
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument(
+        "--volatile", action="store_true",
+        help="mount kernel overlayfs and stowage-overlay volatile (copy-ups not fsynced, "
+        "as fuse-overlayfs does)")
     a = ap.parse_args()
 
     t0 = time.time()
@@ -336,7 +344,7 @@ def main():
     peers = []
     try:
         for name in PEERS:
-            peers.append(Peer(name, a.tmp, lowerdir, a.stowage_bin))
+            peers.append(Peer(name, a.tmp, lowerdir, a.stowage_bin, a.volatile))
         results = {}
         for label, unit, fn in WORKLOADS:
             n = a.runs

@@ -67,7 +67,6 @@ const IGNORED: &[&str] = &[
     "lazytime",
     "default_permissions",
     "allow_root",
-    "volatile",
     "fast_ino",
     "static_nlink",
     "noacl",
@@ -76,7 +75,6 @@ const IGNORED: &[&str] = &[
     "redirect_dir",
     "index",
     "metacopy",
-    "fsync",
     "writeback",
     "threaded",
     "plugins",
@@ -218,6 +216,13 @@ pub fn parse_options(options: &[String], cwd: &Path) -> Result<Parsed, OptionErr
                 o.passthrough = !matches!(value, Some("0") | Some("off") | Some("false"))
             }
             "nopassthrough" => o.passthrough = false,
+            // Copy-ups without fsync: kernel overlayfs's name, and fuse-overlayfs's.
+            "volatile" => o.volatile = true,
+            "fsync" => match value {
+                Some("0") => o.volatile = true,
+                Some("1") | None => o.volatile = false,
+                _ => return Err(OptionError::BadValue(key.into())),
+            },
             "threads" => {
                 o.threads = value
                     .and_then(|v| v.parse().ok())
@@ -445,6 +450,34 @@ mod tests {
         }
         assert!(matches!(
             parse(&["lowerdir=/l,upperdir=/u,workdir=/w,threads=0"]),
+            Err(OptionError::BadValue(_))
+        ));
+    }
+
+    #[test]
+    fn volatile_and_fsync_options() {
+        let base = "lowerdir=/l,upperdir=/u,workdir=/w";
+        assert!(!parse(&[base]).unwrap().options.volatile);
+        assert!(
+            parse(&[&format!("{base},volatile")])
+                .unwrap()
+                .options
+                .volatile
+        );
+        assert!(
+            parse(&[&format!("{base},fsync=0")])
+                .unwrap()
+                .options
+                .volatile
+        );
+        assert!(
+            !parse(&[&format!("{base},fsync=1")])
+                .unwrap()
+                .options
+                .volatile
+        );
+        assert!(matches!(
+            parse(&[&format!("{base},fsync=maybe")]),
             Err(OptionError::BadValue(_))
         ));
     }

@@ -5,7 +5,9 @@
 //! copy; else `copy_file_range` over the data extents, holes kept), then owner, xattrs (not the
 //! overlay's own), mode, and last the times — and renamed into place, so the upper layer
 //! never shows a half-copied file. Parent directories are copied first, with their own
-//! metadata. Copied files are not fsynced (kernel overlayfs fsyncs unless `volatile`).
+//! metadata. A copied regular file is fsynced before the rename, as kernel overlayfs
+//! does: otherwise a crash could leave the new name on disk without the data (an empty
+//! or partial file shadowing the intact lower one). A `volatile` overlay skips that.
 
 use std::ffi::OsStr;
 use std::fs::{File, Metadata};
@@ -131,7 +133,7 @@ pub(crate) fn copy_data(src: &File, dst: &File, size: u64, reflink: &AtomicBool)
 /// Whether none of the first `size` bytes of `src` are in the page cache (false when
 /// the kernel cannot tell).
 fn uncached(src: &File, size: u64) -> bool {
-    sys::cached_pages(src, size).is_ok_and(|n| n == 0)
+    sys::page_cache(src, size).is_ok_and(|p| p.cached == 0)
 }
 
 /// Alignment of direct reads: a page, a multiple of every logical block size.
@@ -302,6 +304,9 @@ impl OverlayFs {
                     copy_data(&s, &d, md.size(), &self.reflink)?;
                 }
                 self.copy_file_metadata(&s, md, &d)?;
+                if !self.volatile {
+                    d.sync_all()?;
+                }
                 return Ok(Some(d));
             }
             FileKind::Dir => std::fs::DirBuilder::new().mode(0o700).create(tmp)?,

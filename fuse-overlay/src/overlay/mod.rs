@@ -95,6 +95,10 @@ pub struct OverlayConfig {
     /// A read-only overlay: `upper` is the top read-only layer (never written, opened
     /// read-only), `work` is unused, and every change is refused with EROFS.
     pub read_only: bool,
+    /// Skip the fsync that makes each copy-up durable before its rename (kernel
+    /// overlayfs's `volatile`): faster, but after a crash a copied-up file may be
+    /// empty or partial. For upper layers thrown away after a crash.
+    pub volatile: bool,
     /// Owners as stored in the layers → as the mount shows them (users).
     pub uid_map: idmap::IdMap,
     /// The same for groups.
@@ -111,6 +115,7 @@ impl OverlayConfig {
             ttl_lower: Duration::from_secs(600),
             ttl_upper: Duration::from_secs(1),
             read_only: false,
+            volatile: false,
             uid_map: idmap::IdMap::default(),
             gid_map: idmap::IdMap::default(),
         }
@@ -156,6 +161,7 @@ pub struct OverlayFs {
     privileged: bool,
     ttl_lower: Duration,
     ttl_upper: Duration,
+    volatile: bool,
     uid_map: idmap::IdMap,
     gid_map: idmap::IdMap,
 }
@@ -243,6 +249,7 @@ impl OverlayFs {
             privileged: nix::unistd::geteuid().is_root(),
             ttl_lower: config.ttl_lower,
             ttl_upper: config.ttl_upper,
+            volatile: config.volatile,
             uid_map: config.uid_map,
             gid_map: config.gid_map,
         })

@@ -92,6 +92,9 @@ pub struct MountOptions {
     pub ttl_upper: Duration,
     /// Kernel: further overlayfs options (`volatile`, `redirect_dir=on`, …).
     pub kernel_extra: Vec<String>,
+    /// FUSE: copy-ups are not fsynced (see [`OverlayConfig::volatile`]); the kernel
+    /// back end gets overlayfs's own `volatile` option.
+    pub volatile: bool,
     /// FUSE: user ids as stored in the layers → as the mount shows them
     /// (`uidmapping=`); the kernel back end refuses anything but the identity.
     pub uid_map: IdMap,
@@ -112,6 +115,7 @@ impl Default for MountOptions {
             ttl_lower: Duration::from_secs(600),
             ttl_upper: Duration::from_secs(1),
             kernel_extra: Vec::new(),
+            volatile: false,
             uid_map: IdMap::default(),
             gid_map: IdMap::default(),
         }
@@ -262,6 +266,7 @@ pub(crate) fn fuse_fs(layers: &Layers, options: &MountOptions) -> io::Result<Ove
         _ => OverlayConfig::read_only(layers.lowers.clone()),
     };
     cfg.ttl_lower = options.ttl_lower;
+    cfg.volatile = options.volatile;
     cfg.uid_map = options.uid_map.clone();
     cfg.gid_map = options.gid_map.clone();
     if cfg.read_only {
@@ -321,7 +326,13 @@ impl Overlay {
                     lowers: layers.lowers.clone(),
                     upper: layers.upper.clone(),
                     work: layers.work.clone(),
-                    extra: options.kernel_extra.clone(),
+                    extra: {
+                        let mut extra = options.kernel_extra.clone();
+                        if options.volatile && !extra.iter().any(|o| o == "volatile") {
+                            extra.push("volatile".into());
+                        }
+                        extra
+                    },
                     flags,
                 };
                 req.mount(&RealMount, target)

@@ -221,19 +221,28 @@ struct Cachestat {
     nr_recently_evicted: u64,
 }
 
-/// How many of the pages of `file`'s first `len` bytes are in the page cache
+/// Page-cache state of a range of a file, from `cachestat(2)`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PageCache {
+    /// Pages in the page cache.
+    pub cached: u64,
+    /// Of those, dirty ones (written, not yet on disk).
+    pub dirty: u64,
+}
+
+/// The page-cache state of `file`'s first `len` bytes (all of it for 0)
 /// (`cachestat(2)`, Linux 6.5; ENOSYS before; recent kernels answer EPERM unless the
 /// caller may write the file or owns it, which a root daemon can).
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-pub(crate) fn cached_pages(_file: impl AsFd, _len: u64) -> io::Result<u64> {
+pub fn page_cache(_file: impl AsFd, _len: u64) -> io::Result<PageCache> {
     Err(io::Error::from_raw_os_error(libc::ENOSYS))
 }
 
-/// How many of the pages of `file`'s first `len` bytes are in the page cache
+/// The page-cache state of `file`'s first `len` bytes (all of it for 0)
 /// (`cachestat(2)`, Linux 6.5; ENOSYS before; recent kernels answer EPERM unless the
 /// caller may write the file or owns it, which a root daemon can).
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-pub(crate) fn cached_pages(file: impl AsFd, len: u64) -> io::Result<u64> {
+pub fn page_cache(file: impl AsFd, len: u64) -> io::Result<PageCache> {
     let range = CachestatRange { off: 0, len };
     let mut stat = Cachestat::default();
     // SAFETY: `range` and `stat` are live, properly laid out (`repr(C)`, the kernel's
@@ -251,7 +260,10 @@ pub(crate) fn cached_pages(file: impl AsFd, len: u64) -> io::Result<u64> {
     if rc < 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(stat.nr_cache)
+    Ok(PageCache {
+        cached: stat.nr_cache,
+        dirty: stat.nr_dirty,
+    })
 }
 
 /// Result of [`fork_process`].
