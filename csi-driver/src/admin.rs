@@ -348,20 +348,35 @@ impl Admin for AdminService {
                 }
                 let manager = Arc::clone(&driver.manager);
                 let rec = blocking(move || {
-                    let (source, kind, fs) = if req.snapshot.is_empty() {
+                    let (source, kind, fs, source_size) = if req.snapshot.is_empty() {
                         let src = manager.resolve(&req.source)?;
-                        (ContentSource::Volume(src.id), src.kind, src.fs)
+                        (
+                            ContentSource::Volume(src.id),
+                            src.kind,
+                            src.fs,
+                            src.capacity,
+                        )
                     } else {
                         let snap = manager.resolve_snapshot(&req.snapshot)?;
-                        (ContentSource::Snapshot(snap.id), snap.kind, snap.fs)
+                        let size = snap.size_bytes;
+                        (ContentSource::Snapshot(snap.id), snap.kind, snap.fs, size)
+                    };
+                    // No size: the source's. A smaller one cannot hold the source.
+                    let capacity = match req.capacity_bytes {
+                        0 => source_size,
+                        c if c < source_size => {
+                            return Err(volume_core::Error::OutOfRange(format!(
+                                "capacity {c} bytes is smaller than the source's {source_size}"
+                            )));
+                        }
+                        c => c,
                     };
                     let mut p = HashMap::from([("kind".to_string(), kind.to_string())]);
                     if let Some(fs) = fs {
                         p.insert("fsType".to_string(), fs.to_string());
                     }
                     let params = VolumeParams::parse(&p, None)?;
-                    let mut create =
-                        CreateRequest::new(req.name.clone(), req.capacity_bytes, 0, params);
+                    let mut create = CreateRequest::new(req.name.clone(), capacity, 0, params);
                     create.source = Some(source);
                     manager.create(&create)
                 })

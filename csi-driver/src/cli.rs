@@ -277,7 +277,17 @@ fn from_status(s: tonic::Status) -> CliError {
 }
 
 fn size_arg(s: &str) -> Result<u64, CliError> {
-    parse_size(s).map_err(|e| usage(format!("{e}")))
+    let n = parse_size(s).map_err(|e| usage(format!("{e}")))?;
+    if n == 0 {
+        return Err(usage(format!("size {s:?} is zero")));
+    }
+    // A bare number is bytes; one below a MiB is almost surely a missing unit.
+    if n < 1 << 20 && s.trim().bytes().all(|b| b.is_ascii_digit()) {
+        return Err(usage(format!(
+            "size {s:?} is {n} bytes: give a unit (e.g. {s}MiB or {s}GiB)"
+        )));
+    }
+    Ok(n)
 }
 
 /// Connects to the daemon's admin service.
@@ -704,8 +714,18 @@ fn io_err(e: std::io::Error) -> CliError {
 pub async fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), CliError> {
     if let Command::Completion { shell } = &cli.command {
         let mut cmd = <Cli as clap::CommandFactory>::command();
-        clap_complete::generate(*shell, &mut cmd, "vol", out);
-        return Ok(());
+        // Generated into memory: clap_complete panics on a failed write, and a reader
+        // that stops early (`| head`) is no error.
+        let mut script = Vec::new();
+        clap_complete::generate(*shell, &mut cmd, "vol", &mut script);
+        return match out.write_all(&script) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+            Err(e) => Err(CliError {
+                code: EXIT_ERROR,
+                message: format!("writing the completion script: {e}"),
+            }),
+        };
     }
     let mut admin = connect(&cli.socket).await?;
     match &cli.command {

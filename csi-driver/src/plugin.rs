@@ -209,6 +209,13 @@ fn create_request(
     for (key, value) in opts.into_iter().flatten() {
         match key.as_str() {
             "size" => size = parse_size(value)?,
+            "kind" if value == "image" => {
+                return Err(volume_core::Error::InvalidArgument(
+                    "kind image is not offered through the volume plugin (its layers are \
+                     given through CSI or vol create); use dir or loop"
+                        .into(),
+                ));
+            }
             "kind" => {
                 params.insert(volume_core::params::KIND.to_string(), value.clone());
             }

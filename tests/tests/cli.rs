@@ -98,6 +98,13 @@ async fn every_command_prints_its_shape_and_exits_with_its_code() {
         clone["source"],
         format!("volume:{}", created["id"].as_str().unwrap())
     );
+    // Without --size a clone is as large as its source; a smaller size is refused.
+    assert_eq!(clone["capacity"], created["capacity"], "{clone}");
+    let err = fails(&d, &["clone", "db", "db-small", "--size", "1MiB"], 2);
+    assert!(err.contains("smaller than the source"), "{err}");
+    // A bare number is bytes: one below a MiB is refused as a missing unit.
+    let err = fails(&d, &["create", "tiny", "--size", "64"], 2);
+    assert!(err.contains("give a unit"), "{err}");
     let restored = json(
         ok(
             &d,
@@ -424,4 +431,104 @@ async fn attach_into_a_user_namespace_shows_ownership_as_inside() {
         ],
     );
     let _ = std::fs::remove_dir(target);
+}
+
+/// Attach refuses a second volume at a target another one occupies, and detach
+/// removes only the volume's own mount: one made over it inside the container is left
+/// alone (refused, the volume stays attached). Image volumes are not attached.
+#[tokio::test]
+async fn attach_refuses_stacking_and_detach_removes_only_its_own_mount() {
+    let d = Daemon::start("2GiB", &[]);
+    ok(&d, &["create", "a", "--size", "16MiB"]);
+    ok(&d, &["create", "b", "--size", "16MiB", "--kind", "loop"]);
+    let boxed = Contained::start(false);
+    let pid = boxed.pid().to_string();
+    let target = format!("/tmp/stowage-stack-{}", std::process::id());
+    ok(&d, &["attach", "a", "--pid", &pid, "--target", &target]);
+    let r = boxed.sh_mount_only(&format!("echo A > {target}/f"));
+    assert!(r.status.success(), "{r:?}");
+
+    let err = fails(&d, &["attach", "b", "--pid", &pid, "--target", &target], 1);
+    assert!(err.contains("volume a is already attached"), "{err}");
+    let b = json(ok(&d, &["--output", "json", "inspect", "b"]).trim());
+    assert!(b["staging_path"].is_null(), "refused attach staged b: {b}");
+
+    // A mount made inside the container over the volume's.
+    let r = boxed.sh_mount_only(&format!("mount -t tmpfs cover {target}"));
+    assert!(r.status.success(), "{r:?}");
+    let err = fails(&d, &["detach", "a", "--pid", &pid, "--target", &target], 1);
+    assert!(err.contains("another mount covers"), "{err}");
+    let a = json(ok(&d, &["--output", "json", "inspect", "a"]).trim());
+    assert_eq!(a["attached_into"][0], format!("{pid}:{target}"), "{a}");
+    fails(&d, &["rm", "a"], 1);
+    let r = boxed.sh_mount_only(&format!("umount {target} && cat {target}/f"));
+    assert_eq!(String::from_utf8_lossy(&r.stdout), "A\n", "{r:?}");
+
+    ok(&d, &["detach", "a", "--pid", &pid, "--target", &target]);
+    let r = boxed.sh_mount_only(&format!("grep -c ' {target} ' /proc/self/mountinfo"));
+    assert_eq!(String::from_utf8_lossy(&r.stdout).trim(), "0", "{r:?}");
+    ok(&d, &["rm", "a"]);
+
+    // An image volume: its overlay is CSI's business, attach refuses it.
+    let layer_dir = tempfile::tempdir().unwrap();
+    std::fs::write(layer_dir.path().join("hello"), "from the layer").unwrap();
+    let tarball = layer_dir.path().join("layer.tar");
+    let st = Command::new("tar")
+        .args(["-cf", tarball.to_str().unwrap(), "-C"])
+        .arg(layer_dir.path())
+        .arg("hello")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let layer = json(
+        ok(
+            &d,
+            &[
+                "--output",
+                "json",
+                "layer",
+                "import",
+                tarball.to_str().unwrap(),
+            ],
+        )
+        .trim(),
+    );
+    let key = layer["key"].as_str().expect("layer key").to_string();
+    ok(
+        &d,
+        &[
+            "create",
+            "img",
+            "--size",
+            "16MiB",
+            "--kind",
+            "image",
+            "-o",
+            &format!("layers={key}"),
+        ],
+    );
+    let err = fails(
+        &d,
+        &["attach", "img", "--pid", &pid, "--target", "/tmp/img"],
+        1,
+    );
+    assert!(err.contains("image volume"), "{err}");
+    let _ = std::fs::remove_dir(&target);
+}
+
+/// A completion script nobody reads to the end (`| head`) is no error: here the
+/// reader is gone before the first write.
+#[test]
+fn completion_into_a_closed_pipe_exits_cleanly() {
+    let script = format!(
+        "{{ sleep 0.3; {} completion bash; }} | true; echo ${{PIPESTATUS[0]}}",
+        vol_bin().display()
+    );
+    let out = Command::new("bash").args(["-c", &script]).output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "0",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

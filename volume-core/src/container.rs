@@ -7,7 +7,7 @@ use std::path::Path;
 
 use crate::error::{Error, IoContext, Result};
 use crate::manager::VolumeManager;
-use crate::model::{ContainerMount, VolumeRecord};
+use crate::model::{ContainerMount, VolumeKind, VolumeRecord};
 use crate::node::StageOptions;
 use crate::os::nsmount::NsRequest;
 
@@ -32,6 +32,13 @@ impl VolumeManager {
             )));
         }
         let rec = self.resolve(volume)?;
+        if rec.kind == VolumeKind::Image {
+            return Err(Error::FailedPrecondition(format!(
+                "volume {} is an image volume: its overlay is mounted by CSI NodePublish; \
+                 attach takes directory and loop volumes",
+                rec.id
+            )));
+        }
         if let Some(m) = rec
             .container_mounts
             .iter()
@@ -41,6 +48,20 @@ impl VolumeManager {
                 return Err(Error::PublishConflict(target.to_path_buf()));
             }
             return Ok(rec);
+        }
+        // Two volumes stacked at one target could not be told apart by detach.
+        if let Some(other) = self.store.list::<VolumeRecord>()?.into_iter().find(|v| {
+            v.id != rec.id
+                && v.container_mounts
+                    .iter()
+                    .any(|m| m.pid == pid && m.target == target)
+        }) {
+            return Err(Error::FailedPrecondition(format!(
+                "volume {} is already attached into process {pid} at {}; detach it first \
+                 or choose another target",
+                other.name,
+                target.display()
+            )));
         }
         let staging = match &rec.staging {
             Some(s) if s.block => {
@@ -70,6 +91,9 @@ impl VolumeManager {
                 drop(_guard);
                 self.release_attach_staging(&rec.id)?;
                 return Err(match e.raw_os_error() {
+                    Some(libc::ESRCH) => {
+                        Error::InvalidArgument(format!("process {pid} does not exist"))
+                    }
                     Some(libc::ELOOP) => Error::InvalidArgument(format!(
                         "target {} goes through a symlink inside the container; give the real path",
                         target.display()
@@ -120,6 +144,7 @@ impl VolumeManager {
             let req = NsRequest::Detach {
                 pid,
                 target: target.to_path_buf(),
+                source: rec.staging.as_ref().map(|s| s.path.clone()),
             };
             match self.host.namespaces.run(&req) {
                 Ok(_) => {}
@@ -130,6 +155,14 @@ impl VolumeManager {
                         || e.raw_os_error() == Some(libc::ESRCH) =>
                 {
                     tracing::warn!(volume.id = %rec.id, pid, "process gone; forgetting its mount");
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                    return Err(Error::FailedPrecondition(format!(
+                        "another mount covers volume {} at {} in process {pid} (mounted \
+                         there after it); unmount that first",
+                        rec.id,
+                        target.display()
+                    )));
                 }
                 Err(e) => {
                     return Err(Error::io(
@@ -215,6 +248,42 @@ mod tests {
             f.mgr.detach_from("web-data", 4242, "/data".as_ref()),
             Err(Error::FailedPrecondition(_))
         ));
+    }
+
+    #[test]
+    fn a_second_volume_at_an_occupied_target_is_refused_and_detach_refusals_keep_it() {
+        let f = fixture(true);
+        f.mgr.create(&req("a", "dir", 1 << 20)).unwrap();
+        let b = f.mgr.create(&req("b", "dir", 1 << 20)).unwrap();
+        f.mgr.attach_into("a", 7, "/data".as_ref(), false).unwrap();
+        let err = f
+            .mgr
+            .attach_into("b", 7, "/data".as_ref(), false)
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::FailedPrecondition(m) if m.contains("volume a is already attached")),
+            "{err}"
+        );
+        assert!(f.mgr.get(&b.id).unwrap().staging.is_none());
+        // Another process, or another target, is fine.
+        f.mgr.attach_into("b", 8, "/data".as_ref(), false).unwrap();
+
+        // Something else mounted over a's mount: the helper answers EBUSY.
+        f.fake.fail_next("ns_detach", libc::EBUSY);
+        let err = f.mgr.detach_from("a", 7, "/data".as_ref()).unwrap_err();
+        assert!(
+            matches!(&err, Error::FailedPrecondition(m) if m.contains("another mount covers")),
+            "{err}"
+        );
+        let rec = f.mgr.resolve("a").unwrap();
+        assert_eq!(rec.container_mounts.len(), 1, "still attached");
+        let err = f.mgr.delete(&rec.id).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("vol detach a --pid 7 --target /data"),
+            "{err}"
+        );
+        f.mgr.detach_from("a", 7, "/data".as_ref()).unwrap();
     }
 
     #[test]

@@ -465,6 +465,18 @@ impl VolumeManager {
         let Some(mut rec) = self.store.get::<VolumeRecord>(id)? else {
             return Ok(());
         };
+        if let Some(m) = rec.container_mounts.first() {
+            // Attached into a container: name what to detach, not our staging path.
+            return Err(Error::FailedPrecondition(format!(
+                "volume {id} is attached into process {} at {}; detach it first \
+                 (vol detach {} --pid {} --target {})",
+                m.pid,
+                m.target.display(),
+                rec.name,
+                m.pid,
+                m.target.display()
+            )));
+        }
         if rec.in_use() {
             let place = rec
                 .staging

@@ -473,7 +473,7 @@ impl Namespaces for FakeHost {
             NsRequest::Attach { pid, target, .. } => {
                 self.enter("ns_attach", &[pid, &target.display()])?;
             }
-            NsRequest::Detach { pid, target } => {
+            NsRequest::Detach { pid, target, .. } => {
                 self.enter("ns_detach", &[pid, &target.display()])?;
             }
         }

@@ -44,6 +44,10 @@ pub enum NsRequest {
         pid: i32,
         /// Absolute path inside the target's root.
         target: PathBuf,
+        /// The staged volume (in our namespace): only a mount of it is removed; another
+        /// mount on top at `target` is refused with EBUSY.
+        #[serde(default)]
+        source: Option<PathBuf>,
     },
 }
 
@@ -111,7 +115,11 @@ pub fn helper_main(args: &[String]) -> i32 {
                 target,
                 read_only,
             } => attach(pid, &source, &target, read_only),
-            NsRequest::Detach { pid, target } => detach(pid, &target).map(|()| false),
+            NsRequest::Detach {
+                pid,
+                target,
+                source,
+            } => detach(pid, &target, source.as_deref()).map(|()| false),
         });
     match result {
         Ok(idmapped) => {
@@ -181,6 +189,9 @@ fn join_mount_ns(pid: i32) -> io::Result<()> {
 
 fn attach(pid: i32, source: &Path, target: &Path, read_only: bool) -> io::Result<bool> {
     let parts = components(target)?;
+    if !proc_path(pid, "").exists() {
+        return Err(io::Error::from_raw_os_error(libc::ESRCH));
+    }
     let root = open_path(&proc_path(pid, "root"), true)?;
     let their_userns = std::fs::metadata(proc_path(pid, "ns/user"))?.ino();
     let our_userns = std::fs::metadata("/proc/self/ns/user")?.ino();
@@ -221,8 +232,12 @@ fn attach(pid: i32, source: &Path, target: &Path, read_only: bool) -> io::Result
     Ok(idmap)
 }
 
-fn detach(pid: i32, target: &Path) -> io::Result<()> {
+fn detach(pid: i32, target: &Path, source: Option<&Path>) -> io::Result<()> {
     let parts = components(target)?;
+    // The volume's root as this namespace sees it; a mount of it there has the same.
+    let expect = source
+        .map(|s| std::fs::metadata(s).map(|m| (m.dev(), m.ino())))
+        .transpose()?;
     let root = open_path(&proc_path(pid, "root"), true)?;
     join_mount_ns(pid)?;
     let rel: PathBuf = parts.iter().collect();
@@ -232,6 +247,17 @@ fn detach(pid: i32, target: &Path) -> io::Result<()> {
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
         Err(e) => return Err(e),
     };
+    if let Some(expect) = expect {
+        let (mount_root, dev, ino) = sys::mount_root_identity(fd.as_fd())?;
+        if !mount_root {
+            // Nothing mounted there: already detached.
+            return Ok(());
+        }
+        if (dev, ino) != expect {
+            // Another mount covers the volume's (or replaced it): not ours to remove.
+            return Err(io::Error::from_raw_os_error(libc::EBUSY));
+        }
+    }
     let via = PathBuf::from(format!(
         "/proc/self/fd/{}",
         std::os::fd::AsRawFd::as_raw_fd(&fd)
