@@ -276,9 +276,11 @@ pub fn serve(parsed: &Parsed, target: &Path, mounted: impl FnOnce()) -> anyhow::
     sigs.add(Signal::SIGTERM);
     sigs.add(Signal::SIGHUP);
     sigs.thread_block()?;
-    let fs = fuse_fs(&parsed.layers, &parsed.options)?;
+    use anyhow::Context;
+    let fs = fuse_fs(&parsed.layers, &parsed.options).context("overlay layers")?;
     let (mut session, user) =
-        fuse_session(fs, target, &parsed.options, parsed.layers.is_read_only())?;
+        fuse_session(fs, target, &parsed.options, parsed.layers.is_read_only())
+            .with_context(|| format!("mounting at {}", target.display()))?;
     mounted();
     let mut unmounter = session.unmount_callable();
     let target_owned = target.to_path_buf();

@@ -175,12 +175,14 @@ impl OverlayFs {
     /// upper layer's filesystem; the overlay keeps its scratch files in a subdirectory
     /// of it, emptied here.
     pub fn new(config: OverlayConfig) -> io::Result<Self> {
+        // Errors name the directory (the errno kind is kept for callers).
         let check_dir = |p: &Path| -> io::Result<PathBuf> {
-            let p = std::fs::canonicalize(p)?;
-            if !std::fs::metadata(&p)?.is_dir() {
-                return Err(errno(libc::ENOTDIR));
+            let named = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", p.display()));
+            let c = std::fs::canonicalize(p).map_err(named)?;
+            if !std::fs::metadata(&c).map_err(named)?.is_dir() {
+                return Err(named(errno(libc::ENOTDIR)));
             }
-            Ok(p)
+            Ok(c)
         };
         if config.lowers.is_empty() && !config.read_only {
             return Err(errno(libc::EINVAL));
