@@ -208,7 +208,17 @@ fn create_request(
     let mut size = 0;
     for (key, value) in opts.into_iter().flatten() {
         match key.as_str() {
-            "size" => size = parse_size(value)?,
+            "size" => {
+                size = parse_size(value)?;
+                // A bare number is bytes; one below a MiB is a missing unit.
+                if size == 0 || (size < 1 << 20 && value.trim().bytes().all(|b| b.is_ascii_digit()))
+                {
+                    return Err(volume_core::Error::InvalidArgument(format!(
+                        "size {value:?} is {size} bytes: give a unit (e.g. {}MiB)",
+                        value.trim()
+                    )));
+                }
+            }
             "kind" if value == "image" => {
                 return Err(volume_core::Error::InvalidArgument(
                     "kind image is not offered through the volume plugin (its layers are \
@@ -475,6 +485,28 @@ mod tests {
         )
         .await;
         assert!(v["Err"].as_str().unwrap().contains("size"), "{v}");
+        for (size, why) in [("10", "give a unit"), ("0", "give a unit")] {
+            let (_, v) = call(
+                &f,
+                "/VolumeDriver.Create",
+                json!({"Name": "x", "Opts": {"size": size}}),
+            )
+            .await;
+            assert!(v["Err"].as_str().unwrap().contains(why), "{size}: {v}");
+        }
+        let (_, v) = call(
+            &f,
+            "/VolumeDriver.Create",
+            json!({"Name": "x", "Opts": {"kind": "image"}}),
+        )
+        .await;
+        assert!(
+            v["Err"]
+                .as_str()
+                .unwrap()
+                .contains("not offered through the volume plugin"),
+            "{v}"
+        );
         let (_, v) = call(
             &f,
             "/VolumeDriver.Create",

@@ -150,11 +150,16 @@ impl VolumeManager {
                 Ok(_) => {}
                 // The process is gone, and its mount namespace with it (or the
                 // namespace lives on elsewhere, which we can no longer reach).
-                Err(e)
-                    if e.raw_os_error() == Some(libc::ENOENT)
-                        || e.raw_os_error() == Some(libc::ESRCH) =>
-                {
+                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
                     tracing::warn!(volume.id = %rec.id, pid, "process gone; forgetting its mount");
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ENODEV) => {
+                    return Err(Error::FailedPrecondition(format!(
+                        "volume {}'s staging is not mounted, so its mount in process {pid} \
+                         cannot be recognised; restart stowaged (it restores lost mounts at \
+                         start) and detach again",
+                        rec.id
+                    )));
                 }
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
                     return Err(Error::FailedPrecondition(format!(
@@ -284,6 +289,50 @@ mod tests {
             "{err}"
         );
         f.mgr.detach_from("a", 7, "/data".as_ref()).unwrap();
+    }
+
+    #[test]
+    fn a_staging_shared_with_an_attachment_is_not_unstaged_under_it() {
+        let f = fixture(true);
+        let v = f.mgr.create(&req("s", "dir", 1 << 20)).unwrap();
+        let staging = f.dir.path().join("csi-staging");
+        f.mgr
+            .stage(&v.id, &staging, &crate::node::StageOptions::default())
+            .unwrap();
+        f.mgr.attach_into("s", 9, "/data".as_ref(), false).unwrap();
+        let err = f.mgr.unstage(&v.id, &staging).unwrap_err();
+        assert!(
+            matches!(&err, Error::FailedPrecondition(m) if m.contains("attached into process 9")),
+            "{err}"
+        );
+        assert!(f.mgr.get(&v.id).unwrap().staging.is_some());
+        f.mgr.detach_from("s", 9, "/data".as_ref()).unwrap();
+        // Attach did not stage it, so detach left the staging; now it may go.
+        f.mgr.unstage(&v.id, &staging).unwrap();
+    }
+
+    #[test]
+    fn detach_forgets_a_gone_process_but_not_an_unrecognisable_mount() {
+        let f = fixture(true);
+        f.mgr.create(&req("g", "dir", 1 << 20)).unwrap();
+        f.mgr.attach_into("g", 11, "/data".as_ref(), false).unwrap();
+        // The staging is not mounted: the mount cannot be checked, nothing changes.
+        f.fake.fail_next("ns_detach", libc::ENODEV);
+        let err = f.mgr.detach_from("g", 11, "/data".as_ref()).unwrap_err();
+        assert!(
+            matches!(&err, Error::FailedPrecondition(m) if m.contains("staging is not mounted")),
+            "{err}"
+        );
+        assert_eq!(f.mgr.resolve("g").unwrap().container_mounts.len(), 1);
+        // An ENOENT from the helper is an error, not a gone process.
+        f.fake.fail_next("ns_detach", libc::ENOENT);
+        assert!(f.mgr.detach_from("g", 11, "/data".as_ref()).is_err());
+        assert_eq!(f.mgr.resolve("g").unwrap().container_mounts.len(), 1);
+        // The process is gone (ESRCH): its mount went with its namespace.
+        f.fake.fail_next("ns_detach", libc::ESRCH);
+        f.mgr.detach_from("g", 11, "/data".as_ref()).unwrap();
+        let rec = f.mgr.resolve("g").unwrap();
+        assert!(rec.container_mounts.is_empty() && rec.staging.is_none());
     }
 
     #[test]

@@ -266,6 +266,15 @@ impl VolumeManager {
                 p.target.display()
             )));
         }
+        // An attachment into a container uses this staging (and detach checks its
+        // mount against it): it goes first.
+        if let Some(m) = rec.container_mounts.first() {
+            return Err(Error::FailedPrecondition(format!(
+                "volume {id} is still attached into process {} at {}; vol detach it first",
+                m.pid,
+                m.target.display()
+            )));
+        }
         let block = rec.staging.as_ref().is_some_and(|s| s.block);
         if !block && self.is_mounted(staging)? {
             self.host

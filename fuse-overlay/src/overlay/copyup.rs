@@ -280,14 +280,16 @@ fn copy_file_xattrs(src: &File, dst: &File, privileged: bool) -> io::Result<()> 
 
 impl OverlayFs {
     /// Builds a copy of `src` (metadata `md`) at the fresh work path `tmp`, data
-    /// included unless `with_data` is false. For a regular file, returns the copy open
-    /// for reading and writing (it stays valid across the rename).
+    /// included unless `with_data` is false, fsynced when `durable`. For a regular
+    /// file, returns the copy open for reading and writing (it stays valid across the
+    /// rename).
     fn build_copy(
         &self,
         src: &Path,
         md: &Metadata,
         tmp: &Path,
         with_data: bool,
+        durable: bool,
     ) -> io::Result<Option<File>> {
         let kind = FileKind::from_mode(md.mode());
         match kind {
@@ -304,7 +306,7 @@ impl OverlayFs {
                     copy_data(&s, &d, md.size(), &self.reflink)?;
                 }
                 self.copy_file_metadata(&s, md, &d)?;
-                if !self.volatile {
+                if durable {
                     d.sync_all()?;
                 }
                 return Ok(Some(d));
@@ -396,21 +398,23 @@ impl OverlayFs {
         with_data: bool,
     ) -> io::Result<(u64, Option<File>)> {
         let tmp = self.tmp_path();
-        let built = self.build_copy(src, md, &tmp, with_data).and_then(|copy| {
-            // The copy's number before it is in place: nothing may fail after the rename.
-            let ino = match &copy {
-                Some(f) => f.metadata()?.ino(),
-                None => std::fs::symlink_metadata(&tmp)?.ino(),
-            };
-            nix::fcntl::renameat2(
-                nix::fcntl::AT_FDCWD,
-                &tmp,
-                nix::fcntl::AT_FDCWD,
-                dst,
-                nix::fcntl::RenameFlags::RENAME_NOREPLACE,
-            )?;
-            Ok((ino, copy))
-        });
+        let built = self
+            .build_copy(src, md, &tmp, with_data, !self.volatile)
+            .and_then(|copy| {
+                // The copy's number before it is in place: nothing may fail after the rename.
+                let ino = match &copy {
+                    Some(f) => f.metadata()?.ino(),
+                    None => std::fs::symlink_metadata(&tmp)?.ino(),
+                };
+                nix::fcntl::renameat2(
+                    nix::fcntl::AT_FDCWD,
+                    &tmp,
+                    nix::fcntl::AT_FDCWD,
+                    dst,
+                    nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+                )?;
+                Ok((ino, copy))
+            });
         match built {
             Ok(done) => Ok(done),
             Err(e) => {
@@ -473,7 +477,8 @@ impl OverlayFs {
         let src = super::proc_fd_path(&f);
         let md = f.metadata()?;
         let tmp = self.tmp_path();
-        self.build_copy(&src, &md, &tmp, with_data)?;
+        // Unlinked at once: no name can outlive a crash, so no fsync.
+        self.build_copy(&src, &md, &tmp, with_data, false)?;
         let fd = std::fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC)

@@ -234,10 +234,23 @@ fn attach(pid: i32, source: &Path, target: &Path, read_only: bool) -> io::Result
 
 fn detach(pid: i32, target: &Path, source: Option<&Path>) -> io::Result<()> {
     let parts = components(target)?;
+    if !proc_path(pid, "").exists() {
+        return Err(io::Error::from_raw_os_error(libc::ESRCH));
+    }
     // The volume's root as this namespace sees it; a mount of it there has the same.
-    let expect = source
-        .map(|s| std::fs::metadata(s).map(|m| (m.dev(), m.ino())))
-        .transpose()?;
+    // Without the staging mount nothing can be compared: ENODEV, nothing touched.
+    let expect = match source {
+        Some(s) => {
+            let staged =
+                open_path(s, true).map_err(|_| io::Error::from_raw_os_error(libc::ENODEV))?;
+            let (mount_root, dev, ino) = sys::mount_root_identity(staged.as_fd())?;
+            if !mount_root {
+                return Err(io::Error::from_raw_os_error(libc::ENODEV));
+            }
+            Some((dev, ino))
+        }
+        None => None,
+    };
     let root = open_path(&proc_path(pid, "root"), true)?;
     join_mount_ns(pid)?;
     let rel: PathBuf = parts.iter().collect();
