@@ -11,7 +11,7 @@ use stowage_proto::stowage::v1 as pb;
 use stowage_proto::stowage::v1::admin_client::AdminClient;
 use tonic::Code;
 use tonic::transport::Channel;
-use volume_core::size::{format_size, parse_size};
+use volume_core::size::{format_size, parse_volume_size};
 
 /// Exit status: success.
 pub const EXIT_OK: i32 = 0;
@@ -277,17 +277,7 @@ fn from_status(s: tonic::Status) -> CliError {
 }
 
 fn size_arg(s: &str) -> Result<u64, CliError> {
-    let n = parse_size(s).map_err(|e| usage(format!("{e}")))?;
-    if n == 0 {
-        return Err(usage(format!("size {s:?} is zero")));
-    }
-    // A bare number is bytes; one below a MiB is almost surely a missing unit.
-    if n < 1 << 20 && s.trim().bytes().all(|b| b.is_ascii_digit()) {
-        return Err(usage(format!(
-            "size {s:?} is {n} bytes: give a unit (e.g. {s}MiB or {s}GiB)"
-        )));
-    }
-    Ok(n)
+    parse_volume_size(s).map_err(|e| usage(format!("{e}")))
 }
 
 /// Connects to the daemon's admin service.

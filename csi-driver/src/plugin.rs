@@ -23,7 +23,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use volume_core::size::parse_size;
+use volume_core::size::parse_volume_size;
 use volume_core::{CreateRequest, VolumeManager, VolumeParams, VolumeRecord};
 
 /// Content type of every answer (plugin API v1.2).
@@ -208,17 +208,7 @@ fn create_request(
     let mut size = 0;
     for (key, value) in opts.into_iter().flatten() {
         match key.as_str() {
-            "size" => {
-                size = parse_size(value)?;
-                // A bare number is bytes; one below a MiB is a missing unit.
-                if size == 0 || (size < 1 << 20 && value.trim().bytes().all(|b| b.is_ascii_digit()))
-                {
-                    return Err(volume_core::Error::InvalidArgument(format!(
-                        "size {value:?} is {size} bytes: give a unit (e.g. {}MiB)",
-                        value.trim()
-                    )));
-                }
-            }
+            "size" => size = parse_volume_size(value)?,
             "kind" if value == "image" => {
                 return Err(volume_core::Error::InvalidArgument(
                     "kind image is not offered through the volume plugin (its layers are \

@@ -87,6 +87,34 @@ fn inspect(d: &Daemon, name: &str) -> serde_json::Value {
     vol_json(d, &["inspect", name]).remove(0)
 }
 
+/// CSI ControllerGetVolume of `id` on `d`.
+async fn controller_volume(
+    d: &Daemon,
+    id: &str,
+) -> stowage_proto::csi::v1::ControllerGetVolumeResponse {
+    d.clients()
+        .await
+        .controller
+        .controller_get_volume(stowage_proto::csi::v1::ControllerGetVolumeRequest {
+            volume_id: id.to_string(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// The replica nodes of an inspected volume, sorted.
+fn replica_nodes(v: &serde_json::Value) -> Vec<String> {
+    let mut nodes: Vec<String> = v["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["node_id"].as_str().unwrap().to_string())
+        .collect();
+    nodes.sort();
+    nodes
+}
+
 /// The state `d` reports for replica node `node` of volume `name`.
 fn link_state(d: &Daemon, name: &str, node: &str) -> String {
     let v = inspect(d, name);
@@ -130,24 +158,9 @@ async fn three_hosts_replicate_resume_fail_over_and_resolve_split_brain() {
     assert_eq!(v["copies"], 3);
     assert_eq!(v["generation"], 1);
     assert_eq!(v["replication_interval_secs"], INTERVAL);
-    let mut nodes: Vec<String> = v["replicas"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["node_id"].as_str().unwrap().to_string())
-        .collect();
-    nodes.sort();
-    assert_eq!(nodes, ["b", "c"]);
+    assert_eq!(replica_nodes(&v), ["b", "c"]);
     // CSI reports where the volume (and so its copies) can be used.
-    let mut csi = a.clients().await;
-    let got = csi
-        .controller
-        .controller_get_volume(stowage_proto::csi::v1::ControllerGetVolumeRequest {
-            volume_id: id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let got = controller_volume(&a, &id).await;
     let mut topo: Vec<String> = got
         .volume
         .unwrap()
@@ -267,14 +280,11 @@ async fn three_hosts_replicate_resume_fail_over_and_resolve_split_brain() {
     assert_eq!(sha256(&b_dir.join("two.bin")), two);
     assert_eq!(sha256(&b_dir.join("big.bin")), big);
     assert!(!b_dir.join("divergent.txt").exists());
-    let mut nodes: Vec<String> = v["replicas"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["node_id"].as_str().unwrap().to_string())
-        .collect();
-    nodes.sort();
-    assert_eq!(nodes, ["a", "c"], "the old primary is now a replica node");
+    assert_eq!(
+        replica_nodes(&v),
+        ["a", "c"],
+        "the old primary is now a replica node"
+    );
     // The new primary's writes reach c, incrementally (c held the same snapshots).
     vol_ok(&b, &["modify", "rep", "replicationInterval=2s"]);
     write_synced(&b_dir.join("after.bin"), &pattern(2 * MIB, 4));
@@ -289,16 +299,7 @@ async fn three_hosts_replicate_resume_fail_over_and_resolve_split_brain() {
     wait_for("a reported degraded", Duration::from_secs(15), || {
         (link_state(&b, "rep", "a") == "degraded").then_some(())
     });
-    let got = b
-        .clients()
-        .await
-        .controller
-        .controller_get_volume(stowage_proto::csi::v1::ControllerGetVolumeRequest {
-            volume_id: id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let got = controller_volume(&b, &id).await;
     let cond = got.status.unwrap().volume_condition.unwrap();
     assert!(cond.abnormal, "{cond:?}");
     assert!(

@@ -765,30 +765,24 @@ mod tests {
         assert!(outside.exists());
         assert!(std::fs::read_dir(&outside).unwrap().next().is_none());
         // Out-of-range values are refused, not panics.
+        let small_file = || Op::File {
+            path: "f".into(),
+            mode: 0o100644,
+            uid: 0,
+            gid: 0,
+            size: 10,
+            base: false,
+        };
         for ops in [
             vec![
-                Op::File {
-                    path: "f".into(),
-                    mode: 0o100644,
-                    uid: 0,
-                    gid: 0,
-                    size: 10,
-                    base: false,
-                },
+                small_file(),
                 Op::Zero {
                     offset: 0,
                     len: 4 << 20,
                 },
             ],
             vec![
-                Op::File {
-                    path: "f".into(),
-                    mode: 0o100644,
-                    uid: 0,
-                    gid: 0,
-                    size: 10,
-                    base: false,
-                },
+                small_file(),
                 Op::FileEnd {
                     mtime: i64::MAX,
                     mtime_nsec: u32::MAX,

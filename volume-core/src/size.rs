@@ -28,6 +28,24 @@ pub fn parse_size(s: &str) -> Result<u64> {
         .ok_or_else(|| Error::InvalidArgument(format!("size {s:?} is too large")))
 }
 
+/// [`parse_size`] for the size of a new volume as a person types it: zero, or a bare
+/// number below a MiB (bytes: almost surely a missing unit), is refused.
+pub fn parse_volume_size(s: &str) -> Result<u64> {
+    let n = parse_size(s)?;
+    let t = s.trim();
+    if n == 0 {
+        return Err(Error::InvalidArgument(format!(
+            "size {t:?} is zero: give a unit and a size above 0 (e.g. 1GiB)"
+        )));
+    }
+    if n < 1 << 20 && t.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(Error::InvalidArgument(format!(
+            "size {t:?} is {n} bytes: give a unit (e.g. {t}MiB or {t}GiB)"
+        )));
+    }
+    Ok(n)
+}
+
 /// Formats bytes with the largest binary unit that divides them exactly.
 pub fn format_size(bytes: u64) -> String {
     for (unit, mult) in [
@@ -51,6 +69,17 @@ pub fn round_up(n: u64, align: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn volume_sizes_refuse_zero_and_unitless_small_numbers() {
+        assert_eq!(parse_volume_size("64MiB").unwrap(), 64 << 20);
+        assert_eq!(parse_volume_size("1048576").unwrap(), 1 << 20);
+        assert_eq!(parse_volume_size("4KiB").unwrap(), 4096);
+        for bad in ["0", "0GiB", "64", " 64 "] {
+            let e = parse_volume_size(bad).unwrap_err().to_string();
+            assert!(e.contains("give a unit"), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn parses_binary_units_and_bare_bytes() {
