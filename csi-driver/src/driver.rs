@@ -27,6 +27,8 @@ pub struct DriverConfig {
     pub overlay_program: std::path::PathBuf,
     /// Statically configured peers and the cluster secret.
     pub peers: crate::peer::Peers,
+    /// Rebuild lost or damaged metadata from the pool at start (else refuse to start).
+    pub rebuild_metadata: bool,
 }
 
 /// Shared by the Identity, Controller and Node services.

@@ -357,6 +357,7 @@ mod tests {
         let store = Store::open(&dir.path().join("meta.redb")).unwrap();
         let node = NodeIdentity {
             node_id: "n".into(),
+            state_dir: dir.path().join("state"),
             ephemeral_dir: dir.path().join("ephemeral"),
             attach_dir: dir.path().join("attach"),
             layers_dir: dir.path().join("layers"),

@@ -29,6 +29,13 @@ pub enum ServerError {
     /// The state directory could not be prepared.
     #[error("state directory {0}")]
     StateDir(PathBuf, #[source] std::io::Error),
+    /// The metadata is damaged, or knows nothing of volumes the pool holds.
+    #[error(
+        "refusing to start: the daemon would forget volumes. Start it once with \
+         --rebuild-metadata (STOWAGE_REBUILD_METADATA=true) to rebuild the records from \
+         the pool; a damaged file is kept beside the new one"
+    )]
+    Metadata(#[source] volume_core::Error),
     /// Opening the pool, the store, or reconciling failed.
     #[error("volume manager")]
     Core(#[from] volume_core::Error),
@@ -51,6 +58,18 @@ pub struct StateLayout {
 }
 
 impl StateLayout {
+    /// The state root at `root`, created if missing (0700: it holds the pool image,
+    /// the metadata and the mount points of every volume) and named by its resolved
+    /// path, so that the daemon's own mount points have no link in them.
+    pub fn create(root: &std::path::Path) -> Result<Self, ServerError> {
+        let err = |e| ServerError::StateDir(root.to_path_buf(), e);
+        std::fs::create_dir_all(root).map_err(err)?;
+        let root = root.canonicalize().map_err(err)?;
+        std::fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .map_err(err)?;
+        Ok(StateLayout { root })
+    }
+
     /// The metadata database.
     pub fn metadata(&self) -> PathBuf {
         self.root.join("stowage.redb")
@@ -89,13 +108,23 @@ pub fn open_driver(
     config: DriverConfig,
     host: Host,
 ) -> Result<(Arc<Driver>, ReconcileReport), ServerError> {
-    std::fs::create_dir_all(&layout.root)
-        .map_err(|e| ServerError::StateDir(layout.root.clone(), e))?;
+    let layout = &StateLayout::create(&layout.root)?;
     let pool = Pool::open(pool, host.clone())?;
-    let store = Store::open(&layout.metadata())?;
+    let database = layout.metadata();
+    let store = match Store::open(&database) {
+        Ok(store) => store,
+        Err(e @ volume_core::Error::Damaged(_)) if config.rebuild_metadata => {
+            let aside = set_aside(&database)?;
+            tracing::warn!(error = %e, kept = %aside.display(), "metadata database damaged; rebuilding it from the pool");
+            Store::open(&database)?
+        }
+        Err(e @ volume_core::Error::Damaged(_)) => return Err(ServerError::Metadata(e)),
+        Err(e) => return Err(e.into()),
+    };
     let layers = fuse_overlay::layers::LayerStore::open(layout.layer_store())?;
     let node = NodeIdentity {
         node_id: config.node_id.clone(),
+        state_dir: layout.root.clone(),
         ephemeral_dir: layout.ephemeral_dir(),
         attach_dir: layout.attach_dir(),
         // The store keeps each layer's tree at `<root>/layers/<key>` (LayerStore::path).
@@ -103,8 +132,30 @@ pub fn open_driver(
         overlay_program: config.overlay_program.clone(),
     };
     let manager = VolumeManager::new(store, pool, host, node);
+    match manager.check_metadata_covers_pool(&database) {
+        Ok(()) => {}
+        Err(volume_core::Error::MetadataLost { .. }) if config.rebuild_metadata => {
+            let rebuilt = manager.rebuild_metadata()?;
+            tracing::warn!(?rebuilt, "metadata rebuilt from the pool");
+        }
+        Err(e @ volume_core::Error::MetadataLost { .. }) => return Err(ServerError::Metadata(e)),
+        Err(e) => return Err(e.into()),
+    }
     let report = manager.reconcile()?;
     Ok((Driver::new(manager, config, layers), report))
+}
+
+/// Moves a damaged database out of the way: `<file>.damaged-<unix seconds>`.
+fn set_aside(database: &std::path::Path) -> Result<PathBuf, ServerError> {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut name = database.as_os_str().to_owned();
+    name.push(format!(".damaged-{secs}"));
+    let aside = PathBuf::from(name);
+    std::fs::rename(database, &aside).map_err(|e| ServerError::StateDir(aside.clone(), e))?;
+    Ok(aside)
 }
 
 /// Serves the CSI services on `listener` until `shutdown` completes.

@@ -27,6 +27,8 @@ pub fn to_status(err: &Error) -> Status {
         Error::Command { .. } => Code::Internal,
         Error::Store(_) => Code::Internal,
         Error::Corrupt { .. } => Code::Internal,
+        Error::Damaged(_) => Code::Internal,
+        Error::MetadataLost { .. } => Code::Internal,
         Error::StreamMismatch(_) => Code::DataLoss,
     };
     Status::new(code, chain(err))

@@ -187,6 +187,50 @@ impl Daemon {
         self.spawn();
     }
 
+    /// Restarts the daemon with `extra` arguments added to those it was started with.
+    pub fn restart_with(&mut self, extra: &[&str]) {
+        self.stop();
+        self.args.extend(extra.iter().map(|s| s.to_string()));
+        self.spawn();
+    }
+
+    /// Runs the daemon (stopped) with its arguments, expecting it to exit by itself
+    /// within 30 s (a refusal to start); returns its exit status and output.
+    pub fn run_to_exit(&self) -> (std::process::ExitStatus, String) {
+        assert!(self.child.is_none(), "stop the daemon first");
+        let mut child = Command::new(stowaged_bin())
+            .arg("--endpoint")
+            .arg(format!(
+                "unix://{}",
+                self.root().join("refused.sock").display()
+            ))
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn stowaged");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if child.try_wait().expect("wait").is_some() {
+                let out = child.wait_with_output().expect("output");
+                let text = format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                return (out.status, text);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("stowaged kept running where it should have refused to start");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// CSI clients connected to the daemon.
     pub async fn clients(&self) -> Clients {
         let channel = csi_driver::client::connect(&self.socket())

@@ -73,7 +73,12 @@ impl VolumeManager {
             Some(s) => s.path.clone(),
             None => {
                 let path = self.node.attach_dir.join(&rec.id);
-                self.stage(&rec.id, &path, &StageOptions::default())?;
+                self.stage_from(
+                    &rec.id,
+                    &path,
+                    &StageOptions::default(),
+                    crate::node::Origin::Daemon,
+                )?;
                 path
             }
         };

@@ -65,7 +65,7 @@ impl VolumeManager {
             ..Default::default()
         };
         let result = self
-            .stage(&rec.id, &staging, &stage)
+            .stage_from(&rec.id, &staging, &stage, crate::node::Origin::Daemon)
             .and_then(|()| self.publish(&rec.id, &staging, target, opts));
         if let Err(e) = result {
             // Nothing of an inline volume may outlive a failed publish.

@@ -93,6 +93,24 @@ pub enum Error {
     /// The metadata store failed.
     #[error("metadata store")]
     Store(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The metadata database is empty, truncated or unreadable: the daemon must not
+    /// start on it (see `--rebuild-metadata`).
+    #[error(transparent)]
+    Damaged(crate::store::Damaged),
+    /// The metadata holds no record while the pool holds volumes: starting would
+    /// forget them.
+    #[error(
+        "metadata database {database} holds no records but pool {pool} holds {entries} \
+         volume(s), snapshot(s) or replica(s)"
+    )]
+    MetadataLost {
+        /// The database file.
+        database: PathBuf,
+        /// The pool's root.
+        pool: PathBuf,
+        /// How many entries the pool holds.
+        entries: usize,
+    },
     /// The metadata store holds a record that does not decode.
     #[error("corrupt metadata record {key}")]
     Corrupt {

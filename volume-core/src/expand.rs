@@ -66,10 +66,11 @@ impl VolumeManager {
     /// Node-side expansion of volume `id`, published or staged at `path`: grows the
     /// filesystem of a mounted loop volume to its capacity. Returns the capacity.
     pub fn expand_on_node(&self, id: &str, path: &Path) -> Result<u64> {
+        let path = &crate::node::path_arg(path, "volume path")?;
         let _guard = self.claim(id)?;
         let mut rec = self.get(id)?;
-        let known = rec.staging.as_ref().is_some_and(|s| s.path == path)
-            || rec.publications.iter().any(|p| p.target == path);
+        let known = rec.staging.as_ref().is_some_and(|s| s.path == *path)
+            || rec.publications.iter().any(|p| p.target == *path);
         if !known {
             return Err(Error::PathNotFound {
                 id: id.to_string(),

@@ -21,6 +21,7 @@ pub mod os;
 pub mod params;
 pub mod plugin_mounts;
 pub mod pool;
+pub mod rebuild;
 pub mod reconcile;
 pub mod replication;
 pub mod size;

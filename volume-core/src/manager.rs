@@ -76,6 +76,8 @@ impl CreateRequest {
 pub struct NodeIdentity {
     /// The node id (ControllerPublish targets, topology).
     pub node_id: String,
+    /// The daemon's state directory (metadata, pool image, its own mount points).
+    pub state_dir: PathBuf,
     /// Where inline ephemeral volumes are staged.
     pub ephemeral_dir: PathBuf,
     /// Where volumes attached into containers are staged.
@@ -94,6 +96,9 @@ pub struct VolumeManager {
     pub(crate) pool: Pool,
     pub(crate) host: Host,
     pub(crate) node: NodeIdentity,
+    /// The state directory and the pool root, as given and resolved: no caller's
+    /// staging or target path may lie inside or above them.
+    pub(crate) owned_roots: Vec<PathBuf>,
     inflight: InFlight,
 }
 
@@ -153,12 +158,22 @@ pub(crate) fn now_precise() -> (u64, u32) {
 impl VolumeManager {
     /// Builds a manager over an open pool and store. Call [`VolumeManager::reconcile`]
     /// before serving requests.
-    pub fn new(store: Store, pool: Pool, host: Host, node: NodeIdentity) -> Self {
+    pub fn new(mut store: Store, pool: Pool, host: Host, node: NodeIdentity) -> Self {
+        store.mirror_into(pool.root().join(crate::rebuild::RECORDS_DIR));
+        let mut owned_roots = Vec::new();
+        for root in [node.state_dir.as_path(), pool.root()] {
+            for form in [root.to_path_buf(), root.canonicalize().unwrap_or_default()] {
+                if form.is_absolute() && !owned_roots.contains(&form) {
+                    owned_roots.push(form);
+                }
+            }
+        }
         VolumeManager {
             store,
             pool,
             host,
             node,
+            owned_roots,
             inflight: InFlight::default(),
         }
     }
@@ -599,6 +614,7 @@ pub(crate) mod tests {
         let store = Store::open(&dir.path().join("meta.redb")).unwrap();
         let node = NodeIdentity {
             node_id: "node-1".into(),
+            state_dir: dir.path().join("state"),
             ephemeral_dir: dir.path().join("ephemeral"),
             attach_dir: dir.path().join("attach"),
             layers_dir: dir.path().join("layers"),

@@ -132,6 +132,9 @@ pub struct StageRecord {
     /// Staged as a raw block device (loop attached, nothing mounted).
     #[serde(default)]
     pub block: bool,
+    /// The daemon created the staging directory (removed again at unstage).
+    #[serde(default)]
+    pub created_dir: bool,
 }
 
 /// One bind mount of a staged volume at a target path.

@@ -12,7 +12,8 @@ use crate::manager::VolumeManager;
 use crate::model::{
     FsType, PublishRecord, StageRecord, VolumeHealth, VolumeKind, VolumeRecord, VolumeUsage,
 };
-use crate::os::mount::MountOptions;
+use crate::os::mount::{Expected, Found, MountOptions};
+use crate::os::mountpoint::{self, MountPoint, Shape, canonical};
 
 /// Options of a NodeStage call.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -40,50 +41,171 @@ pub struct PublishOptions {
     pub single_writer: bool,
 }
 
-fn require_absolute(path: &Path, what: &str) -> Result<()> {
-    if path.as_os_str().is_empty() {
-        return Err(Error::InvalidArgument(format!("{what} is empty")));
-    }
-    if !path.is_absolute() {
-        return Err(Error::InvalidArgument(format!(
-            "{what} {} is not absolute",
+/// Who names a staging path: the CO (checked against the daemon's own places), or the
+/// daemon itself (its ephemeral, attach and plugin directories under the state root).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Origin {
+    /// A CSI caller.
+    Caller,
+    /// The daemon's own staging directory.
+    Daemon,
+}
+
+/// A caller's path in its canonical form, or INVALID_ARGUMENT.
+pub(crate) fn path_arg(path: &Path, what: &str) -> Result<PathBuf> {
+    canonical(path)
+        .map_err(|e| Error::InvalidArgument(format!("{what} {:?} {e}", path.display().to_string())))
+}
+
+/// An error resolving a caller's path: a link in it, or a file where a directory must
+/// be, is the caller's to fix (INVALID_ARGUMENT); anything else is the system's.
+pub(crate) fn resolve_err(path: &Path, what: &str, e: io::Error) -> Error {
+    match e.raw_os_error() {
+        Some(libc::ELOOP) => Error::InvalidArgument(format!(
+            "{what} {} has a symbolic link in it (paths are resolved without following links)",
             path.display()
-        )));
-    }
-    Ok(())
-}
-
-/// Removes an empty directory or a file (a block volume's target).
-fn remove_path(path: &Path) -> io::Result<()> {
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => std::fs::remove_dir(path),
-        Ok(_) => std::fs::remove_file(path),
-        Err(e) => Err(e),
+        )),
+        Some(libc::ENOTDIR) | Some(libc::EEXIST) => Error::InvalidArgument(format!(
+            "{what} {}: {e} (a directory or, for block access, a file is needed)",
+            path.display()
+        )),
+        _ => Error::io(format!("resolve {what} {}", path.display()), e),
     }
 }
 
-fn ignore_not_found(r: io::Result<()>) -> io::Result<()> {
-    match r {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        other => other,
+/// Removes what the daemon made at `path` (an empty directory, or a block target's
+/// file) without following links; a directory that is not empty stays, with a warning.
+fn remove_made(path: &Path) -> Result<()> {
+    match mountpoint::remove(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => {
+            tracing::warn!(path = %path.display(), "directory the daemon made is not empty; left in place");
+            Ok(())
+        }
+        Err(e) => Err(Error::io(format!("remove {}", path.display()), e)),
     }
 }
 
 impl VolumeManager {
-    fn is_mounted(&self, path: &Path) -> Result<bool> {
+    /// What is mounted at `path` against `expected`; a link now in the path counts as
+    /// something else (nothing the daemon mounted is reached through a link).
+    fn probe(&self, path: &Path, expected: &Expected) -> Result<Found> {
+        match self.host.mounter.probe(path, expected) {
+            Ok(found) => Ok(found),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP) | Some(libc::ENOTDIR)) => {
+                Ok(Found::Other("a symbolic link in the path".into()))
+            }
+            Err(e) => Err(Error::io(format!("inspect {}", path.display()), e)),
+        }
+    }
+
+    /// Unmounts the expected mount at `path`; anything else mounted there is
+    /// FAILED_PRECONDITION and stays.
+    fn unmount_ours(&self, id: &str, path: &Path, expected: &Expected, what: &str) -> Result<()> {
+        let found = match self.host.mounter.unmount_expected(path, expected) {
+            Ok(found) => found,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP) | Some(libc::ENOTDIR)) => {
+                Found::Other("a symbolic link in the path".into())
+            }
+            Err(e) => return Err(Error::io(format!("unmount {}", path.display()), e)),
+        };
+        match found {
+            Found::Other(other) => Err(Error::FailedPrecondition(format!(
+                "{other} is mounted at {}, not volume {id}'s {what} (a mount over it, or in \
+                 its place); nothing was unmounted",
+                path.display()
+            ))),
+            Found::Expected | Found::Nothing => Ok(()),
+        }
+    }
+
+    /// The loop devices attached to a loop volume's image.
+    fn loop_devices(&self, rec: &VolumeRecord) -> Result<Vec<PathBuf>> {
         Ok(self
             .host
-            .mounter
-            .mount_at(path)
-            .ctx(|| "read mount table".into())?
-            .is_some())
+            .loops
+            .find(&self.pool.image_path(&rec.id))
+            .ctx(|| "list loop devices".into())?
+            .into_iter()
+            .map(|l| l.device)
+            .collect())
+    }
+
+    /// What a volume's staging mount is.
+    fn expected_staging(&self, rec: &VolumeRecord) -> Result<Expected> {
+        Ok(match rec.kind {
+            VolumeKind::Dir | VolumeKind::Image => Expected::Dir(self.pool.volume_dir(&rec.id)),
+            VolumeKind::Loop => Expected::Device(self.loop_devices(rec)?),
+        })
+    }
+
+    /// What a volume's publication at `p.target` is.
+    fn expected_publication(&self, rec: &VolumeRecord, p: &PublishRecord) -> Result<Expected> {
+        Ok(match rec.kind {
+            _ if p.block => Expected::DeviceNode(self.loop_devices(rec)?),
+            VolumeKind::Image => {
+                Expected::Overlay(self.publication_dir(&rec.id, &p.target).join("upper"))
+            }
+            VolumeKind::Dir => Expected::Dir(self.pool.volume_dir(&rec.id)),
+            VolumeKind::Loop => Expected::Device(self.loop_devices(rec)?),
+        })
+    }
+
+    /// Refuses a caller's staging or target path that would put a mount over the
+    /// daemon's own state (inside or above its state directory or pool) or over
+    /// another staging or publication.
+    fn check_caller_path(&self, id: &str, path: &Path, what: &str, staging: bool) -> Result<()> {
+        for own in &self.owned_roots {
+            if path.starts_with(own) || own.starts_with(path) {
+                return Err(Error::InvalidArgument(format!(
+                    "{what} {} is inside or above the daemon's own {}",
+                    path.display(),
+                    own.display()
+                )));
+            }
+        }
+        for other in self.store.list::<VolumeRecord>()? {
+            let stagings = other
+                .staging
+                .iter()
+                .filter(|_| !(staging && other.id == id))
+                .map(|s| s.path.as_path());
+            let targets = other
+                .publications
+                .iter()
+                .filter(|_| staging || other.id != id)
+                .map(|p| p.target.as_path());
+            if let Some(covered) = stagings.chain(targets).find(|p| p.starts_with(path)) {
+                return Err(Error::InvalidArgument(format!(
+                    "{what} {} would cover {}, where volume {} is mounted",
+                    path.display(),
+                    covered.display(),
+                    other.id
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Stages volume `id` at `staging`.
     pub fn stage(&self, id: &str, staging: &Path, opts: &StageOptions) -> Result<()> {
-        require_absolute(staging, "staging path")?;
+        self.stage_from(id, staging, opts, Origin::Caller)
+    }
+
+    /// Stages volume `id` at `staging`, a path a caller named or one of the daemon's.
+    pub(crate) fn stage_from(
+        &self,
+        id: &str,
+        staging: &Path,
+        opts: &StageOptions,
+        origin: Origin,
+    ) -> Result<()> {
+        let staging = &path_arg(staging, "staging path")?;
         let _guard = self.claim(id)?;
         let mut rec = self.get(id)?;
+        if origin == Origin::Caller {
+            self.check_caller_path(id, staging, "staging path", true)?;
+        }
         if opts.require_attachment
             && !rec
                 .attachments
@@ -110,8 +232,9 @@ impl VolumeManager {
                 rec.fs.unwrap_or(FsType::Ext4)
             )));
         }
+        let mut created_dir = false;
         if let Some(existing) = &rec.staging {
-            if existing.path != staging || existing.block != opts.block {
+            if existing.path != *staging || existing.block != opts.block {
                 return Err(Error::FailedPrecondition(format!(
                     "volume {id} is already staged at {}{}",
                     existing.path.display(),
@@ -122,15 +245,23 @@ impl VolumeManager {
                     }
                 )));
             }
-            if self.is_staged_in_place(&rec)? {
-                return Ok(());
+            match self.staging_state(&rec)? {
+                Found::Expected => return Ok(()),
+                Found::Other(other) => {
+                    return Err(Error::FailedPrecondition(format!(
+                        "{other} is mounted at {}, where volume {id} is staged; nothing done",
+                        staging.display()
+                    )));
+                }
+                Found::Nothing => created_dir = existing.created_dir,
             }
         }
         rec.staging = Some(StageRecord {
-            path: staging.to_path_buf(),
+            path: staging.clone(),
             loop_device: None,
             mount_flags: opts.mount_flags.clone(),
             block: opts.block,
+            created_dir,
         });
         self.store.put(&rec)?;
         match self.mount_staging(&mut rec, staging, &opts.mount_flags) {
@@ -152,19 +283,23 @@ impl VolumeManager {
         }
     }
 
-    /// True when the recorded staging is in place: the mount exists, or for block
-    /// staging, a loop device is attached to the image.
-    pub(crate) fn is_staged_in_place(&self, rec: &VolumeRecord) -> Result<bool> {
+    /// What is at the recorded staging: for block staging, whether a loop device is
+    /// attached to the image; else the mount at the staging path.
+    pub(crate) fn staging_state(&self, rec: &VolumeRecord) -> Result<Found> {
         match &rec.staging {
-            None => Ok(false),
-            Some(s) if s.block => Ok(!self
-                .host
-                .loops
-                .find(&self.pool.image_path(&rec.id))
-                .ctx(|| "list loop devices".into())?
-                .is_empty()),
-            Some(s) => self.is_mounted(&s.path),
+            None => Ok(Found::Nothing),
+            Some(s) if s.block => Ok(if self.loop_devices(rec)?.is_empty() {
+                Found::Nothing
+            } else {
+                Found::Expected
+            }),
+            Some(s) => self.probe(&s.path, &self.expected_staging(rec)?),
         }
+    }
+
+    /// What is mounted at a recorded publication's target.
+    pub(crate) fn publication_state(&self, rec: &VolumeRecord, p: &PublishRecord) -> Result<Found> {
+        self.probe(&p.target, &self.expected_publication(rec, p)?)
     }
 
     /// Mounts a volume at its staging path; returns the loop device of a loop volume.
@@ -178,15 +313,37 @@ impl VolumeManager {
         if rec.staging.as_ref().is_some_and(|s| s.block) {
             return self.attach_loop(rec).map(|(device, _)| Some(device));
         }
-        std::fs::create_dir_all(staging).ctx(|| format!("create {}", staging.display()))?;
+        let target = MountPoint::prepare(staging, Shape::Dir)
+            .map_err(|e| resolve_err(staging, "staging path", e))?;
+        if let Some(s) = rec.staging.as_mut() {
+            s.created_dir |= target.created();
+        }
+        let result = self.mount_staging_at(rec, &target, flags);
+        if result.is_err() && target.created() {
+            let _ = mountpoint::remove(staging);
+            if let Some(s) = rec.staging.as_mut() {
+                s.created_dir = false;
+            }
+        }
+        result
+    }
+
+    fn mount_staging_at(
+        &self,
+        rec: &mut VolumeRecord,
+        target: &MountPoint,
+        flags: &[String],
+    ) -> Result<Option<PathBuf>> {
+        let staging = target.path();
         let mut opts = MountOptions::volume_defaults();
         opts.extra = flags.to_vec();
         match rec.kind {
             VolumeKind::Dir | VolumeKind::Image => {
                 let dir = self.pool.volume_dir(&rec.id);
+                let source = MountPoint::own(&dir).ctx(|| format!("open {}", dir.display()))?;
                 self.host
                     .mounter
-                    .bind(&dir, staging, &opts)
+                    .bind(&source, target, &opts)
                     .ctx(|| format!("bind {} at {}", dir.display(), staging.display()))?;
                 Ok(None)
             }
@@ -215,11 +372,7 @@ impl VolumeManager {
                     rec.fs_size = rec.capacity;
                     tracing::info!(volume.id = %rec.id, capacity = rec.capacity, "grew ext4 offline before mounting");
                 }
-                if let Err(e) = self
-                    .host
-                    .mounter
-                    .mount(&device, staging, fs.as_str(), &opts)
-                {
+                if let Err(e) = self.host.mounter.mount(&device, target, fs.as_str(), &opts) {
                     if attached_here && let Err(d) = self.host.loops.detach(&device) {
                         tracing::warn!(device = %device.display(), error = %d, "detach after failed mount");
                     }
@@ -255,11 +408,24 @@ impl VolumeManager {
         Ok((l.device, true))
     }
 
-    /// Unstages volume `id` from `staging`: unmounts and detaches its loop device.
+    /// Unstages volume `id` from `staging`: unmounts and detaches its loop device. Only
+    /// the volume's own staging is undone: a path it is not staged at is refused, and
+    /// a mount there that is not the volume's is left alone.
     pub fn unstage(&self, id: &str, staging: &Path) -> Result<()> {
-        require_absolute(staging, "staging path")?;
+        let staging = &path_arg(staging, "staging path")?;
         let _guard = self.claim(id)?;
         let mut rec = self.get(id)?;
+        let Some(stage) = rec.staging.clone() else {
+            // Not staged: nothing at that path is this volume's to undo.
+            return Ok(());
+        };
+        if stage.path != *staging {
+            return Err(Error::FailedPrecondition(format!(
+                "volume {id} is staged at {}, not at {}; nothing was unmounted",
+                stage.path.display(),
+                staging.display()
+            )));
+        }
         if let Some(p) = rec.publications.first() {
             return Err(Error::FailedPrecondition(format!(
                 "volume {id} is still published at {}",
@@ -275,19 +441,24 @@ impl VolumeManager {
                 m.target.display()
             )));
         }
-        let block = rec.staging.as_ref().is_some_and(|s| s.block);
-        if !block && self.is_mounted(staging)? {
-            self.host
-                .mounter
-                .unmount(staging)
-                .ctx(|| format!("unmount {}", staging.display()))?;
+        if !rec.plugin_callers.is_empty() {
+            return Err(Error::FailedPrecondition(format!(
+                "volume {id} is mounted for {} container(s) through the volume plugin",
+                rec.plugin_callers.len()
+            )));
+        }
+        if !stage.block {
+            let expected = self.expected_staging(&rec)?;
+            self.unmount_ours(id, staging, &expected, "staging")?;
         }
         if rec.kind == VolumeKind::Loop {
             self.pool.detach_loops(&rec.id)?;
         }
-        if rec.staging.take().is_some() {
-            self.store.put(&rec)?;
+        if stage.created_dir {
+            remove_made(staging)?;
         }
+        rec.staging = None;
+        self.store.put(&rec)?;
         tracing::info!(volume.id = %id, staging = %staging.display(), "unstaged");
         Ok(())
     }
@@ -300,13 +471,20 @@ impl VolumeManager {
         target: &Path,
         opts: &PublishOptions,
     ) -> Result<()> {
-        require_absolute(staging, "staging path")?;
-        require_absolute(target, "target path")?;
+        let staging = &path_arg(staging, "staging path")?;
+        let target = &path_arg(target, "target path")?;
         let _guard = self.claim(id)?;
         let mut rec = self.get(id)?;
+        if target == staging {
+            return Err(Error::InvalidArgument(format!(
+                "target path {} is the staging path",
+                target.display()
+            )));
+        }
+        self.check_caller_path(id, target, "target path", false)?;
         match &rec.staging {
-            Some(s) if s.path == staging && s.block == opts.block => {}
-            Some(s) if s.path == staging => {
+            Some(s) if s.path == *staging && s.block == opts.block => {}
+            Some(s) if s.path == *staging => {
                 return Err(Error::InvalidArgument(format!(
                     "volume {id} is staged for {} access",
                     if s.block { "block" } else { "mount" }
@@ -319,12 +497,19 @@ impl VolumeManager {
                 )));
             }
         }
-        if let Some(existing) = rec.publications.iter().find(|p| p.target == target) {
+        if let Some(existing) = rec.publications.iter().find(|p| p.target == *target) {
             if existing.read_only != opts.read_only || existing.block != opts.block {
                 return Err(Error::PublishConflict(target.to_path_buf()));
             }
-            if self.is_mounted(target)? {
-                return Ok(());
+            match self.probe(target, &self.expected_publication(&rec, existing)?)? {
+                Found::Expected => return Ok(()),
+                Found::Other(other) => {
+                    return Err(Error::FailedPrecondition(format!(
+                        "{other} is mounted at {}, where volume {id} is published; nothing done",
+                        target.display()
+                    )));
+                }
+                Found::Nothing => {}
             }
         } else {
             if let Some(other) = rec
@@ -346,7 +531,7 @@ impl VolumeManager {
             self.store.put(&rec)?;
         }
         if let Err(e) = self.mount_target(&rec, staging, target, opts) {
-            rec.publications.retain(|p| p.target != target);
+            rec.publications.retain(|p| p.target != *target);
             self.store.put(&rec)?;
             return Err(e);
         }
@@ -367,9 +552,10 @@ impl VolumeManager {
             return self.mount_image(rec, target, opts);
         }
         let source = if opts.block {
-            self.attach_loop(rec)?.0
+            let device = self.attach_loop(rec)?.0;
+            MountPoint::own(&device).ctx(|| format!("open {}", device.display()))?
         } else {
-            staging.to_path_buf()
+            MountPoint::open(staging).map_err(|e| resolve_err(staging, "staging path", e))?
         };
         self.bind_target(&source, target, opts)
     }
@@ -415,8 +601,9 @@ impl VolumeManager {
         }
         let data = crate::os::mount::overlay_data(&lowers, &upper, &work)
             .ctx(|| format!("overlay options for {}", target.display()))?;
-        let created = !target.exists();
-        std::fs::create_dir_all(target).ctx(|| format!("create {}", target.display()))?;
+        let mp = MountPoint::prepare(target, Shape::Dir)
+            .map_err(|e| resolve_err(target, "target path", e))?;
+        let created = mp.created();
         let mounted = match backend {
             crate::params::OverlayBackend::Kernel => {
                 let mut mount_opts = MountOptions::volume_defaults();
@@ -425,18 +612,18 @@ impl VolumeManager {
                 mount_opts.extra.push(data);
                 self.host
                     .mounter
-                    .mount(Path::new("overlay"), target, "overlay", &mount_opts)
+                    .mount(Path::new("overlay"), &mp, "overlay", &mount_opts)
             }
             crate::params::OverlayBackend::Fuse => self.host.mounter.mount_fuse_overlay(
                 &self.node.overlay_program,
                 &data,
-                target,
+                &mp,
                 opts.read_only,
             ),
         };
         if let Err(e) = mounted {
             if created {
-                let _ = remove_path(target);
+                let _ = mountpoint::remove(target);
             }
             return Err(Error::io(
                 format!(
@@ -455,21 +642,13 @@ impl VolumeManager {
     /// creating the target directory (or, for a device, file) when missing.
     pub(crate) fn bind_target(
         &self,
-        source: &Path,
+        source: &MountPoint,
         target: &Path,
         opts: &PublishOptions,
     ) -> Result<()> {
-        let created = !target.exists();
-        if opts.block {
-            if let Some(parent) = target.parent() {
-                std::fs::create_dir_all(parent).ctx(|| format!("create {}", parent.display()))?;
-            }
-            if created {
-                std::fs::File::create(target).ctx(|| format!("create {}", target.display()))?;
-            }
-        } else {
-            std::fs::create_dir_all(target).ctx(|| format!("create {}", target.display()))?;
-        }
+        let shape = if opts.block { Shape::File } else { Shape::Dir };
+        let mp = MountPoint::prepare(target, shape)
+            .map_err(|e| resolve_err(target, "target path", e))?;
         let mut mount_opts = MountOptions::volume_defaults();
         mount_opts.read_only = opts.read_only;
         // The device node itself must stay usable: nodev would make it inaccessible.
@@ -477,46 +656,60 @@ impl VolumeManager {
         if !opts.block {
             mount_opts.extra = opts.mount_flags.clone();
         }
-        if let Err(e) = self.host.mounter.bind(source, target, &mount_opts) {
-            if created {
-                let _ = remove_path(target);
+        if let Err(e) = self.host.mounter.bind(source, &mp, &mount_opts) {
+            if mp.created() {
+                let _ = mountpoint::remove(target);
             }
             return Err(Error::io(
-                format!("bind {} at {}", source.display(), target.display()),
+                format!("bind {} at {}", source.path().display(), target.display()),
                 e,
             ));
         }
         Ok(())
     }
 
-    /// Unpublishes volume `id` from `target` and removes the target directory.
+    /// Unpublishes volume `id` from `target` and removes the target. Only the volume's
+    /// own publication is undone: at a path it is not published at nothing is touched,
+    /// and a mount there that is not the volume's is left alone.
     pub fn unpublish(&self, id: &str, target: &Path) -> Result<()> {
-        require_absolute(target, "target path")?;
+        let target = &path_arg(target, "target path")?;
         let _guard = self.claim(id)?;
         let mut rec = self.get(id)?;
-        if self.is_mounted(target)? {
-            self.host
-                .mounter
-                .unmount(target)
-                .ctx(|| format!("unmount {}", target.display()))?;
-        }
+        let Some(publication) = rec
+            .publications
+            .iter()
+            .find(|p| p.target == *target)
+            .cloned()
+        else {
+            // Not published there: nothing at that path is this volume's to undo.
+            return Ok(());
+        };
+        let expected = self.expected_publication(&rec, &publication)?;
+        self.unmount_ours(id, target, &expected, "publication")?;
         // The spec asks the plugin to remove what it created at the target path.
-        ignore_not_found(remove_path(target)).ctx(|| format!("remove {}", target.display()))?;
-        let before = rec.publications.len();
-        rec.publications.retain(|p| p.target != target);
-        if rec.publications.len() != before {
-            self.store.put(&rec)?;
-        }
+        mountpoint::remove(target).ctx(|| format!("remove {}", target.display()))?;
+        rec.publications.retain(|p| p.target != *target);
+        self.store.put(&rec)?;
         tracing::info!(volume.id = %id, target = %target.display(), "unpublished");
         Ok(())
     }
 
     /// Usage and health of volume `id` mounted at `path` (its staging path or a target).
     pub fn stats(&self, id: &str, path: &Path) -> Result<(VolumeUsage, VolumeHealth)> {
+        let path = &path_arg(path, "volume path")?;
         let rec = self.get(id)?;
-        let known = rec.staging.as_ref().is_some_and(|s| s.path == path)
-            || rec.publications.iter().any(|p| p.target == path);
-        if !known || !self.is_mounted(path)? {
+        let expected = match rec.staging.as_ref().filter(|s| s.path == *path) {
+            Some(_) => Some(self.expected_staging(&rec)?),
+            None => match rec.publications.iter().find(|p| p.target == *path) {
+                Some(p) => Some(self.expected_publication(&rec, p)?),
+                None => None,
+            },
+        };
+        let mounted = match &expected {
+            Some(e) => self.probe(path, e)? == Found::Expected,
+            None => false,
+        };
+        if !mounted {
             return Err(Error::PathNotFound {
                 id: id.to_string(),
                 path: path.to_path_buf(),
@@ -615,6 +808,9 @@ impl VolumeManager {
         })
     }
 }
+
+#[cfg(test)]
+mod path_tests;
 
 #[cfg(test)]
 mod tests {

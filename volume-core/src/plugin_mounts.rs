@@ -78,7 +78,7 @@ impl VolumeManager {
             require_attachment: false,
             ..Default::default()
         };
-        if let Err(e) = self.stage(id, &path, &opts) {
+        if let Err(e) = self.stage_from(id, &path, &opts, crate::node::Origin::Daemon) {
             if added {
                 match self.update_plugin_callers(id, |callers| callers.retain(|c| c != caller)) {
                     Ok(()) => {}

@@ -10,6 +10,7 @@
 
 use std::collections::HashSet;
 use std::fs::OpenOptions;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, IoContext, Result};
@@ -62,7 +63,7 @@ pub enum PoolBackend {
 }
 
 /// An open pool.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Pool {
     root: PathBuf,
     backend: PoolBackend,
@@ -85,6 +86,7 @@ impl Pool {
             std::fs::create_dir_all(root.join(sub))
                 .ctx(|| format!("create {}", root.join(sub).display()))?;
         }
+        restrict_to_root(&root)?;
         let is_btrfs = host
             .btrfs
             .is_btrfs(&root)
@@ -275,6 +277,7 @@ impl Pool {
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)
+            .mode(0o600)
             .open(image)
             .ctx(|| format!("create {}", image.display()))?;
         if matches!(self.backend, PoolBackend::Btrfs { .. }) {
@@ -351,8 +354,40 @@ impl Pool {
     }
 }
 
+/// Makes a pool readable by root alone: the root (and so everything below it, which
+/// containers reach through bind mounts, never through this path) 0700 and every loop
+/// image 0600, also those made before this rule.
+fn restrict_to_root(root: &Path) -> Result<()> {
+    set_mode(root, 0o700)?;
+    let volumes = root.join(VOLUMES_DIR);
+    set_mode(&volumes, 0o700)?;
+    set_mode(&root.join(SNAPSHOTS_DIR), 0o700)?;
+    for entry in std::fs::read_dir(&volumes).ctx(|| format!("read {}", volumes.display()))? {
+        let entry = entry.ctx(|| format!("read {}", volumes.display()))?;
+        let image = entry.path().join(IMAGE_FILE);
+        if std::fs::symlink_metadata(&image).is_ok_and(|m| m.is_file()) {
+            set_mode(&image, 0o600)?;
+        }
+    }
+    Ok(())
+}
+
+/// Sets `path`'s permission bits to `mode` unless they already are.
+pub fn set_mode(path: &Path, mode: u32) -> Result<()> {
+    let meta = std::fs::metadata(path).ctx(|| format!("stat {}", path.display()))?;
+    if meta.permissions().mode() & 0o7777 != mode {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .ctx(|| format!("chmod {}", path.display()))?;
+    }
+    Ok(())
+}
+
 fn open_embedded(host: &Host, image: &Path, mount: &Path, size: u64) -> Result<()> {
     std::fs::create_dir_all(mount).ctx(|| format!("create {}", mount.display()))?;
+    if image.exists() {
+        // Images made before pools were root-only.
+        set_mode(image, 0o600)?;
+    }
     let mounts = host.mounter.mounts().ctx(|| "read mount table".into())?;
     if mounts
         .iter()
@@ -369,6 +404,7 @@ fn open_embedded(host: &Host, image: &Path, mount: &Path, size: u64) -> Result<(
             .write(true)
             .create(true)
             .truncate(true)
+            .mode(0o600)
             .open(&tmp)
             .ctx(|| format!("create {}", tmp.display()))?;
         file.set_len(size)
@@ -391,7 +427,8 @@ fn open_embedded(host: &Host, image: &Path, mount: &Path, size: u64) -> Result<(
     };
     let mut opts = MountOptions::volume_defaults();
     opts.extra.push("noatime".into());
-    if let Err(e) = host.mounter.mount(&device, mount, "btrfs", &opts) {
+    let target = crate::os::MountPoint::own(mount).ctx(|| format!("open {}", mount.display()))?;
+    if let Err(e) = host.mounter.mount(&device, &target, "btrfs", &opts) {
         if attached_here {
             let _ = host.loops.detach(&device);
         }

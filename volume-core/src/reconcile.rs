@@ -104,37 +104,48 @@ impl VolumeManager {
             if rec.kind == VolumeKind::Loop {
                 staged_images.insert(self.pool.image_path(&rec.id));
             }
-            let staged = if self.is_staged_in_place(&rec)? {
-                true
-            } else {
-                match self.mount_staging(&mut rec, &stage.path, &stage.mount_flags) {
-                    Ok(device) => {
-                        tracing::info!(volume.id = %rec.id, staging = %stage.path.display(), "restored staging mount");
-                        report.restored_mounts.push(stage.path.clone());
-                        if let Some(s) = rec.staging.as_mut() {
-                            s.loop_device = device;
+            let staged = match self.staging_state(&rec)? {
+                crate::os::Found::Expected => true,
+                crate::os::Found::Other(other) => {
+                    tracing::error!(volume.id = %rec.id, staging = %stage.path.display(), other, "something else is mounted at the staging path");
+                    report.broken_mounts.push(format!(
+                        "{}: {other} is mounted there instead",
+                        stage.path.display()
+                    ));
+                    false
+                }
+                crate::os::Found::Nothing => {
+                    match self.mount_staging(&mut rec, &stage.path, &stage.mount_flags) {
+                        Ok(device) => {
+                            tracing::info!(volume.id = %rec.id, staging = %stage.path.display(), "restored staging mount");
+                            report.restored_mounts.push(stage.path.clone());
+                            if let Some(s) = rec.staging.as_mut() {
+                                s.loop_device = device;
+                            }
+                            self.store.put(&rec)?;
+                            true
                         }
-                        self.store.put(&rec)?;
-                        true
-                    }
-                    Err(e) => {
-                        tracing::error!(volume.id = %rec.id, staging = %stage.path.display(), error = %e, "cannot restore staging mount");
-                        report
-                            .broken_mounts
-                            .push(format!("{}: {e}", stage.path.display()));
-                        false
+                        Err(e) => {
+                            tracing::error!(volume.id = %rec.id, staging = %stage.path.display(), error = %e, "cannot restore staging mount");
+                            report
+                                .broken_mounts
+                                .push(format!("{}: {e}", stage.path.display()));
+                            false
+                        }
                     }
                 }
             };
             for p in &rec.publications {
-                if self
-                    .host
-                    .mounter
-                    .mount_at(&p.target)
-                    .ctx(|| "read mount table".into())?
-                    .is_some()
-                {
-                    continue;
+                match self.publication_state(&rec, p)? {
+                    crate::os::Found::Expected => continue,
+                    crate::os::Found::Other(other) => {
+                        report.broken_mounts.push(format!(
+                            "{}: {other} is mounted there instead",
+                            p.target.display()
+                        ));
+                        continue;
+                    }
+                    crate::os::Found::Nothing => {}
                 }
                 if !staged {
                     report

@@ -3,9 +3,9 @@
 //! name index. Each change is one durable transaction, so after a crash the store says
 //! exactly which step an object had reached.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -81,12 +81,54 @@ fn db_err(e: impl Into<redb::Error>) -> Error {
 #[derive(Debug)]
 pub struct Store {
     db: Database,
+    /// Where each record is also written as `<table>/<id>.json` (in the pool, so that
+    /// a lost or damaged database can be rebuilt from what the pool holds).
+    mirror: Option<PathBuf>,
+}
+
+/// Why the database file cannot be trusted.
+#[derive(Debug, thiserror::Error)]
+#[error("metadata database {path} {reason}")]
+pub struct Damaged {
+    /// The database file.
+    pub path: PathBuf,
+    /// What is wrong with it.
+    pub reason: String,
 }
 
 impl Store {
-    /// Opens (or creates) the database file at `path`.
+    /// Opens the database file at `path`, creating it only when there is no file. An
+    /// empty, truncated or otherwise unreadable file is [`Error::Damaged`], never
+    /// silently replaced by a new database.
     pub fn open(path: &Path) -> Result<Self> {
-        let db = Database::create(path).map_err(db_err)?;
+        let damaged = |reason: String| {
+            Error::Damaged(Damaged {
+                path: path.to_path_buf(),
+                reason,
+            })
+        };
+        let db = match std::fs::metadata(path) {
+            Ok(m) if m.len() == 0 => return Err(damaged("is empty".into())),
+            Ok(_) => {
+                // redb panics on some damage rather than answering an error; the
+                // panic is turned into the error below, without its message.
+                let hook = std::panic::take_hook();
+                std::panic::set_hook(Box::new(|_| {}));
+                let opened = std::panic::catch_unwind(|| Database::open(path));
+                std::panic::set_hook(hook);
+                match opened {
+                    Ok(Ok(db)) => db,
+                    Ok(Err(e)) => return Err(damaged(format!("cannot be opened: {e}"))),
+                    Err(_) => {
+                        return Err(damaged("is damaged beyond what its reader can open".into()));
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Database::create(path).map_err(db_err)?
+            }
+            Err(e) => return Err(Error::io(format!("stat {}", path.display()), e)),
+        };
         // Make sure every table exists so readers never see "table does not exist".
         let tx = db.begin_write().map_err(db_err)?;
         for (t, n) in [
@@ -99,7 +141,67 @@ impl Store {
             tx.open_table(n).map_err(db_err)?;
         }
         tx.commit().map_err(db_err)?;
-        Ok(Store { db })
+        // Records name every volume and where it is mounted: root's alone.
+        crate::pool::set_mode(path, 0o600)?;
+        let store = Store { db, mirror: None };
+        // Every record must decode: a damaged one is found now, not mid-operation.
+        store
+            .list::<VolumeRecord>()
+            .and_then(|_| store.list::<SnapshotRecord>())
+            .and_then(|_| store.list::<GroupSnapshotRecord>())
+            .and_then(|_| store.list::<ReplicaRecord>())
+            .map_err(|e| damaged(format!("holds unreadable records: {e}")))?;
+        Ok(store)
+    }
+
+    /// Also writes every record put from now on to `<dir>/<table>/<id>.json`, and
+    /// removes it with the record.
+    pub fn mirror_into(&mut self, dir: PathBuf) {
+        self.mirror = Some(dir);
+    }
+
+    /// The mirror file of record `id` of kind `R`.
+    fn mirror_path<R: Record>(&self, id: &str) -> Option<PathBuf> {
+        self.mirror
+            .as_ref()
+            .map(|d| d.join(R::TABLE.name()).join(format!("{id}.json")))
+    }
+
+    /// True when no volume, snapshot or replica is recorded.
+    pub fn is_empty(&self) -> Result<bool> {
+        Ok(self.list_after::<VolumeRecord>(None, 1)?.is_empty()
+            && self.list_after::<SnapshotRecord>(None, 1)?.is_empty()
+            && self.list_after::<ReplicaRecord>(None, 1)?.is_empty())
+    }
+
+    /// The records of kind `R` mirrored in `dir` (see [`Store::mirror_into`]); files
+    /// that do not decode are returned as errors beside them.
+    pub fn read_mirror<R: Record>(dir: &Path) -> Result<(Vec<R>, Vec<PathBuf>)> {
+        let table = dir.join(R::TABLE.name());
+        let mut records = Vec::new();
+        let mut unreadable = Vec::new();
+        let entries = match std::fs::read_dir(&table) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((records, unreadable)),
+            Err(e) => return Err(Error::io(format!("read {}", table.display()), e)),
+        };
+        for entry in entries {
+            let path = entry
+                .map_err(|e| Error::io(format!("read {}", table.display()), e))?
+                .path();
+            if path.extension().is_none_or(|e| e != "json") {
+                continue;
+            }
+            match std::fs::read(&path)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<R>(&b).ok())
+            {
+                Some(r) if path.file_stem().is_some_and(|s| s == r.id()) => records.push(r),
+                _ => unreadable.push(path),
+            }
+        }
+        records.sort_by(|a, b| a.id().cmp(b.id()));
+        Ok((records, unreadable))
     }
 
     /// Inserts or replaces a record (and its name index entry).
@@ -114,6 +216,11 @@ impl Store {
             table.insert(rec.id(), bytes.as_slice()).map_err(db_err)?;
             let mut names = tx.open_table(R::NAMES).map_err(db_err)?;
             names.insert(rec.name(), rec.id()).map_err(db_err)?;
+        }
+        // The mirror first: if it cannot be written, the change is not made at all.
+        if let Some(path) = self.mirror_path::<R>(rec.id()) {
+            write_replacing(&path, &bytes)
+                .map_err(|e| Error::io(format!("write {}", path.display()), e))?;
         }
         tx.commit().map_err(db_err)
     }
@@ -137,7 +244,17 @@ impl Store {
                 }
             }
         }
-        tx.commit().map_err(db_err)
+        tx.commit().map_err(db_err)?;
+        if let Some(path) = self.mirror_path::<R>(id) {
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    // A stale mirror names storage that is gone: a rebuild skips it.
+                    tracing::warn!(path = %path.display(), error = %e, "remove mirrored record");
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     /// The record with `id`.
@@ -188,6 +305,28 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// Replaces `path` with `bytes` in one rename (a reader sees the old or the new file,
+/// never a part), creating its directory (0700) when missing.
+fn write_replacing(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let dir = path.parent().ok_or(std::io::ErrorKind::InvalidInput)?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let tmp = path.with_extension("json.tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    drop(f);
+    std::fs::rename(&tmp, path)
 }
 
 fn decode<R: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<R> {

@@ -199,6 +199,16 @@ pub const MOUNT_ATTR_RDONLY: u64 = 0x1;
 pub const MOUNT_ATTR_NOSUID: u64 = 0x2;
 /// Mount attribute: ignore device nodes.
 pub const MOUNT_ATTR_NODEV: u64 = 0x4;
+/// Mount attribute: no programs may be run from it.
+pub const MOUNT_ATTR_NOEXEC: u64 = 0x8;
+/// Mount attribute: the access-time field (one of the three below).
+pub const MOUNT_ATTR_ATIME_MASK: u64 = 0x70;
+/// Mount attribute: access times are never updated.
+pub const MOUNT_ATTR_NOATIME: u64 = 0x10;
+/// Mount attribute: access times are always updated.
+pub const MOUNT_ATTR_STRICTATIME: u64 = 0x20;
+/// Mount attribute: directory access times are never updated.
+pub const MOUNT_ATTR_NODIRATIME: u64 = 0x80;
 /// Mount attribute: map ids through a user namespace.
 pub const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
 
@@ -224,6 +234,61 @@ fn owned(ret: libc::c_long) -> io::Result<std::os::fd::OwnedFd> {
     }
     // SAFETY: the kernel returned a new descriptor that nothing else owns.
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(ret as libc::c_int) })
+}
+
+/// Clones the mount at the O_PATH descriptor `at` (only that mount, not the mounts
+/// below it) into a detached mount: a bind mount that can be attached with
+/// [`move_mount_onto`] and never resolves a path again.
+pub fn open_tree_clone_fd(at: BorrowedFd<'_>) -> io::Result<std::os::fd::OwnedFd> {
+    let flags =
+        OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | libc::AT_EMPTY_PATH as libc::c_uint;
+    // SAFETY: the empty path is a static NUL-terminated string and `at` is valid for
+    // the call (AT_EMPTY_PATH: the descriptor itself is the source).
+    owned(unsafe { libc::syscall(libc::SYS_open_tree, at.as_raw_fd(), c"".as_ptr(), flags) })
+}
+
+/// Identity of the file behind a descriptor, from statx.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileIdentity {
+    /// The root of a mount (None where the kernel does not say).
+    pub mount_root: Option<bool>,
+    /// Device of the filesystem holding it.
+    pub dev: u64,
+    /// Inode number.
+    pub ino: u64,
+    /// The device a device node stands for (0 for other files).
+    pub rdev: u64,
+    /// File type and mode bits.
+    pub mode: u32,
+}
+
+/// statx of the descriptor itself (AT_EMPTY_PATH), following nothing.
+pub fn file_identity(fd: BorrowedFd<'_>) -> io::Result<FileIdentity> {
+    // SAFETY: statx is a plain C struct of integers; all-zero is a valid value.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: the empty path is NUL-terminated and static, `stx` is live and writable
+    // for the call, and `fd` is valid for it (AT_EMPTY_PATH: the descriptor itself).
+    let rc = unsafe {
+        libc::statx(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+            libc::STATX_INO | libc::STATX_TYPE | libc::STATX_MODE,
+            &mut stx,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mount_root = libc::STATX_ATTR_MOUNT_ROOT as u64;
+    Ok(FileIdentity {
+        mount_root: (stx.stx_attributes_mask & mount_root != 0)
+            .then_some(stx.stx_attributes & mount_root != 0),
+        dev: libc::makedev(stx.stx_dev_major, stx.stx_dev_minor),
+        ino: stx.stx_ino,
+        rdev: libc::makedev(stx.stx_rdev_major, stx.stx_rdev_minor),
+        mode: u32::from(stx.stx_mode),
+    })
 }
 
 /// Clones the mount tree at `path` into a detached mount (open_tree with

@@ -50,6 +50,11 @@ struct Args {
     /// where the CO skips ControllerPublish (Kubernetes CSIDriver attachRequired: false).
     #[arg(long, env = "STOWAGE_REQUIRE_CONTROLLER_PUBLISH", default_value_t = true, action = clap::ArgAction::Set)]
     require_controller_publish: bool,
+    /// When the metadata database is missing, empty or damaged while the pool holds
+    /// volumes, rebuild it from the pool (the damaged file is kept beside it) instead
+    /// of refusing to start. A sound database is never touched.
+    #[arg(long, env = "STOWAGE_REBUILD_METADATA")]
+    rebuild_metadata: bool,
     /// The `stowage-overlay` program that mounts image volumes with `overlay=fuse`
     /// (default: `stowage-overlay` next to this executable).
     #[arg(long, env = "STOWAGE_OVERLAY_PROGRAM")]
@@ -148,9 +153,7 @@ fn main() -> anyhow::Result<()> {
 async fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     init_tracing(args.log_format);
-    let layout = StateLayout {
-        root: std::path::absolute(&args.state_dir).context("--state-dir")?,
-    };
+    let layout = StateLayout::create(&args.state_dir)?;
     let pool = pool_config(&args, &layout)?;
     let node_id = match &args.node_id {
         Some(n) => n.clone(),
@@ -184,6 +187,7 @@ async fn run() -> anyhow::Result<()> {
         node_id: node_id.clone(),
         max_volumes_per_node: args.max_volumes_per_node,
         require_controller_publish: args.require_controller_publish,
+        rebuild_metadata: args.rebuild_metadata,
         overlay_program,
         peers,
     };

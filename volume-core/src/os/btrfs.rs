@@ -71,6 +71,8 @@ pub trait Btrfs: Send + Sync + Debug {
     fn set_limit(&self, path: &Path, bytes: u64) -> Result<()>;
     /// Usage of subvolume `subvolume_id` on the filesystem with `fs_uuid`, if known.
     fn qgroup_usage(&self, fs_uuid: &str, subvolume_id: u64) -> Result<Option<QgroupUsage>>;
+    /// The id of the subvolume whose root is `path`.
+    fn subvolume_id(&self, path: &Path) -> Result<u64>;
     /// Marks an empty file nodatacow, so in-place writes to an image do not fragment it.
     fn set_nocow(&self, file: &File) -> io::Result<()>;
     /// Starts a send stream of read-only subvolume `snapshot`, relative to read-only
@@ -221,6 +223,10 @@ impl Btrfs for RealBtrfs {
                 status: "ok".into(),
                 stderr: format!("no uuid in output: {out}"),
             })
+    }
+
+    fn subvolume_id(&self, path: &Path) -> Result<u64> {
+        rootid(path)
     }
 
     fn enable_quota(&self, mount: &Path) -> Result<()> {

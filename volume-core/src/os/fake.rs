@@ -16,7 +16,8 @@ use crate::os::btrfs::{Btrfs, QgroupUsage, ReceiveSink, SendStream};
 use crate::os::copy::TreeCopy;
 use crate::os::loopdev::{LoopControl, LoopInfo};
 use crate::os::mkfs::Formatter;
-use crate::os::mount::{MountEntry, MountOptions, Mounter};
+use crate::os::mount::{Expected, Found, MountEntry, MountOptions, Mounter};
+use crate::os::mountpoint::MountPoint;
 use crate::os::nsmount::{Namespaces, NsRequest};
 
 #[derive(Debug, Default)]
@@ -120,15 +121,75 @@ fn to_err(op: &str, e: io::Error) -> Error {
     Error::io(format!("fake {op}"), e)
 }
 
+impl FakeHost {
+    /// What a mount in the table stands for: the source of a bind, followed through
+    /// binds of mount points (a publication of a staging path), or the device.
+    fn identity_of(mounts: &[MountEntry], entry: &MountEntry) -> String {
+        let mut cur = entry.clone();
+        for _ in 0..8 {
+            if cur.fs_type != "bind" {
+                break;
+            }
+            match mounts
+                .iter()
+                .rev()
+                .find(|m| m.mount_point.as_os_str() == cur.source.as_str())
+            {
+                Some(below) => cur = below.clone(),
+                None => break,
+            }
+        }
+        cur.source
+    }
+
+    fn judge(&self, path: &Path, expected: &Expected) -> Found {
+        let st = self.state();
+        let Some(entry) = st.mounts.iter().rev().find(|m| m.mount_point == path) else {
+            return Found::Nothing;
+        };
+        let id = Self::identity_of(&st.mounts, entry);
+        let ours = match expected {
+            Expected::Dir(d) => Path::new(&id) == d,
+            Expected::Device(devs) | Expected::DeviceNode(devs) => {
+                devs.iter().any(|d| Path::new(&id) == d)
+            }
+            Expected::Overlay(upper) => {
+                let want = format!("upperdir={}", upper.display());
+                entry.super_options.split(',').any(|o| o == want)
+                    || entry.fs_type == "fuse.stowage-overlay"
+            }
+        };
+        if ours {
+            Found::Expected
+        } else {
+            Found::Other(format!("{} {}", entry.fs_type, id))
+        }
+    }
+
+    /// Mounts `source` at `target` in the table, as a test's stand-in for something
+    /// else mounted there (another filesystem, another volume).
+    pub fn mount_foreign(&self, source: &str, target: &Path) {
+        self.state().mounts.push(MountEntry {
+            mount_point: target.to_path_buf(),
+            fs_type: "tmpfs".into(),
+            source: source.into(),
+            root: PathBuf::from("/"),
+            options: "rw".into(),
+            super_options: String::new(),
+        });
+    }
+}
+
 impl Mounter for FakeHost {
     fn mount(
         &self,
         device: &Path,
-        target: &Path,
+        target: &MountPoint,
         fs_type: &str,
         opts: &MountOptions,
     ) -> io::Result<()> {
         let (flags, data) = opts.to_flags_and_data();
+        let target = target.path();
         self.enter(
             "mount",
             &[&device.display(), &target.display(), &fs_type, &data],
@@ -144,11 +205,18 @@ impl Mounter for FakeHost {
                 "rw"
             }
             .into(),
+            super_options: data,
         });
         Ok(())
     }
 
-    fn bind(&self, source: &Path, target: &Path, opts: &MountOptions) -> io::Result<()> {
+    fn bind(
+        &self,
+        source: &MountPoint,
+        target: &MountPoint,
+        opts: &MountOptions,
+    ) -> io::Result<()> {
+        let (source, target) = (source.path(), target.path());
         self.enter(
             "bind",
             &[&source.display(), &target.display(), &opts.read_only],
@@ -159,6 +227,7 @@ impl Mounter for FakeHost {
             source: source.display().to_string(),
             root: source.to_path_buf(),
             options: if opts.read_only { "ro" } else { "rw" }.into(),
+            super_options: String::new(),
         });
         Ok(())
     }
@@ -167,9 +236,10 @@ impl Mounter for FakeHost {
         &self,
         program: &Path,
         data: &str,
-        target: &Path,
+        target: &MountPoint,
         read_only: bool,
     ) -> io::Result<()> {
+        let target = target.path();
         self.enter(
             "mount_fuse_overlay",
             &[&program.display(), &data, &target.display(), &read_only],
@@ -180,6 +250,7 @@ impl Mounter for FakeHost {
             source: "stowage-overlay".into(),
             root: PathBuf::from("/"),
             options: if read_only { "ro" } else { "rw" }.into(),
+            super_options: data.to_string(),
         });
         Ok(())
     }
@@ -194,6 +265,18 @@ impl Mounter for FakeHost {
             }
             None => Err(io::Error::from_raw_os_error(libc::EINVAL)),
         }
+    }
+
+    fn probe(&self, path: &Path, expected: &Expected) -> io::Result<Found> {
+        Ok(self.judge(path, expected))
+    }
+
+    fn unmount_expected(&self, path: &Path, expected: &Expected) -> io::Result<Found> {
+        let found = self.judge(path, expected);
+        if found == Found::Expected {
+            self.unmount(path)?;
+        }
+        Ok(found)
     }
 
     fn mounts(&self) -> io::Result<Vec<MountEntry>> {
@@ -352,6 +435,14 @@ impl Btrfs for FakeHost {
             referenced: 16384,
             max_referenced: Some(l),
         }))
+    }
+
+    fn subvolume_id(&self, path: &Path) -> Result<u64> {
+        self.state()
+            .subvolumes
+            .get(path)
+            .copied()
+            .ok_or_else(|| to_err("subvolume_id", io::Error::from_raw_os_error(libc::ENOENT)))
     }
 
     fn set_nocow(&self, _file: &File) -> io::Result<()> {

@@ -8,6 +8,7 @@ pub mod fake;
 pub mod loopdev;
 pub mod mkfs;
 pub mod mount;
+pub mod mountpoint;
 pub mod nsmount;
 
 use std::sync::Arc;
@@ -16,7 +17,8 @@ pub use btrfs::{Btrfs, RealBtrfs};
 pub use copy::{RealTreeCopy, TreeCopy};
 pub use loopdev::{LoopControl, LoopInfo, RealLoopControl};
 pub use mkfs::{Formatter, RealFormatter};
-pub use mount::{MountEntry, MountOptions, Mounter, RealMounter};
+pub use mount::{Expected, Found, MountEntry, MountOptions, Mounter, RealMounter};
+pub use mountpoint::MountPoint;
 pub use nsmount::{Namespaces, NsRequest, RealNamespaces};
 
 /// The host's side effects, bundled so the manager and pool take one value.

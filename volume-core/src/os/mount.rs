@@ -7,6 +7,9 @@ use std::path::{Path, PathBuf};
 
 use nix::mount::{MntFlags, MsFlags};
 
+use crate::os::mountpoint::MountPoint;
+use crate::sys;
+
 /// Options of a mount, as the driver decides them.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct MountOptions {
@@ -62,6 +65,61 @@ impl MountOptions {
         }
         (flags, data.join(","))
     }
+
+    /// The options as mount attributes for mount_setattr on a new bind mount: the
+    /// attributes to set and to clear. Filesystem data options do not apply to a bind.
+    pub fn to_mount_attr(&self) -> (u64, u64) {
+        let (flags, _) = self.to_flags_and_data();
+        let mut set = 0;
+        let mut clear = 0;
+        for (flag, attr) in [
+            (MsFlags::MS_RDONLY, sys::MOUNT_ATTR_RDONLY),
+            (MsFlags::MS_NOSUID, sys::MOUNT_ATTR_NOSUID),
+            (MsFlags::MS_NODEV, sys::MOUNT_ATTR_NODEV),
+            (MsFlags::MS_NOEXEC, sys::MOUNT_ATTR_NOEXEC),
+            (MsFlags::MS_NODIRATIME, sys::MOUNT_ATTR_NODIRATIME),
+        ] {
+            if flags.contains(flag) {
+                set |= attr;
+            }
+        }
+        if flags.contains(MsFlags::MS_NOATIME) {
+            set |= sys::MOUNT_ATTR_NOATIME;
+            clear |= sys::MOUNT_ATTR_ATIME_MASK;
+        } else if flags.contains(MsFlags::MS_STRICTATIME) {
+            set |= sys::MOUNT_ATTR_STRICTATIME;
+            clear |= sys::MOUNT_ATTR_ATIME_MASK;
+        }
+        (set, clear)
+    }
+}
+
+/// What the daemon expects to be mounted at a path before it counts that mount as
+/// its own (to unmount it, or to call a volume staged or published there).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expected {
+    /// A bind mount whose root is this directory of the pool (a directory or image
+    /// volume's staging, a directory volume's publication).
+    Dir(PathBuf),
+    /// The filesystem on one of these block devices, or a bind of its root (a loop
+    /// volume's staging and publications).
+    Device(Vec<PathBuf>),
+    /// One of these device nodes bound onto a file (a block volume's target).
+    DeviceNode(Vec<PathBuf>),
+    /// An image volume's overlay whose writable layer is this upper directory.
+    Overlay(PathBuf),
+}
+
+/// What is mounted at a path, against what was expected there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Found {
+    /// Nothing is mounted there, or the path does not exist.
+    Nothing,
+    /// The expected mount.
+    Expected,
+    /// Something else (another filesystem, another volume, a mount over ours),
+    /// described for an error message.
+    Other(String),
 }
 
 /// The overlayfs data string `lowerdir=A:B,upperdir=U,workdir=W` (lowers top first),
@@ -103,6 +161,8 @@ pub struct MountEntry {
     pub root: PathBuf,
     /// Per-mount options (`rw,nosuid,...`).
     pub options: String,
+    /// The filesystem's own options (`rw,lowerdir=...,upperdir=...`).
+    pub super_options: String,
 }
 
 impl MountEntry {
@@ -112,18 +172,21 @@ impl MountEntry {
     }
 }
 
-/// Mounts and unmounts.
+/// Mounts and unmounts. Targets are [`MountPoint`]s, resolved without following links:
+/// a mount lands on what was resolved, whatever happened to the path since.
 pub trait Mounter: Send + Sync + Debug {
     /// Mounts the filesystem on `device` of type `fs_type` at `target`.
     fn mount(
         &self,
         device: &Path,
-        target: &Path,
+        target: &MountPoint,
         fs_type: &str,
         opts: &MountOptions,
     ) -> io::Result<()>;
-    /// Bind-mounts `source` at `target`, then applies `opts` (read-only, nosuid, ...).
-    fn bind(&self, source: &Path, target: &Path, opts: &MountOptions) -> io::Result<()>;
+    /// Bind-mounts `source` (that mount only, not those below it) at `target` with
+    /// `opts` (read-only, nosuid, ...) applied before it appears there.
+    fn bind(&self, source: &MountPoint, target: &MountPoint, opts: &MountOptions)
+    -> io::Result<()>;
     /// Mounts an overlay with the FUSE server `program` (`stowage-overlay`, which has
     /// fuse-overlayfs's command line: `-o <data> TARGET`, serving from a process of its
     /// own that outlives the caller), then makes the mount read-only if asked.
@@ -131,11 +194,17 @@ pub trait Mounter: Send + Sync + Debug {
         &self,
         program: &Path,
         data: &str,
-        target: &Path,
+        target: &MountPoint,
         read_only: bool,
     ) -> io::Result<()>;
-    /// Unmounts `target`.
+    /// Unmounts `target` (a path the daemon owns, such as its pool).
     fn unmount(&self, target: &Path) -> io::Result<()>;
+    /// What is mounted at canonical `path`, against `expected`. A path with a link in
+    /// it is an `ELOOP` error.
+    fn probe(&self, path: &Path, expected: &Expected) -> io::Result<Found>;
+    /// Unmounts the mount at canonical `path` if it is the `expected` one, and says what
+    /// it found; anything else there is left alone.
+    fn unmount_expected(&self, path: &Path, expected: &Expected) -> io::Result<Found>;
     /// The current mount table.
     fn mounts(&self) -> io::Result<Vec<MountEntry>>;
     /// Freezes the filesystem mounted at `mount` (FIFREEZE): flushed, writes blocked.
@@ -168,56 +237,108 @@ impl RealMounter {
     }
 }
 
+impl RealMounter {
+    /// What is at `path`, against `expected`, with the descriptor it was judged by.
+    fn identify(
+        &self,
+        path: &Path,
+        expected: &Expected,
+    ) -> io::Result<(Found, Option<MountPoint>)> {
+        let mp = match MountPoint::open(path) {
+            Ok(mp) => mp,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok((Found::Nothing, None)),
+            Err(e) => return Err(e),
+        };
+        let id = mp.identity()?;
+        let entry = self.mount_at(path)?;
+        let is_mount = match id.mount_root {
+            Some(root) => root,
+            None => entry.is_some(),
+        };
+        if !is_mount {
+            return Ok((Found::Nothing, None));
+        }
+        let rdev_of = |d: &Path| {
+            std::fs::metadata(d)
+                .map(|m| std::os::unix::fs::MetadataExt::rdev(&m))
+                .ok()
+        };
+        let ours = match expected {
+            Expected::Dir(dir) => std::fs::metadata(dir).is_ok_and(|m| {
+                use std::os::unix::fs::MetadataExt;
+                m.dev() == id.dev && m.ino() == id.ino
+            }),
+            Expected::Device(devs) => devs.iter().any(|d| rdev_of(d) == Some(id.dev)),
+            Expected::DeviceNode(devs) => {
+                id.mode & libc::S_IFMT == libc::S_IFBLK
+                    && devs.iter().any(|d| rdev_of(d) == Some(id.rdev))
+            }
+            Expected::Overlay(upper) => entry.as_ref().is_some_and(|e| {
+                let want = format!("upperdir={}", upper.display());
+                (e.fs_type == "overlay" && e.super_options.split(',').any(|o| unescape(o) == want))
+                    || (e.fs_type.starts_with("fuse") && e.source == "stowage-overlay")
+            }),
+        };
+        if ours {
+            Ok((Found::Expected, Some(mp)))
+        } else {
+            let what = match &entry {
+                Some(e) => format!("{} {} (root {})", e.fs_type, e.source, e.root.display()),
+                None => "another mount".into(),
+            };
+            Ok((Found::Other(what), None))
+        }
+    }
+}
+
 impl Mounter for RealMounter {
     fn mount(
         &self,
         device: &Path,
-        target: &Path,
+        target: &MountPoint,
         fs_type: &str,
         opts: &MountOptions,
     ) -> io::Result<()> {
         let (flags, data) = opts.to_flags_and_data();
         let data = (!data.is_empty()).then_some(data.as_str());
-        nix::mount::mount(Some(device), target, Some(fs_type), flags, data)?;
+        // Through the descriptor: the mount lands on what was resolved.
+        nix::mount::mount(
+            Some(device),
+            &target.proc_path(),
+            Some(fs_type),
+            flags,
+            data,
+        )?;
         Ok(())
     }
 
-    fn bind(&self, source: &Path, target: &Path, opts: &MountOptions) -> io::Result<()> {
-        nix::mount::mount(
-            Some(source),
-            target,
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        )?;
-        let (flags, _) = opts.to_flags_and_data();
-        if !flags.is_empty() {
-            // Per-mount flags on a bind mount only take effect through a remount.
-            if let Err(e) = nix::mount::mount(
-                None::<&str>,
-                target,
-                None::<&str>,
-                MsFlags::MS_REMOUNT | MsFlags::MS_BIND | flags,
-                None::<&str>,
-            ) {
-                let _ = nix::mount::umount2(target, MntFlags::MNT_DETACH);
-                return Err(e.into());
-            }
+    fn bind(
+        &self,
+        source: &MountPoint,
+        target: &MountPoint,
+        opts: &MountOptions,
+    ) -> io::Result<()> {
+        let tree = sys::open_tree_clone_fd(source.fd())?;
+        let (set, clear) = opts.to_mount_attr();
+        if set != 0 || clear != 0 {
+            sys::mount_setattr(std::os::fd::AsFd::as_fd(&tree), set, clear, None)?;
         }
-        Ok(())
+        sys::move_mount_onto(std::os::fd::AsFd::as_fd(&tree), target.fd())
     }
 
     fn mount_fuse_overlay(
         &self,
         program: &Path,
         data: &str,
-        target: &Path,
+        target: &MountPoint,
         read_only: bool,
     ) -> io::Result<()> {
+        // The server mounts by path: it is given the descriptor's own path, which
+        // resolves to what was checked even if the caller's path changed since.
         let out = std::process::Command::new(program)
             .arg("-o")
             .arg(data)
-            .arg(target)
+            .arg(target.path())
             .stdin(std::process::Stdio::null())
             .output()
             .map_err(|e| io::Error::new(e.kind(), format!("run {}: {e}", program.display())))?;
@@ -236,14 +357,36 @@ impl Mounter for RealMounter {
                 | MsFlags::MS_RDONLY
                 | MsFlags::MS_NOSUID
                 | MsFlags::MS_NODEV;
-            if let Err(e) =
-                nix::mount::mount(None::<&str>, target, None::<&str>, flags, None::<&str>)
-            {
-                let _ = nix::mount::umount2(target, MntFlags::MNT_DETACH);
+            if let Err(e) = nix::mount::mount(
+                None::<&str>,
+                target.path(),
+                None::<&str>,
+                flags,
+                None::<&str>,
+            ) {
+                let _ = nix::mount::umount2(target.path(), MntFlags::MNT_DETACH);
                 return Err(e.into());
             }
         }
         Ok(())
+    }
+
+    fn probe(&self, path: &Path, expected: &Expected) -> io::Result<Found> {
+        Ok(self.identify(path, expected)?.0)
+    }
+
+    fn unmount_expected(&self, path: &Path, expected: &Expected) -> io::Result<Found> {
+        let (found, mp) = self.identify(path, expected)?;
+        if let Some(mp) = mp {
+            // Our own descriptor of the mount would keep it busy.
+            drop(mp);
+            match crate::os::mountpoint::unmount_beneath(path) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(Found::Nothing),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(found)
     }
 
     fn unmount(&self, target: &Path) -> io::Result<()> {
@@ -278,12 +421,14 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
             let mut r = right.split(' ');
             let fs_type = r.next()?;
             let source = r.next()?;
+            let super_options = r.next().unwrap_or_default();
             Some(MountEntry {
                 mount_point: PathBuf::from(unescape(mount_point)),
                 fs_type: fs_type.to_string(),
                 source: unescape(source),
                 root: PathBuf::from(unescape(root)),
                 options: options.to_string(),
+                super_options: super_options.to_string(),
             })
         })
         .collect()
