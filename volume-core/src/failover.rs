@@ -42,7 +42,7 @@ fn new_generation(previous: u64) -> u64 {
 
 /// The largest generation a promotion could have made by now (with a day of clock
 /// skew): a peer claiming more is not believed.
-fn max_plausible_generation() -> u64 {
+pub(crate) fn max_plausible_generation() -> u64 {
     ((now() + 86_400) << 20) | 0xF_FFFF
 }
 

@@ -623,6 +623,16 @@ impl VolumeManager {
                 "snapshot and parent names must be <seq>-g<generation>".into(),
             ));
         }
+        let newest_generation = parse_snapshot_name(&header.snapshot)
+            .map(|(_, g)| g)
+            .unwrap_or(0)
+            .max(header.generation);
+        if newest_generation > crate::failover::max_plausible_generation() {
+            return Err(Error::InvalidArgument(format!(
+                "generation {newest_generation} of {} is beyond any promotion's clock",
+                header.volume_id
+            )));
+        }
         let guard = self
             .inflight()
             .try_claim([format!("replica:{}", header.volume_id)])?;
@@ -645,6 +655,22 @@ impl VolumeManager {
         }
         let dir = self.replica_dir(&header.volume_id);
         std::fs::create_dir_all(&dir).ctx(|| format!("create {}", dir.display()))?;
+        let id = header.volume_id.clone();
+        let result = self.open_incoming(header, dir, guard);
+        if result.is_err() {
+            // A refused stream leaves nothing, not even the directory it would use.
+            self.drop_unused_replica_dir(&id);
+        }
+        result
+    }
+
+    /// The rest of [`Self::begin_receive`], once the replica directory exists.
+    fn open_incoming(
+        self: &Arc<Self>,
+        header: IncomingHeader,
+        dir: PathBuf,
+        guard: crate::guard::OperationGuard,
+    ) -> Result<IncomingSnapshot> {
         self.clear_incoming(&dir)?;
         if dir.join(&header.snapshot).exists() {
             return Err(Error::FailedPrecondition(format!(
@@ -674,7 +700,20 @@ impl VolumeManager {
             _guard: guard,
         };
         rx.sink = Some(match rx.header.format {
-            StreamFormat::Btrfs => self.host.btrfs.receive(&rx.incoming)?,
+            StreamFormat::Btrfs => {
+                let parent_uuids = match &rx.header.parent {
+                    Some(p) => self
+                        .host
+                        .btrfs
+                        .subvolume_uuids(&rx.dir.join(p).join(SNAPSHOT_SUBVOLUME))?,
+                    None => Vec::new(),
+                };
+                let expect = crate::os::sendstream::Expect {
+                    subvolume: SNAPSHOT_SUBVOLUME.to_string(),
+                    parent_uuids,
+                };
+                self.host.btrfs.receive(&rx.incoming, expect)?
+            }
             StreamFormat::Chunk => {
                 // The stream applies to a copy of the parent (or an empty tree).
                 let target = rx.incoming.join(SNAPSHOT_SUBVOLUME);
@@ -699,6 +738,22 @@ impl VolumeManager {
             }
         });
         Ok(rx)
+    }
+
+    /// Removes the replica directory of volume `id` if a refused or discarded stream
+    /// made it and nothing else is in it (no replica of `id` is recorded here).
+    fn drop_unused_replica_dir(&self, id: &str) {
+        if !matches!(self.store.get::<ReplicaRecord>(id), Ok(None)) {
+            return;
+        }
+        let dir = self.replica_dir(id);
+        match std::fs::remove_dir(&dir) {
+            Ok(()) => tracing::debug!(volume.id = %id, "removed empty replica directory"),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTEMPTY)) => {}
+            Err(e) => {
+                tracing::warn!(path = %dir.display(), error = %e, "remove empty replica directory")
+            }
+        }
     }
 
     /// Removes what cut-off receives of volume `id` left (`incoming-*`).
@@ -919,6 +974,7 @@ impl Drop for IncomingSnapshot {
         } else {
             tracing::info!(volume.id = %self.header.volume_id, snapshot = %self.header.snapshot, "replication stream discarded");
         }
+        self.mgr.drop_unused_replica_dir(&self.header.volume_id);
     }
 }
 
@@ -1158,9 +1214,9 @@ mod tests {
         rx.write(&bytes[..4]).unwrap();
         drop(rx);
 
+        // Not even the replica directory stays.
         let dir = b.replica_dir(&v.id);
-        let left: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().collect();
-        assert!(left.is_empty(), "left behind: {left:?}");
+        assert!(!dir.exists(), "left behind: {}", dir.display());
         assert!(b.replica_state(&v.id).unwrap().is_empty());
 
         // A parent the replica does not hold is refused before anything is made.
@@ -1168,6 +1224,19 @@ mod tests {
             b.begin_receive(header(&v.id, "2-g1", Some("1-g1"))),
             Err(Error::FailedPrecondition(_))
         ));
+        assert!(!dir.exists());
+        // A generation beyond any promotion's clock is refused before any data.
+        let mut far = header(&v.id, "1-g1", None);
+        far.generation = u64::MAX;
+        assert!(matches!(
+            b.begin_receive(far),
+            Err(Error::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            b.begin_receive(header(&v.id, &format!("1-g{}", u64::MAX >> 1), None)),
+            Err(Error::InvalidArgument(_))
+        ));
+        assert!(!dir.exists());
         // Removal: refused for a newer generation, then done, then nothing to do.
         let out = a.take_and_prepare(&v.id, &[]).unwrap();
         let bytes = stream_of(&a, &out);

@@ -10,6 +10,7 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
 use crate::error::{Error, Result};
 use crate::os::command::run;
+use crate::os::sendstream::{Expect, StreamCheck};
 use crate::sys;
 
 /// Bytes a qgroup references and its limit.
@@ -79,8 +80,12 @@ pub trait Btrfs: Send + Sync + Debug {
     /// subvolume `parent` (incremental) when given.
     fn send(&self, snapshot: &Path, parent: Option<&Path>) -> Result<Box<dyn SendStream>>;
     /// Starts receiving a send stream into directory `dir`, where the stream's
-    /// subvolume appears under the name it had on the sender.
-    fn receive(&self, dir: &Path) -> Result<Box<dyn ReceiveSink>>;
+    /// subvolume appears under the name it had on the sender. The stream must match
+    /// `expect` (checked before any of it is applied) and cannot reach outside `dir`.
+    fn receive(&self, dir: &Path, expect: Expect) -> Result<Box<dyn ReceiveSink>>;
+    /// The UUIDs the subvolume at `path` is known by to send streams: its own and, if
+    /// it was received, the one it was received as.
+    fn subvolume_uuids(&self, path: &Path) -> Result<Vec<[u8; 16]>>;
 }
 
 /// A child process whose stdout is a send stream.
@@ -114,17 +119,22 @@ impl Drop for ChildSend {
     }
 }
 
-/// A child process whose stdin takes a send stream.
+/// A child process whose stdin takes a send stream, each command checked first.
 #[derive(Debug)]
 struct ChildReceive {
     child: Option<Child>,
     stdin: Option<ChildStdin>,
+    check: StreamCheck,
 }
 
 impl io::Write for ChildReceive {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let passed = self.check.push(buf)?;
         match &mut self.stdin {
-            Some(w) => w.write(buf),
+            Some(w) => {
+                w.write_all(&passed)?;
+                Ok(buf.len())
+            }
             None => Err(io::Error::from(io::ErrorKind::BrokenPipe)),
         }
     }
@@ -139,6 +149,10 @@ impl io::Write for ChildReceive {
 
 impl ReceiveSink for ChildReceive {
     fn finish(mut self: Box<Self>) -> Result<()> {
+        if let Err(refused) = self.check.finish() {
+            // Dropped: the receiver is killed before it sees the end of the stream.
+            return Err(Error::StreamMismatch(refused.to_string()));
+        }
         drop(self.stdin.take());
         match self.child.take() {
             Some(child) => wait_child("btrfs receive", child),
@@ -155,6 +169,20 @@ impl Drop for ChildReceive {
             let _ = child.wait();
         }
     }
+}
+
+/// The `UUID:` and `Received UUID:` of `btrfs subvolume show` output.
+fn parse_subvolume_uuids(text: &str) -> Vec<[u8; 16]> {
+    text.lines()
+        .filter_map(|l| {
+            let (key, value) = l.trim().split_once(':')?;
+            matches!(key.trim(), "UUID" | "Received UUID")
+                .then(|| uuid::Uuid::parse_str(value.trim()).ok())
+                .flatten()
+        })
+        .map(|u| *u.as_bytes())
+        .filter(|u| *u != [0; 16])
+        .collect()
 }
 
 fn wait_child(program: &str, child: Child) -> Result<()> {
@@ -360,7 +388,8 @@ impl Btrfs for RealBtrfs {
 
     fn send(&self, snapshot: &Path, parent: Option<&Path>) -> Result<Box<dyn SendStream>> {
         let mut cmd = Command::new("btrfs");
-        cmd.arg("send").arg("-q");
+        // Version 1: the version a receiver checks (see os::sendstream).
+        cmd.arg("send").arg("-q").arg("--proto").arg("1");
         if let Some(p) = parent {
             cmd.arg("-p").arg(p);
         }
@@ -381,10 +410,21 @@ impl Btrfs for RealBtrfs {
         }))
     }
 
-    fn receive(&self, dir: &Path) -> Result<Box<dyn ReceiveSink>> {
+    fn subvolume_uuids(&self, path: &Path) -> Result<Vec<[u8; 16]>> {
+        let out = run(
+            "btrfs",
+            ["subvolume".as_ref(), "show".as_ref(), path.as_os_str()],
+        )?;
+        Ok(parse_subvolume_uuids(&out))
+    }
+
+    fn receive(&self, dir: &Path, expect: Expect) -> Result<Box<dyn ReceiveSink>> {
         let mut child = Command::new("btrfs")
             .arg("receive")
             .arg("-q")
+            // Confined to `dir`: whatever the stream names, even through a link it
+            // made, resolves inside it.
+            .arg("-C")
             .arg(dir)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
@@ -395,6 +435,7 @@ impl Btrfs for RealBtrfs {
         Ok(Box::new(ChildReceive {
             child: Some(child),
             stdin,
+            check: StreamCheck::new(expect),
         }))
     }
 }

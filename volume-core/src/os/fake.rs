@@ -19,6 +19,7 @@ use crate::os::mkfs::Formatter;
 use crate::os::mount::{Expected, Found, MountEntry, MountOptions, Mounter};
 use crate::os::mountpoint::MountPoint;
 use crate::os::nsmount::{Namespaces, NsRequest};
+use crate::os::sendstream::Expect;
 
 #[derive(Debug, Default)]
 struct State {
@@ -457,7 +458,19 @@ impl Btrfs for FakeHost {
         Ok(Box::new(FakeSend(io::Cursor::new(bytes))))
     }
 
-    fn receive(&self, dir: &Path) -> Result<Box<dyn ReceiveSink>> {
+    fn subvolume_uuids(&self, path: &Path) -> Result<Vec<[u8; 16]>> {
+        // The fake's received subvolumes are plain directories without an id.
+        Ok(self
+            .subvolume_id(path)
+            .map(|id| {
+                let mut uuid = [0u8; 16];
+                uuid[..8].copy_from_slice(&id.to_le_bytes());
+                vec![uuid]
+            })
+            .unwrap_or_default())
+    }
+
+    fn receive(&self, dir: &Path, _expect: Expect) -> Result<Box<dyn ReceiveSink>> {
         self.enter("receive", &[&dir.display()])
             .map_err(|e| to_err("receive", e))?;
         Ok(Box::new(FakeReceive {

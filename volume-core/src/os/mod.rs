@@ -10,6 +10,7 @@ pub mod mkfs;
 pub mod mount;
 pub mod mountpoint;
 pub mod nsmount;
+pub mod sendstream;
 
 use std::sync::Arc;
 
