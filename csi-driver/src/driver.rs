@@ -29,6 +29,8 @@ pub struct DriverConfig {
     pub peers: crate::peer::Peers,
     /// Rebuild lost or damaged metadata from the pool at start (else refuse to start).
     pub rebuild_metadata: bool,
+    /// What one layer import may take of the host.
+    pub layer_limits: fuse_overlay::layers::ImportLimits,
 }
 
 /// Shared by the Identity, Controller and Node services.

@@ -121,7 +121,8 @@ pub fn open_driver(
         Err(e @ volume_core::Error::Damaged(_)) => return Err(ServerError::Metadata(e)),
         Err(e) => return Err(e.into()),
     };
-    let layers = fuse_overlay::layers::LayerStore::open(layout.layer_store())?;
+    let mut layers = fuse_overlay::layers::LayerStore::open(layout.layer_store())?;
+    layers.set_limits(config.layer_limits);
     let node = NodeIdentity {
         node_id: config.node_id.clone(),
         state_dir: layout.root.clone(),

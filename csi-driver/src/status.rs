@@ -56,6 +56,8 @@ pub fn layer_status(err: &fuse_overlay::layers::Error) -> Status {
     let code = match err {
         L::Io { source, .. } | L::Extract { source, .. } => errno_code(source.raw_os_error()),
         L::Locked { .. } => Code::FailedPrecondition,
+        L::TooLarge { .. } | L::NoSpace { .. } => Code::ResourceExhausted,
+        L::SparseBomb { .. } => Code::InvalidArgument,
         L::Read(_)
         | L::UnsafePath { .. }
         | L::ThroughSymlink { .. }

@@ -43,6 +43,12 @@ struct Args {
     /// Size of the embedded pool image when it is first created (sparse).
     #[arg(long, env = "STOWAGE_POOL_SIZE", default_value = "20GiB")]
     pool_size: String,
+    /// Most bytes of file data one imported image layer may write (holes excluded).
+    #[arg(long, env = "STOWAGE_MAX_LAYER_SIZE", default_value = "8GiB")]
+    max_layer_size: String,
+    /// Free space a layer import must leave on the layer store's filesystem.
+    #[arg(long, env = "STOWAGE_LAYER_RESERVE_FREE", default_value = "1GiB")]
+    layer_reserve_free: String,
     /// Volumes this node accepts (NodeGetInfo max_volumes_per_node; 0 = no limit).
     #[arg(long, env = "STOWAGE_MAX_VOLUMES_PER_NODE", default_value_t = 256)]
     max_volumes_per_node: i64,
@@ -188,6 +194,11 @@ async fn run() -> anyhow::Result<()> {
         max_volumes_per_node: args.max_volumes_per_node,
         require_controller_publish: args.require_controller_publish,
         rebuild_metadata: args.rebuild_metadata,
+        layer_limits: fuse_overlay::layers::ImportLimits {
+            max_bytes: parse_size(&args.max_layer_size).context("--max-layer-size")?,
+            reserve_free: parse_size(&args.layer_reserve_free).context("--layer-reserve-free")?,
+            ..Default::default()
+        },
         overlay_program,
         peers,
     };

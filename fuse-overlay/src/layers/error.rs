@@ -62,6 +62,24 @@ pub enum Error {
         actual: String,
     },
     /// A digest string that is not `sha256:` + 64 lowercase hex digits.
+    #[error("layer is larger than the import limit of {limit} bytes")]
+    TooLarge { limit: u64 },
+
+    #[error("sparse entry {path:?} declares {declared} bytes for {data} bytes of data")]
+    SparseBomb {
+        path: String,
+        declared: u64,
+        data: u64,
+    },
+
+    #[error("entry {path:?} needs {needed} bytes and {available} are free (keeping {reserve})")]
+    NoSpace {
+        path: String,
+        needed: u64,
+        available: u64,
+        reserve: u64,
+    },
+
     #[error("invalid digest {0:?}")]
     InvalidDigest(String),
     /// A digest with an algorithm other than sha256.

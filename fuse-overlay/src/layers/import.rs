@@ -31,7 +31,7 @@ use std::cmp::Reverse;
 use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::fs::{File, Permissions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
@@ -54,9 +54,41 @@ pub struct ExtractStats {
     pub skipped_xattrs: u64,
 }
 
+/// What one import may take of the host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ImportLimits {
+    /// Bytes of file data one layer may write (holes are not written and not counted).
+    pub max_bytes: u64,
+    /// Free bytes the store's filesystem must keep: an entry that would leave less is
+    /// refused before any of it is written.
+    pub reserve_free: u64,
+    /// A sparse entry may declare at most this many bytes per byte of data it holds
+    /// (beyond [`SPARSE_SLACK`]).
+    pub sparse_ratio: u64,
+}
+
+/// Bytes a sparse entry may declare whatever data it holds.
+pub const SPARSE_SLACK: u64 = 1 << 30;
+
+impl Default for ImportLimits {
+    fn default() -> Self {
+        ImportLimits {
+            max_bytes: 8 << 30,
+            reserve_free: 1 << 30,
+            sparse_ratio: 1024,
+        }
+    }
+}
+
+/// Blocks of zeros this long, at this alignment in the file, are left as holes.
+const HOLE_BLOCK: u64 = 4096;
+
 /// Extracts entries into a directory; [`Extractor::finish`] applies directory metadata.
 #[derive(Debug)]
 pub struct Extractor {
+    limits: ImportLimits,
+    /// File data written so far.
+    written: u64,
     root: OwnedFd,
     privilege: Privilege,
     /// Directories whose mode and times are applied at the end.
@@ -92,6 +124,8 @@ impl Extractor {
     /// `root` is an open (not `O_PATH`) descriptor of the empty directory to fill.
     pub fn new(root: OwnedFd, privilege: Privilege) -> Self {
         Extractor {
+            limits: ImportLimits::default(),
+            written: 0,
             root,
             privilege,
             dirs: Vec::new(),
@@ -103,6 +137,12 @@ impl Extractor {
             stats: ExtractStats::default(),
             buf: vec![0; COPY_BUF],
         }
+    }
+
+    /// Holds this extraction to `limits`.
+    pub fn with_limits(mut self, limits: ImportLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// Extracts one entry.
@@ -157,15 +197,18 @@ impl Extractor {
                 let target = entry.link_name_bytes().map(|t| t.into_owned());
                 self.hard_link(&path, target, &shown)
             }
-            EntryType::Char | EntryType::Block | EntryType::Fifo => {
+            EntryType::Fifo => self.special(&path, libc::S_IFIFO, 0, meta, &shown),
+            EntryType::Char | EntryType::Block => {
+                // A fifo's device fields mean nothing (Python's tarfile leaves them
+                // empty, which does not parse as a number); a device's are read.
                 let header = entry.header();
                 let major = header.device_major().map_err(extract_err(&shown))?;
                 let minor = header.device_minor().map_err(extract_err(&shown))?;
                 let dev = libc::makedev(major.unwrap_or(0), minor.unwrap_or(0));
-                let file_type = match kind {
-                    EntryType::Char => libc::S_IFCHR,
-                    EntryType::Block => libc::S_IFBLK,
-                    _ => libc::S_IFIFO,
+                let file_type = if kind == EntryType::Char {
+                    libc::S_IFCHR
+                } else {
+                    libc::S_IFBLK
                 };
                 self.special(&path, file_type, dev, meta, &shown)
             }
@@ -428,10 +471,68 @@ impl Extractor {
         let name = path.file_name().unwrap_or_default();
         self.replace_whiteout(parent.as_fd(), path, false, shown)?;
         self.clear_slot(parent.as_fd(), path, false, shown)?;
+        self.admit(entry, parent.as_fd(), shown)?;
         let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW;
-        let mut file = sys::open_beneath(parent.as_fd(), name, flags, 0o600)
+        let file = sys::open_beneath(parent.as_fd(), name, flags, 0o600)
             .map(File::from)
             .map_err(|e| self.walk_error(e, shown))?;
+        self.copy_keeping_holes(entry, &file, shown)?;
+        self.owner_and_xattrs(&file, &meta, shown)?;
+        set_mode_and_times(&file, &meta, shown)?;
+        self.linkable.insert(path.clone());
+        self.keep_parent(dir, parent);
+        Ok(())
+    }
+
+    /// Refuses an entry before any of it is written: a sparse entry declaring far
+    /// more than its data, or one the store's free space (less the reserve) or the
+    /// layer's size limit cannot take.
+    fn admit<R: Read>(
+        &self,
+        entry: &tar::Entry<'_, R>,
+        parent: BorrowedFd<'_>,
+        shown: &str,
+    ) -> Result<()> {
+        let declared = entry.size();
+        let data = entry.header().entry_size().map_err(extract_err(shown))?;
+        if entry.header().entry_type() == EntryType::GNUSparse
+            && declared > data.saturating_mul(self.limits.sparse_ratio) + SPARSE_SLACK
+        {
+            return Err(Error::SparseBomb {
+                path: shown.to_owned(),
+                declared,
+                data,
+            });
+        }
+        let left = self.limits.max_bytes.saturating_sub(self.written);
+        let needed = data.min(declared).min(left);
+        let st = nix::sys::statvfs::fstatvfs(parent).map_err(|e| Error::Extract {
+            path: shown.to_owned(),
+            source: e.into(),
+        })?;
+        let available = st.blocks_available() as u64 * st.fragment_size() as u64;
+        if available < needed.saturating_add(self.limits.reserve_free) {
+            return Err(Error::NoSpace {
+                path: shown.to_owned(),
+                needed,
+                available,
+                reserve: self.limits.reserve_free,
+            });
+        }
+        Ok(())
+    }
+
+    /// Copies an entry's data into `file`, leaving aligned blocks of zeros (a sparse
+    /// entry's holes, or zeros stored as data) as holes; counts what is written
+    /// against the layer's size limit.
+    fn copy_keeping_holes<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        file: &File,
+        shown: &str,
+    ) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        let mut offset: u64 = 0;
         loop {
             let n = match entry.read(&mut self.buf) {
                 Ok(0) => break,
@@ -439,12 +540,28 @@ impl Extractor {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(Error::Read(e)),
             };
-            file.write_all(&self.buf[..n]).map_err(extract_err(shown))?;
+            let mut at = 0;
+            while at < n {
+                // Up to the next block boundary of the file.
+                let room = (HOLE_BLOCK - (offset + at as u64) % HOLE_BLOCK) as usize;
+                let end = (at + room).min(n);
+                let piece = &self.buf[at..end];
+                if piece.iter().any(|b| *b != 0) {
+                    self.written += piece.len() as u64;
+                    if self.written > self.limits.max_bytes {
+                        return Err(Error::TooLarge {
+                            limit: self.limits.max_bytes,
+                        });
+                    }
+                    file.write_all_at(piece, offset + at as u64)
+                        .map_err(extract_err(shown))?;
+                }
+                at = end;
+            }
+            offset += n as u64;
         }
-        self.owner_and_xattrs(&file, &meta, shown)?;
-        set_mode_and_times(&file, &meta, shown)?;
-        self.linkable.insert(path.clone());
-        self.keep_parent(dir, parent);
+        // Trailing holes: the length says where the file ends.
+        file.set_len(offset).map_err(extract_err(shown))?;
         Ok(())
     }
 

@@ -48,6 +48,7 @@ mod tar_safety;
 
 pub use digest::LayerKey;
 pub use error::{Error, Result};
+pub use import::ImportLimits;
 pub use meta::{Privilege, WhiteoutFormat};
 pub use oci::ImageSelector;
 pub use store::{BlobInfo, ImportedLayer, LayerInfo, LayerStore, METADATA_VERSION};

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::digest::LayerKey;
 use super::error::{Error, Result};
-use super::import::Extractor;
+use super::import::{Extractor, ImportLimits};
 use super::meta::{Privilege, WhiteoutFormat};
 use super::stream::{BlobReader, Compression, Decoder, TarStream};
 use super::sys;
@@ -110,6 +110,7 @@ pub struct LayerStore {
     root: PathBuf,
     layers: PathBuf,
     privilege: Privilege,
+    limits: ImportLimits,
     _lock: File,
     commit: Mutex<()>,
     counter: AtomicU64,
@@ -153,12 +154,23 @@ impl LayerStore {
             root,
             layers,
             privilege,
+            limits: ImportLimits::default(),
             _lock: lock,
             commit: Mutex::new(()),
             counter: AtomicU64::new(0),
         };
         store.clean()?;
         Ok(store)
+    }
+
+    /// Sets the limits every later import is held to.
+    pub fn set_limits(&mut self, limits: ImportLimits) {
+        self.limits = limits;
+    }
+
+    /// The limits imports are held to.
+    pub fn limits(&self) -> ImportLimits {
+        self.limits
     }
 
     /// The store's root directory (absolute).
@@ -286,7 +298,7 @@ impl LayerStore {
         let decoder = Decoder::detect(BlobReader::new(BufReader::with_capacity(READ_BUF, reader)))?;
         let compression = decoder.compression();
         let mut archive = tar::Archive::new(TarStream::new(decoder));
-        let mut extractor = Extractor::new(root_fd, self.privilege);
+        let mut extractor = Extractor::new(root_fd, self.privilege).with_limits(self.limits);
         for entry in archive.entries().map_err(Error::Read)? {
             extractor.entry(entry.map_err(Error::Read)?)?;
         }
