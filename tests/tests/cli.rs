@@ -532,3 +532,41 @@ fn completion_into_a_closed_pipe_exits_cleanly() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// An attachment whose container ended does not hold the volume: released at start
+/// (after a crash of the daemon) and before an operation it would hold up.
+#[tokio::test]
+async fn attachments_of_ended_containers_are_released_by_the_daemon() {
+    let mut d = Daemon::start("2GiB", &[]);
+    ok(&d, &["create", "a", "--size", "16MiB"]);
+    ok(&d, &["create", "b", "--size", "16MiB", "--kind", "loop"]);
+    let target = format!("/tmp/stowage-ended-{}", std::process::id());
+
+    // Daemon killed while attached; the container ends while it is down.
+    let first = Contained::start(false);
+    let pid = first.pid().to_string();
+    ok(&d, &["attach", "a", "--pid", &pid, "--target", &target]);
+    d.kill9();
+    drop(first);
+    d.restart();
+    let a = json(ok(&d, &["--output", "json", "inspect", "a"]).trim());
+    assert!(
+        a["attached_into"].as_array().is_none_or(|v| v.is_empty()),
+        "{a}"
+    );
+    assert!(a["staging_path"].is_null(), "attach's staging left: {a}");
+    assert!(
+        d.log()
+            .contains("attachment of a process that is gone released")
+    );
+
+    // The container ends under a running daemon: rm needs no detach.
+    let second = Contained::start(false);
+    let pid = second.pid().to_string();
+    ok(&d, &["attach", "b", "--pid", &pid, "--target", &target]);
+    fails(&d, &["rm", "b"], 1);
+    drop(second);
+    ok(&d, &["rm", "b"]);
+    ok(&d, &["rm", "a"]);
+    let _ = std::fs::remove_dir_all(&target);
+}

@@ -25,12 +25,8 @@ impl VolumeManager {
                 "pid {pid} is not a process id"
             )));
         }
-        if !target.is_absolute() {
-            return Err(Error::InvalidArgument(format!(
-                "target {} must be an absolute path inside the container",
-                target.display()
-            )));
-        }
+        let target = crate::node::path_arg(target, "target inside the container")?;
+        let target = target.as_path();
         let rec = self.resolve(volume)?;
         if rec.kind == VolumeKind::Image {
             return Err(Error::FailedPrecondition(format!(
@@ -90,6 +86,8 @@ impl VolumeManager {
             target: target.to_path_buf(),
             read_only,
         };
+        // Taken first: a pid alone could be reused by another process later.
+        let mnt_ns = self.host.namespaces.mount_namespace(pid).ok();
         let idmapped = match self.host.namespaces.run(&req) {
             Ok(i) => i,
             Err(e) => {
@@ -123,6 +121,7 @@ impl VolumeManager {
             target: target.to_path_buf(),
             read_only,
             idmapped,
+            mnt_ns,
         });
         self.store.put(&rec)?;
         tracing::info!(volume.id = %rec.id, pid, target = %target.display(), read_only, idmapped, "attached into container");
@@ -131,6 +130,8 @@ impl VolumeManager {
 
     /// Unmounts `volume` from `target` in `pid`'s mount namespace.
     pub fn detach_from(&self, volume: &str, pid: i32, target: &Path) -> Result<()> {
+        let target = crate::node::path_arg(target, "target inside the container")?;
+        let target = target.as_path();
         let rec = self.resolve(volume)?;
         {
             let _guard = self.claim(&rec.id)?;
@@ -186,6 +187,50 @@ impl VolumeManager {
             tracing::info!(volume.id = %rec.id, pid, target = %target.display(), "detached from container");
         }
         self.release_attach_staging(&rec.id)
+    }
+
+    /// Forgets volume `id`'s attachments whose process and mount namespace are gone
+    /// (the container ended, the node restarted), and unstages what attach staged for
+    /// them; returns what was forgotten. Nothing of a live attachment is touched.
+    pub fn release_vanished_attachments(&self, id: &str) -> Result<Vec<ContainerMount>> {
+        let gone = {
+            let _guard = self.claim(id)?;
+            let mut rec = self.get(id)?;
+            let mut gone = Vec::new();
+            let mut kept = Vec::new();
+            for m in std::mem::take(&mut rec.container_mounts) {
+                match self.host.namespaces.attachment_alive(m.pid, m.mnt_ns) {
+                    Ok(false) => gone.push(m),
+                    Ok(true) => kept.push(m),
+                    Err(e) => {
+                        tracing::warn!(volume.id = %id, pid = m.pid, error = %e, "cannot tell whether an attachment's process is gone; kept");
+                        kept.push(m);
+                    }
+                }
+            }
+            if gone.is_empty() {
+                return Ok(gone);
+            }
+            rec.container_mounts = kept;
+            self.store.put(&rec)?;
+            for m in &gone {
+                tracing::warn!(volume.id = %id, pid = m.pid, target = %m.target.display(), "attachment of a process that is gone released");
+            }
+            gone
+        };
+        self.release_attach_staging(id)?;
+        Ok(gone)
+    }
+
+    /// [`Self::release_vanished_attachments`] where volume `id` has attachments; for
+    /// operations that an attachment holds up (unstage, delete, step-down).
+    pub(crate) fn release_vanished_before(&self, id: &str) -> Result<()> {
+        match self.store.get::<VolumeRecord>(id)? {
+            Some(rec) if !rec.container_mounts.is_empty() => {
+                self.release_vanished_attachments(id).map(|_| ())
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Unstages a volume attach staged, once no container mount remains.
@@ -366,10 +411,16 @@ mod tests {
             f.mgr.attach_into("d", 0, "/x".as_ref(), false),
             Err(Error::InvalidArgument(_))
         ));
-        assert!(matches!(
-            f.mgr.attach_into("d", 1, "rel".as_ref(), false),
-            Err(Error::InvalidArgument(_))
-        ));
+        for target in ["rel", "/a/../b", "/a/./b", "/"] {
+            assert!(
+                matches!(
+                    f.mgr.attach_into("d", 1, target.as_ref(), false),
+                    Err(Error::InvalidArgument(_))
+                ),
+                "{target}"
+            );
+        }
+        assert!(f.fake.calls().iter().all(|c| !c.starts_with("ns_attach")));
         assert!(matches!(
             f.mgr.attach_into("nope", 1, "/x".as_ref(), false),
             Err(Error::VolumeNotFound(_))

@@ -193,6 +193,8 @@ impl VolumeManager {
         new_generation: u64,
         their_snapshots: &[String],
     ) -> Result<SteppedDown> {
+        // A container that ended (or died with a crashed node) no longer holds it.
+        self.release_vanished_before(id)?;
         let _guard = self.claim(id)?;
         let vol = self.get(id)?;
         let own_generation = vol.generation.max(1);

@@ -139,7 +139,49 @@ pub fn validate_name(name: &str) -> Result<()> {
             "volume name {name:?} contains '/', a control character, or is a dot name"
         )));
     }
+    if name.chars().any(is_bidi_control) {
+        return Err(Error::InvalidArgument(format!(
+            "volume name {name:?} contains a text direction control character"
+        )));
+    }
+    if name.chars().all(|c| c.is_whitespace() || is_format_char(c)) {
+        return Err(Error::InvalidArgument(format!(
+            "volume name {name:?} has nothing visible in it"
+        )));
+    }
     Ok(())
+}
+
+/// Characters that reorder how text around them is shown (U+202A–U+202E,
+/// U+2066–U+2069, U+200E, U+200F, U+061C): a name holding one can show as another.
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200E}' | '\u{200F}' | '\u{061C}')
+}
+
+/// Unicode format characters (general category Cf): invisible on their own.
+fn is_format_char(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}'
+        | '\u{0600}'..='\u{0605}'
+        | '\u{061C}'
+        | '\u{06DD}'
+        | '\u{070F}'
+        | '\u{0890}'..='\u{0891}'
+        | '\u{08E2}'
+        | '\u{180E}'
+        | '\u{200B}'..='\u{200F}'
+        | '\u{202A}'..='\u{202E}'
+        | '\u{2060}'..='\u{2064}'
+        | '\u{2066}'..='\u{206F}'
+        | '\u{FEFF}'
+        | '\u{FFF9}'..='\u{FFFB}'
+        | '\u{110BD}'
+        | '\u{110CD}'
+        | '\u{13430}'..='\u{1343F}'
+        | '\u{1BCA0}'..='\u{1BCA3}'
+        | '\u{1D173}'..='\u{1D17A}'
+        | '\u{E0001}'
+        | '\u{E0020}'..='\u{E007F}')
 }
 
 /// Seconds since the epoch (the clock records carry).
@@ -476,6 +518,7 @@ impl VolumeManager {
         if !is_valid_id(id) {
             return Ok(());
         }
+        self.release_vanished_before(id)?;
         let _guard = self.claim(id)?;
         let Some(mut rec) = self.store.get::<VolumeRecord>(id)? else {
             return Ok(());
@@ -783,6 +826,18 @@ pub(crate) mod tests {
         assert!(validate_name("..").is_err());
         assert!(validate_name("").is_err());
         assert!(validate_name("a\nb").is_err());
+        // Nothing visible, or text that shows as something else.
+        for bad in [
+            "   ",
+            "\u{202E}",
+            "\u{200B}\u{200B}",
+            " \u{FEFF} ",
+            "abc\u{202E}gpj.exe",
+        ] {
+            assert!(validate_name(bad).is_err(), "{bad:?}");
+        }
+        assert!(validate_name("données été").is_ok());
+        assert!(validate_name("a b").is_ok());
     }
 
     #[test]

@@ -163,6 +163,10 @@ pub struct ContainerMount {
     pub read_only: bool,
     /// Mounted with an id mapping into the container's user namespace.
     pub idmapped: bool,
+    /// The inode of the process's mount namespace at attach time (None: attached by
+    /// an older daemon).
+    #[serde(default)]
+    pub mnt_ns: Option<u64>,
 }
 
 /// A node a volume is attached to by ControllerPublish.

@@ -413,6 +413,7 @@ impl VolumeManager {
     /// a mount there that is not the volume's is left alone.
     pub fn unstage(&self, id: &str, staging: &Path) -> Result<()> {
         let staging = &path_arg(staging, "staging path")?;
+        self.release_vanished_before(id)?;
         let _guard = self.claim(id)?;
         let mut rec = self.get(id)?;
         let Some(stage) = rec.staging.clone() else {

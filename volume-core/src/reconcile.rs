@@ -26,8 +26,8 @@ pub struct ReconcileReport {
     pub orphans: Vec<PathBuf>,
     /// Loop devices backed by pool files that are not staged.
     pub stray_loops: Vec<PathBuf>,
-    /// Container mounts (`volume pid:target`) whose process is gone; `vol detach` with
-    /// that pid and target forgets them and unstages the volume.
+    /// Container mounts (`volume pid:target`) whose process and mount namespace were
+    /// gone: released (forgotten, and the volume unstaged if attach had staged it).
     pub stale_container_mounts: Vec<String>,
 }
 
@@ -87,9 +87,9 @@ impl VolumeManager {
                 VolumeState::Ready => {}
             }
             known.insert(rec.id.clone());
-            for m in &rec.container_mounts {
-                if !std::path::Path::new(&format!("/proc/{}", m.pid)).exists() {
-                    tracing::warn!(volume.id = %rec.id, pid = m.pid, target = %m.target.display(), "attached into a process that is gone");
+            if !rec.container_mounts.is_empty() {
+                // Attachments of containers that ended while the daemon was down.
+                for m in self.release_vanished_attachments(&rec.id)? {
                     report.stale_container_mounts.push(format!(
                         "{} {}:{}",
                         rec.name,
@@ -97,6 +97,7 @@ impl VolumeManager {
                         m.target.display()
                     ));
                 }
+                rec = self.get(&rec.id)?;
             }
             let Some(stage) = rec.staging.clone() else {
                 continue;
@@ -276,22 +277,44 @@ mod tests {
     }
 
     #[test]
-    fn container_mounts_of_gone_processes_are_reported() {
+    fn attachments_of_gone_processes_are_released_at_start() {
         let f = fixture(true);
         f.mgr.create(&req("c", "dir", 1 << 20)).unwrap();
-        // No process has this pid (beyond the kernel's pid_max).
+        f.mgr.create(&req("live", "dir", 1 << 20)).unwrap();
         f.mgr
-            .attach_into("c", 999_999_999, "/data".as_ref(), false)
+            .attach_into("c", 4242, "/data".as_ref(), false)
             .unwrap();
+        f.mgr
+            .attach_into("live", 7, "/data".as_ref(), false)
+            .unwrap();
+        f.fake.end_process(4242);
         let report = f.mgr.reconcile().unwrap();
         assert_eq!(
             report.stale_container_mounts,
-            vec!["c 999999999:/data".to_string()]
+            vec!["c 4242:/data".to_string()]
         );
         assert!(report.needs_attention());
-        // Detach forgets it (the process is gone) and unstages.
+        // Released and unstaged; the live one is untouched.
+        let c = f.mgr.resolve("c").unwrap();
+        assert!(c.container_mounts.is_empty() && c.staging.is_none());
+        assert_eq!(f.mgr.resolve("live").unwrap().container_mounts.len(), 1);
+        // A detach right after the process ended is not an error either.
         f.mgr
-            .detach_from("c", 999_999_999, "/data".as_ref())
+            .detach_from("c", 4242, "/data".as_ref())
+            .expect_err("nothing attached any more");
+        f.mgr
+            .attach_into("c", 5000, "/data".as_ref(), false)
+            .unwrap();
+        f.fake.end_process(5000);
+        f.mgr
+            .detach_from("c", 5000, "/data".as_ref())
             .unwrap_or_else(|e| panic!("{e}"));
+        // Delete no longer waits for an attachment whose container is gone.
+        f.mgr
+            .attach_into("c", 5001, "/data".as_ref(), false)
+            .unwrap();
+        f.fake.end_process(5001);
+        let id = f.mgr.resolve("c").unwrap().id;
+        f.mgr.delete(&id).unwrap();
     }
 }

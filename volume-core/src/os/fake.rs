@@ -31,6 +31,7 @@ struct State {
     next_subvolume: u64,
     limits: HashMap<PathBuf, u64>,
     failures: HashMap<String, i32>,
+    ended: std::collections::HashSet<i32>,
 }
 
 /// The fake host. Share it with `Arc` and hand [`FakeHost::host`] to the code under test.
@@ -571,8 +572,31 @@ impl ReceiveSink for FakeReceive {
     }
 }
 
+impl FakeHost {
+    /// Makes process `pid` (and its mount namespace) gone.
+    pub fn end_process(&self, pid: i32) {
+        self.state().ended.insert(pid);
+    }
+}
+
 impl Namespaces for FakeHost {
+    fn mount_namespace(&self, pid: i32) -> io::Result<u64> {
+        if self.state().ended.contains(&pid) {
+            return Err(io::Error::from_raw_os_error(libc::ESRCH));
+        }
+        Ok(4_000_000_000 + pid as u64)
+    }
+
+    fn attachment_alive(&self, pid: i32, _mnt_ns: Option<u64>) -> io::Result<bool> {
+        Ok(!self.state().ended.contains(&pid))
+    }
+
     fn run(&self, req: &NsRequest) -> io::Result<bool> {
+        if let NsRequest::Attach { pid, .. } | NsRequest::Detach { pid, .. } = req
+            && self.state().ended.contains(pid)
+        {
+            return Err(io::Error::from_raw_os_error(libc::ESRCH));
+        }
         match req {
             NsRequest::Attach { pid, target, .. } => {
                 self.enter("ns_attach", &[pid, &target.display()])?;

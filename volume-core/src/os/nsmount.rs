@@ -56,12 +56,20 @@ pub trait Namespaces: Send + Sync + Debug {
     /// Carries out `req`; returns whether an id-mapped mount was made (attach into a
     /// process in another user namespace).
     fn run(&self, req: &NsRequest) -> io::Result<bool>;
+    /// The inode of `pid`'s mount namespace (what an attachment records, so that a
+    /// reused pid is not taken for the container).
+    fn mount_namespace(&self, pid: i32) -> io::Result<u64>;
+    /// Whether an attachment into `pid` (whose mount namespace was `mnt_ns`, if known)
+    /// can still be there: some process is still in that mount namespace (or, with
+    /// no namespace recorded, `pid` still runs).
+    fn attachment_alive(&self, pid: i32, mnt_ns: Option<u64>) -> io::Result<bool>;
 }
 
 /// Runs requests through the helper executable (normally the daemon itself).
 #[derive(Debug, Clone)]
 pub struct RealNamespaces {
     helper: PathBuf,
+    proc: PathBuf,
 }
 
 impl RealNamespaces {
@@ -70,11 +78,42 @@ impl RealNamespaces {
     pub fn new(helper: impl Into<PathBuf>) -> Self {
         RealNamespaces {
             helper: helper.into(),
+            proc: PathBuf::from("/proc"),
         }
+    }
+
+    /// The mount namespace inode of process `pid` (None: gone, or a zombie).
+    fn ns_of(&self, pid: &str) -> Option<u64> {
+        std::fs::metadata(self.proc.join(pid).join("ns/mnt"))
+            .ok()
+            .map(|m| m.ino())
     }
 }
 
 impl Namespaces for RealNamespaces {
+    fn mount_namespace(&self, pid: i32) -> io::Result<u64> {
+        self.ns_of(&pid.to_string())
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ESRCH))
+    }
+
+    fn attachment_alive(&self, pid: i32, mnt_ns: Option<u64>) -> io::Result<bool> {
+        let Some(ns) = mnt_ns else {
+            return Ok(self.ns_of(&pid.to_string()).is_some());
+        };
+        if self.ns_of(&pid.to_string()) == Some(ns) {
+            return Ok(true);
+        }
+        // Another process of the container may hold the namespace.
+        for e in std::fs::read_dir(&self.proc)? {
+            let name = e?.file_name();
+            let name = name.to_string_lossy();
+            if name.bytes().all(|b| b.is_ascii_digit()) && self.ns_of(&name) == Some(ns) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     fn run(&self, req: &NsRequest) -> io::Result<bool> {
         let json = serde_json::to_string(req).map_err(io::Error::other)?;
         let out = Command::new(&self.helper)
@@ -251,8 +290,16 @@ fn detach(pid: i32, target: &Path, source: Option<&Path>) -> io::Result<()> {
         }
         None => None,
     };
-    let root = open_path(&proc_path(pid, "root"), true)?;
-    join_mount_ns(pid)?;
+    // A process that just exited (a zombie) has no root or namespace to open: gone.
+    let gone = |e: io::Error| {
+        if e.raw_os_error() == Some(libc::ENOENT) {
+            io::Error::from_raw_os_error(libc::ESRCH)
+        } else {
+            e
+        }
+    };
+    let root = open_path(&proc_path(pid, "root"), true).map_err(gone)?;
+    join_mount_ns(pid).map_err(gone)?;
     let rel: PathBuf = parts.iter().collect();
     let fd = match sys::open_beneath(root.as_fd(), &rel, true) {
         Ok(fd) => fd,
