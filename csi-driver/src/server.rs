@@ -142,6 +142,10 @@ pub fn open_driver(
         Err(e @ volume_core::Error::MetadataLost { .. }) => return Err(ServerError::Metadata(e)),
         Err(e) => return Err(e.into()),
     }
+    let mirrored = manager.mirror_records()?;
+    if mirrored > 0 {
+        tracing::info!(records = mirrored, "records mirrored into the pool");
+    }
     let report = manager.reconcile()?;
     Ok((Driver::new(manager, config, layers), report))
 }

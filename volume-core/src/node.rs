@@ -119,6 +119,30 @@ impl VolumeManager {
         }
     }
 
+    /// Unmounts `path` if what is mounted there is this volume (`expected`) although
+    /// no record says so; never a path the records name for the volume. Returns
+    /// whether it unmounted.
+    fn unmount_unrecorded(
+        &self,
+        rec: &VolumeRecord,
+        path: &Path,
+        expected: &Expected,
+    ) -> Result<bool> {
+        let recorded = rec.staging.as_ref().is_some_and(|s| s.path == path)
+            || rec.publications.iter().any(|p| p.target == path);
+        if recorded || self.probe(path, expected)? != Found::Expected {
+            return Ok(false);
+        }
+        match self.host.mounter.unmount_expected(path, expected) {
+            Ok(Found::Expected) => {
+                tracing::warn!(volume.id = %rec.id, path = %path.display(), "unmounted a mount of the volume that no record named");
+                Ok(true)
+            }
+            Ok(_) => Ok(false),
+            Err(e) => Err(Error::io(format!("unmount {}", path.display()), e)),
+        }
+    }
+
     /// The loop devices attached to a loop volume's image.
     fn loop_devices(&self, rec: &VolumeRecord) -> Result<Vec<PathBuf>> {
         Ok(self
@@ -417,10 +441,17 @@ impl VolumeManager {
         let _guard = self.claim(id)?;
         let mut rec = self.get(id)?;
         let Some(stage) = rec.staging.clone() else {
-            // Not staged: nothing at that path is this volume's to undo.
+            // Not staged by the records: only a mount of this very volume there (left
+            // by an older daemon, or after the metadata was rebuilt) is undone.
+            if self.unmount_unrecorded(&rec, staging, &self.expected_staging(&rec)?)?
+                && rec.kind == VolumeKind::Loop
+            {
+                self.pool.detach_loops(&rec.id)?;
+            }
             return Ok(());
         };
         if stage.path != *staging {
+            self.unmount_unrecorded(&rec, staging, &self.expected_staging(&rec)?)?;
             return Err(Error::FailedPrecondition(format!(
                 "volume {id} is staged at {}, not at {}; nothing was unmounted",
                 stage.path.display(),
@@ -556,6 +587,15 @@ impl VolumeManager {
             let device = self.attach_loop(rec)?.0;
             MountPoint::own(&device).ctx(|| format!("open {}", device.display()))?
         } else {
+            // A staging path whose mount is gone is an empty directory of the host:
+            // publishing it would hand the pod the node's disk.
+            if self.probe(staging, &self.expected_staging(rec)?)? != Found::Expected {
+                return Err(Error::FailedPrecondition(format!(
+                    "volume {} is not mounted at its staging path {}; stage it again",
+                    rec.id,
+                    staging.display()
+                )));
+            }
             MountPoint::open(staging).map_err(|e| resolve_err(staging, "staging path", e))?
         };
         self.bind_target(&source, target, opts)
@@ -682,7 +722,25 @@ impl VolumeManager {
             .find(|p| p.target == *target)
             .cloned()
         else {
-            // Not published there: nothing at that path is this volume's to undo.
+            // Not published there by the records: only a mount of this very volume
+            // there (left by an older daemon, or after the metadata was rebuilt) is
+            // undone, and the target removed with it.
+            let as_recorded = PublishRecord {
+                target: target.clone(),
+                read_only: false,
+                block: false,
+                single_writer: false,
+            };
+            let mut candidates = vec![self.expected_publication(&rec, &as_recorded)?];
+            if rec.kind == VolumeKind::Loop {
+                candidates.push(Expected::DeviceNode(self.loop_devices(&rec)?));
+            }
+            for expected in &candidates {
+                if self.unmount_unrecorded(&rec, target, expected)? {
+                    mountpoint::remove(target).ctx(|| format!("remove {}", target.display()))?;
+                    break;
+                }
+            }
             return Ok(());
         };
         let expected = self.expected_publication(&rec, &publication)?;

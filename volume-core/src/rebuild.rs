@@ -100,6 +100,12 @@ impl VolumeManager {
         Ok(())
     }
 
+    /// Brings the pool's mirror of the records up to date (records made before the
+    /// mirror existed, or whose mirror file was lost); returns how many were written.
+    pub fn mirror_records(&self) -> Result<usize> {
+        self.store.mirror_all()
+    }
+
     /// Rebuilds the records from the pool's mirror and its volume directories.
     pub fn rebuild_metadata(&self) -> Result<RebuildReport> {
         let mirror = self.pool.root().join(RECORDS_DIR);

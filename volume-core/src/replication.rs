@@ -701,16 +701,19 @@ impl VolumeManager {
         };
         rx.sink = Some(match rx.header.format {
             StreamFormat::Btrfs => {
-                let parent_uuids = match &rx.header.parent {
-                    Some(p) => self
-                        .host
-                        .btrfs
-                        .subvolume_uuids(&rx.dir.join(p).join(SNAPSHOT_SUBVOLUME))?,
+                let parent_root = rx
+                    .header
+                    .parent
+                    .as_ref()
+                    .map(|p| rx.dir.join(p).join(SNAPSHOT_SUBVOLUME));
+                let parent_uuids = match &parent_root {
+                    Some(p) => self.host.btrfs.subvolume_uuids(p)?,
                     None => Vec::new(),
                 };
                 let expect = crate::os::sendstream::Expect {
                     subvolume: SNAPSHOT_SUBVOLUME.to_string(),
                     parent_uuids,
+                    parent_root,
                 };
                 self.host.btrfs.receive(&rx.incoming, expect)?
             }

@@ -118,7 +118,22 @@ impl Store {
                 std::panic::set_hook(hook);
                 match opened {
                     Ok(Ok(db)) => db,
-                    Ok(Err(e)) => return Err(damaged(format!("cannot be opened: {e}"))),
+                    // Damage: the file's contents cannot be read as a database.
+                    Ok(Err(
+                        e @ (redb::DatabaseError::RepairAborted
+                        | redb::DatabaseError::Storage(redb::StorageError::Corrupted(_))),
+                    )) => return Err(damaged(format!("cannot be opened: {e}"))),
+                    Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Io(e))))
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData
+                        ) =>
+                    {
+                        return Err(damaged(format!("cannot be read whole: {e}")));
+                    }
+                    // Not damage (in use by another process, unreadable, an old
+                    // format): the file is left alone, whatever the flags say.
+                    Ok(Err(e)) => return Err(db_err(e)),
                     Err(_) => {
                         return Err(damaged("is damaged beyond what its reader can open".into()));
                     }
@@ -217,12 +232,54 @@ impl Store {
             let mut names = tx.open_table(R::NAMES).map_err(db_err)?;
             names.insert(rec.name(), rec.id()).map_err(db_err)?;
         }
-        // The mirror first: if it cannot be written, the change is not made at all.
-        if let Some(path) = self.mirror_path::<R>(rec.id()) {
-            write_replacing(&path, &bytes)
-                .map_err(|e| Error::io(format!("write {}", path.display()), e))?;
+        // The mirror's new content is written (and synced) first: if it cannot be,
+        // the change is not made at all. It replaces the old one only once the change
+        // is committed, so the mirror never holds a state the database never had.
+        let staged = match self.mirror_path::<R>(rec.id()) {
+            Some(path) => Some(
+                MirrorWrite::stage(path, &bytes)
+                    .map_err(|e| Error::io("write a mirrored record", e))?,
+            ),
+            None => None,
+        };
+        tx.commit().map_err(db_err)?;
+        if let Some(staged) = staged {
+            staged
+                .replace()
+                .map_err(|e| Error::io("replace a mirrored record", e))?;
         }
-        tx.commit().map_err(db_err)
+        Ok(())
+    }
+
+    /// Writes the mirror of every record (those made before records were mirrored,
+    /// or whose mirror was lost); a mirror that is already right is left as it is.
+    pub fn mirror_all(&self) -> Result<usize> {
+        let mut written = self.mirror_kind::<VolumeRecord>()?;
+        written += self.mirror_kind::<SnapshotRecord>()?;
+        written += self.mirror_kind::<GroupSnapshotRecord>()?;
+        written += self.mirror_kind::<ReplicaRecord>()?;
+        Ok(written)
+    }
+
+    fn mirror_kind<R: Record>(&self) -> Result<usize> {
+        let mut written = 0;
+        for rec in self.list::<R>()? {
+            let Some(path) = self.mirror_path::<R>(rec.id()) else {
+                return Ok(0);
+            };
+            let bytes = serde_json::to_vec(&rec).map_err(|source| Error::Corrupt {
+                key: rec.id().to_string(),
+                source,
+            })?;
+            if std::fs::read(&path).is_ok_and(|old| old == bytes) {
+                continue;
+            }
+            MirrorWrite::stage(path, &bytes)
+                .and_then(MirrorWrite::replace)
+                .map_err(|e| Error::io("write a mirrored record", e))?;
+            written += 1;
+        }
+        Ok(written)
     }
 
     /// Removes a record and its name index entry.
@@ -307,26 +364,53 @@ impl Store {
     }
 }
 
-/// Replaces `path` with `bytes` in one rename (a reader sees the old or the new file,
-/// never a part), creating its directory (0700) when missing.
-fn write_replacing(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-    let dir = path.parent().ok_or(std::io::ErrorKind::InvalidInput)?;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)?;
-    let tmp = path.with_extension("json.tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(bytes)?;
-    drop(f);
-    std::fs::rename(&tmp, path)
+/// A mirrored record's new content, written and synced beside its file
+/// (`<id>.json.tmp`), put in place by [`MirrorWrite::replace`] in one rename (a reader
+/// sees the old or the new file, never a part); dropped unreplaced, it is removed.
+struct MirrorWrite {
+    path: PathBuf,
+    tmp: Option<PathBuf>,
+}
+
+impl MirrorWrite {
+    fn stage(path: PathBuf, bytes: &[u8]) -> std::io::Result<Self> {
+        use std::io::Write;
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        let dir = path.parent().ok_or(std::io::ErrorKind::InvalidInput)?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+        let tmp = path.with_extension("json.tmp");
+        let staged = MirrorWrite {
+            path,
+            tmp: Some(tmp.clone()),
+        };
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_data()?;
+        Ok(staged)
+    }
+
+    fn replace(mut self) -> std::io::Result<()> {
+        match self.tmp.take() {
+            Some(tmp) => std::fs::rename(tmp, &self.path),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for MirrorWrite {
+    fn drop(&mut self) {
+        if let Some(tmp) = self.tmp.take() {
+            let _ = std::fs::remove_file(tmp);
+        }
+    }
 }
 
 fn decode<R: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<R> {
@@ -357,6 +441,50 @@ mod tests {
             publications: vec![],
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_database_in_use_or_unreadable_is_not_called_damaged() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.redb");
+        let first = Store::open(&path).unwrap();
+        first.put(&rec("v-1", "one")).unwrap();
+        match Store::open(&path) {
+            Err(Error::Store(_)) => {}
+            other => panic!("a database in use must not be damaged: {other:?}"),
+        }
+        drop(first);
+        std::fs::write(&path, b"").unwrap();
+        assert!(matches!(Store::open(&path), Err(Error::Damaged(_))));
+        let mut junk = vec![0u8; 64 << 10];
+        junk[..8].copy_from_slice(b"notredb!");
+        std::fs::write(&path, &junk).unwrap();
+        assert!(matches!(Store::open(&path), Err(Error::Damaged(_))));
+    }
+
+    #[test]
+    fn mirrored_records_follow_puts_and_removes_and_are_filled_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&dir.path().join("m.redb")).unwrap();
+        s.put(&rec("v-0", "before")).unwrap();
+        let mirror = dir.path().join("mirror");
+        s.mirror_into(mirror.clone());
+        assert_eq!(s.mirror_all().unwrap(), 1, "a record made before mirroring");
+        assert_eq!(s.mirror_all().unwrap(), 0);
+        s.put(&rec("v-1", "one")).unwrap();
+        let (got, bad) = Store::read_mirror::<VolumeRecord>(&mirror).unwrap();
+        assert!(bad.is_empty());
+        assert_eq!(
+            got.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+            ["before", "one"]
+        );
+        s.remove::<VolumeRecord>("v-1").unwrap();
+        assert!(!mirror.join("volumes/v-1.json").exists());
+        assert!(
+            std::fs::read_dir(mirror.join("volumes"))
+                .unwrap()
+                .all(|e| !e.unwrap().file_name().to_string_lossy().ends_with(".tmp"))
+        );
     }
 
     #[test]

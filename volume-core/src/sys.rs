@@ -291,16 +291,6 @@ pub fn file_identity(fd: BorrowedFd<'_>) -> io::Result<FileIdentity> {
     })
 }
 
-/// Clones the mount tree at `path` into a detached mount (open_tree with
-/// OPEN_TREE_CLONE | AT_RECURSIVE), which can then be attached anywhere.
-pub fn open_tree_clone(path: &std::path::Path) -> io::Result<std::os::fd::OwnedFd> {
-    let p = c_path(path)?;
-    let flags =
-        OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | libc::AT_RECURSIVE as libc::c_uint;
-    // SAFETY: `p` is NUL-terminated and outlives the call; AT_FDCWD is a valid dirfd.
-    owned(unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, p.as_ptr(), flags) })
-}
-
 /// Sets (and clears) attributes on every mount of a detached tree; `userns` is the
 /// user namespace for MOUNT_ATTR_IDMAP.
 pub fn mount_setattr(

@@ -277,13 +277,16 @@ pub fn serve(parsed: &Parsed, target: &Path, mounted: impl FnOnce()) -> anyhow::
     sigs.add(Signal::SIGHUP);
     sigs.thread_block()?;
     use anyhow::Context;
+    // Where the mount will be, by its own name (the target may be given as a
+    // /proc/<pid>/fd/<n> link to a directory the caller resolved): what a signal
+    // unmounts later, when that link may be gone.
+    let target_owned = std::fs::canonicalize(target).unwrap_or_else(|_| target.to_path_buf());
     let fs = fuse_fs(&parsed.layers, &parsed.options).context("overlay layers")?;
     let (mut session, user) =
         fuse_session(fs, target, &parsed.options, parsed.layers.is_read_only())
             .with_context(|| format!("mounting at {}", target.display()))?;
     mounted();
     let mut unmounter = session.unmount_callable();
-    let target_owned = target.to_path_buf();
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {

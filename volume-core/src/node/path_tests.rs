@@ -186,3 +186,35 @@ fn a_staging_directory_the_daemon_made_goes_at_unstage_one_it_found_stays() {
     f.mgr.unstage(&v.id, &found).unwrap();
     assert!(found.is_dir());
 }
+
+#[test]
+fn a_mount_of_the_volume_no_record_names_is_still_undone_and_publish_needs_the_staging() {
+    let f = fixture(true);
+    let v = f.mgr.create(&req("v", "dir", 1 << 20)).unwrap();
+    let staging = f.dir.path().join("s");
+    let target = f.dir.path().join("t");
+    stage(&f, &v.id, &staging).unwrap();
+    f.mgr
+        .publish(&v.id, &staging, &target, &PublishOptions::default())
+        .unwrap();
+    // The records forget both mounts (as after a rebuild of the metadata).
+    let mut rec = f.mgr.get(&v.id).unwrap();
+    rec.staging = None;
+    rec.publications.clear();
+    f.mgr.store.put(&rec).unwrap();
+    f.mgr.unpublish(&v.id, &target).unwrap();
+    f.mgr.unstage(&v.id, &staging).unwrap();
+    assert!(f.fake.mounted().is_empty());
+    assert!(!target.exists());
+
+    // A staging whose mount went away is not published (the pod would get the
+    // node's own directory).
+    stage(&f, &v.id, &staging).unwrap();
+    f.fake.unmount(&staging).unwrap();
+    let err = f
+        .mgr
+        .publish(&v.id, &staging, &target, &PublishOptions::default())
+        .unwrap_err();
+    assert!(matches!(err, Error::FailedPrecondition(_)), "{err}");
+    assert!(f.fake.mounted().is_empty());
+}

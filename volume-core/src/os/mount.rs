@@ -333,12 +333,19 @@ impl Mounter for RealMounter {
         target: &MountPoint,
         read_only: bool,
     ) -> io::Result<()> {
-        // The server mounts by path: it is given the descriptor's own path, which
-        // resolves to what was checked even if the caller's path changed since.
+        // The server mounts by path: it is given this process's link to the resolved
+        // directory (/proc/<pid>/fd/<n>), which mount(2) follows to exactly that
+        // directory whatever happened to the caller's path since. The link stays valid
+        // while we wait: the program returns once its server has mounted.
+        let via = format!(
+            "/proc/{}/fd/{}",
+            std::process::id(),
+            std::os::fd::AsRawFd::as_raw_fd(&target.fd())
+        );
         let out = std::process::Command::new(program)
             .arg("-o")
             .arg(data)
-            .arg(target.path())
+            .arg(&via)
             .stdin(std::process::Stdio::null())
             .output()
             .map_err(|e| io::Error::new(e.kind(), format!("run {}: {e}", program.display())))?;
@@ -351,21 +358,19 @@ impl Mounter for RealMounter {
             )));
         }
         if read_only {
-            // stowage-overlay has no `ro` option; the mount itself is made read-only.
-            let flags = MsFlags::MS_REMOUNT
-                | MsFlags::MS_BIND
-                | MsFlags::MS_RDONLY
-                | MsFlags::MS_NOSUID
-                | MsFlags::MS_NODEV;
-            if let Err(e) = nix::mount::mount(
-                None::<&str>,
-                target.path(),
-                None::<&str>,
-                flags,
-                None::<&str>,
-            ) {
-                let _ = nix::mount::umount2(target.path(), MntFlags::MNT_DETACH);
-                return Err(e.into());
+            // stowage-overlay has no `ro` option; the mount itself is made read-only,
+            // through a descriptor of its root reached without links.
+            let made = MountPoint::open(target.path()).and_then(|root| {
+                sys::mount_setattr(
+                    root.fd(),
+                    sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV,
+                    0,
+                    None,
+                )
+            });
+            if let Err(e) = made {
+                let _ = crate::os::mountpoint::unmount_beneath(target.path());
+                return Err(e);
             }
         }
         Ok(())
@@ -446,9 +451,20 @@ fn unescape(s: &str) -> String {
                 .iter()
                 .all(|b| (b'0'..=b'7').contains(b))
         {
-            let v = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
-            out.push(v);
-            i += 4;
+            let v = u32::from(bytes[i + 1] - b'0') * 64
+                + u32::from(bytes[i + 2] - b'0') * 8
+                + u32::from(bytes[i + 3] - b'0');
+            // \400 and above are no byte: kept as written.
+            match u8::try_from(v) {
+                Ok(b) => {
+                    out.push(b);
+                    i += 4;
+                }
+                Err(_) => {
+                    out.push(bytes[i]);
+                    i += 1;
+                }
+            }
         } else {
             out.push(bytes[i]);
             i += 1;

@@ -242,7 +242,11 @@ fn attach(pid: i32, source: &Path, target: &Path, read_only: bool) -> io::Result
     } else {
         None
     };
-    let tree = sys::open_tree_clone(source)?;
+    // The staging path is resolved without links and cloned through its descriptor.
+    let source = crate::os::mountpoint::canonical(source)
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let source = crate::os::mountpoint::MountPoint::open(&source)?;
+    let tree = sys::open_tree_clone_fd(source.fd())?;
     let mut set = sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV;
     if read_only {
         set |= sys::MOUNT_ATTR_RDONLY;

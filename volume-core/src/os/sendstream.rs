@@ -38,6 +38,8 @@ const C_MAX_V1: u16 = 22;
 const A_UUID: u16 = 1;
 const A_PATH: u16 = 15;
 const A_PATH_TO: u16 = 16;
+const A_PATH_LINK: u16 = 17;
+const C_LINK: u16 = 10;
 const A_CLONE_UUID: u16 = 20;
 const A_CLONE_PATH: u16 = 22;
 
@@ -49,6 +51,10 @@ pub struct Expect {
     /// For an incremental stream, the UUIDs the parent is known by here (its own and
     /// the one it was received as); empty for a full stream.
     pub parent_uuids: Vec<[u8; 16]>,
+    /// The parent snapshot's directory: a clone from it must name a regular file
+    /// reached without a link (`btrfs receive` opens clone sources from the pool's
+    /// root, outside its chroot, so a link in the parent could lead anywhere).
+    pub parent_root: Option<std::path::PathBuf>,
 }
 
 /// Why a stream was refused.
@@ -106,6 +112,30 @@ fn check_path(value: &[u8]) -> Result<(), Refused> {
         return refuse(format!(
             "a path with a . or .. component ({:?})",
             String::from_utf8_lossy(value)
+        ));
+    }
+    Ok(())
+}
+
+/// A clone source in the parent snapshot: a regular file reached from `root` without
+/// a link or `..` (the parent is read-only, so what is checked is what is cloned).
+fn check_clone_source(root: &std::path::Path, path: &[u8]) -> Result<(), Refused> {
+    use std::os::unix::ffi::OsStrExt;
+    let rel = std::path::Path::new(std::ffi::OsStr::from_bytes(path));
+    let dir = std::fs::File::open(root)
+        .or_else(|e| refuse(format!("the parent snapshot cannot be opened: {e}")))?;
+    let fd = crate::sys::open_beneath(std::os::fd::AsFd::as_fd(&dir), rel, false).or_else(|e| {
+        refuse(format!(
+            "a clone from {:?} in the parent, which is not reached without a link: {e}",
+            String::from_utf8_lossy(path)
+        ))
+    })?;
+    let id = crate::sys::file_identity(std::os::fd::AsFd::as_fd(&fd))
+        .or_else(|e| refuse(format!("a clone source that cannot be examined: {e}")))?;
+    if id.mode & libc::S_IFMT != libc::S_IFREG {
+        return refuse(format!(
+            "a clone from {:?} in the parent, which is not a regular file",
+            String::from_utf8_lossy(path)
         ));
     }
     Ok(())
@@ -215,6 +245,7 @@ impl StreamCheck {
         let mut path = None;
         let mut own = None;
         let mut clone_uuid = None;
+        let mut clone_path = None;
         let mut at = 0;
         while at < payload.len() {
             if payload.len() - at < 4 {
@@ -233,7 +264,14 @@ impl StreamCheck {
                     check_path(value)?;
                     path = Some(value);
                 }
-                A_PATH_TO | A_CLONE_PATH => check_path(value)?,
+                A_PATH_TO => check_path(value)?,
+                A_CLONE_PATH => {
+                    check_path(value)?;
+                    clone_path = Some(value);
+                }
+                // A hard link's source is a path in the subvolume; a symlink's target
+                // is only its content.
+                A_PATH_LINK if cmd == C_LINK => check_path(value)?,
                 A_UUID => own = Some(uuid(value)?),
                 A_CLONE_UUID => clone_uuid = Some(uuid(value)?),
                 _ => {}
@@ -265,11 +303,12 @@ impl StreamCheck {
                     Some(own.ok_or_else(|| Refused("a subvolume without a UUID".into()))?);
             }
             C_CLONE => {
-                let allowed = clone_uuid.is_some_and(|u| {
-                    Some(u) == self.own_uuid || self.expect.parent_uuids.contains(&u)
-                });
-                if !allowed {
+                let from_parent = clone_uuid.is_some_and(|u| self.expect.parent_uuids.contains(&u));
+                if !from_parent && clone_uuid != self.own_uuid {
                     return refuse("a clone from a subvolume outside the stream's lineage");
+                }
+                if from_parent && let Some(root) = &self.expect.parent_root {
+                    check_clone_source(root, clone_path.unwrap_or_default())?;
                 }
             }
             C_END => self.ended = true,
@@ -331,7 +370,7 @@ pub(crate) mod tests {
     fn expect_full() -> Expect {
         Expect {
             subvolume: "data".into(),
-            parent_uuids: Vec::new(),
+            ..Expect::default()
         }
     }
 
@@ -398,6 +437,7 @@ pub(crate) mod tests {
         let inc = Expect {
             subvolume: "data".into(),
             parent_uuids: vec![PARENT],
+            parent_root: None,
         };
         let snap = |clone: [u8; 16]| {
             let mut s = header();
@@ -440,6 +480,47 @@ pub(crate) mod tests {
             ],
         ));
         assert!(check(inc, &s, 7).is_ok());
+    }
+
+    #[test]
+    fn clones_from_the_parent_must_not_go_through_a_link_in_it() {
+        let parent = tempfile::tempdir().unwrap();
+        std::fs::write(parent.path().join("f"), b"x").unwrap();
+        std::fs::create_dir(parent.path().join("d")).unwrap();
+        std::os::unix::fs::symlink("/etc", parent.path().join("l")).unwrap();
+        let inc = Expect {
+            subvolume: "data".into(),
+            parent_uuids: vec![PARENT],
+            parent_root: Some(parent.path().to_path_buf()),
+        };
+        let with_clone = |from: &[u8]| {
+            let mut s = header();
+            s.extend(command(
+                C_SNAPSHOT,
+                &[(A_PATH, b"data"), (A_UUID, &OWN), (A_CLONE_UUID, &PARENT)],
+            ));
+            s.extend(command(
+                C_CLONE,
+                &[
+                    (A_PATH, b"g"),
+                    (A_CLONE_UUID, &PARENT),
+                    (A_CLONE_PATH, from),
+                ],
+            ));
+            s
+        };
+        assert!(check(inc.clone(), &with_clone(b"f"), 9).is_ok());
+        for bad in [&b"l/passwd"[..], b"l", b"d", b"missing"] {
+            assert!(check(inc.clone(), &with_clone(bad), 9).is_err(), "{bad:?}");
+        }
+        // A hard link's source is a path too; a symlink's target is not.
+        let s = full(&[command(
+            C_LINK,
+            &[(A_PATH, b"h"), (A_PATH_LINK, b"../../x")],
+        )]);
+        assert!(check(expect_full(), &s, 9).is_err());
+        let s = full(&[command(8, &[(A_PATH, b"s"), (A_PATH_LINK, b"../../x")])]);
+        assert!(check(expect_full(), &s, 9).is_ok());
     }
 
     #[test]
