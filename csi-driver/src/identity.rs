@@ -92,9 +92,12 @@ impl Identity for IdentityService {
             "",
             request.metadata(),
             async move {
-                // Ready when the pool answers statvfs: mounted and reachable.
-                blocking(move || manager.capacity()).await?;
-                Ok(csi::ProbeResponse { ready: Some(true) })
+                // Ready while the pool is mounted, reachable and writable; why not is
+                // logged when it changes (and shown by the stowage_pool_usable gauge).
+                let problem = blocking(move || Ok(manager.pool_problem())).await?;
+                Ok(csi::ProbeResponse {
+                    ready: Some(problem.is_none()),
+                })
             },
         )
         .await

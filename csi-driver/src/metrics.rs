@@ -59,6 +59,7 @@ pub struct Metrics {
     errors: Family<OpLabels, Counter>,
     pool_capacity: Gauge,
     pool_available: Gauge,
+    pool_usable: Gauge,
     volumes: Family<KindLabels, Gauge>,
     staged: Gauge,
     published: Gauge,
@@ -91,6 +92,7 @@ impl Metrics {
             errors: Family::default(),
             pool_capacity: Gauge::default(),
             pool_available: Gauge::default(),
+            pool_usable: Gauge::default(),
             volumes: Family::default(),
             staged: Gauge::default(),
             published: Gauge::default(),
@@ -121,6 +123,11 @@ impl Metrics {
                 "stowage_pool_available_bytes",
                 "Bytes a new volume can still use",
                 m.pool_available.clone(),
+            );
+            r.register(
+                "stowage_pool_usable",
+                "1 when the pool is mounted and writable, 0 when it is lost (see the log)",
+                m.pool_usable.clone(),
             );
             r.register("stowage_volumes", "Volumes by kind", m.volumes.clone());
             r.register(
@@ -180,6 +187,8 @@ impl Metrics {
     /// Reads the pool and volume gauges afresh from `manager` (blocking: statvfs and
     /// a metadata read).
     pub fn refresh(&self, manager: &VolumeManager) -> Result<(), volume_core::Error> {
+        self.pool_usable
+            .set(i64::from(manager.pool_problem().is_none()));
         let usage = manager.capacity()?;
         self.pool_capacity
             .set(i64::try_from(usage.total).unwrap_or(i64::MAX));

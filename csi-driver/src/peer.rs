@@ -280,7 +280,9 @@ enum Received {
     Cut,
 }
 
-fn incoming_header(h: pb::SnapshotHeader) -> Result<IncomingHeader, Status> {
+/// A peer's stream header as the domain takes it; a kind, filesystem or stream format
+/// it does not know is INVALID_ARGUMENT (the rest is checked by `begin_receive`).
+pub fn incoming_header(h: pb::SnapshotHeader) -> Result<IncomingHeader, Status> {
     let bad = |e: volume_core::Error| crate::status::to_status(&e);
     Ok(IncomingHeader {
         volume_id: h.volume_id,

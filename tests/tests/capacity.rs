@@ -136,3 +136,44 @@ async fn full_pool_gives_resource_exhausted_and_leaves_no_trace() {
     c.unstage(&id, &staging).await.unwrap();
     c.delete(&id).await.unwrap();
 }
+
+/// Deleting a volume on btrfs frees its space only when btrfs's cleaner has been
+/// through it; a create that needs that space waits for the cleaner and succeeds.
+#[tokio::test]
+async fn a_create_right_after_a_delete_waits_for_the_space_to_come_back() {
+    let daemon = Daemon::start("2GiB", &[]);
+    let mut c = daemon.clients().await;
+    let pool = daemon.state_dir().join("pool");
+    let available = || {
+        let st = nix::sys::statvfs::statvfs(&pool).unwrap();
+        st.blocks_available() as u64 * st.fragment_size() as u64
+    };
+    let big = (available() * 7 / 10) & !((1 << 20) - 1);
+    let id = c.create("first", big as i64, &[("kind", "dir")]).await;
+    let staging = daemon.root().join("staging");
+    let target = daemon.root().join("target");
+    c.stage(&id, &staging).await.unwrap();
+    c.publish(&id, &staging, &target, false).await.unwrap();
+    {
+        let mut f = std::fs::File::create(target.join("fill")).unwrap();
+        let chunk = vec![0x5au8; 4 << 20];
+        for _ in 0..(big - (64 << 20)) / chunk.len() as u64 {
+            f.write_all(&chunk).unwrap();
+        }
+        f.sync_all().unwrap();
+    }
+    c.unpublish(&id, &target).await.unwrap();
+    c.unstage(&id, &staging).await.unwrap();
+    c.delete(&id).await.unwrap();
+    // The space is not back yet (the cleaner runs later): the condition this test is
+    // about. A create of the same size must wait for it, not fail.
+    let before = available();
+    assert!(
+        before < big,
+        "the space came back at once ({before} >= {big}): nothing to test"
+    );
+    c.controller
+        .create_volume(create_req("second", big as i64, &[("kind", "dir")]))
+        .await
+        .expect("a create that needs the deleted volume's space succeeds");
+}

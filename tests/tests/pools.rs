@@ -155,3 +155,64 @@ async fn plain_directory_pool_records_but_does_not_enforce_dir_capacity() {
         0
     );
 }
+
+/// A pool whose mount disappears or turns read-only under the daemon is not ready and
+/// offers no capacity until it is back; the log says why.
+#[tokio::test]
+async fn a_lost_pool_is_noticed_and_its_return_too() {
+    let daemon = Daemon::start("2GiB", &[]);
+    let mut c = daemon.clients().await;
+    let pool = daemon.state_dir().join("pool");
+    async fn ready(c: &mut stowage_tests::Clients) -> bool {
+        c.identity
+            .probe(csi::ProbeRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .ready
+            .unwrap_or(false)
+    }
+    async fn capacity(c: &mut stowage_tests::Clients) -> i64 {
+        c.controller
+            .get_capacity(csi::GetCapacityRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .available_capacity
+    }
+    assert!(ready(&mut c).await);
+    assert!(capacity(&mut c).await > 0);
+    let device = stowage_tests::loops_under(&daemon.state_dir().join("pool.img"))
+        .pop()
+        .expect("the pool's loop device");
+
+    // Unmounted under it: the path is now a plain directory of the host's disk.
+    nix::mount::umount2(&pool, nix::mount::MntFlags::MNT_DETACH).unwrap();
+    assert!(!ready(&mut c).await, "ready without its pool");
+    assert_eq!(capacity(&mut c).await, 0, "the host disk's space offered");
+    assert!(daemon.log().contains("pool lost"), "{}", daemon.log());
+    let status = std::process::Command::new("mount")
+        .arg(&device)
+        .arg(&pool)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(ready(&mut c).await, "ready again once mounted");
+    assert!(capacity(&mut c).await > 0);
+
+    // Read-only (as after an I/O error), then writable again.
+    let remount = |how: &str| {
+        let status = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,{how}")])
+            .arg(&pool)
+            .status()
+            .unwrap();
+        assert!(status.success(), "remount {how}");
+    };
+    remount("ro");
+    assert!(!ready(&mut c).await, "ready on a read-only pool");
+    assert_eq!(capacity(&mut c).await, 0);
+    remount("rw");
+    assert!(ready(&mut c).await);
+    assert!(daemon.log().contains("pool is back"));
+}

@@ -30,12 +30,7 @@ impl VolumeManager {
         }
         if new > rec.capacity {
             let growth = new - rec.capacity;
-            let available = self.pool.usage()?.available;
-            if growth > available {
-                return Err(Error::NoSpace(format!(
-                    "growing by {growth} bytes, {available} available"
-                )));
-            }
+            self.pool.available_for(growth, "growing by")?;
             match rec.kind {
                 VolumeKind::Dir | VolumeKind::Image => self.pool.set_dir_limit(&rec.id, new)?,
                 VolumeKind::Loop => {
@@ -66,9 +61,12 @@ impl VolumeManager {
     /// Node-side expansion of volume `id`, published or staged at `path`: grows the
     /// filesystem of a mounted loop volume to its capacity. Returns the capacity.
     pub fn expand_on_node(&self, id: &str, path: &Path) -> Result<u64> {
-        let path = &crate::node::path_arg(path, "volume path")?;
         let _guard = self.claim(id)?;
         let mut rec = self.get(id)?;
+        let path = &crate::os::mountpoint::canonical(path).map_err(|_| Error::PathNotFound {
+            id: id.to_string(),
+            path: path.to_path_buf(),
+        })?;
         let known = rec.staging.as_ref().is_some_and(|s| s.path == *path)
             || rec.publications.iter().any(|p| p.target == *path);
         if !known {

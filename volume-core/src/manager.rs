@@ -296,7 +296,17 @@ impl VolumeManager {
 
     /// Pool capacity for GetCapacity.
     pub fn capacity(&self) -> Result<PoolUsage> {
+        // A pool that is gone or read-only has nothing to offer, whatever the
+        // filesystem now under its path says.
+        if self.pool.problem().is_some() {
+            return Ok(PoolUsage::default());
+        }
         self.pool.usage()
+    }
+
+    /// Why the pool cannot be used now (unmounted, read-only), if it cannot.
+    pub fn pool_problem(&self) -> Option<String> {
+        self.pool.problem()
     }
 
     /// Picks the size to provision for a request, or says why none fits.
@@ -727,7 +737,8 @@ pub(crate) mod tests {
 
     #[test]
     fn failed_format_leaves_no_record_and_no_directory() {
-        let f = fixture(true);
+        // A plain pool: no cleaner to wait for, so the failure stands.
+        let f = fixture(false);
         f.fake.fail_next("format", libc::ENOSPC);
         let err = f.mgr.create(&req("x", "loop", 64 << 20)).unwrap_err();
         assert!(err.is_no_space(), "{err:?}");
@@ -737,10 +748,39 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn out_of_space_on_btrfs_waits_for_the_cleaner_and_tries_again() {
+        let f = fixture(true);
+        f.fake.fail_next("format", libc::ENOSPC);
+        let rec = f.mgr.create(&req("x", "loop", 64 << 20)).unwrap();
+        let calls = f.fake.calls();
+        let wait = calls.iter().position(|c| c.starts_with("wait_for_cleaner"));
+        let formats: Vec<usize> = calls
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.starts_with("format "))
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(formats.len(), 2, "{calls:?}");
+        assert!(
+            wait.is_some_and(|w| formats[0] < w && w < formats[1]),
+            "{calls:?}"
+        );
+        assert_eq!(f.mgr.get(&rec.id).unwrap().state, VolumeState::Ready);
+    }
+
+    #[test]
     fn capacity_beyond_pool_free_space_is_no_space_and_leaves_nothing() {
         let f = fixture(true);
         let err = f.mgr.create(&req("huge", "dir", 1 << 60)).unwrap_err();
         assert!(matches!(err, Error::NoSpace(_)));
+        // Before giving up, btrfs's cleaner was waited for (deleted subvolumes' space).
+        let waits = f
+            .fake
+            .calls()
+            .iter()
+            .filter(|c| c.starts_with("wait_for_cleaner"))
+            .count();
+        assert!(waits >= 1, "{:?}", f.fake.calls());
         assert!(f.mgr.store.list::<VolumeRecord>().unwrap().is_empty());
         assert!(
             !f.fake

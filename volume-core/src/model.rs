@@ -410,7 +410,7 @@ pub struct GroupSnapshotRecord {
 }
 
 /// Capacity of a pool, for GetCapacity.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PoolUsage {
     /// Total bytes of the pool's filesystem.
     pub total: u64,

@@ -755,8 +755,12 @@ impl VolumeManager {
 
     /// Usage and health of volume `id` mounted at `path` (its staging path or a target).
     pub fn stats(&self, id: &str, path: &Path) -> Result<(VolumeUsage, VolumeHealth)> {
-        let path = &path_arg(path, "volume path")?;
         let rec = self.get(id)?;
+        // A path not even in the form of one the volume could be at is not one it is at.
+        let path = &canonical(path).map_err(|_| Error::PathNotFound {
+            id: id.to_string(),
+            path: path.to_path_buf(),
+        })?;
         let expected = match rec.staging.as_ref().filter(|s| s.path == *path) {
             Some(_) => Some(self.expected_staging(&rec)?),
             None => match rec.publications.iter().find(|p| p.target == *path) {

@@ -10,8 +10,10 @@
 
 use std::collections::HashSet;
 use std::fs::OpenOptions;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::error::{Error, IoContext, Result};
 use crate::model::{FsType, PoolUsage, VolumeKind, VolumeRecord};
@@ -23,6 +25,8 @@ use crate::os::mount::MountOptions;
 pub const IMAGE_FILE: &str = "disk.img";
 /// Name of the volumes directory inside a pool root.
 pub const VOLUMES_DIR: &str = "volumes";
+/// How long a create or expansion short of space waits for btrfs's cleaner.
+pub const CLEANER_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 /// Name of the snapshots directory inside a pool root.
 pub const SNAPSHOTS_DIR: &str = "snapshots";
 
@@ -68,6 +72,12 @@ pub struct Pool {
     root: PathBuf,
     backend: PoolBackend,
     host: Host,
+    /// The daemon mounts it (the embedded image): it must be a btrfs mount point.
+    embedded: bool,
+    /// The device of the root when opened (a plain pool's filesystem).
+    root_dev: u64,
+    /// Whether it was usable when last looked at (to log changes once).
+    healthy: Arc<AtomicBool>,
 }
 
 impl Pool {
@@ -106,11 +116,68 @@ impl Pool {
             }
             (false, _) => PoolBackend::Plain,
         };
+        let root_dev = std::fs::metadata(&root)
+            .ctx(|| format!("stat {}", root.display()))?
+            .dev();
         Ok(Pool {
             root,
             backend,
             host,
+            embedded: matches!(config, PoolConfig::Embedded { .. }),
+            root_dev,
+            healthy: Arc::new(AtomicBool::new(true)),
         })
+    }
+
+    /// Why the pool cannot be used now, if it cannot: its root is gone, is no longer
+    /// on the filesystem it was opened on (its mount went away), or is read-only. A
+    /// change either way is logged once.
+    pub fn problem(&self) -> Option<String> {
+        let problem = self.find_problem();
+        let was_healthy = self.healthy.swap(problem.is_none(), Ordering::Relaxed);
+        match (&problem, was_healthy) {
+            (Some(p), true) => {
+                tracing::error!(pool = %self.root.display(), problem = %p, "pool lost")
+            }
+            (None, false) => tracing::warn!(pool = %self.root.display(), "pool is back"),
+            _ => {}
+        }
+        problem
+    }
+
+    fn find_problem(&self) -> Option<String> {
+        let root = self.root.display();
+        let meta = match std::fs::metadata(self.root.join(VOLUMES_DIR)) {
+            Ok(m) => m,
+            Err(e) => return Some(format!("pool {root} cannot be reached: {e}")),
+        };
+        match &self.backend {
+            PoolBackend::Btrfs { .. } => {
+                if !self.host.btrfs.is_btrfs(&self.root).unwrap_or(false) {
+                    return Some(format!("pool {root} is no longer on btrfs (unmounted?)"));
+                }
+                if self.embedded {
+                    match self.host.mounter.mount_at(&self.root) {
+                        Ok(Some(m)) if m.fs_type == "btrfs" => {}
+                        _ => return Some(format!("pool {root} is not mounted")),
+                    }
+                }
+            }
+            PoolBackend::Plain => {
+                if meta.dev() != self.root_dev {
+                    return Some(format!(
+                        "pool {root} is no longer on the filesystem it was opened on (unmounted?)"
+                    ));
+                }
+            }
+        }
+        match nix::sys::statvfs::statvfs(&self.root) {
+            Ok(st) if st.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY) => {
+                Some(format!("pool {root} is read-only"))
+            }
+            Ok(_) => None,
+            Err(e) => Some(format!("pool {root} cannot be examined: {e}")),
+        }
     }
 
     /// The pool's root directory.
@@ -160,13 +227,50 @@ impl Pool {
     /// and fills in `subvolume_id`, `capacity_enforced` and `fs_size`. On failure
     /// nothing is left behind.
     pub fn allocate(&self, rec: &mut VolumeRecord, origin: Option<&Path>) -> Result<()> {
-        let usage = self.usage()?;
-        if rec.capacity > usage.available {
+        match self.allocate_once(rec, origin) {
+            // Space of deleted subvolumes comes back only when btrfs's cleaner has
+            // been through them: wait for it (bounded), then try once more.
+            Err(e) if e.is_no_space() && self.wait_for_cleaner()? => {
+                tracing::info!(volume.id = %rec.id, error = %e, "out of space before btrfs's cleaner ran; trying again");
+                self.allocate_once(rec, origin)
+            }
+            other => other,
+        }
+    }
+
+    /// Bytes available for `wanted` more: when the pool seems to lack them, first
+    /// waits (bounded) for btrfs's cleaner to give back the space of deleted
+    /// subvolumes. NO_SPACE if they are still not there.
+    pub fn available_for(&self, wanted: u64, what: &str) -> Result<u64> {
+        let mut available = self.usage()?.available;
+        if wanted > available && self.wait_for_cleaner()? {
+            available = self.usage()?.available;
+        }
+        if wanted > available {
             return Err(Error::NoSpace(format!(
-                "{} bytes requested, {} available",
-                rec.capacity, usage.available
+                "{what}: {wanted} bytes, {available} available"
             )));
         }
+        Ok(available)
+    }
+
+    /// On btrfs, waits up to [`CLEANER_WAIT`] for deleted subvolumes to be cleaned;
+    /// false where there is nothing to wait for (not btrfs).
+    fn wait_for_cleaner(&self) -> Result<bool> {
+        match self.backend {
+            PoolBackend::Btrfs { .. } => {
+                let done = self.host.btrfs.wait_for_cleaner(&self.root, CLEANER_WAIT)?;
+                if !done {
+                    tracing::warn!(pool = %self.root.display(), "btrfs's cleaner did not finish in time");
+                }
+                Ok(true)
+            }
+            PoolBackend::Plain => Ok(false),
+        }
+    }
+
+    fn allocate_once(&self, rec: &mut VolumeRecord, origin: Option<&Path>) -> Result<()> {
+        self.available_for(rec.capacity, "requested")?;
         let dir = self.volume_dir(&rec.id);
         rec.subvolume_id = match (&self.backend, origin) {
             (PoolBackend::Btrfs { .. }, None) => Some(self.host.btrfs.create_subvolume(&dir)?),

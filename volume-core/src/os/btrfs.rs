@@ -74,6 +74,9 @@ pub trait Btrfs: Send + Sync + Debug {
     fn qgroup_usage(&self, fs_uuid: &str, subvolume_id: u64) -> Result<Option<QgroupUsage>>;
     /// The id of the subvolume whose root is `path`.
     fn subvolume_id(&self, path: &Path) -> Result<u64>;
+    /// Waits until the subvolumes deleted on the filesystem of `path` are cleaned
+    /// (their space given back), at most `timeout`; false if it had to stop waiting.
+    fn wait_for_cleaner(&self, path: &Path, timeout: std::time::Duration) -> Result<bool>;
     /// Marks an empty file nodatacow, so in-place writes to an image do not fragment it.
     fn set_nocow(&self, file: &File) -> io::Result<()>;
     /// Starts a send stream of read-only subvolume `snapshot`, relative to read-only
@@ -408,6 +411,33 @@ impl Btrfs for RealBtrfs {
             child: Some(child),
             stdout,
         }))
+    }
+
+    fn wait_for_cleaner(&self, path: &Path, timeout: std::time::Duration) -> Result<bool> {
+        let mut child = Command::new("btrfs")
+            .args(["subvolume", "sync"])
+            .arg(path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| Error::io("run btrfs subvolume sync", e))?;
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if child
+                .try_wait()
+                .map_err(|e| Error::io("wait for btrfs subvolume sync", e))?
+                .is_some()
+            {
+                return wait_child("btrfs subvolume sync", child).map(|()| true);
+            }
+            if std::time::Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Ok(false);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
     }
 
     fn subvolume_uuids(&self, path: &Path) -> Result<Vec<[u8; 16]>> {

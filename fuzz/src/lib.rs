@@ -1,0 +1,44 @@
+//! Shared set-up of the fuzz targets: a volume manager over the recording fake host in
+//! a temporary directory (nothing on the real host is touched).
+
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
+use volume_core::os::fake::FakeHost;
+use volume_core::store::Store;
+use volume_core::{NodeIdentity, Pool, PoolConfig, VolumeManager};
+
+/// A manager over the fake host, made once per fuzzing process.
+pub fn manager() -> Arc<VolumeManager> {
+    static MANAGER: OnceLock<(tempfile::TempDir, Arc<VolumeManager>)> = OnceLock::new();
+    MANAGER
+        .get_or_init(|| {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let fake = FakeHost::new(true);
+            let pool_dir = dir.path().join("pool");
+            std::fs::create_dir_all(&pool_dir).expect("pool dir");
+            let pool =
+                Pool::open(&PoolConfig::Btrfs { path: pool_dir }, fake.host()).expect("pool");
+            let store = Store::open(&dir.path().join("meta.redb")).expect("store");
+            let node = NodeIdentity {
+                node_id: "fuzz".into(),
+                state_dir: dir.path().join("state"),
+                ephemeral_dir: dir.path().join("ephemeral"),
+                attach_dir: dir.path().join("attach"),
+                layers_dir: dir.path().join("layers"),
+                overlay_program: PathBuf::from("/nonexistent/stowage-overlay"),
+            };
+            let mgr = Arc::new(VolumeManager::new(store, pool, fake.host(), node));
+            (dir, mgr)
+        })
+        .1
+        .clone()
+}
+
+/// The directory plugin mounts go under, beside the manager's.
+pub fn plugin_mounts() -> PathBuf {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| tempfile::tempdir().expect("temp dir"))
+        .path()
+        .to_path_buf()
+}
