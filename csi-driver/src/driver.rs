@@ -31,6 +31,8 @@ pub struct DriverConfig {
     pub rebuild_metadata: bool,
     /// What one layer import may take of the host.
     pub layer_limits: fuse_overlay::layers::ImportLimits,
+    /// Quota of the layer store's subvolume on a btrfs pool (0: a quarter of the pool).
+    pub layer_store_size: u64,
 }
 
 /// Shared by the Identity, Controller and Node services.

@@ -121,7 +121,17 @@ pub fn open_driver(
         Err(e @ volume_core::Error::Damaged(_)) => return Err(ServerError::Metadata(e)),
         Err(e) => return Err(e.into()),
     };
-    let mut layers = fuse_overlay::layers::LayerStore::open(layout.layer_store())?;
+    // The layer store lives in the pool (a subvolume with a quota) on btrfs, unless
+    // a store made by an earlier release is still in the state directory.
+    let legacy = layout.layer_store();
+    let store_dir = if legacy.join("layers").exists() {
+        tracing::warn!(store = %legacy.display(), "layer store in the state directory (made by an earlier release): imports count against its filesystem, not a quota");
+        legacy
+    } else {
+        pool.layer_store_dir(config.layer_store_size)?
+            .unwrap_or(legacy)
+    };
+    let mut layers = fuse_overlay::layers::LayerStore::open(store_dir)?;
     layers.set_limits(config.layer_limits);
     let node = NodeIdentity {
         node_id: config.node_id.clone(),

@@ -98,6 +98,11 @@ impl Daemon {
         self.root().join("csi.sock")
     }
 
+    /// The image layer store (a subvolume of the embedded pool).
+    pub fn layer_store(&self) -> PathBuf {
+        self.state_dir().join("pool/layers-store")
+    }
+
     /// The pool's volumes directory.
     pub fn volumes_dir(&self) -> PathBuf {
         self.state_dir().join("pool/volumes")

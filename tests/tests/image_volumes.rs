@@ -226,7 +226,7 @@ async fn image_volumes_overlay_imported_layers_with_a_kept_writable_layer() {
     std::fs::write(target.join("written.txt"), "written in the volume").unwrap();
     std::fs::write(target.join("etc/base.txt"), "changed (copied up)").unwrap();
     std::fs::remove_file(target.join("top.txt")).unwrap();
-    let store = daemon.state_dir().join("layers-store/layers");
+    let store = daemon.layer_store().join("layers");
     assert_eq!(
         read(&store.join(&base_key).join("etc/base.txt")),
         "from the base layer",
@@ -491,7 +491,7 @@ async fn layers_stream_in_chunks_and_oci_layouts_import_on_the_node() {
     layer_tar(&big_tar, &[("data", None), ("data/big.bin", Some(&big))]);
     let layer = import(&daemon, &big_tar);
     let key = layer["key"].as_str().unwrap();
-    let store = daemon.state_dir().join("layers-store/layers");
+    let store = daemon.layer_store().join("layers");
     assert!(
         std::fs::read(store.join(key).join("data/big.bin")).unwrap() == big,
         "the streamed layer holds the file byte for byte"
@@ -507,7 +507,7 @@ async fn layers_stream_in_chunks_and_oci_layouts_import_on_the_node() {
     let err = fails(&daemon, &["layer", "import", junk.to_str().unwrap()], 2);
     assert!(err.contains("layer"), "{err}");
     assert_eq!(ok(&daemon, &["layer", "ls", "-q"]), format!("{key}\n"));
-    let leftovers: Vec<_> = std::fs::read_dir(daemon.state_dir().join("layers-store"))
+    let leftovers: Vec<_> = std::fs::read_dir(daemon.layer_store())
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .filter(|n| n.starts_with("tmp-"))
@@ -536,4 +536,71 @@ async fn layers_stream_in_chunks_and_oci_layouts_import_on_the_node() {
     let streamed = import(&daemon, &top_tar);
     assert_eq!(streamed["key"], imported[1]["key"], "deduplicated");
     assert_eq!(ok(&daemon, &["layer", "ls", "-q"]).lines().count(), 3);
+}
+
+/// Layer imports count against the layer store's quota (a subvolume of the pool), not
+/// the host's root filesystem; a tiny tar claiming a huge sparse file is refused.
+#[tokio::test]
+async fn layer_imports_are_bounded_by_the_stores_quota_and_refuse_sparse_bombs() {
+    let daemon = Daemon::start("4GiB", &["--layer-store-size", "32MiB"]);
+    let store = daemon.layer_store();
+    let show = std::process::Command::new("btrfs")
+        .args(["subvolume", "show"])
+        .arg(&store)
+        .output()
+        .unwrap();
+    assert!(
+        show.status.success(),
+        "the layer store is a subvolume of the pool"
+    );
+
+    let tarballs = daemon.root().join("tarballs");
+    std::fs::create_dir_all(&tarballs).unwrap();
+    let big: Vec<u8> = (0..(48u32 << 20))
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let big_tar = tarballs.join("big.tar");
+    layer_tar(&big_tar, &[("data", None), ("data/big.bin", Some(&big))]);
+    let err = fails(&daemon, &["layer", "import", big_tar.to_str().unwrap()], 1);
+    assert!(err.to_lowercase().contains("quota"), "{err}");
+
+    // 10 GiB declared, no data: a GNU sparse entry of a few hundred bytes.
+    let bomb = tarballs.join("bomb.tar");
+    std::fs::write(&bomb, sparse_bomb(10 << 30)).unwrap();
+    assert!(std::fs::metadata(&bomb).unwrap().len() < 4096);
+    let err = fails(&daemon, &["layer", "import", bomb.to_str().unwrap()], 2);
+    assert!(err.contains("sparse"), "{err}");
+
+    assert_eq!(ok(&daemon, &["layer", "ls", "-q"]), "");
+    let leftovers: Vec<_> = std::fs::read_dir(&store)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("tmp-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+/// A GNU tar holding one sparse file of `size` bytes with no data at all.
+fn sparse_bomb(size: u64) -> Vec<u8> {
+    let mut h = [0u8; 512];
+    let put = |h: &mut [u8; 512], at: usize, v: &[u8]| h[at..at + v.len()].copy_from_slice(v);
+    let octal = |len: usize, v: u64| format!("{v:0w$o}\0", w = len - 1).into_bytes();
+    put(&mut h, 0, b"bomb");
+    put(&mut h, 100, &octal(8, 0o644));
+    put(&mut h, 108, &octal(8, 0));
+    put(&mut h, 116, &octal(8, 0));
+    put(&mut h, 124, &octal(12, 0));
+    put(&mut h, 136, &octal(12, 0));
+    h[156] = b'S';
+    put(&mut h, 257, b"ustar  \0");
+    // One sparse chunk: offset `size`, length 0; then the real size.
+    put(&mut h, 386, &octal(12, size));
+    put(&mut h, 398, &octal(12, 0));
+    put(&mut h, 483, &octal(12, size));
+    put(&mut h, 148, b"        ");
+    let sum: u32 = h.iter().map(|b| u32::from(*b)).sum();
+    put(&mut h, 148, &octal(8, u64::from(sum)));
+    let mut out = h.to_vec();
+    out.extend(std::iter::repeat_n(0, 1024));
+    out
 }

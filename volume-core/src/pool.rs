@@ -25,6 +25,8 @@ use crate::os::mount::MountOptions;
 pub const IMAGE_FILE: &str = "disk.img";
 /// Name of the volumes directory inside a pool root.
 pub const VOLUMES_DIR: &str = "volumes";
+/// Name of the image layer store's subvolume inside a btrfs pool root.
+pub const LAYER_STORE_DIR: &str = "layers-store";
 /// How long a create or expansion short of space waits for btrfs's cleaner.
 pub const CLEANER_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 /// Name of the snapshots directory inside a pool root.
@@ -127,6 +129,27 @@ impl Pool {
             root_dev,
             healthy: Arc::new(AtomicBool::new(true)),
         })
+    }
+
+    /// On btrfs, the subvolume `<root>/layers-store` for the image layer store (made
+    /// if missing) with a qgroup limit of `limit` bytes (0: a quarter of the pool),
+    /// so that layer imports count against a quota of the pool rather than against
+    /// the host's root filesystem; None on a plain pool.
+    pub fn layer_store_dir(&self, limit: u64) -> Result<Option<PathBuf>> {
+        if !matches!(self.backend, PoolBackend::Btrfs { .. }) {
+            return Ok(None);
+        }
+        let dir = self.root.join(LAYER_STORE_DIR);
+        if std::fs::symlink_metadata(&dir).is_err() {
+            self.host.btrfs.create_subvolume(&dir)?;
+        }
+        let limit = if limit == 0 {
+            self.usage()?.total / 4
+        } else {
+            limit
+        };
+        self.host.btrfs.set_limit(&dir, limit)?;
+        Ok(Some(dir))
     }
 
     /// Why the pool cannot be used now, if it cannot: its root is gone, is no longer

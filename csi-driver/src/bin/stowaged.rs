@@ -46,6 +46,10 @@ struct Args {
     /// Most bytes of file data one imported image layer may write (holes excluded).
     #[arg(long, env = "STOWAGE_MAX_LAYER_SIZE", default_value = "8GiB")]
     max_layer_size: String,
+    /// Quota of the image layer store (a subvolume of a btrfs pool); 0: a quarter of
+    /// the pool.
+    #[arg(long, env = "STOWAGE_LAYER_STORE_SIZE", default_value = "0")]
+    layer_store_size: String,
     /// Free space a layer import must leave on the layer store's filesystem.
     #[arg(long, env = "STOWAGE_LAYER_RESERVE_FREE", default_value = "1GiB")]
     layer_reserve_free: String,
@@ -194,6 +198,11 @@ async fn run() -> anyhow::Result<()> {
         max_volumes_per_node: args.max_volumes_per_node,
         require_controller_publish: args.require_controller_publish,
         rebuild_metadata: args.rebuild_metadata,
+        layer_store_size: if args.layer_store_size.trim() == "0" {
+            0
+        } else {
+            parse_size(&args.layer_store_size).context("--layer-store-size")?
+        },
         layer_limits: fuse_overlay::layers::ImportLimits {
             max_bytes: parse_size(&args.max_layer_size).context("--max-layer-size")?,
             reserve_free: parse_size(&args.layer_reserve_free).context("--layer-reserve-free")?,
