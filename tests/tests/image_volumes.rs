@@ -401,6 +401,42 @@ async fn fuse_image_volume_is_served_by_stowage_overlay_beyond_the_daemon() {
     assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
     c.unpublish(&id, &ro_target).await.expect("unpublish ro");
 
+    // A publication whose FUSE server died (ENOTCONN) is still recognised and undone.
+    let servers = || -> std::collections::BTreeSet<u32> {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .filter(|pid: &u32| {
+                std::fs::read(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|c| c.starts_with(b"stowage-overlay"))
+            })
+            .collect()
+    };
+    let before = servers();
+    let dead_target = daemon.root().join("pods/h/img");
+    c.publish(&id, &staging, &dead_target, false)
+        .await
+        .expect("publish");
+    let new: Vec<u32> = servers().difference(&before).copied().collect();
+    assert_eq!(new.len(), 1, "one server for the new publication: {new:?}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(new[0] as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    for _ in 0..100 {
+        if std::fs::metadata(&dead_target).is_err_and(|e| e.raw_os_error() == Some(libc::ENOTCONN))
+        {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    c.unpublish(&id, &dead_target)
+        .await
+        .expect("unpublish of a dead FUSE mount");
+    assert_eq!(fs_type_at(&dead_target), None);
+    assert!(!dead_target.exists());
+
     c.unpublish(&id, &target).await.expect("unpublish");
     assert_eq!(fs_type_at(&target), None);
     c.publish(&id, &staging, &target, false)

@@ -238,25 +238,28 @@ impl RealMounter {
 }
 
 impl RealMounter {
-    /// What is at `path`, against `expected`, with the descriptor it was judged by.
-    fn identify(
-        &self,
-        path: &Path,
-        expected: &Expected,
-    ) -> io::Result<(Found, Option<MountPoint>)> {
+    /// What is at `path`, against `expected`.
+    fn identify(&self, path: &Path, expected: &Expected) -> io::Result<Found> {
         let mp = match MountPoint::open(path) {
             Ok(mp) => mp,
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok((Found::Nothing, None)),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(Found::Nothing),
+            Err(e) if is_dead_fs(&e) => return self.identify_by_table(path, expected),
             Err(e) => return Err(e),
         };
-        let id = mp.identity()?;
+        let id = match mp.identity() {
+            Ok(id) => id,
+            // A filesystem that no longer answers (a FUSE server gone, an xfs shut
+            // down after an I/O error) is still recognised by the mount table.
+            Err(e) if is_dead_fs(&e) => return self.identify_by_table(path, expected),
+            Err(e) => return Err(e),
+        };
         let entry = self.mount_at(path)?;
         let is_mount = match id.mount_root {
             Some(root) => root,
             None => entry.is_some(),
         };
         if !is_mount {
-            return Ok((Found::Nothing, None));
+            return Ok(Found::Nothing);
         }
         let rdev_of = |d: &Path| {
             std::fs::metadata(d)
@@ -273,22 +276,62 @@ impl RealMounter {
                 id.mode & libc::S_IFMT == libc::S_IFBLK
                     && devs.iter().any(|d| rdev_of(d) == Some(id.rdev))
             }
-            Expected::Overlay(upper) => entry.as_ref().is_some_and(|e| {
-                let want = format!("upperdir={}", upper.display());
-                (e.fs_type == "overlay" && e.super_options.split(',').any(|o| unescape(o) == want))
-                    || (e.fs_type.starts_with("fuse") && e.source == "stowage-overlay")
-            }),
+            Expected::Overlay(upper) => entry.as_ref().is_some_and(|e| overlay_is(e, upper)),
         };
-        if ours {
-            Ok((Found::Expected, Some(mp)))
-        } else {
-            let what = match &entry {
-                Some(e) => format!("{} {} (root {})", e.fs_type, e.source, e.root.display()),
-                None => "another mount".into(),
-            };
-            Ok((Found::Other(what), None))
-        }
+        Ok(judged(ours, entry.as_ref()))
     }
+
+    /// What is at `path` by the mount table alone, for a filesystem that does not
+    /// answer: the topmost entry's source, root and type against `expected`.
+    fn identify_by_table(&self, path: &Path, expected: &Expected) -> io::Result<Found> {
+        let Some(entry) = self.mount_at(path)? else {
+            return Ok(Found::Nothing);
+        };
+        let ours = match expected {
+            // A bind of the volume directory: its root ends in volumes/<id>.
+            Expected::Dir(dir) => {
+                dir.iter()
+                    .rev()
+                    .take(2)
+                    .zip(entry.root.iter().rev())
+                    .filter(|(a, b)| a == b)
+                    .count()
+                    == 2
+            }
+            Expected::Device(devs) => devs.iter().any(|d| Path::new(&entry.source) == d),
+            Expected::DeviceNode(devs) => devs
+                .iter()
+                .any(|d| d.file_name().is_some() && d.file_name() == entry.root.file_name()),
+            Expected::Overlay(upper) => overlay_is(&entry, upper),
+        };
+        Ok(judged(ours, Some(&entry)))
+    }
+}
+
+/// Errors of a filesystem that no longer answers.
+fn is_dead_fs(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ENOTCONN) | Some(libc::EIO) | Some(libc::ESTALE) | Some(libc::EUCLEAN)
+    )
+}
+
+/// An image volume's overlay with writable layer `upper` (kernel overlayfs), or its
+/// `stowage-overlay` FUSE mount.
+fn overlay_is(e: &MountEntry, upper: &Path) -> bool {
+    let want = format!("upperdir={}", upper.display());
+    (e.fs_type == "overlay" && e.super_options.split(',').any(|o| unescape(o) == want))
+        || (e.fs_type.starts_with("fuse") && e.source == "stowage-overlay")
+}
+
+fn judged(ours: bool, entry: Option<&MountEntry>) -> Found {
+    if ours {
+        return Found::Expected;
+    }
+    Found::Other(match entry {
+        Some(e) => format!("{} {} (root {})", e.fs_type, e.source, e.root.display()),
+        None => "another mount".into(),
+    })
 }
 
 impl Mounter for RealMounter {
@@ -377,14 +420,12 @@ impl Mounter for RealMounter {
     }
 
     fn probe(&self, path: &Path, expected: &Expected) -> io::Result<Found> {
-        Ok(self.identify(path, expected)?.0)
+        self.identify(path, expected)
     }
 
     fn unmount_expected(&self, path: &Path, expected: &Expected) -> io::Result<Found> {
-        let (found, mp) = self.identify(path, expected)?;
-        if let Some(mp) = mp {
-            // Our own descriptor of the mount would keep it busy.
-            drop(mp);
+        let found = self.identify(path, expected)?;
+        if found == Found::Expected {
             match crate::os::mountpoint::unmount_beneath(path) {
                 Ok(()) => {}
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(Found::Nothing),
