@@ -349,31 +349,11 @@ pub fn move_mount_onto(tree: BorrowedFd<'_>, target: BorrowedFd<'_>) -> io::Resu
 /// Whether `fd` is the root of a mount (statx's `STATX_ATTR_MOUNT_ROOT`, Linux 5.8;
 /// ENOTSUP where the kernel does not say), with its device and inode numbers.
 pub fn mount_root_identity(fd: BorrowedFd<'_>) -> io::Result<(bool, u64, u64)> {
-    // SAFETY: statx is a plain C struct of integers; all-zero is a valid value.
-    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
-    // SAFETY: the empty path is NUL-terminated and static, `stx` is live and writable
-    // for the call, and `fd` is valid for it (AT_EMPTY_PATH: the descriptor itself).
-    let rc = unsafe {
-        libc::statx(
-            fd.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
-            libc::STATX_INO,
-            &mut stx,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mount_root = libc::STATX_ATTR_MOUNT_ROOT as u64;
-    if stx.stx_attributes_mask & mount_root == 0 {
-        return Err(io::Error::from_raw_os_error(libc::ENOTSUP));
-    }
-    Ok((
-        stx.stx_attributes & mount_root != 0,
-        libc::makedev(stx.stx_dev_major, stx.stx_dev_minor),
-        stx.stx_ino,
-    ))
+    let id = file_identity(fd)?;
+    let root = id
+        .mount_root
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOTSUP))?;
+    Ok((root, id.dev, id.ino))
 }
 
 /// Opens `path` relative to `dir` with openat2, never leaving `dir` and following no

@@ -202,6 +202,18 @@ impl Soak {
     }
 }
 
+/// SIGKILLs the daemon and starts it again on the same state.
+async fn kill_and_restart(daemon: &Arc<Mutex<Daemon>>) {
+    let d = Arc::clone(daemon);
+    tokio::task::spawn_blocking(move || {
+        let mut d = d.lock().unwrap();
+        d.kill9();
+        d.restart();
+    })
+    .await
+    .unwrap();
+}
+
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
@@ -225,14 +237,7 @@ async fn main() {
         tokio::spawn(async move {
             for _ in 0..kills {
                 tokio::time::sleep(Duration::from_secs(interval)).await;
-                let d = Arc::clone(&daemon);
-                tokio::task::spawn_blocking(move || {
-                    let mut d = d.lock().unwrap();
-                    d.kill9();
-                    d.restart();
-                })
-                .await
-                .unwrap();
+                kill_and_restart(&daemon).await;
             }
         })
     };
@@ -251,16 +256,7 @@ async fn main() {
     }
     killer.await.unwrap();
     // Killed once more after the last acknowledged step.
-    {
-        let d = Arc::clone(&daemon);
-        tokio::task::spawn_blocking(move || {
-            let mut d = d.lock().unwrap();
-            d.kill9();
-            d.restart();
-        })
-        .await
-        .unwrap();
-    }
+    kill_and_restart(&daemon).await;
 
     // Every acknowledged volume, and nothing else of the soak's.
     let mut c = soak.clients().await;
