@@ -37,7 +37,7 @@ printf 'hello' >"$tmp/layer/dir/file"
 ln -sf file "$tmp/layer/dir/link"
 tar -C "$tmp/layer" -cf - . | seed tar_import plain.tar
 tar -C "$tmp/layer" -czf - . | seed tar_import gzip.tar.gz
-printf '{"Name":"v","Opts":{"size":"16MiB","kind":"dir"}}' | seed plugin_json 01-create
+printf '\001{"Name":"v","Opts":{"size":"16MiB","kind":"dir"}}' | seed plugin_json 01-create
 printf '\003{"Name":"v","ID":"c1"}' | seed plugin_json 03-mount
 printf 'kind=loop\nfsType=xfs\nreplicas=2\nreplicationInterval=30s\n1GiB\n' | seed volume_params loop
 python3 - "$ROOT/fuzz/corpus" <<'PY'

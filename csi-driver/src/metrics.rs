@@ -278,9 +278,12 @@ async fn metrics_handler(State(s): State<HttpState>) -> impl IntoResponse {
 }
 
 async fn healthz_handler(State(s): State<HttpState>) -> impl IntoResponse {
-    // The same check as the CSI Probe: the pool answers.
+    // Liveness: the daemon answers and its pool's path can be examined. Whether the
+    // pool is usable (mounted, writable) is the CSI Probe's answer and the
+    // stowage_pool_usable gauge's: a restart would not mend a read-only pool, and a
+    // daemon restarting in a loop could not unpublish what is still mounted.
     let manager = Arc::clone(&s.manager);
-    match tokio::task::spawn_blocking(move || manager.capacity()).await {
+    match tokio::task::spawn_blocking(move || manager.pool_reachable()).await {
         Ok(Ok(_)) => (StatusCode::OK, "ok\n".to_string()),
         Ok(Err(e)) => (
             StatusCode::SERVICE_UNAVAILABLE,

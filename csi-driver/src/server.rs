@@ -124,7 +124,10 @@ pub fn open_driver(
     // The layer store lives in the pool (a subvolume with a quota) on btrfs, unless
     // a store made by an earlier release is still in the state directory.
     let legacy = layout.layer_store();
-    let store_dir = if legacy.join("layers").exists() {
+    let legacy_in_use = std::fs::read_dir(legacy.join("layers"))
+        .map(|mut d| d.next().is_some())
+        .unwrap_or(false);
+    let store_dir = if legacy_in_use {
         tracing::warn!(store = %legacy.display(), "layer store in the state directory (made by an earlier release): imports count against its filesystem, not a quota");
         legacy
     } else {

@@ -31,6 +31,10 @@ fuzz_target!(|data: &[u8]| {
         .build()
         .expect("runtime");
     let response = runtime.block_on(router.oneshot(request)).expect("infallible");
-    // Every answer is the protocol's: 200 with a JSON body (errors in "Err").
-    assert!(response.status().is_success() || response.status().is_client_error() || response.status().is_server_error());
+    // Every answer is the protocol's: 200, or 500 with the error in "Err" — never a
+    // panic (a worker that panicked would be a crash here) nor another status.
+    let status = response.status().as_u16();
+    assert!(status == 200 || status == 500, "status {status}");
+    // The fake's call log would grow without bound over a long run.
+    stowage_fuzz::reset();
 });

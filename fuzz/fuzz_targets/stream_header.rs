@@ -13,6 +13,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let manager = stowage_fuzz::manager();
+    stowage_fuzz::reset();
     if let Ok(rx) = manager.begin_receive(header.clone()) {
         drop(rx);
         // A receive cut off leaves no directory for a volume this node does not hold.

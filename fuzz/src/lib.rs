@@ -8,11 +8,11 @@ use volume_core::os::fake::FakeHost;
 use volume_core::store::Store;
 use volume_core::{NodeIdentity, Pool, PoolConfig, VolumeManager};
 
-/// A manager over the fake host, made once per fuzzing process.
-pub fn manager() -> Arc<VolumeManager> {
-    static MANAGER: OnceLock<(tempfile::TempDir, Arc<VolumeManager>)> = OnceLock::new();
-    MANAGER
-        .get_or_init(|| {
+type Shared = (tempfile::TempDir, Arc<FakeHost>, Arc<VolumeManager>);
+
+fn shared() -> &'static Shared {
+    static MANAGER: OnceLock<Shared> = OnceLock::new();
+    MANAGER.get_or_init(|| {
             let dir = tempfile::tempdir().expect("temp dir");
             let fake = FakeHost::new(true);
             let pool_dir = dir.path().join("pool");
@@ -29,10 +29,18 @@ pub fn manager() -> Arc<VolumeManager> {
                 overlay_program: PathBuf::from("/nonexistent/stowage-overlay"),
             };
             let mgr = Arc::new(VolumeManager::new(store, pool, fake.host(), node));
-            (dir, mgr)
+            (dir, fake, mgr)
         })
-        .1
-        .clone()
+}
+
+/// A manager over the fake host, made once per fuzzing process.
+pub fn manager() -> Arc<VolumeManager> {
+    shared().2.clone()
+}
+
+/// Forgets the fake host's call log (it grows with every call otherwise).
+pub fn reset() {
+    shared().1.clear_calls();
 }
 
 /// The directory plugin mounts go under, beside the manager's.

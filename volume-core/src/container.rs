@@ -80,6 +80,10 @@ impl VolumeManager {
         };
         let _guard = self.claim(&rec.id)?;
         let mut rec = self.get(&rec.id)?;
+        // Unstaged or moved between the look above and the claim: not what we cloned.
+        if rec.staging.as_ref().map(|s| &s.path) != Some(&staging) {
+            return Err(Error::Busy(rec.id));
+        }
         let req = NsRequest::Attach {
             pid,
             source: staging.clone(),
@@ -88,6 +92,7 @@ impl VolumeManager {
         };
         // Taken first: a pid alone could be reused by another process later.
         let mnt_ns = self.host.namespaces.mount_namespace(pid).ok();
+        let boot_id = self.host.namespaces.boot_id().ok();
         let idmapped = match self.host.namespaces.run(&req) {
             Ok(i) => i,
             Err(e) => {
@@ -104,6 +109,11 @@ impl VolumeManager {
                     Some(libc::EXDEV) => Error::InvalidArgument(format!(
                         "target {} leaves the container's root",
                         target.display()
+                    )),
+                    Some(libc::ENODEV) => Error::FailedPrecondition(format!(
+                        "volume {}'s staging at {} is not mounted; stage it again",
+                        rec.id,
+                        staging.display()
                     )),
                     Some(libc::ENOTDIR) => Error::InvalidArgument(format!(
                         "a component of target {} is not a directory",
@@ -122,6 +132,7 @@ impl VolumeManager {
             read_only,
             idmapped,
             mnt_ns,
+            boot_id,
         });
         self.store.put(&rec)?;
         tracing::info!(volume.id = %rec.id, pid, target = %target.display(), read_only, idmapped, "attached into container");
@@ -198,8 +209,15 @@ impl VolumeManager {
             let mut rec = self.get(id)?;
             let mut gone = Vec::new();
             let mut kept = Vec::new();
+            let boot = self.host.namespaces.boot_id().ok();
             for m in std::mem::take(&mut rec.container_mounts) {
-                match self.host.namespaces.attachment_alive(m.pid, m.mnt_ns) {
+                let alive = if m.boot_id.is_some() && boot.is_some() && m.boot_id != boot {
+                    // Made in an earlier boot: that process and namespace are gone.
+                    Ok(false)
+                } else {
+                    self.host.namespaces.attachment_alive(m.pid, m.mnt_ns)
+                };
+                match alive {
                     Ok(false) => gone.push(m),
                     Ok(true) => kept.push(m),
                     Err(e) => {

@@ -304,6 +304,12 @@ impl VolumeManager {
         self.pool.usage()
     }
 
+    /// The pool's filesystem usage as statvfs of its path says, whatever is mounted
+    /// there (liveness: the path answers).
+    pub fn pool_reachable(&self) -> Result<PoolUsage> {
+        self.pool.usage()
+    }
+
     /// Why the pool cannot be used now (unmounted, read-only), if it cannot.
     pub fn pool_problem(&self) -> Option<String> {
         self.pool.problem()
@@ -408,7 +414,15 @@ impl VolumeManager {
         let result = match &origin {
             None => self.pool.allocate(&mut rec, None),
             Some((src, _, _)) => {
-                self.with_source_frozen(req, || self.pool.allocate(&mut rec, Some(src)))
+                // Any wait for space happens before the source is frozen, never while
+                // its writers are blocked.
+                self.pool
+                    .available_for(rec.capacity, "requested")
+                    .and_then(|_| {
+                        self.with_source_frozen(req, || {
+                            self.pool.allocate_without_waiting(&mut rec, Some(src))
+                        })
+                    })
             }
         }
         .and_then(|()| crate::modify::apply(&self.pool, &rec, &req.mutable_parameters));

@@ -167,6 +167,10 @@ pub struct ContainerMount {
     /// an older daemon).
     #[serde(default)]
     pub mnt_ns: Option<u64>,
+    /// The boot the attachment was made in (pids and namespace inodes are reused
+    /// across boots).
+    #[serde(default)]
+    pub boot_id: Option<String>,
 }
 
 /// A node a volume is attached to by ControllerPublish.

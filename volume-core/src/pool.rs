@@ -28,7 +28,7 @@ pub const VOLUMES_DIR: &str = "volumes";
 /// Name of the image layer store's subvolume inside a btrfs pool root.
 pub const LAYER_STORE_DIR: &str = "layers-store";
 /// How long a create or expansion short of space waits for btrfs's cleaner.
-pub const CLEANER_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+pub const CLEANER_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 /// Name of the snapshots directory inside a pool root.
 pub const SNAPSHOTS_DIR: &str = "snapshots";
 
@@ -76,7 +76,7 @@ pub struct Pool {
     host: Host,
     /// The daemon mounts it (the embedded image): it must be a btrfs mount point.
     embedded: bool,
-    /// The device of the root when opened (a plain pool's filesystem).
+    /// The device of `volumes/` when opened (a plain pool's filesystem).
     root_dev: u64,
     /// Whether it was usable when last looked at (to log changes once).
     healthy: Arc<AtomicBool>,
@@ -118,8 +118,9 @@ impl Pool {
             }
             (false, _) => PoolBackend::Plain,
         };
-        let root_dev = std::fs::metadata(&root)
-            .ctx(|| format!("stat {}", root.display()))?
+        let volumes = root.join(VOLUMES_DIR);
+        let root_dev = std::fs::metadata(&volumes)
+            .ctx(|| format!("stat {}", volumes.display()))?
             .dev();
         Ok(Pool {
             root,
@@ -140,8 +141,18 @@ impl Pool {
             return Ok(None);
         }
         let dir = self.root.join(LAYER_STORE_DIR);
-        if std::fs::symlink_metadata(&dir).is_err() {
-            self.host.btrfs.create_subvolume(&dir)?;
+        match std::fs::symlink_metadata(&dir) {
+            Err(_) => {
+                self.host.btrfs.create_subvolume(&dir)?;
+            }
+            // A qgroup limit on a plain directory would limit the subvolume holding it.
+            Ok(_) if !self.host.btrfs.is_subvolume(&dir).unwrap_or(false) => {
+                return Err(Error::FailedPrecondition(format!(
+                    "{} exists and is not a btrfs subvolume; move it away",
+                    dir.display()
+                )));
+            }
+            Ok(_) => {}
         }
         let limit = if limit == 0 {
             self.usage()?.total / 4
@@ -250,10 +261,11 @@ impl Pool {
     /// and fills in `subvolume_id`, `capacity_enforced` and `fs_size`. On failure
     /// nothing is left behind.
     pub fn allocate(&self, rec: &mut VolumeRecord, origin: Option<&Path>) -> Result<()> {
+        let waited = self.usage()?.available < rec.capacity && self.wait_for_cleaner();
         match self.allocate_once(rec, origin) {
             // Space of deleted subvolumes comes back only when btrfs's cleaner has
-            // been through them: wait for it (bounded), then try once more.
-            Err(e) if e.is_no_space() && self.wait_for_cleaner()? => {
+            // been through them: wait for it (once, bounded), then try once more.
+            Err(e) if e.is_no_space() && !waited && self.wait_for_cleaner() => {
                 tracing::info!(volume.id = %rec.id, error = %e, "out of space before btrfs's cleaner ran; trying again");
                 self.allocate_once(rec, origin)
             }
@@ -261,12 +273,22 @@ impl Pool {
         }
     }
 
+    /// [`Pool::allocate`] without waiting for btrfs's cleaner (while a clone's source
+    /// is frozen); the caller waits first, with [`Pool::available_for`].
+    pub fn allocate_without_waiting(
+        &self,
+        rec: &mut VolumeRecord,
+        origin: Option<&Path>,
+    ) -> Result<()> {
+        self.allocate_once(rec, origin)
+    }
+
     /// Bytes available for `wanted` more: when the pool seems to lack them, first
-    /// waits (bounded) for btrfs's cleaner to give back the space of deleted
+    /// waits (once, bounded) for btrfs's cleaner to give back the space of deleted
     /// subvolumes. NO_SPACE if they are still not there.
     pub fn available_for(&self, wanted: u64, what: &str) -> Result<u64> {
         let mut available = self.usage()?.available;
-        if wanted > available && self.wait_for_cleaner()? {
+        if wanted > available && self.wait_for_cleaner() {
             available = self.usage()?.available;
         }
         if wanted > available {
@@ -277,23 +299,33 @@ impl Pool {
         Ok(available)
     }
 
-    /// On btrfs, waits up to [`CLEANER_WAIT`] for deleted subvolumes to be cleaned;
-    /// false where there is nothing to wait for (not btrfs).
-    fn wait_for_cleaner(&self) -> Result<bool> {
-        match self.backend {
-            PoolBackend::Btrfs { .. } => {
-                let done = self.host.btrfs.wait_for_cleaner(&self.root, CLEANER_WAIT)?;
-                if !done {
-                    tracing::warn!(pool = %self.root.display(), "btrfs's cleaner did not finish in time");
-                }
-                Ok(true)
-            }
-            PoolBackend::Plain => Ok(false),
+    /// On btrfs, waits up to [`CLEANER_WAIT`] for deleted subvolumes to be cleaned
+    /// and says it did; false where there is nothing to wait for (not btrfs). A wait
+    /// that fails is logged: the caller's own outcome (NO_SPACE) is what it reports.
+    fn wait_for_cleaner(&self) -> bool {
+        if !matches!(self.backend, PoolBackend::Btrfs { .. }) {
+            return false;
         }
+        match self.host.btrfs.wait_for_cleaner(&self.root, CLEANER_WAIT) {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(pool = %self.root.display(), "btrfs's cleaner did not finish in time")
+            }
+            Err(e) => {
+                tracing::warn!(pool = %self.root.display(), error = %e, "waiting for btrfs's cleaner")
+            }
+        }
+        true
     }
 
     fn allocate_once(&self, rec: &mut VolumeRecord, origin: Option<&Path>) -> Result<()> {
-        self.available_for(rec.capacity, "requested")?;
+        let available = self.usage()?.available;
+        if rec.capacity > available {
+            return Err(Error::NoSpace(format!(
+                "requested: {} bytes, {available} available",
+                rec.capacity
+            )));
+        }
         let dir = self.volume_dir(&rec.id);
         rec.subvolume_id = match (&self.backend, origin) {
             (PoolBackend::Btrfs { .. }, None) => Some(self.host.btrfs.create_subvolume(&dir)?),

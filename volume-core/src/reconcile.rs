@@ -309,6 +309,15 @@ mod tests {
         f.mgr
             .detach_from("c", 5000, "/data".as_ref())
             .unwrap_or_else(|e| panic!("{e}"));
+        // After a reboot every attachment of the earlier boot is gone, whatever pids
+        // and namespace numbers the new boot reuses.
+        f.mgr
+            .attach_into("c", 6000, "/data".as_ref(), false)
+            .unwrap();
+        f.fake.reboot();
+        let report = f.mgr.reconcile().unwrap();
+        assert_eq!(report.stale_container_mounts.len(), 2, "{report:?}");
+        assert!(f.mgr.resolve("live").unwrap().container_mounts.is_empty());
         // Delete no longer waits for an attachment whose container is gone.
         f.mgr
             .attach_into("c", 5001, "/data".as_ref(), false)

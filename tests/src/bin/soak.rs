@@ -6,9 +6,10 @@
 //!
 //! - every volume whose CreateVolume was answered and whose DeleteVolume was not
 //!   exists (ListVolumes), and nothing else of the soak's;
-//! - every kept volume still reads back what was written and fsynced;
-//! - after cleaning up, no mount under the test directory and no loop device on the
-//!   pool is left.
+//! - every kept volume still reads back what was written and fsynced, through its
+//!   mount and again from the disk (unmounted, caches dropped, mounted anew);
+//! - after cleaning up, no volume or snapshot directory, no mount under the test
+//!   directory and no loop device on the pool is left.
 //!
 //! Needs root. On demand, never part of the tests: `sudo hack/soak.sh [ARGS]`.
 
@@ -158,16 +159,7 @@ impl Soak {
                 ..Default::default()
             },
         );
-        self.retry("NodeStageVolume", |mut c| {
-            let (id, staging) = (id.clone(), staging.clone());
-            async move { c.stage(&id, &staging).await }
-        })
-        .await;
-        self.retry("NodePublishVolume", |mut c| {
-            let (id, staging, target) = (id.clone(), staging.clone(), target.clone());
-            async move { c.publish(&id, &staging, &target, false).await }
-        })
-        .await;
+        self.mount(&id, &staging, &target).await;
         // The workload: written and fsynced through the published mount.
         let data = pattern(256 << 10, u64::from(n) ^ kind.bytes as u64);
         stowage_tests::write_synced(&target.join("data"), &data);
@@ -180,7 +172,23 @@ impl Soak {
         self.retire(&name, &id, &staging, &target).await;
     }
 
-    async fn retire(&self, name: &str, id: &str, staging: &Path, target: &Path) {
+    /// Stages `id` at `staging` and publishes it at `target`.
+    async fn mount(&self, id: &str, staging: &Path, target: &Path) {
+        self.retry("NodeStageVolume", |mut c| {
+            let (id, staging) = (id.to_string(), staging.to_path_buf());
+            async move { c.stage(&id, &staging).await }
+        })
+        .await;
+        self.retry("NodePublishVolume", |mut c| {
+            let (id, staging, target) =
+                (id.to_string(), staging.to_path_buf(), target.to_path_buf());
+            async move { c.publish(&id, &staging, &target, false).await }
+        })
+        .await;
+    }
+
+    /// Unpublishes `id` from `target` and unstages it from `staging`.
+    async fn retire_mounts(&self, id: &str, staging: &Path, target: &Path) {
         self.retry("NodeUnpublishVolume", |mut c| {
             let (id, target) = (id.to_string(), target.to_path_buf());
             async move { c.unpublish(&id, &target).await }
@@ -191,6 +199,10 @@ impl Soak {
             async move { c.unstage(&id, &staging).await }
         })
         .await;
+    }
+
+    async fn retire(&self, name: &str, id: &str, staging: &Path, target: &Path) {
+        self.retire_mounts(id, staging, target).await;
         self.retry("DeleteVolume", |mut c| {
             let id = id.to_string();
             async move { c.delete(&id).await }
@@ -277,10 +289,26 @@ async fn main() {
         let got =
             std::fs::read(target.join("data")).unwrap_or_else(|e| panic!("{name}: read back: {e}"));
         assert!(got == *data, "{name}: data changed");
+        // Again from the disk, not the page cache: unmounted, caches dropped, mounted
+        // anew at another target.
+        soak.retire_mounts(&a.id, staging, target).await;
+        std::fs::write("/proc/sys/vm/drop_caches", "3").expect("drop caches");
+        let again = root.join(format!("paths/t/{name}/again"));
+        soak.mount(&a.id, staging, &again).await;
+        let got = std::fs::read(again.join("data"))
+            .unwrap_or_else(|e| panic!("{name}: read back from disk: {e}"));
+        assert!(got == *data, "{name}: data on disk differs");
         verified += data.len() as u64;
-        soak.retire(name, &a.id, staging, target).await;
+        soak.retire(name, &a.id, staging, &again).await;
     }
     assert!(c.list_ids().await.is_empty(), "volumes left after cleanup");
+    for dir in ["pool/volumes", "pool/snapshots"] {
+        let left: Vec<_> = std::fs::read_dir(state.join(dir))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(left.is_empty(), "{dir} still holds {left:?}");
+    }
     let mounts = mounts_under(&root);
     // The embedded pool's own mount is the only one allowed to stay.
     let leaked: Vec<_> = mounts

@@ -74,6 +74,8 @@ pub trait Btrfs: Send + Sync + Debug {
     fn qgroup_usage(&self, fs_uuid: &str, subvolume_id: u64) -> Result<Option<QgroupUsage>>;
     /// The id of the subvolume whose root is `path`.
     fn subvolume_id(&self, path: &Path) -> Result<u64>;
+    /// Whether `path` is the root of a subvolume (not a directory inside one).
+    fn is_subvolume(&self, path: &Path) -> io::Result<bool>;
     /// Waits until the subvolumes deleted on the filesystem of `path` are cleaned
     /// (their space given back), at most `timeout`; false if it had to stop waiting.
     fn wait_for_cleaner(&self, path: &Path, timeout: std::time::Duration) -> Result<bool>;
@@ -258,6 +260,13 @@ impl Btrfs for RealBtrfs {
 
     fn subvolume_id(&self, path: &Path) -> Result<u64> {
         rootid(path)
+    }
+
+    fn is_subvolume(&self, path: &Path) -> io::Result<bool> {
+        // A subvolume's root directory is always inode 256 (BTRFS_FIRST_FREE_OBJECTID).
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::symlink_metadata(path)?;
+        Ok(m.is_dir() && m.ino() == 256 && self.is_btrfs(path)?)
     }
 
     fn enable_quota(&self, mount: &Path) -> Result<()> {

@@ -32,6 +32,7 @@ struct State {
     limits: HashMap<PathBuf, u64>,
     failures: HashMap<String, i32>,
     ended: std::collections::HashSet<i32>,
+    boot_id: Option<String>,
 }
 
 /// The fake host. Share it with `Arc` and hand [`FakeHost::host`] to the code under test.
@@ -459,6 +460,10 @@ impl Btrfs for FakeHost {
         Ok(Box::new(FakeSend(io::Cursor::new(bytes))))
     }
 
+    fn is_subvolume(&self, path: &Path) -> io::Result<bool> {
+        Ok(self.state().subvolumes.contains_key(path))
+    }
+
     fn wait_for_cleaner(&self, path: &Path, _timeout: std::time::Duration) -> Result<bool> {
         self.enter("wait_for_cleaner", &[&path.display()])
             .map_err(|e| to_err("wait_for_cleaner", e))?;
@@ -579,6 +584,13 @@ impl ReceiveSink for FakeReceive {
 }
 
 impl FakeHost {
+    /// Makes the host have booted again (every process, every namespace gone).
+    pub fn reboot(&self) {
+        let mut st = self.state();
+        let next = format!("{}+", st.boot_id.clone().unwrap_or_else(|| "boot-1".into()));
+        st.boot_id = Some(next);
+    }
+
     /// Makes process `pid` (and its mount namespace) gone.
     pub fn end_process(&self, pid: i32) {
         self.state().ended.insert(pid);
@@ -595,6 +607,14 @@ impl Namespaces for FakeHost {
 
     fn attachment_alive(&self, pid: i32, _mnt_ns: Option<u64>) -> io::Result<bool> {
         Ok(!self.state().ended.contains(&pid))
+    }
+
+    fn boot_id(&self) -> io::Result<String> {
+        Ok(self
+            .state()
+            .boot_id
+            .clone()
+            .unwrap_or_else(|| "boot-1".into()))
     }
 
     fn run(&self, req: &NsRequest) -> io::Result<bool> {

@@ -299,9 +299,13 @@ impl RealMounter {
                     == 2
             }
             Expected::Device(devs) => devs.iter().any(|d| Path::new(&entry.source) == d),
-            Expected::DeviceNode(devs) => devs
-                .iter()
-                .any(|d| d.file_name().is_some() && d.file_name() == entry.root.file_name()),
+            Expected::DeviceNode(devs) => {
+                entry.fs_type == "devtmpfs"
+                    && devs.iter().any(|d| {
+                        d.file_name().is_some()
+                            && Path::new("/").join(d.file_name().unwrap_or_default()) == entry.root
+                    })
+            }
             Expected::Overlay(upper) => overlay_is(&entry, upper),
         };
         Ok(judged(ours, Some(&entry)))

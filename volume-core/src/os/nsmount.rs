@@ -63,6 +63,8 @@ pub trait Namespaces: Send + Sync + Debug {
     /// can still be there: some process is still in that mount namespace (or, with
     /// no namespace recorded, `pid` still runs).
     fn attachment_alive(&self, pid: i32, mnt_ns: Option<u64>) -> io::Result<bool>;
+    /// This boot's id (namespace inode numbers and pids mean nothing across boots).
+    fn boot_id(&self) -> io::Result<String>;
 }
 
 /// Runs requests through the helper executable (normally the daemon itself).
@@ -82,32 +84,63 @@ impl RealNamespaces {
         }
     }
 
-    /// The mount namespace inode of process `pid` (None: gone, or a zombie).
-    fn ns_of(&self, pid: &str) -> Option<u64> {
-        std::fs::metadata(self.proc.join(pid).join("ns/mnt"))
-            .ok()
-            .map(|m| m.ino())
+    /// The mount namespace inode of process `pid`: None when it is gone (or a zombie
+    /// with no thread left); an error that does not say so (EACCES, ...) is returned,
+    /// so that an attachment is never released on a guess. A process whose main
+    /// thread exited is found through its remaining threads.
+    fn ns_of(&self, pid: &str) -> io::Result<Option<u64>> {
+        let gone =
+            |e: &io::Error| matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ESRCH));
+        match std::fs::metadata(self.proc.join(pid).join("ns/mnt")) {
+            Ok(m) => return Ok(Some(m.ino())),
+            Err(e) if !gone(&e) => return Err(e),
+            Err(_) => {}
+        }
+        let tasks = match std::fs::read_dir(self.proc.join(pid).join("task")) {
+            Ok(t) => t,
+            Err(e) if gone(&e) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        for task in tasks {
+            match std::fs::metadata(task?.path().join("ns/mnt")) {
+                Ok(m) => return Ok(Some(m.ino())),
+                Err(e) if gone(&e) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(None)
     }
 }
 
 impl Namespaces for RealNamespaces {
     fn mount_namespace(&self, pid: i32) -> io::Result<u64> {
-        self.ns_of(&pid.to_string())
+        self.ns_of(&pid.to_string())?
             .ok_or_else(|| io::Error::from_raw_os_error(libc::ESRCH))
     }
 
+    fn boot_id(&self) -> io::Result<String> {
+        Ok(
+            std::fs::read_to_string(self.proc.join("sys/kernel/random/boot_id"))?
+                .trim()
+                .to_string(),
+        )
+    }
+
     fn attachment_alive(&self, pid: i32, mnt_ns: Option<u64>) -> io::Result<bool> {
+        let own = self.ns_of(&pid.to_string())?;
         let Some(ns) = mnt_ns else {
-            return Ok(self.ns_of(&pid.to_string()).is_some());
+            return Ok(own.is_some());
         };
-        if self.ns_of(&pid.to_string()) == Some(ns) {
+        if own == Some(ns) {
             return Ok(true);
         }
         // Another process of the container may hold the namespace.
         for e in std::fs::read_dir(&self.proc)? {
             let name = e?.file_name();
             let name = name.to_string_lossy();
-            if name.bytes().all(|b| b.is_ascii_digit()) && self.ns_of(&name) == Some(ns) {
+            if name.bytes().all(|b| b.is_ascii_digit())
+                && self.ns_of(&name).ok().flatten() == Some(ns)
+            {
                 return Ok(true);
             }
         }
@@ -246,6 +279,10 @@ fn attach(pid: i32, source: &Path, target: &Path, read_only: bool) -> io::Result
     let source = crate::os::mountpoint::canonical(source)
         .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     let source = crate::os::mountpoint::MountPoint::open(&source)?;
+    // Only a staged volume's mount is cloned, never the bare directory beneath it.
+    if source.identity()?.mount_root != Some(true) {
+        return Err(io::Error::from_raw_os_error(libc::ENODEV));
+    }
     let tree = sys::open_tree_clone_fd(source.fd())?;
     let mut set = sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV;
     if read_only {
