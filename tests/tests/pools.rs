@@ -200,10 +200,11 @@ async fn a_lost_pool_is_noticed_and_its_return_too() {
     assert!(ready(&mut c).await, "ready again once mounted");
     assert!(capacity(&mut c).await > 0);
 
-    // Read-only (as after an I/O error), then writable again.
+    // Read-only, then writable again. (The mount itself: the filesystem has files
+    // open for writing, the layer store's lock among them.)
     let remount = |how: &str| {
         let status = std::process::Command::new("mount")
-            .args(["-o", &format!("remount,{how}")])
+            .args(["-o", &format!("remount,bind,{how}")])
             .arg(&pool)
             .status()
             .unwrap();
