@@ -423,6 +423,11 @@ impl Btrfs for RealBtrfs {
     }
 
     fn wait_for_cleaner(&self, path: &Path, timeout: std::time::Duration) -> Result<bool> {
+        // A commit wakes the cleaner now rather than at the next periodic commit.
+        run(
+            "btrfs",
+            ["filesystem".as_ref(), "sync".as_ref(), path.as_os_str()],
+        )?;
         let mut child = Command::new("btrfs")
             .args(["subvolume", "sync"])
             .arg(path)
@@ -438,7 +443,13 @@ impl Btrfs for RealBtrfs {
                 .map_err(|e| Error::io("wait for btrfs subvolume sync", e))?
                 .is_some()
             {
-                return wait_child("btrfs subvolume sync", child).map(|()| true);
+                wait_child("btrfs subvolume sync", child)?;
+                // The cleaned extents count as free once the transaction commits.
+                run(
+                    "btrfs",
+                    ["filesystem".as_ref(), "sync".as_ref(), path.as_os_str()],
+                )?;
+                return Ok(true);
             }
             if std::time::Instant::now() >= deadline {
                 let _ = child.kill();
