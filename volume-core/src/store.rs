@@ -25,6 +25,11 @@ pub trait Record: Serialize + DeserializeOwned {
     fn id(&self) -> &str;
     /// The record's name (the CO's idempotency key).
     fn name(&self) -> &str;
+    /// What of the record the pool's mirror keeps (see [`Store::mirror_into`]):
+    /// everything but where it is mounted now, which a rebuild cannot trust anyway.
+    fn mirror_json(&self) -> serde_json::Result<Vec<u8>> {
+        serde_json::to_vec(self)
+    }
 }
 
 impl Record for VolumeRecord {
@@ -35,6 +40,15 @@ impl Record for VolumeRecord {
     }
     fn name(&self) -> &str {
         &self.name
+    }
+    fn mirror_json(&self) -> serde_json::Result<Vec<u8>> {
+        let mut durable = self.clone();
+        durable.staging = None;
+        durable.publications.clear();
+        durable.container_mounts.clear();
+        durable.plugin_callers.clear();
+        durable.attachments.clear();
+        serde_json::to_vec(&durable)
     }
 }
 
@@ -84,6 +98,9 @@ pub struct Store {
     /// Where each record is also written as `<table>/<id>.json` (in the pool, so that
     /// a lost or damaged database can be rebuilt from what the pool holds).
     mirror: Option<PathBuf>,
+    /// blake3 of each mirror file as last written (`<table>/<id>`): a put that does
+    /// not change what is mirrored (a stage, a publish) writes nothing there.
+    mirrored: std::sync::Mutex<std::collections::HashMap<String, blake3::Hash>>,
 }
 
 /// Why the database file cannot be trusted.
@@ -158,7 +175,11 @@ impl Store {
         tx.commit().map_err(db_err)?;
         // Records name every volume and where it is mounted: root's alone.
         crate::pool::set_mode(path, 0o600)?;
-        let store = Store { db, mirror: None };
+        let store = Store {
+            db,
+            mirror: None,
+            mirrored: Default::default(),
+        };
         // Every record must decode: a damaged one is found now, not mid-operation.
         store
             .list::<VolumeRecord>()
@@ -232,23 +253,41 @@ impl Store {
             let mut names = tx.open_table(R::NAMES).map_err(db_err)?;
             names.insert(rec.name(), rec.id()).map_err(db_err)?;
         }
-        // The mirror's new content is written (and synced) first: if it cannot be,
-        // the change is not made at all. It replaces the old one only once the change
-        // is committed, so the mirror never holds a state the database never had.
+        // The mirror's new content is written first: if it cannot be, the change is
+        // not made at all. It replaces the old one only once the change is committed,
+        // so the mirror never holds a state the database never had.
         let staged = match self.mirror_path::<R>(rec.id()) {
-            Some(path) => Some(
-                MirrorWrite::stage(path, &bytes)
-                    .map_err(|e| Error::io("write a mirrored record", e))?,
-            ),
+            Some(path) => {
+                let mirrored = rec.mirror_json().map_err(|source| Error::Corrupt {
+                    key: rec.id().to_string(),
+                    source,
+                })?;
+                let hash = blake3::hash(&mirrored);
+                let key = mirror_key::<R>(rec.id());
+                if self.lock_mirrored().get(&key) == Some(&hash) {
+                    None
+                } else {
+                    let staged = MirrorWrite::stage(path, &mirrored)
+                        .map_err(|e| Error::io("write a mirrored record", e))?;
+                    Some((staged, key, hash))
+                }
+            }
             None => None,
         };
         tx.commit().map_err(db_err)?;
-        if let Some(staged) = staged {
+        if let Some((staged, key, hash)) = staged {
             staged
                 .replace()
                 .map_err(|e| Error::io("replace a mirrored record", e))?;
+            self.lock_mirrored().insert(key, hash);
         }
         Ok(())
+    }
+
+    fn lock_mirrored(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, blake3::Hash>> {
+        self.mirrored.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Writes the mirror of every record (those made before records were mirrored,
@@ -267,16 +306,20 @@ impl Store {
             let Some(path) = self.mirror_path::<R>(rec.id()) else {
                 return Ok(0);
             };
-            let bytes = serde_json::to_vec(&rec).map_err(|source| Error::Corrupt {
+            let bytes = rec.mirror_json().map_err(|source| Error::Corrupt {
                 key: rec.id().to_string(),
                 source,
             })?;
+            let key = mirror_key::<R>(rec.id());
+            let hash = blake3::hash(&bytes);
             if std::fs::read(&path).is_ok_and(|old| old == bytes) {
+                self.lock_mirrored().insert(key, hash);
                 continue;
             }
             MirrorWrite::stage(path, &bytes)
                 .and_then(MirrorWrite::replace)
                 .map_err(|e| Error::io("write a mirrored record", e))?;
+            self.lock_mirrored().insert(key, hash);
             written += 1;
         }
         Ok(written)
@@ -302,6 +345,7 @@ impl Store {
             }
         }
         tx.commit().map_err(db_err)?;
+        self.lock_mirrored().remove(&mirror_key::<R>(id));
         if let Some(path) = self.mirror_path::<R>(id) {
             match std::fs::remove_file(&path) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -364,7 +408,12 @@ impl Store {
     }
 }
 
-/// A mirrored record's new content, written and synced beside its file
+/// The key of record `id` of kind `R` among the mirrored hashes.
+fn mirror_key<R: Record>(id: &str) -> String {
+    format!("{}/{id}", R::TABLE.name())
+}
+
+/// A mirrored record's new content, written beside its file
 /// (`<id>.json.tmp`), put in place by [`MirrorWrite::replace`] in one rename (a reader
 /// sees the old or the new file, never a part); dropped unreplaced, it is removed.
 struct MirrorWrite {
@@ -393,7 +442,11 @@ impl MirrorWrite {
             .mode(0o600)
             .open(&tmp)?;
         f.write_all(bytes)?;
-        f.sync_data()?;
+        // Not fsynced: the database is the truth and is synced at every commit; the
+        // mirror only stands in when the database is lost, and a rename-replaced file
+        // is the old or the new record after a crash (an unreadable one is reported by
+        // a rebuild, and the volume inferred from the pool). An fsync here cost a
+        // staging 18 ms instead of 1.
         Ok(staged)
     }
 

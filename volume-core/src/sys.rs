@@ -264,15 +264,33 @@ pub struct FileIdentity {
 
 /// statx of the descriptor itself (AT_EMPTY_PATH), following nothing.
 pub fn file_identity(fd: BorrowedFd<'_>) -> io::Result<FileIdentity> {
+    statx_identity(fd, c"", libc::AT_EMPTY_PATH)
+}
+
+/// statx of `name` in directory `dir`, not following a final symlink (but crossing
+/// into a mount on it): no descriptor of what it names is held, so a mount there is
+/// not kept busy by the look.
+pub fn file_identity_at(dir: BorrowedFd<'_>, name: &std::ffi::OsStr) -> io::Result<FileIdentity> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(name.as_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    statx_identity(dir, &c, 0)
+}
+
+fn statx_identity(
+    fd: BorrowedFd<'_>,
+    path: &std::ffi::CStr,
+    flags: libc::c_int,
+) -> io::Result<FileIdentity> {
     // SAFETY: statx is a plain C struct of integers; all-zero is a valid value.
     let mut stx: libc::statx = unsafe { std::mem::zeroed() };
-    // SAFETY: the empty path is NUL-terminated and static, `stx` is live and writable
-    // for the call, and `fd` is valid for it (AT_EMPTY_PATH: the descriptor itself).
+    // SAFETY: `path` is NUL-terminated and outlives the call, `stx` is live and
+    // writable for it, and `fd` is valid for it.
     let rc = unsafe {
         libc::statx(
             fd.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+            path.as_ptr(),
+            flags | libc::AT_SYMLINK_NOFOLLOW,
             libc::STATX_INO | libc::STATX_TYPE | libc::STATX_MODE,
             &mut stx,
         )

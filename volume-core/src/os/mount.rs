@@ -240,19 +240,18 @@ impl RealMounter {
 impl RealMounter {
     /// What is at `path`, against `expected`.
     fn identify(&self, path: &Path, expected: &Expected) -> io::Result<Found> {
-        let mp = match MountPoint::open(path) {
-            Ok(mp) => mp,
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(Found::Nothing),
-            Err(e) if is_dead_fs(&e) => return self.identify_by_table(path, expected),
-            Err(e) => return Err(e),
-        };
-        let id = match mp.identity() {
+        let id = match crate::os::mountpoint::identity_of(path) {
             Ok(id) => id,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(Found::Nothing),
             // A filesystem that no longer answers (a FUSE server gone, an xfs shut
             // down after an I/O error) is still recognised by the mount table.
             Err(e) if is_dead_fs(&e) => return self.identify_by_table(path, expected),
             Err(e) => return Err(e),
         };
+        // A symlink is never what the daemon mounted (and is not followed above).
+        if id.mode & libc::S_IFMT == libc::S_IFLNK {
+            return Err(io::Error::from_raw_os_error(libc::ELOOP));
+        }
         let entry = self.mount_at(path)?;
         let is_mount = match id.mount_root {
             Some(root) => root,
@@ -430,10 +429,20 @@ impl Mounter for RealMounter {
     fn unmount_expected(&self, path: &Path, expected: &Expected) -> io::Result<Found> {
         let found = self.identify(path, expected)?;
         if found == Found::Expected {
-            match crate::os::mountpoint::unmount_beneath(path) {
-                Ok(()) => {}
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(Found::Nothing),
-                Err(e) => return Err(e),
+            // A moment of EBUSY passes: a process the daemon forks (mkfs, btrfs) holds
+            // copies of the daemon's descriptors until its exec. A mount in real use
+            // stays busy and is reported.
+            let mut tries = 0;
+            loop {
+                match crate::os::mountpoint::unmount_beneath(path) {
+                    Ok(()) => break,
+                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(Found::Nothing),
+                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) && tries < 10 => {
+                        tries += 1;
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                    }
+                    Err(e) => return Err(e),
+                }
             }
         }
         Ok(found)

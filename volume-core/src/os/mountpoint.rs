@@ -244,6 +244,15 @@ fn open_or_make_dir(dir: BorrowedFd<'_>, name: &Path) -> io::Result<OwnedFd> {
     }
 }
 
+/// The statx identity of what canonical `path` names (the root of a mount on it, if
+/// any), looked up beneath its parent's descriptor without following links and
+/// without holding a descriptor of it: a descriptor would keep a mount there busy
+/// (and a process forked meanwhile would inherit it until its exec).
+pub fn identity_of(path: &Path) -> io::Result<sys::FileIdentity> {
+    let (dir, name) = open_parent(path)?;
+    sys::file_identity_at(dir.as_fd(), name)
+}
+
 /// Unmounts the topmost mount at canonical `path`, reached through its parent's
 /// descriptor (resolved without links) and never following a link in the last
 /// component. A descriptor of the mount itself would keep it busy; the parent's does
