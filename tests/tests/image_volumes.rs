@@ -383,6 +383,23 @@ async fn fuse_image_volume_is_served_by_stowage_overlay_beyond_the_daemon() {
     let target = daemon.root().join("pods/f/img");
     c.stage_and_publish(&id, &staging, &target).await;
     assert_eq!(fs_type_at(&target).as_deref(), Some("fuse.stowage-overlay"));
+    // Named after its writable layer, so that unpublish knows it from any other.
+    let source = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .rev()
+        .find(|l| l.split(' ').nth(4).is_some_and(|p| Path::new(p) == target))
+        .and_then(|l| {
+            l.split(" - ")
+                .nth(1)
+                .and_then(|r| r.split(' ').nth(1))
+                .map(str::to_string)
+        })
+        .unwrap();
+    assert!(
+        source.starts_with(&format!("stowage-overlay:{id}/pub-")),
+        "{source}"
+    );
     assert_layers_visible(&target);
     std::fs::write(target.join("written.txt"), "through FUSE").unwrap();
 

@@ -655,12 +655,20 @@ impl VolumeManager {
                     .mounter
                     .mount(Path::new("overlay"), &mp, "overlay", &mount_opts)
             }
-            crate::params::OverlayBackend::Fuse => self.host.mounter.mount_fuse_overlay(
-                &self.node.overlay_program,
-                &data,
-                &mp,
-                opts.read_only,
-            ),
+            crate::params::OverlayBackend::Fuse => {
+                // Named after its writable layer: how unpublish tells it from any
+                // other stowage-overlay mount at the target.
+                let data = format!(
+                    "{data},fsname={}",
+                    crate::os::mount::fuse_overlay_fsname(&upper)
+                );
+                self.host.mounter.mount_fuse_overlay(
+                    &self.node.overlay_program,
+                    &data,
+                    &mp,
+                    opts.read_only,
+                )
+            }
         };
         if let Err(e) = mounted {
             if created {

@@ -319,12 +319,30 @@ fn is_dead_fs(e: &io::Error) -> bool {
     )
 }
 
-/// An image volume's overlay with writable layer `upper` (kernel overlayfs), or its
-/// `stowage-overlay` FUSE mount.
+/// The fsname of the `stowage-overlay` mount whose writable layer is `upper`
+/// (`<volume dir>/pub-<hash>/upper`): `stowage-overlay:<volume id>/pub-<hash>`.
+pub fn fuse_overlay_fsname(upper: &Path) -> String {
+    let publication = upper.parent();
+    let name = |p: Option<&Path>| {
+        p.and_then(Path::file_name)
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    format!(
+        "stowage-overlay:{}/{}",
+        name(publication.and_then(Path::parent)),
+        name(publication)
+    )
+}
+
+/// An image volume's overlay with writable layer `upper`: kernel overlayfs with that
+/// upperdir, or the `stowage-overlay` FUSE mount named after it (or, mounted by an
+/// earlier release, plainly `stowage-overlay`).
 fn overlay_is(e: &MountEntry, upper: &Path) -> bool {
     let want = format!("upperdir={}", upper.display());
     (e.fs_type == "overlay" && e.super_options.split(',').any(|o| unescape(o) == want))
-        || (e.fs_type.starts_with("fuse") && e.source == "stowage-overlay")
+        || (e.fs_type.starts_with("fuse")
+            && (e.source == fuse_overlay_fsname(upper) || e.source == "stowage-overlay"))
 }
 
 fn judged(ours: bool, entry: Option<&MountEntry>) -> Found {
