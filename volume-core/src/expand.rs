@@ -110,7 +110,19 @@ impl VolumeManager {
             return Ok(());
         }
         let fs = rec.fs.unwrap_or(FsType::Ext4);
-        if let Err(e) = self.host.formatter.grow(&device, Some(&stage.path), fs) {
+        // The growing tool is given the mount through a descriptor resolved without
+        // links, once it is known to be this volume's.
+        let mount = crate::os::MountPoint::open(&stage.path)
+            .map_err(|e| crate::node::resolve_err(&stage.path, "staging path", e))?;
+        if !self.is_staged_in_place(rec)? {
+            return Err(Error::FailedPrecondition(format!(
+                "volume {} is not mounted at its staging path {}",
+                rec.id,
+                stage.path.display()
+            )));
+        }
+        let via = mount.proc_path_for_children();
+        if let Err(e) = self.host.formatter.grow(&device, Some(&via), fs) {
             if fs == FsType::Ext4 && e.to_string().contains("Permission denied") {
                 return Err(Error::FailedPrecondition(format!(
                     "online ext4 resize was refused ({e}); the kernel requires \

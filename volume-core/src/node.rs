@@ -326,6 +326,11 @@ impl VolumeManager {
         self.probe(&p.target, &self.expected_publication(rec, p)?)
     }
 
+    /// True when the recorded staging is in place (see [`Self::staging_state`]).
+    pub(crate) fn is_staged_in_place(&self, rec: &VolumeRecord) -> Result<bool> {
+        Ok(self.staging_state(rec)? == Found::Expected)
+    }
+
     /// Mounts a volume at its staging path; returns the loop device of a loop volume.
     /// On failure nothing it attached stays attached.
     pub(crate) fn mount_staging(
@@ -794,16 +799,18 @@ impl VolumeManager {
             };
             return Ok((usage, self.node_health(&rec, None)?));
         }
-        let st = nix::sys::statvfs::statvfs(path)
-            .map_err(|e| Error::io(format!("statvfs {}", path.display()), e.into()))?;
-        let frsize = st.fragment_size() as u64;
+        // Through a descriptor resolved without links: the numbers are this mount's.
+        let st = MountPoint::open(path)
+            .and_then(|mp| nix::sys::statvfs::fstatvfs(mp.fd()).map_err(io::Error::from))
+            .map_err(|e| Error::io(format!("statvfs {}", path.display()), e))?;
+        let frsize = st.fragment_size();
         let mut usage = VolumeUsage {
-            total_bytes: st.blocks() as u64 * frsize,
-            available_bytes: st.blocks_available() as u64 * frsize,
-            used_bytes: (st.blocks() as u64 - st.blocks_free() as u64) * frsize,
-            total_inodes: st.files() as u64,
-            used_inodes: (st.files() as u64).saturating_sub(st.files_free() as u64),
-            available_inodes: st.files_available() as u64,
+            total_bytes: st.blocks() * frsize,
+            available_bytes: st.blocks_available() * frsize,
+            used_bytes: (st.blocks() - st.blocks_free()) * frsize,
+            total_inodes: st.files(),
+            used_inodes: (st.files()).saturating_sub(st.files_free()),
+            available_inodes: st.files_available(),
         };
         if rec.kind.is_directory() {
             // A directory shares the pool's filesystem: report against its own size.

@@ -401,11 +401,7 @@ impl Mounter for RealMounter {
         // directory (/proc/<pid>/fd/<n>), which mount(2) follows to exactly that
         // directory whatever happened to the caller's path since. The link stays valid
         // while we wait: the program returns once its server has mounted.
-        let via = format!(
-            "/proc/{}/fd/{}",
-            std::process::id(),
-            std::os::fd::AsRawFd::as_raw_fd(&target.fd())
-        );
+        let via = target.proc_path_for_children();
         let out = std::process::Command::new(program)
             .arg("-o")
             .arg(data)

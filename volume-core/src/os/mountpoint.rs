@@ -218,6 +218,16 @@ impl MountPoint {
         ))
     }
 
+    /// `/proc/<this process>/fd/N`: the same, for a program this process runs (a
+    /// child's own `/proc/self` is another process); valid while `self` lives.
+    pub fn proc_path_for_children(&self) -> PathBuf {
+        PathBuf::from(format!(
+            "/proc/{}/fd/{}",
+            std::process::id(),
+            std::os::fd::AsRawFd::as_raw_fd(&self.fd)
+        ))
+    }
+
     /// statx identity of what the descriptor names.
     pub fn identity(&self) -> io::Result<sys::FileIdentity> {
         sys::file_identity(self.fd.as_fd())
