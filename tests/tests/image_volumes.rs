@@ -441,13 +441,15 @@ async fn fuse_image_volume_is_served_by_stowage_overlay_beyond_the_daemon() {
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
-    for _ in 0..100 {
-        if std::fs::metadata(&dead_target).is_err_and(|e| e.raw_os_error() == Some(libc::ENOTCONN))
-        {
-            break;
+    let dead = (0..100).any(|_| {
+        let gone = std::fs::metadata(&dead_target)
+            .is_err_and(|e| e.raw_os_error() == Some(libc::ENOTCONN));
+        if !gone {
+            std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+        gone
+    });
+    assert!(dead, "the publication did not become a dead FUSE mount");
     c.unpublish(&id, &dead_target)
         .await
         .expect("unpublish of a dead FUSE mount");

@@ -44,6 +44,15 @@ async fn state_pool_images_and_metadata_are_root_only() {
     assert_eq!(mode(&state.join("stowage.redb")), 0o600);
     assert_eq!(mode(&state.join("pool")), 0o700, "the pool's root");
     assert_eq!(mode(&image), 0o600);
+    // The probe itself works: user nobody reads a world-readable file.
+    let control = daemon.root().join("readable");
+    std::fs::write(&control, b"x").unwrap();
+    std::fs::set_permissions(daemon.root(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&control, std::fs::Permissions::from_mode(0o644)).unwrap();
+    assert!(
+        nobody_can_read(&control),
+        "setpriv cannot read as nobody at all"
+    );
     for path in [
         state.join("pool.img"),
         state.join("stowage.redb"),

@@ -63,10 +63,7 @@ impl VolumeManager {
     pub fn expand_on_node(&self, id: &str, path: &Path) -> Result<u64> {
         let _guard = self.claim(id)?;
         let mut rec = self.get(id)?;
-        let path = &crate::os::mountpoint::canonical(path).map_err(|_| Error::PathNotFound {
-            id: id.to_string(),
-            path: path.to_path_buf(),
-        })?;
+        let path = &crate::node::volume_path(id, path)?;
         let known = rec.staging.as_ref().is_some_and(|s| s.path == *path)
             || rec.publications.iter().any(|p| p.target == *path);
         if !known {
@@ -121,7 +118,7 @@ impl VolumeManager {
                 stage.path.display()
             )));
         }
-        let via = mount.proc_path_for_children();
+        let via = mount.proc_path();
         if let Err(e) = self.host.formatter.grow(&device, Some(&via), fs) {
             if fs == FsType::Ext4 && e.to_string().contains("Permission denied") {
                 return Err(Error::FailedPrecondition(format!(

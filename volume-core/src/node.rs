@@ -57,6 +57,16 @@ pub(crate) fn path_arg(path: &Path, what: &str) -> Result<PathBuf> {
         .map_err(|e| Error::InvalidArgument(format!("{what} {:?} {e}", path.display().to_string())))
 }
 
+/// A path a caller says volume `id` is at (NodeGetVolumeStats, NodeExpandVolume) in
+/// canonical form; one not even in the form of a path the volume could be at is not
+/// one it is at (NOT_FOUND, as CSI asks).
+pub(crate) fn volume_path(id: &str, path: &Path) -> Result<PathBuf> {
+    canonical(path).map_err(|_| Error::PathNotFound {
+        id: id.to_string(),
+        path: path.to_path_buf(),
+    })
+}
+
 /// An error resolving a caller's path: a link in it, or a file where a directory must
 /// be, is the caller's to fix (INVALID_ARGUMENT); anything else is the system's.
 pub(crate) fn resolve_err(path: &Path, what: &str, e: io::Error) -> Error {
@@ -769,11 +779,7 @@ impl VolumeManager {
     /// Usage and health of volume `id` mounted at `path` (its staging path or a target).
     pub fn stats(&self, id: &str, path: &Path) -> Result<(VolumeUsage, VolumeHealth)> {
         let rec = self.get(id)?;
-        // A path not even in the form of one the volume could be at is not one it is at.
-        let path = &canonical(path).map_err(|_| Error::PathNotFound {
-            id: id.to_string(),
-            path: path.to_path_buf(),
-        })?;
+        let path = &volume_path(id, path)?;
         let expected = match rec.staging.as_ref().filter(|s| s.path == *path) {
             Some(_) => Some(self.expected_staging(&rec)?),
             None => match rec.publications.iter().find(|p| p.target == *path) {

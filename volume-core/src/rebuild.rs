@@ -112,60 +112,20 @@ impl VolumeManager {
         let mut report = RebuildReport::default();
         let exists = |p: &Path| std::fs::symlink_metadata(p).is_ok();
 
-        let (volumes, bad) = Store::read_mirror::<VolumeRecord>(&mirror)?;
-        report
-            .skipped
-            .extend(bad.iter().map(|p| p.display().to_string()));
-        for mut rec in volumes {
-            if !is_valid_id(&rec.id) || !exists(&self.pool.volume_dir(&rec.id)) {
-                report.skipped.push(rec.id);
-                continue;
-            }
-            // Where it was mounted is the old database's knowledge; the mounts
-            // themselves are found again by the CO's next calls.
-            rec.staging = None;
-            rec.publications.clear();
-            rec.container_mounts.clear();
-            rec.plugin_callers.clear();
-            self.restore(&rec, &mut report)?;
-        }
-        let (snapshots, bad) = Store::read_mirror::<SnapshotRecord>(&mirror)?;
-        report
-            .skipped
-            .extend(bad.iter().map(|p| p.display().to_string()));
-        for rec in snapshots {
-            if has_id_shape("s-", &rec.id) && exists(&self.pool.snapshot_dir(&rec.id)) {
-                self.restore(&rec, &mut report)?;
-            } else {
-                report.skipped.push(rec.id);
-            }
-        }
-        let (groups, bad) = Store::read_mirror::<GroupSnapshotRecord>(&mirror)?;
-        report
-            .skipped
-            .extend(bad.iter().map(|p| p.display().to_string()));
-        for rec in groups {
-            if rec
-                .snapshot_ids
-                .iter()
-                .all(|s| has_id_shape("s-", s) && exists(&self.pool.snapshot_dir(s)))
-            {
-                self.restore(&rec, &mut report)?;
-            } else {
-                report.skipped.push(rec.id);
-            }
-        }
-        let (replicas, bad) = Store::read_mirror::<ReplicaRecord>(&mirror)?;
-        report
-            .skipped
-            .extend(bad.iter().map(|p| p.display().to_string()));
-        for rec in replicas {
-            if is_valid_id(&rec.id) && exists(&self.replica_dir(&rec.id)) {
-                self.restore(&rec, &mut report)?;
-            } else {
-                report.skipped.push(rec.id);
-            }
-        }
+        // The mirror holds no mount state (see `Record::mirror_json`): the mounts
+        // themselves are found again by the CO's next calls.
+        self.restore_mirrored::<VolumeRecord>(&mirror, &mut report, |r| {
+            is_valid_id(&r.id) && exists(&self.pool.volume_dir(&r.id))
+        })?;
+        let snapshot_kept =
+            |id: &str| has_id_shape("s-", id) && exists(&self.pool.snapshot_dir(id));
+        self.restore_mirrored::<SnapshotRecord>(&mirror, &mut report, |r| snapshot_kept(&r.id))?;
+        self.restore_mirrored::<GroupSnapshotRecord>(&mirror, &mut report, |r| {
+            r.snapshot_ids.iter().all(|s| snapshot_kept(s))
+        })?;
+        self.restore_mirrored::<ReplicaRecord>(&mirror, &mut report, |r| {
+            is_valid_id(&r.id) && exists(&self.replica_dir(&r.id))
+        })?;
 
         let dir = self.pool.root().join(VOLUMES_DIR);
         let mut names: Vec<String> = std::fs::read_dir(&dir)
@@ -193,9 +153,26 @@ impl VolumeManager {
         Ok(report)
     }
 
-    fn restore<R: Record>(&self, rec: &R, report: &mut RebuildReport) -> Result<()> {
-        self.store.put(rec)?;
-        report.restored.push(rec.id().to_string());
+    /// Puts back every mirrored record of kind `R` whose storage is still in the pool
+    /// (`kept`); the others, and mirror files that do not decode, are reported skipped.
+    fn restore_mirrored<R: Record>(
+        &self,
+        mirror: &Path,
+        report: &mut RebuildReport,
+        kept: impl Fn(&R) -> bool,
+    ) -> Result<()> {
+        let (records, bad) = Store::read_mirror::<R>(mirror)?;
+        report
+            .skipped
+            .extend(bad.iter().map(|p| p.display().to_string()));
+        for rec in records {
+            if kept(&rec) {
+                self.store.put(&rec)?;
+                report.restored.push(rec.id().to_string());
+            } else {
+                report.skipped.push(rec.id().to_string());
+            }
+        }
         Ok(())
     }
 

@@ -252,10 +252,13 @@ impl RealMounter {
         if id.mode & libc::S_IFMT == libc::S_IFLNK {
             return Err(io::Error::from_raw_os_error(libc::ELOOP));
         }
-        let entry = self.mount_at(path)?;
+        // The mount table (every mount on the node) is read only where statx does
+        // not settle it: an overlay, a kernel without STATX_ATTR_MOUNT_ROOT, the
+        // description of a mount that is not ours.
+        let table = || self.mount_at(path);
         let is_mount = match id.mount_root {
             Some(root) => root,
-            None => entry.is_some(),
+            None => table()?.is_some(),
         };
         if !is_mount {
             return Ok(Found::Nothing);
@@ -275,9 +278,12 @@ impl RealMounter {
                 id.mode & libc::S_IFMT == libc::S_IFBLK
                     && devs.iter().any(|d| rdev_of(d) == Some(id.rdev))
             }
-            Expected::Overlay(upper) => entry.as_ref().is_some_and(|e| overlay_is(e, upper)),
+            Expected::Overlay(upper) => table()?.is_some_and(|e| overlay_is(&e, upper)),
         };
-        Ok(judged(ours, entry.as_ref()))
+        if ours {
+            return Ok(Found::Expected);
+        }
+        Ok(judged(false, table()?.as_ref()))
     }
 
     /// What is at `path` by the mount table alone, for a filesystem that does not
@@ -401,7 +407,7 @@ impl Mounter for RealMounter {
         // directory (/proc/<pid>/fd/<n>), which mount(2) follows to exactly that
         // directory whatever happened to the caller's path since. The link stays valid
         // while we wait: the program returns once its server has mounted.
-        let via = target.proc_path_for_children();
+        let via = target.proc_path();
         let out = std::process::Command::new(program)
             .arg("-o")
             .arg(data)

@@ -209,18 +209,11 @@ impl MountPoint {
         self.created
     }
 
-    /// `/proc/self/fd/N` for this descriptor: a path that mount(2) and umount2(2)
-    /// follow to exactly this file, whatever happened to the path since.
+    /// `/proc/<this process>/fd/N` for this descriptor: a path that mount(2) and the
+    /// programs this process runs follow to exactly this file, whatever happened to
+    /// the path since (a child's own `/proc/self` would be another process); valid
+    /// while `self` lives.
     pub fn proc_path(&self) -> PathBuf {
-        PathBuf::from(format!(
-            "/proc/self/fd/{}",
-            std::os::fd::AsRawFd::as_raw_fd(&self.fd)
-        ))
-    }
-
-    /// `/proc/<this process>/fd/N`: the same, for a program this process runs (a
-    /// child's own `/proc/self` is another process); valid while `self` lives.
-    pub fn proc_path_for_children(&self) -> PathBuf {
         PathBuf::from(format!(
             "/proc/{}/fd/{}",
             std::process::id(),
