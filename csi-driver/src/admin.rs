@@ -41,6 +41,7 @@ pub fn to_pb_volume(driver: &Driver, rec: &VolumeRecord) -> pb::Volume {
         id: rec.id.clone(),
         name: rec.name.clone(),
         kind: rec.kind.to_string(),
+        layout: driver.manager.layout_of(rec).to_string(),
         fs_type: rec.fs.map(|f| f.to_string()).unwrap_or_default(),
         capacity_bytes: rec.capacity,
         capacity_enforced: rec.capacity_enforced,

@@ -390,6 +390,7 @@ pub fn volume_json(v: &pb::Volume) -> serde_json::Value {
         "id": v.id,
         "name": v.name,
         "kind": v.kind,
+        "layout": if v.layout.is_empty() { serde_json::Value::Null } else { json!(v.layout) },
         "fs": if v.fs_type.is_empty() { serde_json::Value::Null } else { json!(v.fs_type) },
         "capacity_bytes": v.capacity_bytes,
         "capacity": format_size(v.capacity_bytes),

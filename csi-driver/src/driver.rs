@@ -12,6 +12,9 @@ use volume_core::{
 
 use crate::TOPOLOGY_KEY;
 
+/// The volume context key naming a volume's layout (`btrfs-nocow`, `host-image`, ...).
+pub const LAYOUT_CONTEXT_KEY: &str = "layout";
+
 /// Node identity and limits, from the daemon's flags.
 #[derive(Debug, Clone)]
 pub struct DriverConfig {
@@ -149,7 +152,8 @@ impl Driver {
             .is_none_or(|n| *n == self.config.node_id)
     }
 
-    /// The CSI view of a volume record.
+    /// The CSI view of a volume record; its context is the parameters it was created
+    /// with and [`LAYOUT_CONTEXT_KEY`].
     pub fn to_csi_volume(&self, rec: &VolumeRecord) -> csi::Volume {
         csi::Volume {
             capacity_bytes: i64::try_from(rec.capacity).unwrap_or(i64::MAX),
@@ -158,6 +162,10 @@ impl Driver {
                 .parameters
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
+                .chain(std::iter::once((
+                    LAYOUT_CONTEXT_KEY.to_string(),
+                    self.manager.layout_of(rec).to_string(),
+                )))
                 .collect(),
             content_source: rec.content_source.as_ref().map(content_source),
             accessible_topology: std::iter::once(self.topology())

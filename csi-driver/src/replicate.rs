@@ -580,7 +580,11 @@ async fn stream_to(
         interval_secs: spec.interval_secs,
         replica_nodes: spec.nodes.clone(),
         resume_offset: 0,
-        stream_format: driver.manager.stream_format().as_str().to_string(),
+        stream_format: driver
+            .manager
+            .stream_format_of(&snap.volume)
+            .as_str()
+            .to_string(),
     };
     let (tx, rx) = tokio::sync::mpsc::channel::<pb::SnapshotChunk>(4);
     let sending = {

@@ -80,6 +80,11 @@ impl StateLayout {
         self.root.join("pool.img")
     }
 
+    /// Where `host-image` loop volumes keep their images, beside the embedded pool.
+    pub fn host_images(&self) -> PathBuf {
+        self.root.join("images")
+    }
+
     /// Where the embedded pool is mounted.
     pub fn pool_mount(&self) -> PathBuf {
         self.root.join("pool")

@@ -103,9 +103,45 @@ impl Daemon {
         self.state_dir().join("pool/layers-store")
     }
 
-    /// The pool's volumes directory.
+    /// The pool's volumes directory (directory volumes, and loop volumes of the
+    /// `pool-image` layout).
     pub fn volumes_dir(&self) -> PathBuf {
         self.state_dir().join("pool/volumes")
+    }
+
+    /// The host-image directory's volumes directory (loop volumes of the
+    /// `host-image` layout, the default).
+    pub fn host_images_dir(&self) -> PathBuf {
+        self.state_dir().join("images/volumes")
+    }
+
+    /// Volume `id`'s directory, wherever its layout keeps it.
+    pub fn volume_dir(&self, id: &str) -> PathBuf {
+        let host = self.host_images_dir().join(id);
+        if host.exists() {
+            host
+        } else {
+            self.volumes_dir().join(id)
+        }
+    }
+
+    /// Loop devices on any volume's image (in the pool or on the host).
+    pub fn volume_loops(&self) -> Vec<PathBuf> {
+        let mut out = loops_under(&self.volumes_dir());
+        out.extend(loops_under(&self.host_images_dir()));
+        out
+    }
+
+    /// Names of the volume directories in the pool and in the host-image directory.
+    pub fn volume_entries(&self) -> Vec<std::ffi::OsString> {
+        let mut out = Vec::new();
+        for dir in [self.volumes_dir(), self.host_images_dir()] {
+            if let Ok(entries) = std::fs::read_dir(dir) {
+                out.extend(entries.flatten().map(|e| e.file_name()));
+            }
+        }
+        out.sort();
+        out
     }
 
     fn spawn(&mut self) {

@@ -71,7 +71,9 @@ async fn dir_volume_quota_stops_writes_past_capacity() {
 
 #[tokio::test]
 async fn full_pool_gives_resource_exhausted_and_leaves_no_trace() {
-    let daemon = Daemon::start("1GiB", &[]);
+    // Loop images in the pool, so that a loop volume fills it (host images are
+    // preallocated on the host's filesystem: pool_layout_tests covers their NO_SPACE).
+    let daemon = Daemon::start("1GiB", &["--loop-images", "pool"]);
     let mut c = daemon.clients().await;
 
     // Fill most of the pool for real: a loop volume written through its mount.

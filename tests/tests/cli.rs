@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use stowage_tests::vol::{bin as vol_bin, fails, json, ok, run as vol};
 
-use stowage_tests::{Daemon, loops_under};
+use stowage_tests::Daemon;
 
 #[tokio::test]
 async fn every_command_prints_its_shape_and_exits_with_its_code() {
@@ -308,7 +308,7 @@ async fn attach_into_a_mount_namespace_reads_writes_and_detaches_cleanly() {
         "grep -c ' {target} ' /proc/self/mountinfo || true"
     ));
     assert_eq!(String::from_utf8_lossy(&r.stdout).trim(), "0");
-    assert!(loops_under(&d.volumes_dir()).is_empty());
+    assert!(d.volume_loops().is_empty());
 
     // Data written inside persisted in the volume.
     let box2 = Contained::start(false);

@@ -13,8 +13,8 @@ use std::process::Command;
 use stowage_proto::csi::v1 as csi;
 use stowage_proto::csi::v1::group_controller_client::GroupControllerClient;
 use stowage_tests::{
-    Daemon, block_cap, fs_total_bytes, loops_under, mount_cap, mounts_under, snapshot_source,
-    volume_source, write_synced,
+    Daemon, block_cap, fs_total_bytes, mount_cap, mounts_under, snapshot_source, volume_source,
+    write_synced,
 };
 use tonic::Code;
 
@@ -95,7 +95,7 @@ async fn snapshot_then_restore(params: &[(&str, &str)], bytes: i64, restore_byte
     c.delete_snapshot(&snap.snapshot_id).await.unwrap();
     assert!(c.list_ids().await.is_empty());
     assert!(c.list_snapshot_ids("").await.is_empty());
-    assert!(loops_under(&daemon.volumes_dir()).is_empty());
+    assert!(daemon.volume_loops().is_empty());
 }
 
 #[tokio::test]
@@ -233,7 +233,7 @@ async fn clone_is_independent(params: &[(&str, &str)], bytes: i64) {
         .await;
     c.delete(&clone.volume_id).await.unwrap();
     assert!(c.list_ids().await.is_empty());
-    assert!(loops_under(&daemon.volumes_dir()).is_empty());
+    assert!(daemon.volume_loops().is_empty());
 }
 
 #[tokio::test]
@@ -328,7 +328,7 @@ async fn xfs_volume_grows_online_and_df_sees_it() {
 
     c.unpublish_and_unstage(&id, &staging, &target).await;
     c.delete(&id).await.unwrap();
-    assert!(loops_under(&daemon.volumes_dir()).is_empty());
+    assert!(daemon.volume_loops().is_empty());
 }
 
 #[tokio::test]
@@ -434,7 +434,7 @@ async fn ext4_volume_grows_online_or_at_next_stage() {
 
     c.unpublish_and_unstage(&id, &staging, &target).await;
     c.delete(&id).await.unwrap();
-    assert!(loops_under(&daemon.volumes_dir()).is_empty());
+    assert!(daemon.volume_loops().is_empty());
 }
 
 /// A buffer of `len` bytes aligned for O_DIRECT (4 KiB), without unsafe.
@@ -498,7 +498,7 @@ async fn block_volume_holds_written_data_and_reports_its_size() {
     }
     // And it reached the volume's image in the pool.
     {
-        let mut img = std::fs::File::open(daemon.volumes_dir().join(&id).join("disk.img")).unwrap();
+        let mut img = std::fs::File::open(daemon.volume_dir(&id).join("disk.img")).unwrap();
         img.seek(SeekFrom::Start(OFFSET)).unwrap();
         let mut back = vec![0u8; pattern.len()];
         img.read_exact(&mut back).unwrap();
@@ -509,10 +509,10 @@ async fn block_volume_holds_written_data_and_reports_its_size() {
 
     c.unpublish(&id, &target).await.expect("unpublish");
     assert!(!target.exists(), "unpublish removes the target file");
-    assert_eq!(loops_under(&daemon.volumes_dir()).len(), 1, "still staged");
+    assert_eq!(daemon.volume_loops().len(), 1, "still staged");
     c.unstage(&id, &staging).await.expect("unstage");
     assert!(
-        loops_under(&daemon.volumes_dir()).is_empty(),
+        daemon.volume_loops().is_empty(),
         "unstage detaches the loop device"
     );
     c.delete(&id).await.unwrap();
@@ -730,7 +730,7 @@ async fn group_snapshot_restores_every_member_and_its_deletion_takes_the_members
         c.delete(id).await.unwrap();
     }
     assert!(c.list_ids().await.is_empty());
-    assert!(loops_under(&daemon.volumes_dir()).is_empty());
+    assert!(daemon.volume_loops().is_empty());
 }
 
 #[tokio::test]
@@ -763,7 +763,7 @@ async fn inline_ephemeral_volume_lives_from_publish_to_unpublish() {
     let total = fs_total_bytes(&target);
     assert!(total <= 64 << 20 && total > 48 << 20, "{total}");
     assert_eq!(c.list_ids().await.len(), 1);
-    assert_eq!(loops_under(&daemon.volumes_dir()).len(), 1);
+    assert_eq!(daemon.volume_loops().len(), 1);
 
     c.unpublish(co_id, &target).await.expect("NodeUnpublish");
     assert!(!target.exists(), "target removed");
@@ -771,10 +771,7 @@ async fn inline_ephemeral_volume_lives_from_publish_to_unpublish() {
         c.list_ids().await.is_empty(),
         "the inline volume is deleted"
     );
-    assert!(
-        loops_under(&daemon.volumes_dir()).is_empty(),
-        "no loop device left"
-    );
+    assert!(daemon.volume_loops().is_empty(), "no loop device left");
     let pool = daemon.state_dir().join("pool");
     let stray: Vec<_> = mounts_under(daemon.root())
         .into_iter()
@@ -782,7 +779,7 @@ async fn inline_ephemeral_volume_lives_from_publish_to_unpublish() {
         .collect();
     assert!(stray.is_empty(), "mounts left: {stray:?}");
     assert_eq!(
-        std::fs::read_dir(daemon.volumes_dir()).unwrap().count(),
+        daemon.volume_entries().len(),
         0,
         "no storage left in the pool"
     );

@@ -335,7 +335,7 @@ async fn image_volumes_overlay_imported_layers_with_a_kept_writable_layer() {
     c.unpublish_and_unstage(&id, &staging, &target).await;
     c.delete(&id).await.expect("DeleteVolume");
     assert_eq!(
-        std::fs::read_dir(daemon.volumes_dir()).unwrap().count(),
+        daemon.volume_entries().len(),
         0,
         "no storage left in the pool"
     );

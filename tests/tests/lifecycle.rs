@@ -2,7 +2,6 @@
 //! on a real daemon with real mounts.
 
 use std::io::Write;
-use std::path::Path;
 
 use stowage_tests::{Daemon, loops_under, mount_options, mounts_under};
 
@@ -48,13 +47,13 @@ async fn lifecycle(params: &[(&str, &str)], bytes: i64, expect_fs: &str) {
 
     if expect_fs == "btrfs" {
         // A directory volume's data is the subvolume itself.
-        let stored = daemon.volumes_dir().join(&id).join("data.bin");
+        let stored = daemon.volume_dir(&id).join("data.bin");
         assert_eq!(
             std::fs::metadata(stored).unwrap().len(),
             payload.len() as u64
         );
     } else {
-        let image = daemon.volumes_dir().join(&id).join("disk.img");
+        let image = daemon.volume_dir(&id).join("disk.img");
         assert_eq!(
             loops_under(&image).len(),
             1,
@@ -88,7 +87,7 @@ async fn lifecycle(params: &[(&str, &str)], bytes: i64, expect_fs: &str) {
             .any(|m| m.starts_with(&staging))
     );
     assert!(
-        loops_under(&daemon.volumes_dir()).is_empty(),
+        daemon.volume_loops().is_empty(),
         "no loop device left for the volume"
     );
 
@@ -100,8 +99,8 @@ async fn lifecycle(params: &[(&str, &str)], bytes: i64, expect_fs: &str) {
     c.delete(&id).await.expect("delete");
     c.delete(&id).await.expect("delete again is a no-op");
     assert!(!daemon.volumes_dir().join(&id).exists());
+    assert!(!daemon.host_images_dir().join(&id).exists());
     assert!(c.list_ids().await.is_empty());
-    assert!(!Path::new(&daemon.volumes_dir().join(&id)).exists());
 }
 
 #[tokio::test]

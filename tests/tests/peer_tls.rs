@@ -98,7 +98,7 @@ async fn mutual_tls_admits_the_cluster_and_refuses_the_rest() {
         .as_str()
         .unwrap()
         .to_string();
-    std::fs::write(a.volumes_dir().join(&id).join("f"), b"over tls").unwrap();
+    std::fs::write(a.volume_dir(&id).join("f"), b"over tls").unwrap();
     let sent = vol_json(&a, &["replicate", "tls", "--to", "b"]);
     assert_eq!(sent[0]["incremental"], false, "{sent:?}");
     let held = vol_json(&b, &["replica", "ls"]);

@@ -12,7 +12,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use stowage_tests::{Daemon, cleanup_under, loops_under, mounts_under, require_root};
+use stowage_tests::{Daemon, cleanup_under, mounts_under, require_root};
 
 const IMAGE: &str = "localhost/stowage-bb";
 const BUSYBOX: &str = "/bin/busybox";
@@ -230,7 +230,7 @@ async fn podman_runs_containers_on_a_stowage_volume() {
     let plugin_mounts = daemon.state_dir().join("plugin");
     let unstaged = |when: &str| {
         assert!(
-            loops_under(&daemon.volumes_dir()).is_empty(),
+            daemon.volume_loops().is_empty(),
             "{when}: a loop device is still attached:\n{}",
             daemon.log()
         );

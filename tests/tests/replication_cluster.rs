@@ -172,7 +172,7 @@ async fn three_hosts_replicate_resume_fail_over_and_resolve_split_brain() {
     assert_eq!(topo, ["a", "b", "c"]);
 
     // --- Written on the primary, on both replicas within two intervals. ---
-    let vol_dir = a.volumes_dir().join(&id);
+    let vol_dir = a.volume_dir(&id);
     write_synced(&vol_dir.join("one.bin"), &pattern(16 * MIB, 1));
     let one = sha256(&vol_dir.join("one.bin"));
     let two_intervals = Duration::from_secs(2 * INTERVAL);
@@ -274,7 +274,7 @@ async fn three_hosts_replicate_resume_fail_over_and_resolve_split_brain() {
     assert_eq!(promoted[0]["id"], id.as_str());
     let v = inspect(&b, "rep");
     assert!(v["generation"].as_u64().unwrap() > 1, "{v}");
-    let b_dir = b.volumes_dir().join(&id);
+    let b_dir = b.volume_dir(&id);
     // The promoted copy is exactly the last acknowledged snapshot.
     assert_eq!(sha256(&b_dir.join("one.bin")), one);
     assert_eq!(sha256(&b_dir.join("two.bin")), two);

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use stowage_tests::{Daemon, loops_under, mounts_under};
+use stowage_tests::{Daemon, mounts_under};
 
 fn is_mounted(p: &Path) -> bool {
     stowage_tests::mount_options(p).is_some()
@@ -25,7 +25,7 @@ async fn sigkill_after_staging_then_restart_keeps_volumes_and_leaks_nothing() {
         std::fs::write(target_l.join("before-crash"), b"kept").unwrap();
         (l, d)
     };
-    let loops_before = loops_under(&daemon.volumes_dir());
+    let loops_before = daemon.volume_loops();
     assert_eq!(loops_before.len(), 1);
 
     daemon.kill9();
@@ -42,7 +42,7 @@ async fn sigkill_after_staging_then_restart_keeps_volumes_and_leaks_nothing() {
         b"kept"
     );
     assert_eq!(
-        loops_under(&daemon.volumes_dir()),
+        daemon.volume_loops(),
         loops_before,
         "the same single loop device, none leaked"
     );
@@ -52,7 +52,7 @@ async fn sigkill_after_staging_then_restart_keeps_volumes_and_leaks_nothing() {
     c.unpublish(&loop_id, &target_l).await.unwrap();
     c.unstage(&loop_id, &staging_l).await.unwrap();
     c.unstage(&dir_id, &staging_d).await.unwrap();
-    assert!(loops_under(&daemon.volumes_dir()).is_empty());
+    assert!(daemon.volume_loops().is_empty());
     c.delete(&loop_id).await.unwrap();
     c.delete(&dir_id).await.unwrap();
     assert!(c.list_ids().await.is_empty());
@@ -78,7 +78,7 @@ async fn lost_mounts_are_restored_on_start() {
     for m in [&target, &staging] {
         nix::mount::umount2(m.as_path(), nix::mount::MntFlags::empty()).unwrap();
     }
-    for dev in loops_under(&daemon.volumes_dir()) {
+    for dev in daemon.volume_loops() {
         assert!(
             std::process::Command::new("losetup")
                 .arg("-d")
@@ -97,7 +97,7 @@ async fn lost_mounts_are_restored_on_start() {
         mounts_under(daemon.root())
     );
     assert_eq!(std::fs::read(target.join("file")).unwrap(), b"survives");
-    assert_eq!(loops_under(&daemon.volumes_dir()).len(), 1);
+    assert_eq!(daemon.volume_loops().len(), 1);
     assert!(daemon.log().contains("restored staging mount"));
 
     let mut c = daemon.clients().await;

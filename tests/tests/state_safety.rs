@@ -38,7 +38,7 @@ async fn state_pool_images_and_metadata_are_root_only() {
     let mut c = daemon.clients().await;
     let id = c.create("l", 64 << 20, &[("kind", "loop")]).await;
     let state = daemon.state_dir();
-    let image = daemon.volumes_dir().join(&id).join("disk.img");
+    let image = daemon.volume_dir(&id).join("disk.img");
     assert_eq!(mode(&state), 0o700);
     assert_eq!(mode(&state.join("pool.img")), 0o600);
     assert_eq!(mode(&state.join("stowage.redb")), 0o600);

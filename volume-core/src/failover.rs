@@ -118,6 +118,13 @@ impl VolumeManager {
                 .collect(),
             ..Default::default()
         };
+        // A chunk-diff replica of a loop volume (a copy, not a subvolume) becomes a
+        // host image again where this node keeps them, and keeps shipping chunk diffs.
+        let copied = !self.host.btrfs.is_subvolume(&source).unwrap_or(false);
+        if rec.kind == crate::model::VolumeKind::Loop && copied && self.pool.host_images().is_some()
+        {
+            rec.layout = Some(crate::model::Layout::HostImage);
+        }
         self.store.put(&rec)?;
         if let Err(e) = self.pool.allocate(&mut rec, Some(&source)) {
             if let Err(undo) = self.store.remove::<VolumeRecord>(&id) {

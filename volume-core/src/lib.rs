@@ -21,6 +21,8 @@ pub mod os;
 pub mod params;
 pub mod plugin_mounts;
 pub mod pool;
+#[cfg(test)]
+mod pool_layout_tests;
 pub mod rebuild;
 pub mod reconcile;
 pub mod replication;

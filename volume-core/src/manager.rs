@@ -342,6 +342,11 @@ impl VolumeManager {
         Ok(size)
     }
 
+    /// How volume `rec`'s data sits on this node.
+    pub fn layout_of(&self, rec: &VolumeRecord) -> crate::model::Layout {
+        self.pool.layout_of(rec)
+    }
+
     /// Creates a volume, or returns the existing one of the same name when it is
     /// compatible (CreateVolume is idempotent by name).
     pub fn create(&self, req: &CreateRequest) -> Result<VolumeRecord> {
@@ -400,6 +405,15 @@ impl VolumeManager {
             created_at: now(),
             content_source: req.source.clone(),
             fs_size: origin.as_ref().map(|o| o.1).unwrap_or(0),
+            layout: Some(
+                self.pool.layout_for_new(
+                    req.params.kind,
+                    req.params.replication.is_some(),
+                    req.mutable_parameters
+                        .get(crate::modify::COMPRESSION)
+                        .is_some_and(|c| c != "none"),
+                ),
+            ),
             generation: 1,
             replication: req.params.replication.map(|r| ReplicationSpec {
                 copies: r.copies,
@@ -677,6 +691,32 @@ pub(crate) mod tests {
             }
         };
         std::fs::create_dir_all(dir.path().join("pool")).unwrap();
+        let pool = Pool::open(&config, fake.host()).unwrap();
+        let store = Store::open(&dir.path().join("meta.redb")).unwrap();
+        let node = NodeIdentity {
+            node_id: "node-1".into(),
+            state_dir: dir.path().join("state"),
+            ephemeral_dir: dir.path().join("ephemeral"),
+            attach_dir: dir.path().join("attach"),
+            layers_dir: dir.path().join("layers"),
+            overlay_program: dir.path().join("stowage-overlay"),
+        };
+        let mgr = VolumeManager::new(store, pool, fake.host(), node);
+        Fixture { dir, fake, mgr }
+    }
+
+    /// A manager over an embedded pool (fake btrfs) with loop images of `loop_layout`
+    /// in `<tmp>/images`.
+    pub(crate) fn embedded_fixture(loop_layout: crate::model::Layout) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = FakeHost::new(true);
+        let config = PoolConfig::Embedded {
+            image: dir.path().join("pool.img"),
+            mount: dir.path().join("pool"),
+            size: 1 << 30,
+            images: dir.path().join("images"),
+            loop_layout,
+        };
         let pool = Pool::open(&config, fake.host()).unwrap();
         let store = Store::open(&dir.path().join("meta.redb")).unwrap();
         let node = NodeIdentity {

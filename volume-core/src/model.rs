@@ -60,6 +60,61 @@ impl fmt::Display for VolumeKind {
     }
 }
 
+/// How a volume's data sits on the node: which mechanism enforces its size and how
+/// many layers a write crosses on its way to the disk (ARCHITECTURE.md, "Data path").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Layout {
+    /// A btrfs subvolume with copy-on-write data (checksummed, compressible); its size
+    /// is a qgroup limit.
+    BtrfsSubvolume,
+    /// A btrfs subvolume whose files are nodatacow (overwritten in place, no
+    /// checksums, no compression); its size is a qgroup limit.
+    BtrfsNocow,
+    /// A directory on a pool that is not btrfs: its size is not enforced.
+    Directory,
+    /// An image file inside the pool (nodatacow in a subvolume on btrfs) on a loop
+    /// device.
+    PoolImage,
+    /// A preallocated image file on the host's own filesystem, beside the embedded
+    /// pool, on one loop device.
+    HostImage,
+    /// Read-only image layers under an overlay; the writable layers in the volume's
+    /// directory.
+    Overlay,
+}
+
+impl Layout {
+    /// The spelling shown in `vol inspect` and the volume context.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Layout::BtrfsSubvolume => "btrfs-subvolume",
+            Layout::BtrfsNocow => "btrfs-nocow",
+            Layout::Directory => "directory",
+            Layout::PoolImage => "pool-image",
+            Layout::HostImage => "host-image",
+            Layout::Overlay => "overlay",
+        }
+    }
+
+    /// The layout of a volume recorded before layouts were: what that release made
+    /// for `kind` on a pool that is (or is not) btrfs.
+    pub fn before_layouts(kind: VolumeKind, btrfs_pool: bool) -> Self {
+        match (kind, btrfs_pool) {
+            (VolumeKind::Dir, true) => Layout::BtrfsSubvolume,
+            (VolumeKind::Dir, false) => Layout::Directory,
+            (VolumeKind::Loop, _) => Layout::PoolImage,
+            (VolumeKind::Image, _) => Layout::Overlay,
+        }
+    }
+}
+
+impl fmt::Display for Layout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Filesystem inside a loop volume.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -245,6 +300,10 @@ pub struct VolumeRecord {
     /// Per peer, the newest replication snapshot it acknowledged (primary side).
     #[serde(default)]
     pub replicas: Vec<ReplicaAck>,
+    /// How its data sits on the node; `None` in records written before layouts were
+    /// recorded (see [`Layout::before_layouts`]).
+    #[serde(default)]
+    pub layout: Option<Layout>,
     /// The volume's generation: 1 when created, raised by every promotion of a
     /// replica. A node holding an older generation of the same volume is stale.
     #[serde(default)]

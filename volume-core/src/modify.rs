@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use crate::error::{Error, Result};
 use crate::manager::VolumeManager;
-use crate::model::{ReplicationSpec, VolumeKind, VolumeRecord};
+use crate::model::{Layout, ReplicationSpec, VolumeKind, VolumeRecord};
 use crate::params::{REPLICAS, REPLICATION_INTERVAL, parse_interval, parse_replicas};
 use crate::pool::{Pool, PoolBackend};
 
@@ -104,6 +104,11 @@ impl VolumeManager {
         validate(params, rec.kind, &self.pool)?;
         let replication = replication_after(&rec, params, new_nodes)?;
         apply(&self.pool, &rec, params)?;
+        if params.get(COMPRESSION).is_some_and(|c| c != "none") && rec.kind == VolumeKind::Dir {
+            // New files are compressed from now on (copy-on-write); nodatacow files
+            // written before keep their data as it is.
+            rec.layout = Some(Layout::BtrfsSubvolume);
+        }
         if rec.replication.is_some() && replication.is_none() {
             // No longer replicated: its replication snapshots have no use.
             self.release_replication(id)?;

@@ -6,17 +6,27 @@
 //! ```text
 //! volumes/<id>/            one directory per volume (a subvolume on btrfs)
 //! volumes/<id>/disk.img    the image file of a loop volume
+//! snapshots/<id>/          one directory per snapshot (a read-only subvolume on btrfs)
 //! ```
+//! Beside an embedded pool, loop volumes of the `host-image` layout keep their image
+//! on the host's own filesystem, so a write crosses one loop device rather than a
+//! filesystem in a loop device in a filesystem in another loop device:
+//! ```text
+//! <images>/volumes/<id>/disk.img     preallocated image of a loop volume
+//! <images>/snapshots/<id>/disk.img   its snapshots (reflinked where the host can)
+//! ```
+//! A volume's or snapshot's directory is found where it exists, so volumes made
+//! before this layout (`pool-image`) stay where they are.
 
 use std::collections::HashSet;
 use std::fs::OpenOptions;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::error::{Error, IoContext, Result};
-use crate::model::{FsType, PoolUsage, VolumeKind, VolumeRecord};
+use crate::model::{FsType, Layout, PoolUsage, VolumeKind, VolumeRecord};
 use crate::os::Host;
 use crate::os::btrfs::QgroupUsage;
 use crate::os::mount::MountOptions;
@@ -43,6 +53,11 @@ pub enum PoolConfig {
         mount: PathBuf,
         /// Size of the image when it is first created.
         size: u64,
+        /// The directory on the host's filesystem for `host-image` loop volumes.
+        images: PathBuf,
+        /// Where new loop volumes' images go: [`Layout::HostImage`] (one loop
+        /// device over a file of the host's filesystem) or [`Layout::PoolImage`].
+        loop_layout: Layout,
     },
     /// An existing btrfs mount (or a directory inside one).
     Btrfs {
@@ -80,6 +95,10 @@ pub struct Pool {
     root_dev: u64,
     /// Whether it was usable when last looked at (to log changes once).
     healthy: Arc<AtomicBool>,
+    /// The host-image directory beside an embedded pool.
+    images: Option<PathBuf>,
+    /// The layout of new loop volumes that are not replicated.
+    loop_layout: Layout,
 }
 
 impl Pool {
@@ -87,7 +106,9 @@ impl Pool {
     /// when needed (an already mounted one, e.g. after a daemon restart, is reused).
     pub fn open(config: &PoolConfig, host: Host) -> Result<Self> {
         let (root, want_btrfs) = match config {
-            PoolConfig::Embedded { image, mount, size } => {
+            PoolConfig::Embedded {
+                image, mount, size, ..
+            } => {
                 open_embedded(&host, image, mount, *size)?;
                 (mount.clone(), true)
             }
@@ -99,6 +120,21 @@ impl Pool {
                 .ctx(|| format!("create {}", root.join(sub).display()))?;
         }
         restrict_to_root(&root)?;
+        let (images, loop_layout) = match config {
+            PoolConfig::Embedded {
+                images,
+                loop_layout,
+                ..
+            } => {
+                for sub in [VOLUMES_DIR, SNAPSHOTS_DIR] {
+                    std::fs::create_dir_all(images.join(sub))
+                        .ctx(|| format!("create {}", images.join(sub).display()))?;
+                }
+                restrict_to_root(images)?;
+                (Some(images.clone()), *loop_layout)
+            }
+            _ => (None, Layout::PoolImage),
+        };
         let is_btrfs = host
             .btrfs
             .is_btrfs(&root)
@@ -129,6 +165,8 @@ impl Pool {
             embedded: matches!(config, PoolConfig::Embedded { .. }),
             root_dev,
             healthy: Arc::new(AtomicBool::new(true)),
+            images,
+            loop_layout,
         })
     }
 
@@ -229,10 +267,57 @@ impl Pool {
         matches!(self.backend, PoolBackend::Btrfs { .. })
     }
 
-    /// The directory of volume `id` (which must be a validated id).
+    /// The directory of volume `id` (which must be a validated id): in the host-image
+    /// directory when it is there, in the pool otherwise.
     pub fn volume_dir(&self, id: &str) -> PathBuf {
         debug_assert!(crate::manager::is_valid_id(id));
-        self.root.join(VOLUMES_DIR).join(id)
+        self.existing_entry(VOLUMES_DIR, id)
+    }
+
+    /// `<images>/<sub>/<id>` when it exists, else `<root>/<sub>/<id>`.
+    fn existing_entry(&self, sub: &str, id: &str) -> PathBuf {
+        if let Some(images) = &self.images {
+            let p = images.join(sub).join(id);
+            if std::fs::symlink_metadata(&p).is_ok() {
+                return p;
+            }
+        }
+        self.root.join(sub).join(id)
+    }
+
+    /// The directories that hold volume and snapshot entries: the pool's and, beside
+    /// an embedded pool, the host-image directory's.
+    pub fn entry_dirs(&self, sub: &str) -> Vec<PathBuf> {
+        std::iter::once(self.root.join(sub))
+            .chain(self.images.iter().map(|i| i.join(sub)))
+            .collect()
+    }
+
+    /// The host-image directory, beside an embedded pool.
+    pub fn host_images(&self) -> Option<&Path> {
+        self.images.as_deref()
+    }
+
+    /// The layout of volume `rec` (recorded, or what the release that made it used).
+    pub fn layout_of(&self, rec: &VolumeRecord) -> Layout {
+        rec.layout.unwrap_or_else(|| {
+            Layout::before_layouts(rec.kind, matches!(self.backend, PoolBackend::Btrfs { .. }))
+        })
+    }
+
+    /// The layout a new volume of `kind` gets: a loop volume's image on the host's
+    /// filesystem beside an embedded pool unless it is `replicated` (btrfs send ships
+    /// pool images); a directory nodatacow on btrfs unless it wants `compression`.
+    pub fn layout_for_new(&self, kind: VolumeKind, replicated: bool, compression: bool) -> Layout {
+        let btrfs = matches!(self.backend, PoolBackend::Btrfs { .. });
+        match kind {
+            VolumeKind::Loop if self.images.is_some() && !replicated => self.loop_layout,
+            VolumeKind::Loop => Layout::PoolImage,
+            VolumeKind::Dir if !btrfs => Layout::Directory,
+            VolumeKind::Dir if compression => Layout::BtrfsSubvolume,
+            VolumeKind::Dir => Layout::BtrfsNocow,
+            VolumeKind::Image => Layout::Overlay,
+        }
     }
 
     /// The image file of loop volume `id`.
@@ -240,9 +325,10 @@ impl Pool {
         self.volume_dir(id).join(IMAGE_FILE)
     }
 
-    /// The directory (a read-only subvolume on btrfs) of snapshot `id`.
+    /// The directory (a read-only subvolume on btrfs) of snapshot `id`: in the
+    /// host-image directory when it is there, in the pool otherwise.
     pub fn snapshot_dir(&self, id: &str) -> PathBuf {
-        self.root.join(SNAPSHOTS_DIR).join(id)
+        self.existing_entry(SNAPSHOTS_DIR, id)
     }
 
     /// Total and available bytes of the pool's filesystem.
@@ -319,6 +405,9 @@ impl Pool {
     }
 
     fn allocate_once(&self, rec: &mut VolumeRecord, origin: Option<&Path>) -> Result<()> {
+        if self.layout_of(rec) == Layout::HostImage {
+            return self.allocate_host_image(rec, origin);
+        }
         let available = self.usage()?.available;
         if rec.capacity > available {
             return Err(Error::NoSpace(format!(
@@ -329,6 +418,13 @@ impl Pool {
         let dir = self.volume_dir(&rec.id);
         rec.subvolume_id = match (&self.backend, origin) {
             (PoolBackend::Btrfs { .. }, None) => Some(self.host.btrfs.create_subvolume(&dir)?),
+            // A loop volume from a host image: a fresh subvolume, the image copied in.
+            (PoolBackend::Btrfs { .. }, Some(src))
+                if rec.kind == VolumeKind::Loop
+                    && !self.host.btrfs.is_subvolume(src).unwrap_or(false) =>
+            {
+                Some(self.host.btrfs.create_subvolume(&dir)?)
+            }
             (PoolBackend::Btrfs { .. }, Some(src)) => {
                 Some(self.host.btrfs.snapshot(src, &dir, false)?)
             }
@@ -345,18 +441,21 @@ impl Pool {
             }
         };
         let result = match (rec.kind, origin) {
-            (VolumeKind::Dir | VolumeKind::Image, _) => self.make_dir_volume(rec, &dir),
+            (VolumeKind::Dir | VolumeKind::Image, _) => {
+                self.make_dir_volume(rec, &dir, origin.is_none())
+            }
             (VolumeKind::Loop, None) => {
                 let fs = rec.fs.unwrap_or(FsType::Ext4);
                 rec.capacity_enforced = true;
                 rec.fs_size = rec.capacity;
                 self.make_image(&dir.join(IMAGE_FILE), rec.capacity, fs)
             }
-            (VolumeKind::Loop, Some(_)) => {
+            (VolumeKind::Loop, Some(src)) => {
                 // The copied filesystem keeps its size (`fs_size`, set by the caller);
                 // a larger image is grown now and the filesystem at its next stage.
                 rec.capacity_enforced = true;
-                self.grow_image(&rec.id, rec.capacity)
+                self.copy_image_if_missing(src, &dir)
+                    .and_then(|()| self.grow_image(&rec.id, rec.capacity))
             }
         };
         if let Err(e) = result {
@@ -368,13 +467,96 @@ impl Pool {
         Ok(())
     }
 
-    /// Grows a loop volume's image file to `size` bytes (never shrinks it).
+    /// Makes a `host-image` loop volume: a preallocated image on the host's
+    /// filesystem, formatted, or a copy of `origin`'s image (reflinked where the host
+    /// filesystem can, sparse otherwise) then preallocated to the volume's size.
+    /// Preallocated so that a volume never finds the host full under its filesystem
+    /// (an I/O error inside it) and writes do not allocate on the host. On failure
+    /// nothing is left behind.
+    fn allocate_host_image(&self, rec: &mut VolumeRecord, origin: Option<&Path>) -> Result<()> {
+        let Some(images) = &self.images else {
+            return Err(Error::FailedPrecondition(
+                "host-image volumes need an embedded pool's image directory".into(),
+            ));
+        };
+        let available = host_available(images)?.saturating_sub(HOST_RESERVE);
+        if rec.capacity > available {
+            return Err(Error::NoSpace(format!(
+                "requested: {} bytes, {available} available on the host filesystem of {} \
+                 (keeping {HOST_RESERVE} bytes free)",
+                rec.capacity,
+                images.display()
+            )));
+        }
+        let dir = images.join(VOLUMES_DIR).join(&rec.id);
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .ctx(|| format!("create {}", dir.display()))?;
+        rec.capacity_enforced = true;
+        let result = match origin {
+            None => {
+                rec.fs_size = rec.capacity;
+                self.make_image(
+                    &dir.join(IMAGE_FILE),
+                    rec.capacity,
+                    rec.fs.unwrap_or(FsType::Ext4),
+                )
+            }
+            Some(src) => self
+                .copy_image_if_missing(src, &dir)
+                .and_then(|()| self.grow_image(&rec.id, rec.capacity)),
+        };
+        if let Err(e) = result {
+            if let Err(cleanup) = std::fs::remove_dir_all(&dir) {
+                tracing::warn!(volume.id = %rec.id, error = %cleanup, "cleanup after failed create");
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Copies `src`'s image into `dir` unless a snapshot of the subvolume already
+    /// brought it: reflinked where both sides share a filesystem that can, holes kept.
+    /// In a btrfs directory marked nodatacow first, so the copy is nodatacow too.
+    fn copy_image_if_missing(&self, src: &Path, dir: &Path) -> Result<()> {
+        let image = dir.join(IMAGE_FILE);
+        if std::fs::symlink_metadata(&image).is_ok() {
+            return Ok(());
+        }
+        if matches!(self.backend, PoolBackend::Btrfs { .. }) && dir.starts_with(&self.root) {
+            let d = std::fs::File::open(dir).ctx(|| format!("open {}", dir.display()))?;
+            self.host
+                .btrfs
+                .set_nocow(&d)
+                .ctx(|| format!("set nodatacow on {}", dir.display()))?;
+        }
+        self.host.copier.copy_tree(&src.join(IMAGE_FILE), &image)?;
+        set_mode(&image, 0o600)
+    }
+
+    /// True when `path` is in the host-image directory.
+    fn is_host_image_entry(&self, path: &Path) -> bool {
+        self.images.as_ref().is_some_and(|i| path.starts_with(i))
+    }
+
+    /// Grows a loop volume's image file to `size` bytes (never shrinks it); a host
+    /// image is preallocated to its whole size.
     pub fn grow_image(&self, id: &str, size: u64) -> Result<()> {
         let image = self.image_path(id);
         let file = OpenOptions::new()
             .write(true)
             .open(&image)
             .ctx(|| format!("open {}", image.display()))?;
+        if self.is_host_image_entry(&image) {
+            return preallocate(&file, size).map_err(|e| match e {
+                nix::errno::Errno::ENOSPC => Error::NoSpace(format!(
+                    "{size} bytes for {} do not fit on the host filesystem",
+                    image.display()
+                )),
+                e => Error::io(format!("preallocate {}", image.display()), e.into()),
+            });
+        }
         let len = file
             .metadata()
             .ctx(|| format!("stat {}", image.display()))?
@@ -405,10 +587,23 @@ impl Pool {
     /// or a sparse-aware copy on plain pools. On failure nothing is left behind.
     pub fn take_snapshot(&self, volume_id: &str, snapshot_id: &str) -> Result<()> {
         let src = self.volume_dir(volume_id);
-        let dest = self.snapshot_dir(snapshot_id);
-        let result = match self.backend {
-            PoolBackend::Btrfs { .. } => self.host.btrfs.snapshot(&src, &dest, true).map(|_| ()),
-            PoolBackend::Plain => self.host.copier.copy_tree(&src, &dest),
+        let (dest, result) = match (&self.images, &self.backend) {
+            // A host image's snapshot is a copy beside it (a reflink where the host can).
+            (Some(images), _) if src.starts_with(images) => {
+                let dest = images.join(SNAPSHOTS_DIR).join(snapshot_id);
+                let result = self.host.copier.copy_tree(&src, &dest);
+                (dest, result)
+            }
+            (_, PoolBackend::Btrfs { .. }) => {
+                let dest = self.root.join(SNAPSHOTS_DIR).join(snapshot_id);
+                let result = self.host.btrfs.snapshot(&src, &dest, true).map(|_| ());
+                (dest, result)
+            }
+            (_, PoolBackend::Plain) => {
+                let dest = self.root.join(SNAPSHOTS_DIR).join(snapshot_id);
+                let result = self.host.copier.copy_tree(&src, &dest);
+                (dest, result)
+            }
         };
         if result.is_err() {
             let _ = self.remove_dir(&dest);
@@ -421,9 +616,30 @@ impl Pool {
         self.remove_dir(&self.snapshot_dir(id))
     }
 
-    fn make_dir_volume(&self, rec: &mut VolumeRecord, dir: &Path) -> Result<()> {
+    fn make_dir_volume(&self, rec: &mut VolumeRecord, dir: &Path, fresh: bool) -> Result<()> {
         match self.backend {
             PoolBackend::Btrfs { .. } => {
+                if rec.kind == VolumeKind::Dir {
+                    let d = std::fs::File::open(dir).ctx(|| format!("open {}", dir.display()))?;
+                    if fresh && rec.layout == Some(Layout::BtrfsNocow) {
+                        // Before any file exists: every file made in it is nodatacow.
+                        self.host
+                            .btrfs
+                            .set_nocow(&d)
+                            .ctx(|| format!("set nodatacow on {}", dir.display()))?;
+                    }
+                    // A copy keeps its origin's flag: say what new files get.
+                    let nocow = self
+                        .host
+                        .btrfs
+                        .is_nocow(&d)
+                        .ctx(|| format!("read flags of {}", dir.display()))?;
+                    rec.layout = Some(if nocow {
+                        Layout::BtrfsNocow
+                    } else {
+                        Layout::BtrfsSubvolume
+                    });
+                }
                 self.host.btrfs.set_limit(dir, rec.capacity)?;
                 rec.capacity_enforced = true;
             }
@@ -439,15 +655,30 @@ impl Pool {
             .mode(0o600)
             .open(image)
             .ctx(|| format!("create {}", image.display()))?;
-        if matches!(self.backend, PoolBackend::Btrfs { .. }) {
-            // Must happen while the file is empty; reflinks still work between nocow files.
+        // Must happen while the file is empty; reflinks still work between nocow files.
+        if self.is_host_image_entry(image) {
+            // Only a btrfs host knows the flag; elsewhere there is nothing to turn off.
+            if let Err(e) = self.host.btrfs.set_nocow(&file) {
+                tracing::debug!(image = %image.display(), error = %e, "host filesystem has no nodatacow");
+            }
+        } else if matches!(self.backend, PoolBackend::Btrfs { .. }) {
             self.host
                 .btrfs
                 .set_nocow(&file)
                 .ctx(|| format!("set nodatacow on {}", image.display()))?;
         }
-        file.set_len(size)
-            .ctx(|| format!("size {}", image.display()))?;
+        if self.is_host_image_entry(image) {
+            preallocate(&file, size).map_err(|e| match e {
+                nix::errno::Errno::ENOSPC => Error::NoSpace(format!(
+                    "{size} bytes for {} do not fit on the host filesystem",
+                    image.display()
+                )),
+                e => Error::io(format!("preallocate {}", image.display()), e.into()),
+            })?;
+        } else {
+            file.set_len(size)
+                .ctx(|| format!("size {}", image.display()))?;
+        }
         drop(file);
         self.host.formatter.format(image, fs)
     }
@@ -479,6 +710,9 @@ impl Pool {
         if !dir.exists() {
             return Ok(());
         }
+        if self.is_host_image_entry(dir) {
+            return std::fs::remove_dir_all(dir).ctx(|| format!("remove {}", dir.display()));
+        }
         match self.backend {
             PoolBackend::Btrfs { .. } => self.host.btrfs.delete_subvolume(dir),
             PoolBackend::Plain => {
@@ -498,8 +732,10 @@ impl Pool {
     /// Entries of the volumes and snapshots directories that no record explains.
     pub fn orphans(&self, known: &HashSet<String>) -> Result<Vec<PathBuf>> {
         let mut out = Vec::new();
-        for sub in [VOLUMES_DIR, SNAPSHOTS_DIR] {
-            let dir = self.root.join(sub);
+        for dir in [VOLUMES_DIR, SNAPSHOTS_DIR]
+            .into_iter()
+            .flat_map(|sub| self.entry_dirs(sub))
+        {
             for entry in std::fs::read_dir(&dir).ctx(|| format!("read {}", dir.display()))? {
                 let entry = entry.ctx(|| format!("read {}", dir.display()))?;
                 let name = entry.file_name().to_string_lossy().into_owned();
@@ -511,6 +747,22 @@ impl Pool {
         out.sort();
         Ok(out)
     }
+}
+
+/// Bytes of the host's filesystem a `host-image` volume must leave free.
+pub const HOST_RESERVE: u64 = 1 << 30;
+
+/// Bytes available to root on the filesystem of `dir`.
+fn host_available(dir: &Path) -> Result<u64> {
+    let st = nix::sys::statvfs::statvfs(dir)
+        .map_err(|e| Error::io(format!("statfs {}", dir.display()), e.into()))?;
+    Ok(st.blocks_available() as u64 * st.fragment_size() as u64)
+}
+
+/// Allocates `file`'s blocks up to `size` bytes (its length becomes at least `size`).
+fn preallocate(file: &std::fs::File, size: u64) -> nix::Result<()> {
+    let len = i64::try_from(size).map_err(|_| nix::errno::Errno::EFBIG)?;
+    nix::fcntl::fallocate(file, nix::fcntl::FallocateFlags::empty(), 0, len)
 }
 
 /// Makes a pool readable by root alone: the root (and so everything below it, which
@@ -610,6 +862,8 @@ mod tests {
             image: dir.path().join("pool.img"),
             mount: dir.path().join("pool"),
             size: 1 << 30,
+            images: dir.path().join("images"),
+            loop_layout: Layout::HostImage,
         };
         let pool = Pool::open(&config, fake.host()).unwrap();
         assert!(matches!(pool.backend(), PoolBackend::Btrfs { .. }));
@@ -647,6 +901,8 @@ mod tests {
             image: dir.path().join("pool.img"),
             mount: dir.path().join("pool"),
             size: 1 << 30,
+            images: dir.path().join("images"),
+            loop_layout: Layout::HostImage,
         };
         assert!(Pool::open(&config, fake.host()).is_err());
         assert!(fake.attached().is_empty());

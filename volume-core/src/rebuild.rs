@@ -60,8 +60,11 @@ impl VolumeManager {
     /// Entries of the pool that records should explain: volumes, snapshots, replicas.
     pub fn pool_entries(&self) -> Result<usize> {
         let mut n = 0;
-        for sub in [VOLUMES_DIR, SNAPSHOTS_DIR, REPLICAS_DIR] {
-            let dir = self.pool.root().join(sub);
+        let dirs = [VOLUMES_DIR, SNAPSHOTS_DIR]
+            .into_iter()
+            .flat_map(|sub| self.pool.entry_dirs(sub))
+            .chain(std::iter::once(self.pool.root().join(REPLICAS_DIR)));
+        for dir in dirs {
             match std::fs::read_dir(&dir) {
                 Ok(entries) => {
                     for e in entries {
@@ -127,13 +130,16 @@ impl VolumeManager {
             is_valid_id(&r.id) && exists(&self.replica_dir(&r.id))
         })?;
 
-        let dir = self.pool.root().join(VOLUMES_DIR);
-        let mut names: Vec<String> = std::fs::read_dir(&dir)
-            .ctx(|| format!("read {}", dir.display()))?
-            .filter_map(|e| e.ok())
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| is_valid_id(n))
-            .collect();
+        let mut names: Vec<String> = Vec::new();
+        for dir in self.pool.entry_dirs(VOLUMES_DIR) {
+            names.extend(
+                std::fs::read_dir(&dir)
+                    .ctx(|| format!("read {}", dir.display()))?
+                    .filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| is_valid_id(n)),
+            );
+        }
         names.sort();
         for id in names {
             if self.store.get::<VolumeRecord>(&id)?.is_some() {
@@ -195,6 +201,9 @@ impl VolumeManager {
         };
         if std::fs::symlink_metadata(&image).is_ok_and(|m| m.is_file()) {
             rec.kind = VolumeKind::Loop;
+            if self.pool.host_images().is_some_and(|i| dir.starts_with(i)) {
+                rec.layout = Some(crate::model::Layout::HostImage);
+            }
             rec.fs = Some(image_fs(&image)?.unwrap_or(FsType::Ext4));
             rec.capacity = std::fs::metadata(&image)
                 .ctx(|| format!("stat {}", image.display()))?

@@ -172,10 +172,14 @@ impl VolumeManager {
         for orphan in &report.orphans {
             tracing::warn!(path = %orphan.display(), "pool entry without a volume record (left in place)");
         }
-        let volumes_dir = self.pool.root().join(crate::pool::VOLUMES_DIR);
-        let volumes_dir = volumes_dir.canonicalize().unwrap_or(volumes_dir);
+        let volumes_dirs: Vec<PathBuf> = self
+            .pool
+            .entry_dirs(crate::pool::VOLUMES_DIR)
+            .into_iter()
+            .map(|d| d.canonicalize().unwrap_or(d))
+            .collect();
         for l in self.host.loops.list().ctx(|| "list loop devices".into())? {
-            let ours = l.backing_file.starts_with(&volumes_dir);
+            let ours = volumes_dirs.iter().any(|d| l.backing_file.starts_with(d));
             let staged = staged_images
                 .iter()
                 .any(|i| i.canonicalize().is_ok_and(|c| c == l.backing_file));

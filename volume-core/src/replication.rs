@@ -2,7 +2,10 @@
 //! or incremental, and applying them there atomically. On btrfs pools a snapshot is a
 //! read-only subvolume and the stream is `btrfs send`'s; on other pools a snapshot is
 //! a copy (reflinked where the filesystem can) and the stream is a blake3-verified
-//! chunk diff ([`crate::chunkdiff`]). Both ends must use the same kind. The transport
+//! chunk diff ([`crate::chunkdiff`]). A loop volume whose image is on the host's
+//! filesystem (layout `host-image`) is shipped by chunk diff from a btrfs pool too,
+//! its snapshots copies in the pool, and a btrfs pool takes chunk diffs of loop
+//! volumes; otherwise both ends must use the same kind. The transport
 //! (gRPC), the schedule and the peers are csi-driver's; promotion and split brain are
 //! in [`crate::failover`].
 //!
@@ -312,12 +315,12 @@ impl VolumeManager {
         let path = seq_dir.join(SNAPSHOT_SUBVOLUME);
         let source = self.pool.volume_dir(&id);
         let taken_at = now();
-        if let Err(e) =
-            self.with_frozen(std::slice::from_ref(&vol), || match self.stream_format() {
+        if let Err(e) = self.with_frozen(std::slice::from_ref(&vol), || {
+            match self.stream_format_of(&vol) {
                 StreamFormat::Btrfs => self.host.btrfs.snapshot(&source, &path, true).map(|_| ()),
                 StreamFormat::Chunk => self.host.copier.copy_tree(&source, &path),
-            })
-        {
+            }
+        }) {
             let _ = std::fs::remove_dir(&seq_dir);
             return Err(e);
         }
@@ -458,7 +461,8 @@ impl VolumeManager {
         Ok(())
     }
 
-    /// The kind of replication stream this node's pool makes and takes.
+    /// The kind of replication stream this node's pool makes of what it holds itself
+    /// (and takes for every kind of volume).
     pub fn stream_format(&self) -> StreamFormat {
         match self.pool.backend() {
             PoolBackend::Btrfs { .. } => StreamFormat::Btrfs,
@@ -466,13 +470,33 @@ impl VolumeManager {
         }
     }
 
-    /// Removes a snapshot's tree (a subvolume on btrfs, a directory elsewhere).
+    /// The kind of replication stream volume `vol` is shipped with: a chunk diff for
+    /// an image on the host's filesystem, the pool's own kind otherwise.
+    pub fn stream_format_of(&self, vol: &VolumeRecord) -> StreamFormat {
+        match self.pool.layout_of(vol) {
+            crate::model::Layout::HostImage => StreamFormat::Chunk,
+            _ => self.stream_format(),
+        }
+    }
+
+    /// Whether this node takes a stream of `format` for a volume of `kind`.
+    fn takes(&self, format: StreamFormat, kind: VolumeKind) -> bool {
+        format == self.stream_format()
+            || (format == StreamFormat::Chunk && kind == VolumeKind::Loop)
+    }
+
+    /// Removes a snapshot's tree: a subvolume, or a directory (a chunk-diff copy).
     fn remove_tree(&self, path: &Path) -> Result<()> {
-        match self.stream_format() {
-            StreamFormat::Btrfs => self.host.btrfs.delete_subvolume(path),
-            StreamFormat::Chunk => {
-                std::fs::remove_dir_all(path).ctx(|| format!("remove {}", path.display()))
-            }
+        let subvolume = matches!(self.pool.backend(), PoolBackend::Btrfs { .. })
+            && self
+                .host
+                .btrfs
+                .is_subvolume(path)
+                .ctx(|| format!("examine {}", path.display()))?;
+        if subvolume {
+            self.host.btrfs.delete_subvolume(path)
+        } else {
+            std::fs::remove_dir_all(path).ctx(|| format!("remove {}", path.display()))
         }
     }
 
@@ -509,7 +533,7 @@ impl VolumeManager {
     /// Starts the send stream of `snap` (incremental when it has a parent).
     pub fn send_stream(&self, snap: &OutgoingSnapshot) -> Result<Box<dyn SendStream>> {
         let parent = snap.parent.as_ref().map(|p| p.1.clone());
-        match self.stream_format() {
+        match self.stream_format_of(&snap.volume) {
             StreamFormat::Btrfs => self.host.btrfs.send(&snap.path, parent.as_deref()),
             StreamFormat::Chunk => {
                 let (reader, writer) =
@@ -598,12 +622,14 @@ impl VolumeManager {
     /// then [`IncomingSnapshot::commit`]; dropped before commit, it removes everything
     /// it made.
     pub fn begin_receive(self: &Arc<Self>, header: IncomingHeader) -> Result<IncomingSnapshot> {
-        if header.format != self.stream_format() {
+        if !self.takes(header.format, header.kind) {
             return Err(Error::FailedPrecondition(format!(
-                "the sender streams {} but this node's pool takes {} streams (both pools \
-                 must be btrfs, or neither)",
+                "the sender streams {} but this node's pool takes {} streams for a {} volume \
+                 (both pools must be btrfs, or neither; a btrfs pool also takes chunk \
+                 diffs of loop volumes)",
                 header.format.as_str(),
-                self.stream_format().as_str()
+                self.stream_format().as_str(),
+                header.kind
             )));
         }
         if !is_valid_id(&header.volume_id) {
@@ -1161,6 +1187,78 @@ mod tests {
         let promoted = b.promote(&v.id).unwrap();
         let vol = b.pool().volume_dir(&promoted.id).join("data");
         assert_eq!(std::fs::read(vol).unwrap(), big2);
+    }
+
+    #[test]
+    fn host_images_ship_chunk_diffs_between_btrfs_pools_and_promote_to_host_images() {
+        use crate::manager::tests::embedded_fixture;
+        use crate::model::Layout;
+        let (fa, fb) = (
+            embedded_fixture(Layout::HostImage),
+            embedded_fixture(Layout::HostImage),
+        );
+        let (a, b) = (Arc::new(fa.mgr), Arc::new(fb.mgr));
+        let v = a.create(&req("v", "loop", 4 << 20)).unwrap();
+        assert_eq!(v.layout, Some(Layout::HostImage));
+        assert_eq!(a.stream_format_of(&v), super::StreamFormat::Chunk);
+        let image = a.pool().image_path(&v.id);
+        let mut content = std::fs::read(&image).unwrap();
+        for (i, b) in content.iter_mut().enumerate() {
+            *b = (i % 251) as u8;
+        }
+        std::fs::write(&image, &content).unwrap();
+
+        let s1 = a.take_and_prepare("v", &[]).unwrap();
+        assert!(
+            !fa.fake.host().btrfs.is_subvolume(&s1.path).unwrap(),
+            "a host image's replication snapshot is a copy"
+        );
+        let bytes = stream_of(&a, &s1);
+        let loop_header = |name: &str, parent: Option<&str>, kind| IncomingHeader {
+            format: super::StreamFormat::Chunk,
+            kind,
+            ..header(&v.id, name, parent)
+        };
+        // A btrfs pool takes chunk diffs of loop volumes only.
+        assert!(matches!(
+            b.begin_receive(loop_header(&s1.name, None, VolumeKind::Dir)),
+            Err(Error::FailedPrecondition(_))
+        ));
+        let mut rx = b
+            .begin_receive(loop_header(&s1.name, None, VolumeKind::Loop))
+            .unwrap();
+        rx.write(&bytes).unwrap();
+        rx.commit(blake3::hash(&bytes).as_bytes(), bytes.len() as u64)
+            .unwrap();
+
+        // One block changed: the next stream is relative to the first.
+        content[1 << 20..(1 << 20) + 4096].fill(9);
+        std::fs::write(&image, &content).unwrap();
+        let s2 = a
+            .take_and_prepare(&v.id, &b.replica_state(&v.id).unwrap())
+            .unwrap();
+        assert_eq!(s2.parent.as_ref().unwrap().0, s1.name);
+        let small = stream_of(&a, &s2);
+        assert!(bytes.len() > 4 << 20, "{}", bytes.len());
+        assert!(small.len() < (1 << 20) + 4096, "{}", small.len());
+        let mut rx = b
+            .begin_receive(loop_header(&s2.name, Some(&s1.name), VolumeKind::Loop))
+            .unwrap();
+        rx.write(&small).unwrap();
+        rx.commit(blake3::hash(&small).as_bytes(), small.len() as u64)
+            .unwrap();
+        // Pruning removes the older copy (a directory, not a subvolume).
+        a.prune_replication(&v.id, &[]).unwrap();
+        assert_eq!(
+            super::names_in(&a.replication_dir(&v.id)).unwrap(),
+            vec![s2.name.clone()]
+        );
+
+        let promoted = b.promote(&v.id).unwrap();
+        assert_eq!(promoted.layout, Some(Layout::HostImage));
+        let got = b.pool().image_path(&promoted.id);
+        assert!(got.starts_with(fb.dir.path().join("images")));
+        assert_eq!(std::fs::read(got).unwrap(), content);
     }
 
     #[test]

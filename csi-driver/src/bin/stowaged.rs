@@ -10,6 +10,7 @@ use csi_driver::DriverConfig;
 use csi_driver::endpoint::{bind_private, socket_path};
 use csi_driver::server::{StateLayout, open_driver, serve};
 use volume_core::PoolConfig;
+use volume_core::model::Layout;
 use volume_core::os::Host;
 use volume_core::size::parse_size;
 
@@ -20,8 +21,11 @@ enum LogFormat {
 }
 
 /// Stowage storage daemon: CSI Identity, Controller and Node services.
+///
+/// A flag given twice takes its last value, so a unit's drop-in or a script can
+/// append to the arguments it inherits.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version, about, args_override_self = true)]
 struct Args {
     /// CSI endpoint to listen on (unix:///path).
     #[arg(
@@ -43,6 +47,12 @@ struct Args {
     /// Size of the embedded pool image when it is first created (sparse).
     #[arg(long, env = "STOWAGE_POOL_SIZE", default_value = "20GiB")]
     pool_size: String,
+    /// Where an embedded pool's new loop volumes keep their images: `host` (a
+    /// preallocated file on the state directory's filesystem, one loop device: the
+    /// fastest) or `pool` (a nodatacow file inside the pool image). Replicated loop
+    /// volumes are always in the pool.
+    #[arg(long, env = "STOWAGE_LOOP_IMAGES", value_enum, default_value = "host")]
+    loop_images: LoopImages,
     /// Most bytes of file data one imported image layer may write (holes excluded).
     #[arg(long, env = "STOWAGE_MAX_LAYER_SIZE", default_value = "8GiB")]
     max_layer_size: String,
@@ -105,12 +115,26 @@ struct Args {
     log_format: LogFormat,
 }
 
+/// Where an embedded pool's loop images go (`--loop-images`).
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LoopImages {
+    /// On the host's filesystem, beside the pool image.
+    Host,
+    /// Inside the pool image.
+    Pool,
+}
+
 fn pool_config(args: &Args, layout: &StateLayout) -> anyhow::Result<PoolConfig> {
     Ok(match args.pool.as_str() {
         "embedded" => PoolConfig::Embedded {
             image: layout.pool_image(),
             mount: layout.pool_mount(),
             size: parse_size(&args.pool_size).context("--pool-size")?,
+            images: layout.host_images(),
+            loop_layout: match args.loop_images {
+                LoopImages::Host => Layout::HostImage,
+                LoopImages::Pool => Layout::PoolImage,
+            },
         },
         other => match other.split_once(':') {
             Some(("btrfs", p)) => PoolConfig::Btrfs { path: p.into() },

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use serde_json::json;
 use stowage_proto::csi::v1 as csi;
-use stowage_tests::{Clients, Daemon, create_req, loops_under, mounts_under};
+use stowage_tests::{Clients, Daemon, create_req, mounts_under};
 
 /// Times snapshot and restore of a 1 GiB volume with 10% written, per back end.
 #[derive(Debug, Parser)]
@@ -132,7 +132,7 @@ async fn main() {
             snaps.is_empty(),
             "ListSnapshots not empty after a run: {snaps:?}"
         );
-        let loops = loops_under(&daemon.volumes_dir());
+        let loops = daemon.volume_loops();
         assert!(loops.is_empty(), "loop devices left after a run: {loops:?}");
         for dir in ["staging", "pods"] {
             let mounts = mounts_under(&daemon.root().join(dir));
@@ -232,7 +232,7 @@ async fn run(c: &mut Clients, daemon: &Daemon, b: &'static Backend, runs: u32) -
     // The naive peer: a full copy of the unstaged volume's data to the same pool.
     ok(&format!("unpublish {id}"), c.unpublish(&id, &target).await);
     ok(&format!("unstage {id}"), c.unstage(&id, &staging).await);
-    let source = daemon.volumes_dir().join(&id);
+    let source = daemon.volume_dir(&id);
     for _ in 0..runs {
         let dest = tempfile::Builder::new()
             .prefix("bench-copy-")

@@ -64,7 +64,7 @@ pub trait Btrfs: Send + Sync + Debug {
     fn snapshot(&self, source: &Path, dest: &Path, read_only: bool) -> Result<u64>;
     /// Sets the compression of everything under `path` (existing directories and
     /// files, so new data written anywhere in the tree uses it): `zstd`, `lzo`, `zlib`
-    /// or `none`.
+    /// or `none`. Directories stop being nodatacow; nodatacow files stay uncompressed.
     fn set_compression(&self, path: &Path, algorithm: &str) -> Result<()>;
     /// Deletes the subvolume at `path` and its qgroup.
     fn delete_subvolume(&self, path: &Path) -> Result<()>;
@@ -79,8 +79,11 @@ pub trait Btrfs: Send + Sync + Debug {
     /// Waits until the subvolumes deleted on the filesystem of `path` are cleaned
     /// (their space given back), at most `timeout`; false if it had to stop waiting.
     fn wait_for_cleaner(&self, path: &Path, timeout: std::time::Duration) -> Result<bool>;
-    /// Marks an empty file nodatacow, so in-place writes to an image do not fragment it.
+    /// Marks an empty file nodatacow, so in-place writes to an image do not fragment it;
+    /// on a directory, files made in it from then on are nodatacow.
     fn set_nocow(&self, file: &File) -> io::Result<()>;
+    /// Whether `file` (a file or a directory) is nodatacow.
+    fn is_nocow(&self, file: &File) -> io::Result<bool>;
     /// Starts a send stream of read-only subvolume `snapshot`, relative to read-only
     /// subvolume `parent` (incremental) when given.
     fn send(&self, snapshot: &Path, parent: Option<&Path>) -> Result<Box<dyn SendStream>>;
@@ -316,6 +319,22 @@ impl Btrfs for RealBtrfs {
             } else if !meta.is_file() {
                 continue; // symlinks, devices, sockets: no data to compress
             }
+            if value != "none" {
+                // btrfs cannot compress nodatacow data (EINVAL): a directory stops
+                // handing nodatacow to new files; a nodatacow file keeps its data as
+                // it is (its flag cannot change once it holds data).
+                let file =
+                    File::open(&p).map_err(|e| Error::io(format!("open {}", p.display()), e))?;
+                let flags = sys::get_inode_flags(file.as_fd())
+                    .map_err(|e| Error::io(format!("read flags of {}", p.display()), e))?;
+                if flags & sys::FS_NOCOW_FL != 0 {
+                    if !meta.is_dir() {
+                        continue;
+                    }
+                    sys::set_inode_flags(file.as_fd(), flags & !sys::FS_NOCOW_FL)
+                        .map_err(|e| Error::io(format!("clear nodatacow on {}", p.display()), e))?;
+                }
+            }
             sys::lsetxattr(&p, "btrfs.compression", value.as_bytes())
                 .map_err(|e| Error::io(format!("set compression on {}", p.display()), e))?;
         }
@@ -396,6 +415,10 @@ impl Btrfs for RealBtrfs {
     fn set_nocow(&self, file: &File) -> io::Result<()> {
         let flags = sys::get_inode_flags(file.as_fd())?;
         sys::set_inode_flags(file.as_fd(), flags | sys::FS_NOCOW_FL)
+    }
+
+    fn is_nocow(&self, file: &File) -> io::Result<bool> {
+        Ok(sys::get_inode_flags(file.as_fd())? & sys::FS_NOCOW_FL != 0)
     }
 
     fn send(&self, snapshot: &Path, parent: Option<&Path>) -> Result<Box<dyn SendStream>> {

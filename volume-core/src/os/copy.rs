@@ -8,7 +8,7 @@ use crate::os::command::run;
 
 /// Copies directory trees.
 pub trait TreeCopy: Send + Sync + Debug {
-    /// Copies `source` to the new path `dest`, preserving owners, modes, times, links
+    /// Copies `source` (a directory tree or one file) to the new path `dest`, preserving owners, modes, times, links
     /// and xattrs, keeping holes in sparse files and sharing extents where the
     /// filesystem can reflink.
     fn copy_tree(&self, source: &Path, dest: &Path) -> Result<()>;

@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -30,6 +31,8 @@ struct State {
     subvolumes: HashMap<PathBuf, u64>,
     next_subvolume: u64,
     limits: HashMap<PathBuf, u64>,
+    /// (device, inode) of files and directories marked nodatacow.
+    nocow: std::collections::HashSet<(u64, u64)>,
     failures: HashMap<String, i32>,
     ended: std::collections::HashSet<i32>,
     boot_id: Option<String>,
@@ -347,6 +350,14 @@ impl TreeCopy for FakeHost {
     fn copy_tree(&self, source: &Path, dest: &Path) -> Result<()> {
         self.enter("copy_tree", &[&source.display(), &dest.display()])
             .map_err(|e| to_err("copy_tree", e))?;
+        if std::fs::symlink_metadata(source)
+            .map_err(|e| to_err("copy_tree", e))?
+            .is_file()
+        {
+            return std::fs::copy(source, dest)
+                .map(drop)
+                .map_err(|e| to_err("copy_tree", e));
+        }
         copy_dir(source, dest).map_err(|e| to_err("copy_tree", e))
     }
 }
@@ -398,7 +409,16 @@ impl Btrfs for FakeHost {
         )
         .map_err(|e| to_err("snapshot", e))?;
         copy_dir(source, dest).map_err(|e| to_err("snapshot", e))?;
+        let key = |p: &Path| std::fs::metadata(p).map(|m| (m.dev(), m.ino()));
+        let (from, to) = (
+            key(source).map_err(|e| to_err("snapshot", e))?,
+            key(dest).map_err(|e| to_err("snapshot", e))?,
+        );
         let mut st = self.state();
+        // A snapshot's root keeps its source's flags, as on btrfs.
+        if st.nocow.contains(&from) {
+            st.nocow.insert(to);
+        }
         let id = st.next_subvolume;
         st.next_subvolume += 1;
         st.subvolumes.insert(dest.to_path_buf(), id);
@@ -448,8 +468,16 @@ impl Btrfs for FakeHost {
             .ok_or_else(|| to_err("subvolume_id", io::Error::from_raw_os_error(libc::ENOENT)))
     }
 
-    fn set_nocow(&self, _file: &File) -> io::Result<()> {
-        self.enter("set_nocow", &[])
+    fn set_nocow(&self, file: &File) -> io::Result<()> {
+        self.enter("set_nocow", &[])?;
+        let meta = file.metadata()?;
+        self.state().nocow.insert((meta.dev(), meta.ino()));
+        Ok(())
+    }
+
+    fn is_nocow(&self, file: &File) -> io::Result<bool> {
+        let meta = file.metadata()?;
+        Ok(self.state().nocow.contains(&(meta.dev(), meta.ino())))
     }
 
     fn send(&self, snapshot: &Path, parent: Option<&Path>) -> Result<Box<dyn SendStream>> {
