@@ -222,9 +222,12 @@ fn create_request(
             "fs" => {
                 params.insert(volume_core::params::FS_TYPE.to_string(), value.clone());
             }
+            "layout" => {
+                params.insert(volume_core::params::LAYOUT.to_string(), value.clone());
+            }
             other => {
                 return Err(volume_core::Error::InvalidArgument(format!(
-                    "unknown option {other:?} (known: size, kind, fs)"
+                    "unknown option {other:?} (known: size, kind, fs, layout)"
                 )));
             }
         }

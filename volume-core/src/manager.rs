@@ -393,6 +393,14 @@ impl VolumeManager {
                 VolumeState::Creating | VolumeState::Deleting => self.forget(&existing)?,
             }
         }
+        let layout = self.pool.choose_layout(
+            req.params.kind,
+            req.params.layout,
+            req.params.replication.is_some(),
+            req.mutable_parameters
+                .get(crate::modify::COMPRESSION)
+                .is_some_and(|c| c != "none"),
+        )?;
         let id = new_id(VOLUME_PREFIX);
         let mut rec = VolumeRecord {
             id: id.clone(),
@@ -405,15 +413,7 @@ impl VolumeManager {
             created_at: now(),
             content_source: req.source.clone(),
             fs_size: origin.as_ref().map(|o| o.1).unwrap_or(0),
-            layout: Some(
-                self.pool.layout_for_new(
-                    req.params.kind,
-                    req.params.replication.is_some(),
-                    req.mutable_parameters
-                        .get(crate::modify::COMPRESSION)
-                        .is_some_and(|c| c != "none"),
-                ),
-            ),
+            layout: Some(layout),
             generation: 1,
             replication: req.params.replication.map(|r| ReplicationSpec {
                 copies: r.copies,

@@ -109,6 +109,26 @@ impl Layout {
     }
 }
 
+impl Layout {
+    /// Parses the `layout` parameter.
+    pub fn parse(s: &str) -> Result<Self> {
+        const ALL: [Layout; 6] = [
+            Layout::BtrfsSubvolume,
+            Layout::BtrfsNocow,
+            Layout::Directory,
+            Layout::PoolImage,
+            Layout::HostImage,
+            Layout::Overlay,
+        ];
+        ALL.into_iter().find(|l| l.as_str() == s).ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "layout {s:?} is not one of {}",
+                ALL.map(Layout::as_str).join(", ")
+            ))
+        })
+    }
+}
+
 impl fmt::Display for Layout {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())

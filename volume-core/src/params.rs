@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::error::{Error, Result};
-use crate::model::{FsType, VolumeKind};
+use crate::model::{FsType, Layout, VolumeKind};
 
 /// Parameter naming the storage kind.
 pub const KIND: &str = "kind";
@@ -15,6 +15,9 @@ pub const K8S_PREFIX: &str = "csi.storage.k8s.io/";
 pub const LAYERS: &str = "layers";
 /// Parameter choosing an image volume's overlay back end (`kernel` or `fuse`).
 pub const OVERLAY: &str = "overlay";
+/// Parameter choosing how the volume's data sits on the node (default: the fastest
+/// the pool offers for its kind); see [`Layout`].
+pub const LAYOUT: &str = "layout";
 /// Parameter: copies of the volume, the primary's included (1 = not replicated).
 pub const REPLICAS: &str = "replicas";
 /// Parameter: time between replication snapshots (`30s`, `5m`, `1h` or seconds).
@@ -156,6 +159,8 @@ pub struct VolumeParams {
     pub overlay: Option<OverlayBackend>,
     /// Replication, when `replicas` is above 1.
     pub replication: Option<Replication>,
+    /// The layout asked for (`None`: the pool's default for the kind).
+    pub layout: Option<Layout>,
     /// The parameters we understood, normalised, echoed as volume context.
     pub normalized: BTreeMap<String, String>,
 }
@@ -170,6 +175,7 @@ impl VolumeParams {
         let mut overlay_param = None;
         let mut replicas = 1;
         let mut interval = None;
+        let mut layout = None;
         for (key, value) in params {
             match key.as_str() {
                 KIND => kind = VolumeKind::parse(value)?,
@@ -178,11 +184,12 @@ impl VolumeParams {
                 OVERLAY => overlay_param = Some(OverlayBackend::parse(value)?),
                 REPLICAS => replicas = parse_replicas(value)?,
                 REPLICATION_INTERVAL => interval = Some(parse_interval(value)?),
+                LAYOUT => layout = Some(Layout::parse(value)?),
                 k if k.starts_with(K8S_PREFIX) => {}
                 other => {
                     return Err(Error::InvalidArgument(format!(
                         "unknown parameter {other:?} (known: {KIND}, {FS_TYPE}, {LAYERS}, \
-                         {OVERLAY}, {REPLICAS}, {REPLICATION_INTERVAL}, {K8S_PREFIX}*)"
+                         {OVERLAY}, {REPLICAS}, {REPLICATION_INTERVAL}, {LAYOUT}, {K8S_PREFIX}*)"
                     )));
                 }
             }
@@ -267,12 +274,29 @@ impl VolumeParams {
             normalized.insert(LAYERS.to_string(), layers.join(","));
             normalized.insert(OVERLAY.to_string(), o.as_str().to_string());
         }
+        if let Some(l) = layout {
+            let fits = match kind {
+                VolumeKind::Dir => matches!(
+                    l,
+                    Layout::BtrfsNocow | Layout::BtrfsSubvolume | Layout::Directory
+                ),
+                VolumeKind::Loop => matches!(l, Layout::HostImage | Layout::PoolImage),
+                VolumeKind::Image => l == Layout::Overlay,
+            };
+            if !fits {
+                return Err(Error::InvalidArgument(format!(
+                    "layout {l} is not a layout of kind={kind}"
+                )));
+            }
+            normalized.insert(LAYOUT.to_string(), l.as_str().to_string());
+        }
         Ok(VolumeParams {
             kind,
             fs,
             layers,
             overlay,
             replication,
+            layout,
             normalized,
         })
     }

@@ -305,6 +305,35 @@ impl Pool {
         })
     }
 
+    /// The layout a new volume gets: `asked` when the pool offers it (INVALID_ARGUMENT
+    /// if not), else [`Self::layout_for_new`]'s choice.
+    pub fn choose_layout(
+        &self,
+        kind: VolumeKind,
+        asked: Option<Layout>,
+        replicated: bool,
+        compression: bool,
+    ) -> Result<Layout> {
+        let btrfs = matches!(self.backend, PoolBackend::Btrfs { .. });
+        let Some(l) = asked else {
+            return Ok(self.layout_for_new(kind, replicated, compression));
+        };
+        let offered = match l {
+            Layout::BtrfsNocow => btrfs && !compression,
+            Layout::BtrfsSubvolume => btrfs,
+            Layout::Directory => !btrfs,
+            Layout::HostImage => self.images.is_some(),
+            Layout::PoolImage | Layout::Overlay => true,
+        };
+        if !offered {
+            return Err(Error::InvalidArgument(format!(
+                "layout {l} is not offered by this node's pool{}",
+                if compression { " with compression" } else { "" }
+            )));
+        }
+        Ok(l)
+    }
+
     /// The layout a new volume of `kind` gets: a loop volume's image on the host's
     /// filesystem beside an embedded pool unless it is `replicated` (btrfs send ships
     /// pool images); a directory nodatacow on btrfs unless it wants `compression`.

@@ -153,3 +153,54 @@ fn a_host_image_larger_than_the_host_has_free_is_no_space_and_leaves_nothing() {
     assert_eq!(std::fs::read_dir(images).unwrap().count(), 0);
     assert!(f.mgr.list(None, 0).unwrap().is_empty());
 }
+
+#[test]
+fn a_layout_asked_for_must_fit_the_kind_and_the_pool() {
+    let with = |kind: &str, layout: &str| {
+        let p = std::collections::HashMap::from([
+            ("kind".to_string(), kind.to_string()),
+            ("layout".to_string(), layout.to_string()),
+        ]);
+        crate::params::VolumeParams::parse(&p, None)
+    };
+    assert!(matches!(
+        with("dir", "host-image"),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        with("loop", "btrfs-nocow"),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        with("loop", "fast"),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert_eq!(
+        with("loop", "pool-image").unwrap().layout,
+        Some(Layout::PoolImage)
+    );
+
+    // A btrfs pool that is not embedded has no host-image directory.
+    let f = fixture(true);
+    let mut r = req("x", "loop", 16 << 20);
+    r.params = with("loop", "host-image").unwrap();
+    assert!(matches!(f.mgr.create(&r), Err(Error::InvalidArgument(_))));
+    let mut r = req("y", "dir", 16 << 20);
+    r.params = with("dir", "btrfs-nocow").unwrap();
+    r.mutable_parameters = BTreeMap::from([("compression".into(), "zstd".into())]);
+    assert!(matches!(f.mgr.create(&r), Err(Error::InvalidArgument(_))));
+    assert!(f.mgr.list(None, 0).unwrap().is_empty(), "nothing made");
+
+    // Asked for, a copy-on-write directory on btrfs.
+    let mut r = req("z", "dir", 16 << 20);
+    r.params = with("dir", "btrfs-subvolume").unwrap();
+    assert_eq!(
+        f.mgr.create(&r).unwrap().layout,
+        Some(Layout::BtrfsSubvolume)
+    );
+    // On a plain pool, only a plain directory.
+    let g = fixture(false);
+    let mut r = req("w", "dir", 16 << 20);
+    r.params = with("dir", "btrfs-nocow").unwrap();
+    assert!(matches!(g.mgr.create(&r), Err(Error::InvalidArgument(_))));
+}
