@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs stowaged on the embedded default pool under ./.stowage (a sparse btrfs image,
-# created on first start), listening on ./.stowage/csi.sock. Installs the filesystem
+# created on first start; loop volumes' images beside it in ./.stowage/images, on this
+# filesystem: the fastest layouts, the daemon's defaults), listening on
+# ./.stowage/csi.sock. Installs the filesystem
 # tools it needs when they are missing; builds stowaged, vol and stowage-overlay
 # (which overlay=fuse image volumes run). Extra arguments go to stowaged.
 #

@@ -332,7 +332,7 @@ impl Controller for ControllerService {
                 check_capability(cap).map_err(Status::invalid_argument)?;
             }
             let fs_type = req.volume_capabilities.iter().find_map(mount_fs_type);
-            VolumeParams::parse(&req.parameters, fs_type)
+            let params = VolumeParams::parse(&req.parameters, fs_type)
                 .map_err(|e| crate::status::to_status(&e))?;
             if let Some(t) = &req.accessible_topology
                 && !driver.topology_matches(t)
@@ -344,7 +344,7 @@ impl Controller for ControllerService {
                 });
             }
             let manager = Arc::clone(&driver.manager);
-            let usage = blocking(move || manager.capacity()).await?;
+            let usage = blocking(move || manager.capacity_for(&params)).await?;
             let available = i64::try_from(usage.available).unwrap_or(i64::MAX);
             Ok(csi::GetCapacityResponse {
                 available_capacity: available,

@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -107,6 +108,8 @@ def metric(job, kind):
 
 
 def main():
+    # SIGTERM (a timeout, a kill) cleans up like Ctrl-C: mounts, loops, daemons.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     ap = argparse.ArgumentParser()
     ap.add_argument("--stowaged", required=True)
     ap.add_argument("--rounds", type=int, default=3)

@@ -210,3 +210,56 @@ async fn pool_images_of_an_earlier_layout_keep_working_beside_host_images() {
         0
     );
 }
+
+#[tokio::test]
+async fn compression_of_a_nodatacow_volume_walks_only_the_volume_itself() {
+    require_root();
+    let daemon = Daemon::start("2GiB", &[]);
+    let mut c = daemon.clients().await;
+    let id = c.create("squeeze", 64 * MIB, &[("kind", "dir")]).await;
+    let (staging, target) = (daemon.root().join("staging"), daemon.root().join("target"));
+    c.stage_and_publish(&id, &staging, &target).await;
+    let before = target.join("before.bin");
+    write_synced(&before, &pattern(1 << 20, 3));
+    // What a container could leave in its volume: a link to the host and a FIFO.
+    let outside = daemon.root().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::os::unix::fs::symlink(&outside, target.join("escape")).unwrap();
+    nix::unistd::mkfifo(
+        &target.join("pipe"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
+
+    // `none` on nodatacow data, then zstd, then none again: each succeeds, walking
+    // neither through the link (the host's ext4 would refuse the property) nor into
+    // the FIFO (an open of it would block).
+    for value in ["none", "zstd", "none", "zstd"] {
+        stowage_tests::vol::ok(
+            &daemon,
+            &["modify", "squeeze", &format!("compression={value}")],
+        );
+    }
+    let rows = json_lines(&daemon, &["inspect", "squeeze"]);
+    assert_eq!(rows[0]["layout"], "btrfs-subvolume");
+    assert!(nocow(&before), "data written before stays nodatacow");
+    let after = target.join("after.bin");
+    write_synced(&after, &pattern(1 << 20, 4));
+    assert!(
+        !nocow(&after),
+        "new files are copy-on-write, so they can be compressed"
+    );
+    let out = std::process::Command::new("btrfs")
+        .args(["property", "get"])
+        .arg(&after)
+        .arg("compression")
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "compression=zstd"
+    );
+    assert!(std::fs::read_dir(&outside).unwrap().next().is_none());
+    c.unpublish_and_unstage(&id, &staging, &target).await;
+    c.delete(&id).await.unwrap();
+}

@@ -30,7 +30,8 @@ impl VolumeManager {
         }
         if new > rec.capacity {
             let growth = new - rec.capacity;
-            self.pool.available_for(growth, "growing by")?;
+            self.pool
+                .available_for_layout(self.pool.layout_of(&rec), growth, "growing by")?;
             match rec.kind {
                 VolumeKind::Dir | VolumeKind::Image => self.pool.set_dir_limit(&rec.id, new)?,
                 VolumeKind::Loop => {

@@ -304,6 +304,28 @@ impl VolumeManager {
         self.pool.usage()
     }
 
+    /// Capacity for GetCapacity of volumes with `params`: the host filesystem's free
+    /// space (less the reserve) where they would be host images, the pool's otherwise.
+    pub fn capacity_for(&self, params: &crate::params::VolumeParams) -> Result<PoolUsage> {
+        // A layout this node does not offer: no room for such volumes here.
+        let layout = match self.pool.choose_layout(
+            params.kind,
+            params.layout,
+            params.replication.is_some(),
+            false,
+        ) {
+            Ok(l) => l,
+            Err(Error::InvalidArgument(_)) => return Ok(PoolUsage::default()),
+            Err(e) => return Err(e),
+        };
+        match (layout, self.pool.host_usage()?) {
+            (crate::model::Layout::HostImage, Some(usage)) if self.pool.problem().is_none() => {
+                Ok(usage)
+            }
+            _ => self.capacity(),
+        }
+    }
+
     /// The pool's filesystem usage as statvfs of its path says, whatever is mounted
     /// there (liveness: the path answers).
     pub fn pool_reachable(&self) -> Result<PoolUsage> {
@@ -422,6 +444,10 @@ impl VolumeManager {
             }),
             ..Default::default()
         };
+        if origin.is_some() && req.params.kind == VolumeKind::Dir && req.params.layout.is_none() {
+            // A directory clone keeps what its origin hands new files (found once made).
+            rec.layout = None;
+        }
         let _id_guard = self.claim(&id)?;
         // Persist the intent first: a crash from here on is rolled back at restart.
         self.store.put(&rec)?;
@@ -431,7 +457,7 @@ impl VolumeManager {
                 // Any wait for space happens before the source is frozen, never while
                 // its writers are blocked.
                 self.pool
-                    .available_for(rec.capacity, "requested")
+                    .available_for_layout(layout, rec.capacity, "requested")
                     .and_then(|_| {
                         self.with_source_frozen(req, || {
                             self.pool.allocate_without_waiting(&mut rec, Some(src))
@@ -439,7 +465,7 @@ impl VolumeManager {
                     })
             }
         }
-        .and_then(|()| crate::modify::apply(&self.pool, &rec, &req.mutable_parameters));
+        .and_then(|()| crate::modify::apply(&self.pool, &mut rec, &req.mutable_parameters));
         if let Err(e) = result {
             if let Err(cleanup) = self.pool.release(&id) {
                 tracing::warn!(volume.id = %id, error = %cleanup, "cleanup after failed create");
@@ -516,6 +542,22 @@ impl VolumeManager {
         vols: &[VolumeRecord],
         f: impl FnOnce() -> Result<T>,
     ) -> Result<T> {
+        for v in vols {
+            // A raw block device has no filesystem to freeze: only a reflink (one
+            // atomic step) copies its host image consistently while it is in use.
+            let raw_in_use = v.staging.as_ref().is_some_and(|s| s.block);
+            if raw_in_use
+                && self.pool.layout_of(v) == crate::model::Layout::HostImage
+                && !self.pool.host_reflinks()
+            {
+                return Err(Error::FailedPrecondition(format!(
+                    "volume {} is in use as a raw block device and its image is on a host \
+                     filesystem without reflinks, where a copy taken now would be torn: \
+                     unstage it first (or create such volumes with layout=pool-image)",
+                    v.id
+                )));
+            }
+        }
         let mut frozen = Vec::new();
         let mut result = Ok(());
         for v in vols {
@@ -647,6 +689,11 @@ fn compatible(existing: VolumeRecord, req: &CreateRequest) -> Result<VolumeRecor
                 existing.parameters.get(key)
             ));
         }
+    }
+    if let Some(asked) = req.params.layout
+        && existing.layout.is_some_and(|l| l != asked)
+    {
+        return conflict(format!("existing layout is {:?}", existing.layout));
     }
     if existing.capacity < req.required_bytes {
         return conflict(format!("existing capacity is {} bytes", existing.capacity));

@@ -57,10 +57,14 @@ pub fn validate(params: &BTreeMap<String, String>, kind: VolumeKind, pool: &Pool
     Ok(())
 }
 
-/// Applies validated parameters to the volume's storage.
-pub fn apply(pool: &Pool, rec: &VolumeRecord, params: &BTreeMap<String, String>) -> Result<()> {
+/// Applies validated parameters to the volume's storage. Compression makes new files
+/// copy-on-write (btrfs cannot compress nodatacow data): the layout says so.
+pub fn apply(pool: &Pool, rec: &mut VolumeRecord, params: &BTreeMap<String, String>) -> Result<()> {
     if let Some(algorithm) = params.get(COMPRESSION) {
         pool.set_compression(&rec.id, algorithm)?;
+        if algorithm != "none" && rec.kind == VolumeKind::Dir {
+            rec.layout = Some(Layout::BtrfsSubvolume);
+        }
     }
     Ok(())
 }
@@ -103,12 +107,7 @@ impl VolumeManager {
         let mut rec = self.get(id)?;
         validate(params, rec.kind, &self.pool)?;
         let replication = replication_after(&rec, params, new_nodes)?;
-        apply(&self.pool, &rec, params)?;
-        if params.get(COMPRESSION).is_some_and(|c| c != "none") && rec.kind == VolumeKind::Dir {
-            // New files are compressed from now on (copy-on-write); nodatacow files
-            // written before keep their data as it is.
-            rec.layout = Some(Layout::BtrfsSubvolume);
-        }
+        apply(&self.pool, &mut rec, params)?;
         if rec.replication.is_some() && replication.is_none() {
             // No longer replicated: its replication snapshots have no use.
             self.release_replication(id)?;

@@ -99,6 +99,10 @@ pub struct Pool {
     images: Option<PathBuf>,
     /// The layout of new loop volumes that are not replicated.
     loop_layout: Layout,
+    /// The embedded pool's image (sparse): host images leave room for it to fill.
+    pool_image: Option<PathBuf>,
+    /// Whether the host-image directory's filesystem makes reflinks (an atomic copy).
+    host_reflinks: bool,
 }
 
 impl Pool {
@@ -135,6 +139,11 @@ impl Pool {
             }
             _ => (None, Layout::PoolImage),
         };
+        let pool_image = match config {
+            PoolConfig::Embedded { image, .. } => Some(image.clone()),
+            _ => None,
+        };
+        let host_reflinks = images.as_deref().is_some_and(makes_reflinks);
         let is_btrfs = host
             .btrfs
             .is_btrfs(&root)
@@ -167,6 +176,8 @@ impl Pool {
             healthy: Arc::new(AtomicBool::new(true)),
             images,
             loop_layout,
+            pool_image,
+            host_reflinks,
         })
     }
 
@@ -298,6 +309,52 @@ impl Pool {
         self.images.as_deref()
     }
 
+    /// Whether host images are copied by reflink (atomically) on this node.
+    pub fn host_reflinks(&self) -> bool {
+        self.host_reflinks
+    }
+
+    /// The host filesystem as host images may use it: its size, and the bytes free to
+    /// root less what the sparse pool image may still claim and [`HOST_RESERVE`]
+    /// (None without a host-image directory).
+    pub fn host_usage(&self) -> Result<Option<PoolUsage>> {
+        let Some(images) = &self.images else {
+            return Ok(None);
+        };
+        let st = nix::sys::statvfs::statvfs(images)
+            .map_err(|e| Error::io(format!("statfs {}", images.display()), e.into()))?;
+        let frsize = st.fragment_size() as u64;
+        let unbacked = match &self.pool_image {
+            Some(p) => {
+                let m = std::fs::metadata(p).ctx(|| format!("stat {}", p.display()))?;
+                m.len().saturating_sub(m.blocks() * 512)
+            }
+            None => 0,
+        };
+        Ok(Some(PoolUsage {
+            total: st.blocks() as u64 * frsize,
+            available: (st.blocks_available() as u64 * frsize)
+                .saturating_sub(unbacked)
+                .saturating_sub(HOST_RESERVE),
+        }))
+    }
+
+    /// Bytes available for `wanted` more of a volume of `layout`: on the host for a
+    /// host image, else as [`Self::available_for`]. NO_SPACE if they are not there.
+    pub fn available_for_layout(&self, layout: Layout, wanted: u64, what: &str) -> Result<u64> {
+        if layout != Layout::HostImage {
+            return self.available_for(wanted, what);
+        }
+        let available = self.host_usage()?.map(|u| u.available).unwrap_or(0);
+        if wanted > available {
+            return Err(Error::NoSpace(format!(
+                "{what}: {wanted} bytes, {available} available on the host filesystem \
+                 (keeping room for the pool image and {HOST_RESERVE} bytes free)"
+            )));
+        }
+        Ok(available)
+    }
+
     /// The layout of volume `rec` (recorded, or what the release that made it used).
     pub fn layout_of(&self, rec: &VolumeRecord) -> Layout {
         rec.layout.unwrap_or_else(|| {
@@ -376,6 +433,10 @@ impl Pool {
     /// and fills in `subvolume_id`, `capacity_enforced` and `fs_size`. On failure
     /// nothing is left behind.
     pub fn allocate(&self, rec: &mut VolumeRecord, origin: Option<&Path>) -> Result<()> {
+        if self.layout_of(rec) == Layout::HostImage {
+            // Not in the pool: btrfs's cleaner gives nothing back to the host.
+            return self.allocate_once(rec, origin);
+        }
         let waited = self.usage()?.available < rec.capacity && self.wait_for_cleaner();
         match self.allocate_once(rec, origin) {
             // Space of deleted subvolumes comes back only when btrfs's cleaner has
@@ -508,15 +569,7 @@ impl Pool {
                 "host-image volumes need an embedded pool's image directory".into(),
             ));
         };
-        let available = host_available(images)?.saturating_sub(HOST_RESERVE);
-        if rec.capacity > available {
-            return Err(Error::NoSpace(format!(
-                "requested: {} bytes, {available} available on the host filesystem of {} \
-                 (keeping {HOST_RESERVE} bytes free)",
-                rec.capacity,
-                images.display()
-            )));
-        }
+        self.available_for_layout(Layout::HostImage, rec.capacity, "requested")?;
         let dir = images.join(VOLUMES_DIR).join(&rec.id);
         std::fs::DirBuilder::new()
             .mode(0o700)
@@ -553,15 +606,29 @@ impl Pool {
         if std::fs::symlink_metadata(&image).is_ok() {
             return Ok(());
         }
-        if matches!(self.backend, PoolBackend::Btrfs { .. }) && dir.starts_with(&self.root) {
-            let d = std::fs::File::open(dir).ctx(|| format!("open {}", dir.display()))?;
+        self.nocow_dir(dir)?;
+        self.host.copier.copy_tree(&src.join(IMAGE_FILE), &image)?;
+        set_mode(&image, 0o600)
+    }
+
+    /// Marks directory `dir` nodatacow so the image copied into it is too (and a
+    /// reflink from a nodatacow image is allowed): required in a btrfs pool, where
+    /// the host has the flag for a host-image directory.
+    fn nocow_dir(&self, dir: &Path) -> Result<()> {
+        let d = std::fs::File::open(dir).ctx(|| format!("open {}", dir.display()))?;
+        if self.is_host_image_entry(dir) {
+            if let Err(e) = self.host.btrfs.set_nocow(&d) {
+                tracing::debug!(dir = %dir.display(), error = %e, "host filesystem has no nodatacow");
+            }
+            return Ok(());
+        }
+        if matches!(self.backend, PoolBackend::Btrfs { .. }) {
             self.host
                 .btrfs
                 .set_nocow(&d)
                 .ctx(|| format!("set nodatacow on {}", dir.display()))?;
         }
-        self.host.copier.copy_tree(&src.join(IMAGE_FILE), &image)?;
-        set_mode(&image, 0o600)
+        Ok(())
     }
 
     /// True when `path` is in the host-image directory.
@@ -577,19 +644,25 @@ impl Pool {
             .write(true)
             .open(&image)
             .ctx(|| format!("open {}", image.display()))?;
-        if self.is_host_image_entry(&image) {
-            return preallocate(&file, size).map_err(|e| match e {
-                nix::errno::Errno::ENOSPC => Error::NoSpace(format!(
-                    "{size} bytes for {} do not fit on the host filesystem",
-                    image.display()
-                )),
-                e => Error::io(format!("preallocate {}", image.display()), e.into()),
-            });
-        }
         let len = file
             .metadata()
             .ctx(|| format!("stat {}", image.display()))?
             .len();
+        if self.is_host_image_entry(&image) {
+            return preallocate(&file, size).map_err(|e| {
+                // A failed fallocate may have extended the file part of the way.
+                if let Err(undo) = file.set_len(len) {
+                    tracing::warn!(image = %image.display(), error = %undo, "restore image length");
+                }
+                match e {
+                    nix::errno::Errno::ENOSPC => Error::NoSpace(format!(
+                        "{size} bytes for {} do not fit on the host filesystem",
+                        image.display()
+                    )),
+                    e => Error::io(format!("preallocate {}", image.display()), e.into()),
+                }
+            });
+        }
         if size > len {
             file.set_len(size)
                 .ctx(|| format!("grow {}", image.display()))?;
@@ -620,7 +693,11 @@ impl Pool {
             // A host image's snapshot is a copy beside it (a reflink where the host can).
             (Some(images), _) if src.starts_with(images) => {
                 let dest = images.join(SNAPSHOTS_DIR).join(snapshot_id);
-                let result = self.host.copier.copy_tree(&src, &dest);
+                let result = std::fs::DirBuilder::new()
+                    .mode(0o700)
+                    .create(&dest)
+                    .ctx(|| format!("create {}", dest.display()))
+                    .and_then(|()| self.copy_image_if_missing(&src, &dest));
                 (dest, result)
             }
             (_, PoolBackend::Btrfs { .. }) => {
@@ -650,13 +727,15 @@ impl Pool {
             PoolBackend::Btrfs { .. } => {
                 if rec.kind == VolumeKind::Dir {
                     let d = std::fs::File::open(dir).ctx(|| format!("open {}", dir.display()))?;
-                    if fresh && rec.layout == Some(Layout::BtrfsNocow) {
-                        // Before any file exists: every file made in it is nodatacow.
-                        self.host
-                            .btrfs
-                            .set_nocow(&d)
-                            .ctx(|| format!("set nodatacow on {}", dir.display()))?;
+                    // Fresh: before any file exists, so every file is nodatacow. A clone
+                    // asked for a layout changes what its new files get; one that was
+                    // not keeps its origin's (`layout` None).
+                    match rec.layout {
+                        Some(Layout::BtrfsNocow) => self.host.btrfs.set_nocow(&d),
+                        Some(Layout::BtrfsSubvolume) if !fresh => self.host.btrfs.clear_nocow(&d),
+                        _ => Ok(()),
                     }
+                    .ctx(|| format!("set the nodatacow flag of {}", dir.display()))?;
                     // A copy keeps its origin's flag: say what new files get.
                     let nocow = self
                         .host
@@ -781,11 +860,43 @@ impl Pool {
 /// Bytes of the host's filesystem a `host-image` volume must leave free.
 pub const HOST_RESERVE: u64 = 1 << 30;
 
-/// Bytes available to root on the filesystem of `dir`.
-fn host_available(dir: &Path) -> Result<u64> {
-    let st = nix::sys::statvfs::statvfs(dir)
-        .map_err(|e| Error::io(format!("statfs {}", dir.display()), e.into()))?;
-    Ok(st.blocks_available() as u64 * st.fragment_size() as u64)
+/// Whether the filesystem of directory `dir` makes reflinks: tried once on two
+/// scratch files there.
+fn makes_reflinks(dir: &Path) -> bool {
+    let probe = || -> std::io::Result<()> {
+        let source = tempfile_in(dir)?;
+        std::fs::write(source.path(), [0u8; 4096])?;
+        let dest = tempfile_in(dir)?;
+        let s = std::fs::File::open(source.path())?;
+        let d = OpenOptions::new().write(true).open(dest.path())?;
+        crate::sys::ficlone(std::os::fd::AsFd::as_fd(&d), std::os::fd::AsFd::as_fd(&s))
+    };
+    probe().is_ok()
+}
+
+/// A scratch file in `dir`, removed when dropped.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn tempfile_in(dir: &Path) -> std::io::Result<Scratch> {
+    let path = dir.join(format!(".probe-{}", crate::manager::new_id("")));
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)?;
+    Ok(Scratch(path))
 }
 
 /// Allocates `file`'s blocks up to `size` bytes (its length becomes at least `size`).

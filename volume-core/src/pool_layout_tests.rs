@@ -204,3 +204,105 @@ fn a_layout_asked_for_must_fit_the_kind_and_the_pool() {
     r.params = with("dir", "btrfs-nocow").unwrap();
     assert!(matches!(g.mgr.create(&r), Err(Error::InvalidArgument(_))));
 }
+
+#[test]
+fn a_compressed_clone_says_copy_on_write_and_a_repeated_create_must_ask_the_same_layout() {
+    let f = fixture(true);
+    let src = f.mgr.create(&req("src", "dir", 8 << 20)).unwrap();
+    let mut c = req("squeezed-clone", "dir", 8 << 20);
+    c.source = Some(ContentSource::Volume(src.id.clone()));
+    c.mutable_parameters = BTreeMap::from([("compression".into(), "zstd".into())]);
+    let clone = f.mgr.create(&c).unwrap();
+    assert_eq!(clone.layout, Some(Layout::BtrfsSubvolume));
+    let dir = std::fs::File::open(f.mgr.pool().volume_dir(&clone.id)).unwrap();
+    assert!(!f.fake.host().btrfs.is_nocow(&dir).unwrap());
+
+    // Asked for on a clone, a layout changes what the clone's new files get.
+    let mut cow = req("cow-clone", "dir", 8 << 20);
+    cow.source = Some(ContentSource::Volume(src.id.clone()));
+    cow.params.layout = Some(Layout::BtrfsSubvolume);
+    assert_eq!(
+        f.mgr.create(&cow).unwrap().layout,
+        Some(Layout::BtrfsSubvolume)
+    );
+
+    let mut again = req("src", "dir", 8 << 20);
+    again.params.layout = Some(Layout::BtrfsSubvolume);
+    assert!(matches!(
+        f.mgr.create(&again),
+        Err(Error::NameConflict { .. })
+    ));
+    again.params.layout = Some(Layout::BtrfsNocow);
+    assert_eq!(f.mgr.create(&again).unwrap().id, src.id);
+}
+
+#[test]
+fn a_raw_block_host_image_in_use_is_not_copied_where_the_host_cannot_reflink() {
+    let f = embedded_fixture(Layout::HostImage);
+    if f.mgr.pool().host_reflinks() {
+        // This machine's temporary directory reflinks: the copy would be atomic.
+        return;
+    }
+    let rec = f.mgr.create(&req("raw", "loop", 16 << 20)).unwrap();
+    let mut staged = f.mgr.get(&rec.id).unwrap();
+    staged.staging = Some(crate::model::StageRecord {
+        path: f.dir.path().join("staging"),
+        loop_device: None,
+        mount_flags: Vec::new(),
+        block: true,
+        created_dir: false,
+    });
+    f.mgr.store.put(&staged).unwrap();
+    let err = f.mgr.create_snapshot("torn", &rec.id).unwrap_err();
+    assert!(matches!(err, Error::FailedPrecondition(_)), "{err:?}");
+    let mut c = req("raw-clone", "loop", 16 << 20);
+    c.source = Some(ContentSource::Volume(rec.id.clone()));
+    assert!(matches!(
+        f.mgr.create(&c),
+        Err(Error::FailedPrecondition(_))
+    ));
+    let snapshots = f.dir.path().join("images").join(SNAPSHOTS_DIR);
+    assert_eq!(std::fs::read_dir(snapshots).unwrap().count(), 0);
+
+    // Unstaged, it is copied.
+    staged.staging = None;
+    f.mgr.store.put(&staged).unwrap();
+    f.mgr.create_snapshot("whole", &rec.id).unwrap();
+}
+
+#[test]
+fn host_images_leave_the_host_room_for_the_sparse_pool_image() {
+    let f = embedded_fixture(Layout::HostImage);
+    let usage = f.mgr.pool().host_usage().unwrap().unwrap();
+    let st = nix::sys::statvfs::statvfs(f.dir.path()).unwrap();
+    let free = st.blocks_available() as u64 * st.fragment_size() as u64;
+    // The fake pool image is 1 GiB and holds no blocks yet.
+    assert!(
+        usage.available <= free.saturating_sub((1 << 30) + crate::pool::HOST_RESERVE),
+        "{} of {free}",
+        usage.available
+    );
+}
+
+#[test]
+fn a_btrfs_pool_without_host_images_refuses_chunk_diffs_of_loop_volumes() {
+    let f = std::sync::Arc::new(fixture(true).mgr);
+    let header = crate::replication::IncomingHeader {
+        volume_id: "v-0123456789abcdef0123456789abcdef".into(),
+        name: "rep".into(),
+        kind: VolumeKind::Loop,
+        fs: None,
+        capacity: 4 << 20,
+        snapshot: "1-g1".into(),
+        parent: None,
+        source_node_id: "a".into(),
+        generation: 1,
+        taken_at: 0,
+        spec: None,
+        format: crate::replication::StreamFormat::Chunk,
+    };
+    assert!(matches!(
+        f.begin_receive(header),
+        Err(Error::FailedPrecondition(_))
+    ));
+}

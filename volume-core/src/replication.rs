@@ -314,14 +314,19 @@ impl VolumeManager {
         std::fs::create_dir(&seq_dir).ctx(|| format!("create {}", seq_dir.display()))?;
         let path = seq_dir.join(SNAPSHOT_SUBVOLUME);
         let source = self.pool.volume_dir(&id);
+        let format = self.stream_format_of(&vol);
         let taken_at = now();
-        if let Err(e) = self.with_frozen(std::slice::from_ref(&vol), || {
-            match self.stream_format_of(&vol) {
+        let result = self.room_for_replication_copy(&vol).and_then(|()| {
+            self.with_frozen(std::slice::from_ref(&vol), || match format {
                 StreamFormat::Btrfs => self.host.btrfs.snapshot(&source, &path, true).map(|_| ()),
                 StreamFormat::Chunk => self.host.copier.copy_tree(&source, &path),
+            })
+        });
+        if let Err(e) = result {
+            // A copy cut short leaves part of a tree: all of it goes.
+            if let Err(cleanup) = self.remove_snapshot_dir(&seq_dir) {
+                tracing::warn!(path = %seq_dir.display(), error = %cleanup, "remove failed replication snapshot");
             }
-        }) {
-            let _ = std::fs::remove_dir(&seq_dir);
             return Err(e);
         }
         let snap = ReplicationSnapshot {
@@ -479,10 +484,29 @@ impl VolumeManager {
         }
     }
 
-    /// Whether this node takes a stream of `format` for a volume of `kind`.
+    /// Whether this node takes a stream of `format` for a volume of `kind`: its pool's
+    /// own, or chunk diffs of loop volumes where it keeps host images (what such a
+    /// replica becomes when promoted, so that it goes on shipping chunk diffs).
     fn takes(&self, format: StreamFormat, kind: VolumeKind) -> bool {
         format == self.stream_format()
-            || (format == StreamFormat::Chunk && kind == VolumeKind::Loop)
+            || (format == StreamFormat::Chunk
+                && kind == VolumeKind::Loop
+                && self.pool.host_images().is_some())
+    }
+
+    /// A host image's replication snapshot is a full copy into the pool: NO_SPACE
+    /// unless the pool has room for the blocks the image holds.
+    fn room_for_replication_copy(&self, vol: &VolumeRecord) -> Result<()> {
+        if self.pool.layout_of(vol) != crate::model::Layout::HostImage {
+            return Ok(());
+        }
+        let image = self.pool.image_path(&vol.id);
+        let held = std::fs::metadata(&image)
+            .map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512)
+            .ctx(|| format!("stat {}", image.display()))?;
+        self.pool
+            .available_for(held, "replication snapshot")
+            .map(drop)
     }
 
     /// Removes a snapshot's tree: a subvolume, or a directory (a chunk-diff copy).

@@ -147,6 +147,18 @@ pub fn set_inode_flags(file: BorrowedFd<'_>, flags: libc::c_long) -> io::Result<
     Ok(())
 }
 
+// From <linux/fs.h>: _IOW(0x94, 9, int).
+const FICLONE: libc::c_ulong = 0x4004_9409;
+
+/// Makes `dest` share all of `source`'s extents (a reflink): one atomic step, or an
+/// error where the filesystem cannot (EOPNOTSUPP, EXDEV, EINVAL).
+pub fn ficlone(dest: BorrowedFd<'_>, source: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: FICLONE takes the source descriptor as its integer argument; both fds
+    // are valid for the call.
+    check(unsafe { libc::ioctl(dest.as_raw_fd(), FICLONE, source.as_raw_fd()) })?;
+    Ok(())
+}
+
 // From <linux/fs.h>: _IOWR('X', 119, int) and _IOWR('X', 120, int).
 const FIFREEZE: libc::c_ulong = 0xC004_5877;
 const FITHAW: libc::c_ulong = 0xC004_5878;
@@ -168,18 +180,15 @@ pub fn thaw(mount_dir: BorrowedFd<'_>) -> io::Result<()> {
     Ok(())
 }
 
-/// Sets extended attribute `name` of the file at `path` (not following a final symlink).
-pub fn lsetxattr(path: &std::path::Path, name: &str, value: &[u8]) -> io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+/// Sets extended attribute `name` of the open file `file`.
+pub fn fsetxattr(file: BorrowedFd<'_>, name: &str, value: &[u8]) -> io::Result<()> {
     let c_name =
         std::ffi::CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: both strings are NUL-terminated and live for the call; `value` points to
-    // `value.len()` readable bytes.
+    // SAFETY: the name is NUL-terminated and lives for the call; `value` points to
+    // `value.len()` readable bytes; the fd is valid for the call.
     check(unsafe {
-        libc::lsetxattr(
-            c_path.as_ptr(),
+        libc::fsetxattr(
+            file.as_raw_fd(),
             c_name.as_ptr(),
             value.as_ptr().cast(),
             value.len(),

@@ -4,7 +4,10 @@
 use std::fmt::Debug;
 use std::fs::File;
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+
+use nix::fcntl::OFlag;
+use nix::sys::stat::{Mode, SFlag};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
@@ -84,6 +87,8 @@ pub trait Btrfs: Send + Sync + Debug {
     fn set_nocow(&self, file: &File) -> io::Result<()>;
     /// Whether `file` (a file or a directory) is nodatacow.
     fn is_nocow(&self, file: &File) -> io::Result<bool>;
+    /// Makes a directory stop handing nodatacow to the files made in it.
+    fn clear_nocow(&self, dir: &File) -> io::Result<()>;
     /// Starts a send stream of read-only subvolume `snapshot`, relative to read-only
     /// subvolume `parent` (incremental) when given.
     fn send(&self, snapshot: &Path, parent: Option<&Path>) -> Result<Box<dyn SendStream>>;
@@ -221,6 +226,25 @@ impl RealBtrfs {
     }
 }
 
+/// Sets `btrfs.compression` of one open file or directory. btrfs cannot compress
+/// nodatacow data (EINVAL): a nodatacow directory stops handing the flag to new files
+/// before it is given a compression; a nodatacow file keeps its data as it is (its
+/// flag cannot change once it holds data), as does anything nodatacow for `none`.
+fn set_file_compression(
+    file: std::os::fd::BorrowedFd<'_>,
+    is_dir: bool,
+    algorithm: &str,
+) -> io::Result<()> {
+    let flags = sys::get_inode_flags(file)?;
+    if flags & sys::FS_NOCOW_FL != 0 {
+        if !is_dir || algorithm == "none" {
+            return Ok(());
+        }
+        sys::set_inode_flags(file, flags & !sys::FS_NOCOW_FL)?;
+    }
+    sys::fsetxattr(file, "btrfs.compression", algorithm.as_bytes())
+}
+
 fn rootid(path: &Path) -> Result<u64> {
     let id = run(
         "btrfs",
@@ -300,43 +324,76 @@ impl Btrfs for RealBtrfs {
     }
 
     fn set_compression(&self, path: &Path, algorithm: &str) -> Result<()> {
-        let value = if algorithm == "none" {
-            "none"
-        } else {
-            algorithm
+        use std::os::unix::ffi::OsStrExt;
+        // Walked by descriptors, never by path: a container writing to the volume may
+        // swap any entry for a symlink or a device node while the walk goes on. Each
+        // entry is opened O_PATH without following a link, and only a directory or a
+        // regular file is reopened (through its descriptor, so the same inode) to be
+        // changed.
+        let io_err = |what: &str, p: &Path, e: nix::errno::Errno| {
+            Error::io(format!("{what} {}", p.display()), e.into())
         };
-        let mut stack = vec![path.to_path_buf()];
-        while let Some(p) = stack.pop() {
-            let meta = std::fs::symlink_metadata(&p)
-                .map_err(|e| Error::io(format!("stat {}", p.display()), e))?;
-            if meta.is_dir() {
-                for entry in std::fs::read_dir(&p)
-                    .map_err(|e| Error::io(format!("read {}", p.display()), e))?
-                {
-                    let entry = entry.map_err(|e| Error::io(format!("read {}", p.display()), e))?;
-                    stack.push(entry.path());
-                }
-            } else if !meta.is_file() {
+        let mut stack: Vec<(Option<std::rc::Rc<OwnedFd>>, std::ffi::CString, PathBuf)> = vec![(
+            None,
+            std::ffi::CString::new(path.as_os_str().as_bytes())
+                .map_err(|_| Error::InvalidArgument(format!("{} holds a NUL", path.display())))?,
+            path.to_path_buf(),
+        )];
+        while let Some((parent, name, shown)) = stack.pop() {
+            let how = OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+            let at = match &parent {
+                None => nix::fcntl::open(name.as_c_str(), how | OFlag::O_DIRECTORY, Mode::empty()),
+                Some(dir) => nix::fcntl::openat(dir.as_fd(), name.as_c_str(), how, Mode::empty()),
+            };
+            let at = match at {
+                Ok(fd) => fd,
+                // Removed since it was listed: nothing to compress.
+                Err(nix::errno::Errno::ENOENT) if parent.is_some() => continue,
+                Err(e) => return Err(io_err("open", &shown, e)),
+            };
+            let mode = nix::sys::stat::fstat(&at)
+                .map_err(|e| io_err("stat", &shown, e))?
+                .st_mode;
+            let kind = SFlag::from_bits_truncate(mode) & SFlag::S_IFMT;
+            let is_dir = kind == SFlag::S_IFDIR;
+            if !is_dir && kind != SFlag::S_IFREG {
                 continue; // symlinks, devices, sockets: no data to compress
             }
-            if value != "none" {
-                // btrfs cannot compress nodatacow data (EINVAL): a directory stops
-                // handing nodatacow to new files; a nodatacow file keeps its data as
-                // it is (its flag cannot change once it holds data).
-                let file =
-                    File::open(&p).map_err(|e| Error::io(format!("open {}", p.display()), e))?;
-                let flags = sys::get_inode_flags(file.as_fd())
-                    .map_err(|e| Error::io(format!("read flags of {}", p.display()), e))?;
-                if flags & sys::FS_NOCOW_FL != 0 {
-                    if !meta.is_dir() {
-                        continue;
-                    }
-                    sys::set_inode_flags(file.as_fd(), flags & !sys::FS_NOCOW_FL)
-                        .map_err(|e| Error::io(format!("clear nodatacow on {}", p.display()), e))?;
-                }
+            let flags = if is_dir {
+                OFlag::O_RDONLY | OFlag::O_DIRECTORY
+            } else {
+                OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY
+            };
+            let file = nix::fcntl::open(
+                format!("/proc/self/fd/{}", at.as_raw_fd()).as_str(),
+                flags | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| io_err("open", &shown, e))?;
+            drop(at);
+            set_file_compression(file.as_fd(), is_dir, algorithm)
+                .map_err(|e| Error::io(format!("set compression on {}", shown.display()), e))?;
+            if !is_dir {
+                continue;
             }
-            sys::lsetxattr(&p, "btrfs.compression", value.as_bytes())
-                .map_err(|e| Error::io(format!("set compression on {}", p.display()), e))?;
+            let file = std::rc::Rc::new(file);
+            let mut listing = nix::dir::Dir::from_fd(
+                nix::unistd::dup(file.as_fd()).map_err(|e| io_err("read", &shown, e))?,
+            )
+            .map_err(|e| io_err("read", &shown, e))?;
+            for entry in listing.iter() {
+                let entry = entry.map_err(|e| io_err("read", &shown, e))?;
+                let child = entry.file_name();
+                if matches!(child.to_bytes(), b"." | b"..") {
+                    continue;
+                }
+                let child_shown = shown.join(std::ffi::OsStr::from_bytes(child.to_bytes()));
+                stack.push((
+                    Some(std::rc::Rc::clone(&file)),
+                    child.to_owned(),
+                    child_shown,
+                ));
+            }
         }
         Ok(())
     }
@@ -419,6 +476,14 @@ impl Btrfs for RealBtrfs {
 
     fn is_nocow(&self, file: &File) -> io::Result<bool> {
         Ok(sys::get_inode_flags(file.as_fd())? & sys::FS_NOCOW_FL != 0)
+    }
+
+    fn clear_nocow(&self, dir: &File) -> io::Result<()> {
+        let flags = sys::get_inode_flags(dir.as_fd())?;
+        if flags & sys::FS_NOCOW_FL != 0 {
+            sys::set_inode_flags(dir.as_fd(), flags & !sys::FS_NOCOW_FL)?;
+        }
+        Ok(())
     }
 
     fn send(&self, snapshot: &Path, parent: Option<&Path>) -> Result<Box<dyn SendStream>> {

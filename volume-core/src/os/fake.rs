@@ -427,7 +427,13 @@ impl Btrfs for FakeHost {
 
     fn set_compression(&self, path: &Path, algorithm: &str) -> Result<()> {
         self.enter("set_compression", &[&path.display(), &algorithm])
-            .map_err(|e| to_err("set_compression", e))
+            .map_err(|e| to_err("set_compression", e))?;
+        // As on btrfs: a compressed directory stops handing nodatacow to new files.
+        if algorithm != "none" {
+            let meta = std::fs::metadata(path).map_err(|e| to_err("set_compression", e))?;
+            self.state().nocow.remove(&(meta.dev(), meta.ino()));
+        }
+        Ok(())
     }
 
     fn delete_subvolume(&self, path: &Path) -> Result<()> {
@@ -472,6 +478,13 @@ impl Btrfs for FakeHost {
         self.enter("set_nocow", &[])?;
         let meta = file.metadata()?;
         self.state().nocow.insert((meta.dev(), meta.ino()));
+        Ok(())
+    }
+
+    fn clear_nocow(&self, dir: &File) -> io::Result<()> {
+        self.enter("clear_nocow", &[])?;
+        let meta = dir.metadata()?;
+        self.state().nocow.remove(&(meta.dev(), meta.ino()));
         Ok(())
     }
 
