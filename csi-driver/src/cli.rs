@@ -1012,10 +1012,12 @@ mod tests {
             kind: "loop".into(),
             fs_type: "ext4".into(),
             capacity_bytes: 10 << 30,
+            layout: "host-image".into(),
             ..Default::default()
         };
         let j = volume_json(&v);
         assert_eq!(j["capacity"], "10GiB");
+        assert_eq!(j["layout"], "host-image");
         assert_eq!(j["fs"], "ext4");
         assert!(j["staging_path"].is_null());
         let mut keys: Vec<_> = j.as_object().unwrap().keys().cloned().collect();
@@ -1036,6 +1038,7 @@ mod tests {
                 "generation",
                 "id",
                 "kind",
+                "layout",
                 "mutable_parameters",
                 "name",
                 "parameters",

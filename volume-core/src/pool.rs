@@ -99,8 +99,6 @@ pub struct Pool {
     images: Option<PathBuf>,
     /// The layout of new loop volumes that are not replicated.
     loop_layout: Layout,
-    /// The embedded pool's image (sparse): host images leave room for it to fill.
-    pool_image: Option<PathBuf>,
     /// Whether the host-image directory's filesystem makes reflinks (an atomic copy).
     host_reflinks: bool,
 }
@@ -139,10 +137,6 @@ impl Pool {
             }
             _ => (None, Layout::PoolImage),
         };
-        let pool_image = match config {
-            PoolConfig::Embedded { image, .. } => Some(image.clone()),
-            _ => None,
-        };
         let host_reflinks = images.as_deref().is_some_and(makes_reflinks);
         let is_btrfs = host
             .btrfs
@@ -176,7 +170,6 @@ impl Pool {
             healthy: Arc::new(AtomicBool::new(true)),
             images,
             loop_layout,
-            pool_image,
             host_reflinks,
         })
     }
@@ -315,8 +308,9 @@ impl Pool {
     }
 
     /// The host filesystem as host images may use it: its size, and the bytes free to
-    /// root less what the sparse pool image may still claim and [`HOST_RESERVE`]
-    /// (None without a host-image directory).
+    /// root less [`HOST_RESERVE`] (None without a host-image directory). The sparse
+    /// pool image is thin on that filesystem, as it always was: host images do not
+    /// reserve its growth (ARCHITECTURE.md, "Capacity policy").
     pub fn host_usage(&self) -> Result<Option<PoolUsage>> {
         let Some(images) = &self.images else {
             return Ok(None);
@@ -324,18 +318,9 @@ impl Pool {
         let st = nix::sys::statvfs::statvfs(images)
             .map_err(|e| Error::io(format!("statfs {}", images.display()), e.into()))?;
         let frsize = st.fragment_size() as u64;
-        let unbacked = match &self.pool_image {
-            Some(p) => {
-                let m = std::fs::metadata(p).ctx(|| format!("stat {}", p.display()))?;
-                m.len().saturating_sub(m.blocks() * 512)
-            }
-            None => 0,
-        };
         Ok(Some(PoolUsage {
             total: st.blocks() as u64 * frsize,
-            available: (st.blocks_available() as u64 * frsize)
-                .saturating_sub(unbacked)
-                .saturating_sub(HOST_RESERVE),
+            available: (st.blocks_available() as u64 * frsize).saturating_sub(HOST_RESERVE),
         }))
     }
 
@@ -349,7 +334,7 @@ impl Pool {
         if wanted > available {
             return Err(Error::NoSpace(format!(
                 "{what}: {wanted} bytes, {available} available on the host filesystem \
-                 (keeping room for the pool image and {HOST_RESERVE} bytes free)"
+                 (keeping {HOST_RESERVE} bytes free)"
             )));
         }
         Ok(available)
