@@ -274,9 +274,19 @@ impl Daemon {
 
     /// CSI clients connected to the daemon.
     pub async fn clients(&self) -> Clients {
-        let channel = csi_driver::client::connect(&self.socket())
-            .await
-            .expect("connect to stowaged");
+        // The socket's file appears at bind(), a moment before listen(): a connect in
+        // between is refused, so try again for a while.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let channel = loop {
+            match csi_driver::client::connect(&self.socket()).await {
+                Ok(c) => break c,
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("connect to stowaged: {e}; trying again");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("connect to stowaged: {e:?}\n{}", self.log()),
+            }
+        };
         Clients {
             identity: IdentityClient::new(channel.clone()),
             controller: ControllerClient::new(channel.clone()),
