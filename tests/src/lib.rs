@@ -235,6 +235,11 @@ impl Daemon {
         self.spawn();
     }
 
+    /// Adds `extra` to the arguments of the next start (a later flag wins).
+    pub fn add_args(&mut self, extra: &[&str]) {
+        self.args.extend(extra.iter().map(|s| s.to_string()));
+    }
+
     /// Runs the daemon (stopped) with its arguments, expecting it to exit by itself
     /// within 30 s (a refusal to start); returns its exit status and output.
     pub fn run_to_exit(&self) -> (std::process::ExitStatus, String) {

@@ -217,3 +217,116 @@ async fn a_lost_pool_is_noticed_and_its_return_too() {
     assert!(ready(&mut c).await);
     assert!(daemon.log().contains("pool is back"));
 }
+
+/// A btrfs filesystem on a loop device standing in for a disk of its own; detached
+/// (after whatever mounted it is gone) on drop.
+struct BtrfsDevice {
+    dir: tempfile::TempDir,
+    device: PathBuf,
+}
+
+impl BtrfsDevice {
+    fn new() -> Self {
+        require_root();
+        let dir = tempfile::Builder::new()
+            .prefix("stowage-device-")
+            .tempdir()
+            .unwrap();
+        let image = dir.path().join("disk.img");
+        std::fs::File::create(&image)
+            .unwrap()
+            .set_len(2 << 30)
+            .unwrap();
+        assert!(
+            Command::new("mkfs.btrfs")
+                .args(["-q", "-f"])
+                .arg(&image)
+                .status()
+                .unwrap()
+                .success()
+        );
+        let out = Command::new("losetup")
+            .args(["-f", "--show"])
+            .arg(&image)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "losetup");
+        let device = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+        BtrfsDevice { dir, device }
+    }
+}
+
+impl Drop for BtrfsDevice {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.device).status();
+        cleanup_under(self.dir.path());
+    }
+}
+
+#[tokio::test]
+async fn a_btrfs_device_as_pool_is_mounted_by_the_daemon_and_holds_loop_images() {
+    let disk = BtrfsDevice::new();
+    let pool_arg = format!("btrfs:{}", disk.device.display());
+    let mut daemon = Daemon::start("1GiB", &["--pool", &pool_arg]);
+    let pool = daemon.state_dir().join("pool");
+    let source = Command::new("findmnt")
+        .args(["-no", "SOURCE,FSTYPE"])
+        .arg(&pool)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&source.stdout).trim(),
+        format!("{} btrfs", disk.device.display()),
+        "the daemon mounted the device at its pool"
+    );
+    let mut c = daemon.clients().await;
+    let lp = c
+        .controller
+        .create_volume(stowage_tests::create_req(
+            "db",
+            64 << 20,
+            &[("kind", "loop"), ("fsType", "ext4")],
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
+    // No host-image directory beside a device: the image is a file of the device's btrfs.
+    assert_eq!(lp.volume_context["layout"], "pool-image");
+    assert!(
+        pool.join("volumes")
+            .join(&lp.volume_id)
+            .join("disk.img")
+            .exists()
+    );
+    let dir = c.create("files", 64 << 20, &[("kind", "dir")]).await;
+    let staging = daemon.root().join("staging");
+    c.stage(&dir, &staging).await.unwrap();
+    write_mib(&staging.join("data"), 3).unwrap();
+    assert!(
+        write_mib(&staging.join("too-much"), 80).is_err(),
+        "quota enforced"
+    );
+    c.unstage(&dir, &staging).await.unwrap();
+    drop(c);
+
+    // A restart finds the device mounted and keeps using it.
+    daemon.restart();
+    let mut c = daemon.clients().await;
+    c.stage(&dir, &staging).await.unwrap();
+    assert_eq!(
+        std::fs::metadata(staging.join("data")).unwrap().len(),
+        3 << 20
+    );
+    c.unstage(&dir, &staging).await.unwrap();
+    c.delete(&dir).await.unwrap();
+    c.delete(&lp.volume_id).await.unwrap();
+
+    // A device node that is not a block device is refused at start.
+    daemon.stop();
+    daemon.add_args(&["--pool", "btrfs:/dev/null"]);
+    let (status, out) = daemon.run_to_exit();
+    assert!(!status.success());
+    assert!(out.contains("is not a block device"), "{out}");
+}

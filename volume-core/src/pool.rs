@@ -59,6 +59,14 @@ pub enum PoolConfig {
         /// device over a file of the host's filesystem) or [`Layout::PoolImage`].
         loop_layout: Layout,
     },
+    /// A block device (a disk or partition of its own) holding btrfs, mounted by the
+    /// daemon at `mount`: the production setup, with no loop device under the pool.
+    Device {
+        /// The device node, formatted btrfs by the administrator (never by us).
+        device: PathBuf,
+        /// Where the daemon mounts it.
+        mount: PathBuf,
+    },
     /// An existing btrfs mount (or a directory inside one).
     Btrfs {
         /// The directory to keep volumes under.
@@ -114,6 +122,10 @@ impl Pool {
                 open_embedded(&host, image, mount, *size)?;
                 (mount.clone(), true)
             }
+            PoolConfig::Device { device, mount } => {
+                open_device(&host, device, mount)?;
+                (mount.clone(), true)
+            }
             PoolConfig::Btrfs { path } => (path.clone(), true),
             PoolConfig::Dir { path } => (path.clone(), false),
         };
@@ -165,7 +177,10 @@ impl Pool {
             root,
             backend,
             host,
-            embedded: matches!(config, PoolConfig::Embedded { .. }),
+            embedded: matches!(
+                config,
+                PoolConfig::Embedded { .. } | PoolConfig::Device { .. }
+            ),
             root_dev,
             healthy: Arc::new(AtomicBool::new(true)),
             images,
@@ -915,6 +930,43 @@ pub fn set_mode(path: &Path, mode: u32) -> Result<()> {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
             .ctx(|| format!("chmod {}", path.display()))?;
     }
+    Ok(())
+}
+
+/// Mounts the btrfs on block device `device` at `mount` (reusing a mount already there).
+fn open_device(host: &Host, device: &Path, mount: &Path) -> Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let meta = std::fs::metadata(device).ctx(|| format!("stat {}", device.display()))?;
+    if !meta.file_type().is_block_device() {
+        return Err(Error::InvalidArgument(format!(
+            "pool device {} is not a block device",
+            device.display()
+        )));
+    }
+    std::fs::create_dir_all(mount).ctx(|| format!("create {}", mount.display()))?;
+    let mounts = host.mounter.mounts().ctx(|| "read mount table".into())?;
+    if mounts
+        .iter()
+        .any(|m| m.mount_point == mount && m.fs_type == "btrfs")
+    {
+        tracing::info!(pool = %mount.display(), "pool device already mounted");
+        return Ok(());
+    }
+    let mut opts = MountOptions::volume_defaults();
+    opts.extra.push("noatime".into());
+    let target = crate::os::MountPoint::own(mount).ctx(|| format!("open {}", mount.display()))?;
+    host.mounter
+        .mount(device, &target, "btrfs", &opts)
+        .map_err(|e| {
+            Error::FailedPrecondition(format!(
+                "mount pool device {} at {}: {e} (it must hold a btrfs filesystem: \
+                 mkfs.btrfs {})",
+                device.display(),
+                mount.display(),
+                device.display()
+            ))
+        })?;
+    tracing::info!(pool = %mount.display(), device = %device.display(), "mounted pool device");
     Ok(())
 }
 

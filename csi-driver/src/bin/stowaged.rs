@@ -40,8 +40,10 @@ struct Args {
     /// This node's id (defaults to the host name).
     #[arg(long, env = "STOWAGE_NODE_ID")]
     node_id: Option<String>,
-    /// Pool: `embedded` (btrfs image under the state dir), `btrfs:/path` (an existing
-    /// btrfs mount) or `dir:/path` (any filesystem; directory sizes not enforced).
+    /// Pool: `embedded` (btrfs image under the state dir), `btrfs:/dev/DEVICE` (a disk
+    /// or partition formatted btrfs, mounted by the daemon under the state dir: the
+    /// production setup), `btrfs:/path` (an existing btrfs mount) or `dir:/path` (any
+    /// filesystem; directory sizes not enforced).
     #[arg(long, env = "STOWAGE_POOL", default_value = "embedded")]
     pool: String,
     /// Size of the embedded pool image when it is first created (sparse).
@@ -137,6 +139,11 @@ fn pool_config(args: &Args, layout: &StateLayout) -> anyhow::Result<PoolConfig> 
             },
         },
         other => match other.split_once(':') {
+            // A device node: a disk or partition of its own, mounted by the daemon.
+            Some(("btrfs", p)) if p.starts_with("/dev/") => PoolConfig::Device {
+                device: p.into(),
+                mount: layout.pool_mount(),
+            },
             Some(("btrfs", p)) => PoolConfig::Btrfs { path: p.into() },
             Some(("dir", p)) => PoolConfig::Dir { path: p.into() },
             _ => anyhow::bail!("--pool {other:?}: expected embedded, btrfs:/path or dir:/path"),
