@@ -20,19 +20,7 @@ impl BtrfsMount {
             .prefix("stowage-btrfs-")
             .tempdir()
             .unwrap();
-        let image = dir.path().join("fs.img");
-        std::fs::File::create(&image)
-            .unwrap()
-            .set_len(2 << 30)
-            .unwrap();
-        assert!(
-            Command::new("mkfs.btrfs")
-                .args(["-q", "-f"])
-                .arg(&image)
-                .status()
-                .unwrap()
-                .success()
-        );
+        let image = btrfs_image(&dir.path().join("fs.img"));
         std::fs::create_dir(dir.path().join("mnt")).unwrap();
         let ok = Command::new("mount")
             .args(["-o", "loop"])
@@ -48,6 +36,23 @@ impl BtrfsMount {
     fn mnt(&self) -> PathBuf {
         self.dir.path().join("mnt")
     }
+}
+
+/// A sparse 2 GiB file at `image`, formatted btrfs.
+fn btrfs_image(image: &Path) -> PathBuf {
+    std::fs::File::create(image)
+        .unwrap()
+        .set_len(2 << 30)
+        .unwrap();
+    assert!(
+        Command::new("mkfs.btrfs")
+            .args(["-q", "-f"])
+            .arg(image)
+            .status()
+            .unwrap()
+            .success()
+    );
+    image.to_path_buf()
 }
 
 impl Drop for BtrfsMount {
@@ -232,19 +237,7 @@ impl BtrfsDevice {
             .prefix("stowage-device-")
             .tempdir()
             .unwrap();
-        let image = dir.path().join("disk.img");
-        std::fs::File::create(&image)
-            .unwrap()
-            .set_len(2 << 30)
-            .unwrap();
-        assert!(
-            Command::new("mkfs.btrfs")
-                .args(["-q", "-f"])
-                .arg(&image)
-                .status()
-                .unwrap()
-                .success()
-        );
+        let image = btrfs_image(&dir.path().join("disk.img"));
         let out = Command::new("losetup")
             .args(["-f", "--show"])
             .arg(&image)

@@ -727,36 +727,20 @@ pub(crate) mod tests {
 
     pub(crate) fn fixture(btrfs: bool) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
-        let fake = FakeHost::new(btrfs);
+        let path = dir.path().join("pool");
         let config = if btrfs {
-            PoolConfig::Btrfs {
-                path: dir.path().join("pool"),
-            }
+            PoolConfig::Btrfs { path }
         } else {
-            PoolConfig::Dir {
-                path: dir.path().join("pool"),
-            }
+            PoolConfig::Dir { path }
         };
         std::fs::create_dir_all(dir.path().join("pool")).unwrap();
-        let pool = Pool::open(&config, fake.host()).unwrap();
-        let store = Store::open(&dir.path().join("meta.redb")).unwrap();
-        let node = NodeIdentity {
-            node_id: "node-1".into(),
-            state_dir: dir.path().join("state"),
-            ephemeral_dir: dir.path().join("ephemeral"),
-            attach_dir: dir.path().join("attach"),
-            layers_dir: dir.path().join("layers"),
-            overlay_program: dir.path().join("stowage-overlay"),
-        };
-        let mgr = VolumeManager::new(store, pool, fake.host(), node);
-        Fixture { dir, fake, mgr }
+        fixture_with(dir, FakeHost::new(btrfs), &config)
     }
 
     /// A manager over an embedded pool (fake btrfs) with loop images of `loop_layout`
     /// in `<tmp>/images`.
     pub(crate) fn embedded_fixture(loop_layout: crate::model::Layout) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
-        let fake = FakeHost::new(true);
         let config = PoolConfig::Embedded {
             image: dir.path().join("pool.img"),
             mount: dir.path().join("pool"),
@@ -764,7 +748,12 @@ pub(crate) mod tests {
             images: dir.path().join("images"),
             loop_layout,
         };
-        let pool = Pool::open(&config, fake.host()).unwrap();
+        fixture_with(dir, FakeHost::new(true), &config)
+    }
+
+    /// A manager in `dir` over the pool `config` names, on `fake`.
+    fn fixture_with(dir: tempfile::TempDir, fake: Arc<FakeHost>, config: &PoolConfig) -> Fixture {
+        let pool = Pool::open(config, fake.host()).unwrap();
         let store = Store::open(&dir.path().join("meta.redb")).unwrap();
         let node = NodeIdentity {
             node_id: "node-1".into(),

@@ -933,6 +933,14 @@ pub fn set_mode(path: &Path, mode: u32) -> Result<()> {
     Ok(())
 }
 
+/// Whether a btrfs is mounted at `mount` (the pool, after a daemon restart).
+fn btrfs_mounted_at(host: &Host, mount: &Path) -> Result<bool> {
+    let mounts = host.mounter.mounts().ctx(|| "read mount table".into())?;
+    Ok(mounts
+        .iter()
+        .any(|m| m.mount_point == mount && m.fs_type == "btrfs"))
+}
+
 /// Mounts the btrfs on block device `device` at `mount` (reusing a mount already there).
 fn open_device(host: &Host, device: &Path, mount: &Path) -> Result<()> {
     use std::os::unix::fs::FileTypeExt;
@@ -944,11 +952,7 @@ fn open_device(host: &Host, device: &Path, mount: &Path) -> Result<()> {
         )));
     }
     std::fs::create_dir_all(mount).ctx(|| format!("create {}", mount.display()))?;
-    let mounts = host.mounter.mounts().ctx(|| "read mount table".into())?;
-    if mounts
-        .iter()
-        .any(|m| m.mount_point == mount && m.fs_type == "btrfs")
-    {
+    if btrfs_mounted_at(host, mount)? {
         tracing::info!(pool = %mount.display(), "pool device already mounted");
         return Ok(());
     }
@@ -976,11 +980,7 @@ fn open_embedded(host: &Host, image: &Path, mount: &Path, size: u64) -> Result<(
         // Images made before pools were root-only.
         set_mode(image, 0o600)?;
     }
-    let mounts = host.mounter.mounts().ctx(|| "read mount table".into())?;
-    if mounts
-        .iter()
-        .any(|m| m.mount_point == mount && m.fs_type == "btrfs")
-    {
+    if btrfs_mounted_at(host, mount)? {
         tracing::info!(pool = %mount.display(), "embedded pool already mounted");
         return Ok(());
     }
