@@ -475,6 +475,16 @@ pub fn create_req(name: &str, bytes: i64, params: &[(&str, &str)]) -> csi::Creat
 impl Clients {
     /// Creates a volume and returns its id.
     pub async fn create(&mut self, name: &str, bytes: i64, params: &[(&str, &str)]) -> String {
+        self.create_volume(name, bytes, params).await.volume_id
+    }
+
+    /// Creates a volume and returns it (its context included).
+    pub async fn create_volume(
+        &mut self,
+        name: &str,
+        bytes: i64,
+        params: &[(&str, &str)],
+    ) -> csi::Volume {
         self.controller
             .create_volume(create_req(name, bytes, params))
             .await
@@ -482,7 +492,6 @@ impl Clients {
             .into_inner()
             .volume
             .expect("volume")
-            .volume_id
     }
 
     /// Creates a volume from `source` (a snapshot to restore or a volume to clone)

@@ -38,31 +38,11 @@ async fn default_layouts_one_loop_device_over_a_host_file_and_nodatacow_director
     let daemon = Daemon::start("2GiB", &[]);
     let mut c = daemon.clients().await;
 
-    let dir = c
-        .controller
-        .create_volume(stowage_tests::create_req(
-            "dir",
-            64 * MIB,
-            &[("kind", "dir")],
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .volume
-        .unwrap();
+    let dir = c.create_volume("dir", 64 * MIB, &[("kind", "dir")]).await;
     assert_eq!(dir.volume_context["layout"], "btrfs-nocow");
     let lp = c
-        .controller
-        .create_volume(stowage_tests::create_req(
-            "db",
-            64 * MIB,
-            &[("kind", "loop"), ("fsType", "ext4")],
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .volume
-        .unwrap();
+        .create_volume("db", 64 * MIB, &[("kind", "loop"), ("fsType", "ext4")])
+        .await;
     assert_eq!(lp.volume_context["layout"], "host-image");
 
     // The image is a preallocated file on the state directory's own filesystem,

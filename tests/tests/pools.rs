@@ -274,17 +274,8 @@ async fn a_btrfs_device_as_pool_is_mounted_by_the_daemon_and_holds_loop_images()
     );
     let mut c = daemon.clients().await;
     let lp = c
-        .controller
-        .create_volume(stowage_tests::create_req(
-            "db",
-            64 << 20,
-            &[("kind", "loop"), ("fsType", "ext4")],
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .volume
-        .unwrap();
+        .create_volume("db", 64 << 20, &[("kind", "loop"), ("fsType", "ext4")])
+        .await;
     // No host-image directory beside a device: the image is a file of the device's btrfs.
     assert_eq!(lp.volume_context["layout"], "pool-image");
     assert!(
