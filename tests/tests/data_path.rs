@@ -243,3 +243,25 @@ async fn compression_of_a_nodatacow_volume_walks_only_the_volume_itself() {
     c.unpublish_and_unstage(&id, &staging, &target).await;
     c.delete(&id).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_start_with_another_pool_is_refused_while_host_images_are_there() {
+    require_root();
+    let mut daemon = Daemon::start("2GiB", &[]);
+    let mut c = daemon.clients().await;
+    let id = c.create("kept", 64 * MIB, &[("kind", "loop")]).await;
+    drop(c);
+    daemon.stop();
+    let plain = daemon.root().join("plain-pool");
+    std::fs::create_dir(&plain).unwrap();
+    daemon.add_args(&["--pool", &format!("dir:{}", plain.display())]);
+    let (status, out) = daemon.run_to_exit();
+    assert!(!status.success());
+    assert!(out.contains("layout host-image"), "{out}");
+    // The embedded pool again: the volume is there.
+    daemon.add_args(&["--pool", "embedded"]);
+    daemon.restart();
+    let mut c = daemon.clients().await;
+    assert_eq!(c.list_ids().await, vec![id.clone()]);
+    c.delete(&id).await.unwrap();
+}

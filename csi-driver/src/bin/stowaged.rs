@@ -151,6 +151,30 @@ fn pool_config(args: &Args, layout: &StateLayout) -> anyhow::Result<PoolConfig> 
     })
 }
 
+/// Host-image volumes live beside an embedded pool only: a start with another pool
+/// would make them unreachable (and a delete of one would leave its image behind), so
+/// it is refused while `images` holds any.
+fn refuse_to_strand_host_images(pool: &PoolConfig, images: &std::path::Path) -> anyhow::Result<()> {
+    if matches!(pool, PoolConfig::Embedded { .. }) {
+        return Ok(());
+    }
+    let volumes = images.join("volumes");
+    let held = match std::fs::read_dir(&volumes) {
+        Ok(entries) => entries.count(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(e).with_context(|| format!("read {}", volumes.display())),
+    };
+    if held > 0 {
+        anyhow::bail!(
+            "{} holds {held} loop volume image(s) of the embedded pool (layout host-image), \
+             which another --pool cannot reach: start with --pool embedded, or delete or move \
+             those volumes first",
+            volumes.display()
+        );
+    }
+    Ok(())
+}
+
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -196,6 +220,7 @@ async fn run() -> anyhow::Result<()> {
     init_tracing(args.log_format);
     let layout = StateLayout::create(&args.state_dir)?;
     let pool = pool_config(&args, &layout)?;
+    refuse_to_strand_host_images(&pool, &layout.host_images())?;
     let node_id = match &args.node_id {
         Some(n) => n.clone(),
         None => nix::unistd::gethostname()
