@@ -28,7 +28,7 @@ Sizes take binary units: 512MiB, 10GiB (K/M/G/T are binary too).";
 
 /// Manage Stowage volumes on this node.
 #[derive(Debug, Parser)]
-#[command(name = "vol", version, about, after_help = EXIT_HELP)]
+#[command(name = "vol", version, after_help = EXIT_HELP)]
 pub struct Cli {
     /// The daemon's socket.
     #[arg(

@@ -1,6 +1,8 @@
-//! Stowage's gRPC surface: the CSI Identity, Controller and Node services over a
-//! volume-core [`VolumeManager`](volume_core::VolumeManager), the unix-socket server
-//! that hosts them, and the glue the `stowaged` binary wires together.
+//! Stowage's daemon around a volume-core [`VolumeManager`](volume_core::VolumeManager)
+//! and each of its front doors: the CSI Identity, Controller, Node and GroupController
+//! services and the admin service on the unix socket, the peer service and the
+//! replication scheduler between daemons, the Docker/Podman volume plugin, metrics;
+//! the glue the `stowaged` binary wires together, and the `vol` CLI ([`cli`]).
 
 pub mod admin;
 pub mod cli;

@@ -20,12 +20,13 @@ enum LogFormat {
     Json,
 }
 
-/// Stowage storage daemon: CSI Identity, Controller and Node services.
+/// Stowage storage daemon: the CSI, admin and peer services, replication, the
+/// Docker/Podman volume plugin and metrics, over this node's pool.
 ///
 /// A flag given twice takes its last value, so a unit's drop-in or a script can
 /// append to the arguments it inherits.
 #[derive(Debug, Parser)]
-#[command(version, about, args_override_self = true)]
+#[command(version, args_override_self = true)]
 struct Args {
     /// CSI endpoint to listen on (unix:///path).
     #[arg(
