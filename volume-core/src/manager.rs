@@ -318,12 +318,10 @@ impl VolumeManager {
             Err(Error::InvalidArgument(_)) => return Ok(PoolUsage::default()),
             Err(e) => return Err(e),
         };
-        match (layout, self.pool.host_usage()?) {
-            (crate::model::Layout::HostImage, Some(usage)) if self.pool.problem().is_none() => {
-                Ok(usage)
-            }
-            _ => self.capacity(),
+        if layout != crate::model::Layout::HostImage || self.pool.problem().is_some() {
+            return self.capacity();
         }
+        Ok(self.pool.host_usage()?.unwrap_or_default())
     }
 
     /// The pool's filesystem usage as statvfs of its path says, whatever is mounted
@@ -419,9 +417,7 @@ impl VolumeManager {
             req.params.kind,
             req.params.layout,
             req.params.replication.is_some(),
-            req.mutable_parameters
-                .get(crate::modify::COMPRESSION)
-                .is_some_and(|c| c != "none"),
+            crate::modify::compresses(&req.mutable_parameters),
         )?;
         let id = new_id(VOLUME_PREFIX);
         let mut rec = VolumeRecord {

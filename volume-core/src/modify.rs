@@ -57,14 +57,19 @@ pub fn validate(params: &BTreeMap<String, String>, kind: VolumeKind, pool: &Pool
     Ok(())
 }
 
+/// Whether `params` turn compression on (an algorithm other than `none`).
+pub fn compresses(params: &BTreeMap<String, String>) -> bool {
+    params.get(COMPRESSION).is_some_and(|c| c != "none")
+}
+
 /// Applies validated parameters to the volume's storage. Compression makes new files
 /// copy-on-write (btrfs cannot compress nodatacow data): the layout says so.
 pub fn apply(pool: &Pool, rec: &mut VolumeRecord, params: &BTreeMap<String, String>) -> Result<()> {
     if let Some(algorithm) = params.get(COMPRESSION) {
         pool.set_compression(&rec.id, algorithm)?;
-        if algorithm != "none" && rec.kind == VolumeKind::Dir {
-            rec.layout = Some(Layout::BtrfsSubvolume);
-        }
+    }
+    if compresses(params) && rec.kind == VolumeKind::Dir {
+        rec.layout = Some(Layout::BtrfsSubvolume);
     }
     Ok(())
 }

@@ -97,8 +97,9 @@ pub struct Pool {
     root: PathBuf,
     backend: PoolBackend,
     host: Host,
-    /// The daemon mounts it (the embedded image): it must be a btrfs mount point.
-    embedded: bool,
+    /// The daemon mounts it (the embedded image, a device): it must be a btrfs mount
+    /// point.
+    mounted_by_daemon: bool,
     /// The device of `volumes/` when opened (a plain pool's filesystem).
     root_dev: u64,
     /// Whether it was usable when last looked at (to log changes once).
@@ -149,7 +150,9 @@ impl Pool {
             }
             _ => (None, Layout::PoolImage),
         };
-        let host_reflinks = images.as_deref().is_some_and(makes_reflinks);
+        let host_reflinks = images
+            .as_deref()
+            .is_some_and(|i| host.copier.makes_reflinks(i));
         let is_btrfs = host
             .btrfs
             .is_btrfs(&root)
@@ -177,7 +180,7 @@ impl Pool {
             root,
             backend,
             host,
-            embedded: matches!(
+            mounted_by_daemon: matches!(
                 config,
                 PoolConfig::Embedded { .. } | PoolConfig::Device { .. }
             ),
@@ -247,7 +250,7 @@ impl Pool {
                 if !self.host.btrfs.is_btrfs(&self.root).unwrap_or(false) {
                     return Some(format!("pool {root} is no longer on btrfs (unmounted?)"));
                 }
-                if self.embedded {
+                if self.mounted_by_daemon {
                     match self.host.mounter.mount_at(&self.root) {
                         Ok(Some(m)) if m.fs_type == "btrfs" => {}
                         _ => return Some(format!("pool {root} is not mounted")),
@@ -394,7 +397,7 @@ impl Pool {
     /// The layout a new volume of `kind` gets: a loop volume's image on the host's
     /// filesystem beside an embedded pool unless it is `replicated` (btrfs send ships
     /// pool images); a directory nodatacow on btrfs unless it wants `compression`.
-    pub fn layout_for_new(&self, kind: VolumeKind, replicated: bool, compression: bool) -> Layout {
+    fn layout_for_new(&self, kind: VolumeKind, replicated: bool, compression: bool) -> Layout {
         let btrfs = matches!(self.backend, PoolBackend::Btrfs { .. });
         match kind {
             VolumeKind::Loop if self.images.is_some() && !replicated => self.loop_layout,
@@ -616,19 +619,47 @@ impl Pool {
     /// the host has the flag for a host-image directory.
     fn nocow_dir(&self, dir: &Path) -> Result<()> {
         let d = std::fs::File::open(dir).ctx(|| format!("open {}", dir.display()))?;
-        if self.is_host_image_entry(dir) {
-            if let Err(e) = self.host.btrfs.set_nocow(&d) {
-                tracing::debug!(dir = %dir.display(), error = %e, "host filesystem has no nodatacow");
+        self.mark_nocow(&d, dir)
+    }
+
+    /// Marks `file` (at `path`; an empty file, or a directory for what is made in it)
+    /// nodatacow: required in a btrfs pool, where the host has the flag for a host
+    /// image (only a btrfs host does), nothing elsewhere.
+    fn mark_nocow(&self, file: &std::fs::File, path: &Path) -> Result<()> {
+        if self.is_host_image_entry(path) {
+            if let Err(e) = self.host.btrfs.set_nocow(file) {
+                tracing::debug!(path = %path.display(), error = %e, "host filesystem has no nodatacow");
             }
-            return Ok(());
-        }
-        if matches!(self.backend, PoolBackend::Btrfs { .. }) {
+        } else if matches!(self.backend, PoolBackend::Btrfs { .. }) {
             self.host
                 .btrfs
-                .set_nocow(&d)
-                .ctx(|| format!("set nodatacow on {}", dir.display()))?;
+                .set_nocow(file)
+                .ctx(|| format!("set nodatacow on {}", path.display()))?;
         }
         Ok(())
+    }
+
+    /// Allocates host image `image`'s blocks up to `size` bytes; on failure (a
+    /// fallocate may extend the file part of the way) its length goes back to `len`.
+    fn preallocate_image(
+        &self,
+        file: &std::fs::File,
+        image: &Path,
+        len: u64,
+        size: u64,
+    ) -> Result<()> {
+        preallocate(file, size).map_err(|e| {
+            if let Err(undo) = file.set_len(len) {
+                tracing::warn!(image = %image.display(), error = %undo, "restore image length");
+            }
+            match e {
+                nix::errno::Errno::ENOSPC => Error::NoSpace(format!(
+                    "{size} bytes for {} do not fit on the host filesystem",
+                    image.display()
+                )),
+                e => Error::io(format!("preallocate {}", image.display()), e.into()),
+            }
+        })
     }
 
     /// True when `path` is in the host-image directory.
@@ -649,19 +680,7 @@ impl Pool {
             .ctx(|| format!("stat {}", image.display()))?
             .len();
         if self.is_host_image_entry(&image) {
-            return preallocate(&file, size).map_err(|e| {
-                // A failed fallocate may have extended the file part of the way.
-                if let Err(undo) = file.set_len(len) {
-                    tracing::warn!(image = %image.display(), error = %undo, "restore image length");
-                }
-                match e {
-                    nix::errno::Errno::ENOSPC => Error::NoSpace(format!(
-                        "{size} bytes for {} do not fit on the host filesystem",
-                        image.display()
-                    )),
-                    e => Error::io(format!("preallocate {}", image.display()), e.into()),
-                }
-            });
+            return self.preallocate_image(&file, &image, len, size);
         }
         if size > len {
             file.set_len(size)
@@ -764,25 +783,9 @@ impl Pool {
             .open(image)
             .ctx(|| format!("create {}", image.display()))?;
         // Must happen while the file is empty; reflinks still work between nocow files.
+        self.mark_nocow(&file, image)?;
         if self.is_host_image_entry(image) {
-            // Only a btrfs host knows the flag; elsewhere there is nothing to turn off.
-            if let Err(e) = self.host.btrfs.set_nocow(&file) {
-                tracing::debug!(image = %image.display(), error = %e, "host filesystem has no nodatacow");
-            }
-        } else if matches!(self.backend, PoolBackend::Btrfs { .. }) {
-            self.host
-                .btrfs
-                .set_nocow(&file)
-                .ctx(|| format!("set nodatacow on {}", image.display()))?;
-        }
-        if self.is_host_image_entry(image) {
-            preallocate(&file, size).map_err(|e| match e {
-                nix::errno::Errno::ENOSPC => Error::NoSpace(format!(
-                    "{size} bytes for {} do not fit on the host filesystem",
-                    image.display()
-                )),
-                e => Error::io(format!("preallocate {}", image.display()), e.into()),
-            })?;
+            self.preallocate_image(&file, image, 0, size)?;
         } else {
             file.set_len(size)
                 .ctx(|| format!("size {}", image.display()))?;
@@ -859,45 +862,6 @@ impl Pool {
 
 /// Bytes of the host's filesystem a `host-image` volume must leave free.
 pub const HOST_RESERVE: u64 = 1 << 30;
-
-/// Whether the filesystem of directory `dir` makes reflinks: tried once on two
-/// scratch files there.
-fn makes_reflinks(dir: &Path) -> bool {
-    let probe = || -> std::io::Result<()> {
-        let source = tempfile_in(dir)?;
-        std::fs::write(source.path(), [0u8; 4096])?;
-        let dest = tempfile_in(dir)?;
-        let s = std::fs::File::open(source.path())?;
-        let d = OpenOptions::new().write(true).open(dest.path())?;
-        crate::sys::ficlone(std::os::fd::AsFd::as_fd(&d), std::os::fd::AsFd::as_fd(&s))
-    };
-    probe().is_ok()
-}
-
-/// A scratch file in `dir`, removed when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-fn tempfile_in(dir: &Path) -> std::io::Result<Scratch> {
-    let path = dir.join(format!(".probe-{}", crate::manager::new_id("")));
-    OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)?;
-    Ok(Scratch(path))
-}
 
 /// Allocates `file`'s blocks up to `size` bytes (its length becomes at least `size`).
 fn preallocate(file: &std::fs::File, size: u64) -> nix::Result<()> {

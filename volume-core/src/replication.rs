@@ -649,8 +649,8 @@ impl VolumeManager {
         if !self.takes(header.format, header.kind) {
             return Err(Error::FailedPrecondition(format!(
                 "the sender streams {} but this node's pool takes {} streams for a {} volume \
-                 (both pools must be btrfs, or neither; a btrfs pool also takes chunk \
-                 diffs of loop volumes)",
+                 (both pools must be btrfs, or neither; a btrfs pool that keeps host \
+                 images also takes chunk diffs of loop volumes)",
                 header.format.as_str(),
                 self.stream_format().as_str(),
                 header.kind

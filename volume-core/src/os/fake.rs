@@ -347,6 +347,11 @@ impl Formatter for FakeHost {
 }
 
 impl TreeCopy for FakeHost {
+    /// The fake's copies are plain copies, never atomic.
+    fn makes_reflinks(&self, _dir: &Path) -> bool {
+        false
+    }
+
     fn copy_tree(&self, source: &Path, dest: &Path) -> Result<()> {
         self.enter("copy_tree", &[&source.display(), &dest.display()])
             .map_err(|e| to_err("copy_tree", e))?;
