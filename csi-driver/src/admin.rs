@@ -15,7 +15,7 @@ use volume_core::{ContentSource, CreateRequest, SnapshotRecord, VolumeParams, Vo
 use fuse_overlay::layers::{ImportedLayer, LayerInfo, LayerKey, LayerStore};
 
 use crate::driver::Driver;
-use crate::rpc::{blocking, observe, require};
+use crate::rpc::{blocking_patient, observe, require};
 use crate::status::layer_status;
 
 /// The Admin service.
@@ -250,7 +250,7 @@ impl Admin for AdminService {
                         crate::replicate::place(&driver, r.copies as usize - 1, &[]).await?;
                 }
                 let manager = Arc::clone(&driver.manager);
-                let rec = blocking(move || manager.create(&create)).await?;
+                let rec = blocking_patient(move || manager.create(&create)).await?;
                 Ok(pb::VolumeResponse {
                     volume: Some(to_pb_volume(&driver, &rec)),
                 })
@@ -271,7 +271,7 @@ impl Admin for AdminService {
             request.metadata(),
             async move {
                 let manager = Arc::clone(&driver.manager);
-                let mut recs = blocking(move || manager.list(None, usize::MAX)).await?;
+                let mut recs = blocking_patient(move || manager.list(None, usize::MAX)).await?;
                 recs.sort_by(|a, b| a.name.cmp(&b.name));
                 Ok(pb::ListVolumesResponse {
                     volumes: recs.iter().map(|r| to_pb_volume(&driver, r)).collect(),
@@ -295,7 +295,7 @@ impl Admin for AdminService {
             async move {
                 require(&req.volume, "volume")?;
                 let manager = Arc::clone(&driver.manager);
-                let rec = blocking(move || manager.resolve(&req.volume)).await?;
+                let rec = blocking_patient(move || manager.resolve(&req.volume)).await?;
                 Ok(pb::VolumeResponse {
                     volume: Some(to_pb_volume(&driver, &rec)),
                 })
@@ -318,7 +318,7 @@ impl Admin for AdminService {
             async move {
                 require(&req.volume, "volume")?;
                 let manager = Arc::clone(&driver.manager);
-                let id = match blocking(move || manager.resolve(&req.volume)).await {
+                let id = match blocking_patient(move || manager.resolve(&req.volume)).await {
                     Ok(rec) => rec.id,
                     Err(e) => return Err(e),
                 };
@@ -348,7 +348,7 @@ impl Admin for AdminService {
                     ));
                 }
                 let manager = Arc::clone(&driver.manager);
-                let rec = blocking(move || {
+                let rec = blocking_patient(move || {
                     let (source, kind, fs, source_size) = if req.snapshot.is_empty() {
                         let src = manager.resolve(&req.source)?;
                         (
@@ -404,7 +404,7 @@ impl Admin for AdminService {
             async move {
                 require(&req.volume, "volume")?;
                 let manager = Arc::clone(&driver.manager);
-                let rec = blocking(move || {
+                let rec = blocking_patient(move || {
                     let rec = manager.resolve(&req.volume)?;
                     manager.expand(&rec.id, req.capacity_bytes, 0)?;
                     // On this node, finish the job: grow a mounted filesystem too.
@@ -439,7 +439,7 @@ impl Admin for AdminService {
             async move {
                 require(&req.volume, "volume")?;
                 require(&req.name, "name")?;
-                let snap = blocking(move || {
+                let snap = blocking_patient(move || {
                     let rec = manager.resolve(&req.volume)?;
                     manager.create_snapshot(&req.name, &rec.id)
                 })
@@ -464,7 +464,7 @@ impl Admin for AdminService {
             "",
             &meta,
             async move {
-                let snaps = blocking(move || {
+                let snaps = blocking_patient(move || {
                     let filter = SnapshotFilter {
                         snapshot_id: None,
                         source_volume_id: if req.volume.is_empty() {
@@ -497,7 +497,7 @@ impl Admin for AdminService {
             &meta,
             async move {
                 require(&req.snapshot, "snapshot")?;
-                blocking(move || {
+                blocking_patient(move || {
                     let snap = manager.resolve_snapshot(&req.snapshot)?;
                     manager.delete_snapshot(&snap.id)
                 })
@@ -524,7 +524,7 @@ impl Admin for AdminService {
                 require(&req.target, "target")?;
                 let manager = Arc::clone(&driver.manager);
                 let target = PathBuf::from(&req.target);
-                let rec = blocking(move || {
+                let rec = blocking_patient(move || {
                     manager.attach_into(&req.volume, req.pid, &target, req.read_only)
                 })
                 .await?;
@@ -551,7 +551,8 @@ impl Admin for AdminService {
                 require(&req.volume, "volume")?;
                 require(&req.target, "target")?;
                 let target = PathBuf::from(&req.target);
-                blocking(move || manager.detach_from(&req.volume, req.pid, &target)).await?;
+                blocking_patient(move || manager.detach_from(&req.volume, req.pid, &target))
+                    .await?;
                 Ok(pb::DetachVolumeResponse {})
             },
         )
@@ -681,7 +682,7 @@ impl Admin for AdminService {
             &meta,
             async move {
                 require(&req.layer, "layer")?;
-                let recs = blocking(move || manager.list(None, usize::MAX)).await?;
+                let recs = blocking_patient(move || manager.list(None, usize::MAX)).await?;
                 layer_blocking(move || {
                     let info = layers
                         .find(&req.layer)
@@ -769,7 +770,7 @@ impl Admin for AdminService {
             async move {
                 let recs = {
                     let manager = Arc::clone(&manager);
-                    blocking(move || manager.list_replicas()).await?
+                    blocking_patient(move || manager.list_replicas()).await?
                 };
                 let replicas = recs
                     .into_iter()
@@ -821,7 +822,7 @@ impl Admin for AdminService {
                 let manager = Arc::clone(&driver.manager);
                 let rec = {
                     let (driver, volume) = (Arc::clone(&driver), req.volume.clone());
-                    blocking(move || {
+                    blocking_patient(move || {
                         // A stream being received ends (and is kept to resume) when its
                         // sender is gone; wait a moment for that, then drop what was
                         // kept: a half-received stream is not part of the copy promoted.
@@ -868,9 +869,9 @@ impl Admin for AdminService {
                 require(&req.volume, "volume")?;
                 let manager = Arc::clone(&driver.manager);
                 let volume = req.volume.clone();
-                let id = blocking(move || manager.resolve(&volume)).await?.id;
+                let id = blocking_patient(move || manager.resolve(&volume)).await?.id;
                 let rec = driver
-                    .modify(&id, req.parameters.into_iter().collect())
+                    .modify(&id, req.parameters.into_iter().collect(), true)
                     .await?;
                 Ok(pb::VolumeResponse {
                     volume: Some(to_pb_volume(&driver, &rec)),
@@ -895,7 +896,7 @@ impl Admin for AdminService {
                 require(&req.volume, "volume")?;
                 let manager = Arc::clone(&driver.manager);
                 let volume = req.volume.clone();
-                let id = blocking(move || {
+                let id = blocking_patient(move || {
                     manager
                         .list_replicas()?
                         .into_iter()
@@ -906,10 +907,10 @@ impl Admin for AdminService {
                         })
                 })
                 .await?;
-                let parked = driver.replication.unpark(&id);
+                let mut parked = driver.replication.unpark(&id);
                 let manager = Arc::clone(&driver.manager);
-                blocking(move || {
-                    drop(parked);
+                blocking_patient(move || {
+                    drop(parked.take());
                     manager.remove_replica(&id, None)
                 })
                 .await?;

@@ -588,7 +588,7 @@ impl Controller for ControllerService {
             async move {
                 require(&req.volume_id, "volume_id")?;
                 let params = to_btree(&req.mutable_parameters);
-                driver.modify(&req.volume_id, params).await?;
+                driver.modify(&req.volume_id, params, false).await?;
                 Ok(csi::ControllerModifyVolumeResponse {})
             },
         )

@@ -103,14 +103,19 @@ impl Driver {
         self: &Arc<Self>,
         id: &str,
         params: std::collections::BTreeMap<String, String>,
+        patient: bool,
     ) -> Result<VolumeRecord, tonic::Status> {
         let (manager, id2, p2) = (Arc::clone(&self.manager), id.to_string(), params.clone());
         let (need, have) =
             crate::rpc::blocking(move || manager.replica_nodes_wanted(&id2, &p2)).await?;
         let new_nodes = crate::replicate::place(self, need, &have).await?;
         let (manager, id) = (Arc::clone(&self.manager), id.to_string());
-        let rec =
-            crate::rpc::blocking(move || manager.modify_placed(&id, &params, &new_nodes)).await?;
+        let modify = move || manager.modify_placed(&id, &params, &new_nodes);
+        let rec = if patient {
+            crate::rpc::blocking_patient(modify).await?
+        } else {
+            crate::rpc::blocking(modify).await?
+        };
         let now: Vec<String> = rec
             .replication
             .iter()

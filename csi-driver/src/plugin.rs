@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -30,10 +30,6 @@ use volume_core::{CreateRequest, VolumeManager, VolumeParams, VolumeRecord};
 pub const CONTENT_TYPE: &str = "application/vnd.docker.plugins.v1.2+json";
 /// Directory under the state root where plugin mounts live.
 pub const MOUNTS_DIR: &str = "plugin";
-/// How long an operation waits for another one on the same volume to finish.
-const BUSY_WAIT: Duration = Duration::from_secs(10);
-const BUSY_POLL: Duration = Duration::from_millis(50);
-
 /// Where plugin mounts live for the daemon whose state root is `state_root`.
 pub fn mounts_dir(state_root: &Path) -> PathBuf {
     state_root.join(MOUNTS_DIR)
@@ -129,10 +125,12 @@ async fn handle(plugin: Arc<Plugin>, method: &'static str, op: Op, body: Bytes) 
         .unwrap_or_default();
     let result = match parsed {
         Err(e) => Err(e),
-        Ok(req) => tokio::task::spawn_blocking(move || retry_busy(|| op(&plugin, &req)))
-            .await
-            .map_err(PluginError::Worker)
-            .and_then(|r| r.map_err(PluginError::from)),
+        Ok(req) => {
+            tokio::task::spawn_blocking(move || crate::rpc::retry_busy(|| op(&plugin, &req)))
+                .await
+                .map_err(PluginError::Worker)
+                .and_then(|r| r.map_err(PluginError::from))
+        }
     };
     let ms = start.elapsed().as_secs_f64() * 1000.0;
     match result {
@@ -165,19 +163,6 @@ fn answer(status: StatusCode, body: &Value) -> Response {
         body.to_string(),
     )
         .into_response()
-}
-
-/// Runs `f` again while the volume is busy, for up to [`BUSY_WAIT`].
-fn retry_busy<T>(mut f: impl FnMut() -> volume_core::Result<T>) -> volume_core::Result<T> {
-    let deadline = Instant::now() + BUSY_WAIT;
-    loop {
-        match f() {
-            Err(volume_core::Error::Busy(_)) if Instant::now() < deadline => {
-                std::thread::sleep(BUSY_POLL)
-            }
-            other => return other,
-        }
-    }
 }
 
 fn required_name(req: &PluginRequest) -> volume_core::Result<&str> {
