@@ -15,7 +15,7 @@ use volume_core::{ContentSource, CreateRequest, SnapshotRecord, VolumeParams, Vo
 use fuse_overlay::layers::{ImportedLayer, LayerInfo, LayerKey, LayerStore};
 
 use crate::driver::Driver;
-use crate::rpc::{blocking_patient, observe, require};
+use crate::rpc::{blocking_patient, require};
 use crate::status::layer_status;
 
 /// The Admin service.
@@ -201,22 +201,16 @@ fn split_parameters(
 impl Admin for AdminService {
     async fn version(
         &self,
-        request: Request<pb::VersionRequest>,
+        _request: Request<pb::VersionRequest>,
     ) -> Result<Response<pb::VersionResponse>, Status> {
         let driver = Arc::clone(&self.driver);
-        observe(
-            &self.driver.metrics,
-            "Admin.Version",
-            "",
-            request.metadata(),
-            async move {
-                Ok(pb::VersionResponse {
-                    version: env!("CARGO_PKG_VERSION").to_string(),
-                    driver_name: crate::DRIVER_NAME.to_string(),
-                    node_id: driver.config.node_id.clone(),
-                })
-            },
-        )
+        crate::rpc::respond(async move {
+            Ok(pb::VersionResponse {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                driver_name: crate::DRIVER_NAME.to_string(),
+                node_id: driver.config.node_id.clone(),
+            })
+        })
         .await
     }
 
@@ -224,60 +218,47 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::CreateVolumeRequest>,
     ) -> Result<Response<pb::VolumeResponse>, Status> {
-        let (meta, _, req) = request.into_parts();
+        let req = request.into_inner();
         let driver = Arc::clone(&self.driver);
-        observe(
-            &self.driver.metrics,
-            "Admin.CreateVolume",
-            "",
-            &meta,
-            async move {
-                require(&req.name, "name")?;
-                let (fixed, mutable) = split_parameters(&req.parameters);
-                let mut params =
-                    VolumeParams::parse(&fixed, None).map_err(|e| crate::status::to_status(&e))?;
-                {
-                    let driver = Arc::clone(&driver);
-                    params =
-                        layer_blocking(move || driver.resolve_layers(&mut params).map(|()| params))
-                            .await?;
-                }
-                let mut create =
-                    CreateRequest::new(req.name.clone(), req.capacity_bytes, 0, params);
-                create.mutable_parameters = mutable;
-                if let Some(r) = create.params.replication {
-                    create.replica_nodes =
-                        crate::replicate::place(&driver, r.copies as usize - 1, &[]).await?;
-                }
-                let manager = Arc::clone(&driver.manager);
-                let rec = blocking_patient(move || manager.create(&create)).await?;
-                Ok(pb::VolumeResponse {
-                    volume: Some(to_pb_volume(&driver, &rec)),
-                })
-            },
-        )
+        crate::rpc::respond(async move {
+            require(&req.name, "name")?;
+            let (fixed, mutable) = split_parameters(&req.parameters);
+            let mut params =
+                VolumeParams::parse(&fixed, None).map_err(|e| crate::status::to_status(&e))?;
+            {
+                let driver = Arc::clone(&driver);
+                params =
+                    layer_blocking(move || driver.resolve_layers(&mut params).map(|()| params))
+                        .await?;
+            }
+            let mut create = CreateRequest::new(req.name.clone(), req.capacity_bytes, 0, params);
+            create.mutable_parameters = mutable;
+            if let Some(r) = create.params.replication {
+                create.replica_nodes =
+                    crate::replicate::place(&driver, r.copies as usize - 1, &[]).await?;
+            }
+            let manager = Arc::clone(&driver.manager);
+            let rec = blocking_patient(move || manager.create(&create)).await?;
+            Ok(pb::VolumeResponse {
+                volume: Some(to_pb_volume(&driver, &rec)),
+            })
+        })
         .await
     }
 
     async fn list_volumes(
         &self,
-        request: Request<pb::ListVolumesRequest>,
+        _request: Request<pb::ListVolumesRequest>,
     ) -> Result<Response<pb::ListVolumesResponse>, Status> {
         let driver = Arc::clone(&self.driver);
-        observe(
-            &self.driver.metrics,
-            "Admin.ListVolumes",
-            "",
-            request.metadata(),
-            async move {
-                let manager = Arc::clone(&driver.manager);
-                let mut recs = blocking_patient(move || manager.list(None, usize::MAX)).await?;
-                recs.sort_by(|a, b| a.name.cmp(&b.name));
-                Ok(pb::ListVolumesResponse {
-                    volumes: recs.iter().map(|r| to_pb_volume(&driver, r)).collect(),
-                })
-            },
-        )
+        crate::rpc::respond(async move {
+            let manager = Arc::clone(&driver.manager);
+            let mut recs = blocking_patient(move || manager.list(None, usize::MAX)).await?;
+            recs.sort_by(|a, b| a.name.cmp(&b.name));
+            Ok(pb::ListVolumesResponse {
+                volumes: recs.iter().map(|r| to_pb_volume(&driver, r)).collect(),
+            })
+        })
         .await
     }
 
@@ -285,22 +266,16 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::GetVolumeRequest>,
     ) -> Result<Response<pb::VolumeResponse>, Status> {
-        let (meta, _, req) = request.into_parts();
+        let req = request.into_inner();
         let driver = Arc::clone(&self.driver);
-        observe(
-            &self.driver.metrics,
-            "Admin.GetVolume",
-            "",
-            &meta,
-            async move {
-                require(&req.volume, "volume")?;
-                let manager = Arc::clone(&driver.manager);
-                let rec = blocking_patient(move || manager.resolve(&req.volume)).await?;
-                Ok(pb::VolumeResponse {
-                    volume: Some(to_pb_volume(&driver, &rec)),
-                })
-            },
-        )
+        crate::rpc::respond(async move {
+            require(&req.volume, "volume")?;
+            let manager = Arc::clone(&driver.manager);
+            let rec = blocking_patient(move || manager.resolve(&req.volume)).await?;
+            Ok(pb::VolumeResponse {
+                volume: Some(to_pb_volume(&driver, &rec)),
+            })
+        })
         .await
     }
 
@@ -308,24 +283,18 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::DeleteVolumeRequest>,
     ) -> Result<Response<pb::DeleteVolumeResponse>, Status> {
-        let (meta, _, req) = request.into_parts();
+        let req = request.into_inner();
         let driver = Arc::clone(&self.driver);
-        observe(
-            &self.driver.metrics,
-            "Admin.DeleteVolume",
-            "",
-            &meta,
-            async move {
-                require(&req.volume, "volume")?;
-                let manager = Arc::clone(&driver.manager);
-                let id = match blocking_patient(move || manager.resolve(&req.volume)).await {
-                    Ok(rec) => rec.id,
-                    Err(e) => return Err(e),
-                };
-                driver.delete(&id).await?;
-                Ok(pb::DeleteVolumeResponse {})
-            },
-        )
+        crate::rpc::respond(async move {
+            require(&req.volume, "volume")?;
+            let manager = Arc::clone(&driver.manager);
+            let id = match blocking_patient(move || manager.resolve(&req.volume)).await {
+                Ok(rec) => rec.id,
+                Err(e) => return Err(e),
+            };
+            driver.delete(&id).await?;
+            Ok(pb::DeleteVolumeResponse {})
+        })
         .await
     }
 
@@ -333,60 +302,54 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::CloneVolumeRequest>,
     ) -> Result<Response<pb::VolumeResponse>, Status> {
-        let (meta, _, req) = request.into_parts();
+        let req = request.into_inner();
         let driver = Arc::clone(&self.driver);
-        observe(
-            &self.driver.metrics,
-            "Admin.CloneVolume",
-            "",
-            &meta,
-            async move {
-                require(&req.name, "name")?;
-                if req.source.is_empty() == req.snapshot.is_empty() {
-                    return Err(Status::invalid_argument(
-                        "give exactly one of a source volume or a snapshot",
-                    ));
-                }
-                let manager = Arc::clone(&driver.manager);
-                let rec = blocking_patient(move || {
-                    let (source, kind, fs, source_size) = if req.snapshot.is_empty() {
-                        let src = manager.resolve(&req.source)?;
-                        (
-                            ContentSource::Volume(src.id),
-                            src.kind,
-                            src.fs,
-                            src.capacity,
-                        )
-                    } else {
-                        let snap = manager.resolve_snapshot(&req.snapshot)?;
-                        let size = snap.size_bytes;
-                        (ContentSource::Snapshot(snap.id), snap.kind, snap.fs, size)
-                    };
-                    // No size: the source's. A smaller one cannot hold the source.
-                    let capacity = match req.capacity_bytes {
-                        0 => source_size,
-                        c if c < source_size => {
-                            return Err(volume_core::Error::OutOfRange(format!(
-                                "capacity {c} bytes is smaller than the source's {source_size}"
-                            )));
-                        }
-                        c => c,
-                    };
-                    let mut p = HashMap::from([("kind".to_string(), kind.to_string())]);
-                    if let Some(fs) = fs {
-                        p.insert("fsType".to_string(), fs.to_string());
+        crate::rpc::respond(async move {
+            require(&req.name, "name")?;
+            if req.source.is_empty() == req.snapshot.is_empty() {
+                return Err(Status::invalid_argument(
+                    "give exactly one of a source volume or a snapshot",
+                ));
+            }
+            let manager = Arc::clone(&driver.manager);
+            let rec = blocking_patient(move || {
+                let (source, kind, fs, source_size) = if req.snapshot.is_empty() {
+                    let src = manager.resolve(&req.source)?;
+                    (
+                        ContentSource::Volume(src.id),
+                        src.kind,
+                        src.fs,
+                        src.capacity,
+                    )
+                } else {
+                    let snap = manager.resolve_snapshot(&req.snapshot)?;
+                    let size = snap.size_bytes;
+                    (ContentSource::Snapshot(snap.id), snap.kind, snap.fs, size)
+                };
+                // No size: the source's. A smaller one cannot hold the source.
+                let capacity = match req.capacity_bytes {
+                    0 => source_size,
+                    c if c < source_size => {
+                        return Err(volume_core::Error::OutOfRange(format!(
+                            "capacity {c} bytes is smaller than the source's {source_size}"
+                        )));
                     }
-                    let params = VolumeParams::parse(&p, None)?;
-                    let mut create = CreateRequest::new(req.name.clone(), capacity, 0, params);
-                    create.source = Some(source);
-                    manager.create(&create)
-                })
-                .await?;
-                Ok(pb::VolumeResponse {
-                    volume: Some(to_pb_volume(&driver, &rec)),
-                })
-            },
-        )
+                    c => c,
+                };
+                let mut p = HashMap::from([("kind".to_string(), kind.to_string())]);
+                if let Some(fs) = fs {
+                    p.insert("fsType".to_string(), fs.to_string());
+                }
+                let params = VolumeParams::parse(&p, None)?;
+                let mut create = CreateRequest::new(req.name.clone(), capacity, 0, params);
+                create.source = Some(source);
+                manager.create(&create)
+            })
+            .await?;
+            Ok(pb::VolumeResponse {
+                volume: Some(to_pb_volume(&driver, &rec)),
+            })
+        })
         .await
     }
 
@@ -394,34 +357,28 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::ExpandVolumeRequest>,
     ) -> Result<Response<pb::VolumeResponse>, Status> {
-        let (meta, _, req) = request.into_parts();
+        let req = request.into_inner();
         let driver = Arc::clone(&self.driver);
-        observe(
-            &self.driver.metrics,
-            "Admin.ExpandVolume",
-            "",
-            &meta,
-            async move {
-                require(&req.volume, "volume")?;
-                let manager = Arc::clone(&driver.manager);
-                let rec = blocking_patient(move || {
-                    let rec = manager.resolve(&req.volume)?;
-                    manager.expand(&rec.id, req.capacity_bytes, 0)?;
-                    // On this node, finish the job: grow a mounted filesystem too.
-                    let rec = manager.get(&rec.id)?;
-                    if let Some(stage) = &rec.staging
-                        && rec.filesystem_bytes() < rec.capacity
-                    {
-                        manager.expand_on_node(&rec.id, &stage.path)?;
-                    }
-                    manager.get(&rec.id)
-                })
-                .await?;
-                Ok(pb::VolumeResponse {
-                    volume: Some(to_pb_volume(&driver, &rec)),
-                })
-            },
-        )
+        crate::rpc::respond(async move {
+            require(&req.volume, "volume")?;
+            let manager = Arc::clone(&driver.manager);
+            let rec = blocking_patient(move || {
+                let rec = manager.resolve(&req.volume)?;
+                manager.expand(&rec.id, req.capacity_bytes, 0)?;
+                // On this node, finish the job: grow a mounted filesystem too.
+                let rec = manager.get(&rec.id)?;
+                if let Some(stage) = &rec.staging
+                    && rec.filesystem_bytes() < rec.capacity
+                {
+                    manager.expand_on_node(&rec.id, &stage.path)?;
+                }
+                manager.get(&rec.id)
+            })
+            .await?;
+            Ok(pb::VolumeResponse {
+                volume: Some(to_pb_volume(&driver, &rec)),
+            })
+        })
         .await
     }
 
@@ -429,26 +386,20 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::CreateSnapshotRequest>,
     ) -> Result<Response<pb::SnapshotResponse>, Status> {
-        let (meta, _, req) = request.into_parts();
+        let req = request.into_inner();
         let manager = Arc::clone(&self.driver.manager);
-        observe(
-            &self.driver.metrics,
-            "Admin.CreateSnapshot",
-            "",
-            &meta,
-            async move {
-                require(&req.volume, "volume")?;
-                require(&req.name, "name")?;
-                let snap = blocking_patient(move || {
-                    let rec = manager.resolve(&req.volume)?;
-                    manager.create_snapshot(&req.name, &rec.id)
-                })
-                .await?;
-                Ok(pb::SnapshotResponse {
-                    snapshot: Some(to_pb_snapshot(&snap)),
-                })
-            },
-        )
+        crate::rpc::respond(async move {
+            require(&req.volume, "volume")?;
+            require(&req.name, "name")?;
+            let snap = blocking_patient(move || {
+                let rec = manager.resolve(&req.volume)?;
+                manager.create_snapshot(&req.name, &rec.id)
+            })
+            .await?;
+            Ok(pb::SnapshotResponse {
+                snapshot: Some(to_pb_snapshot(&snap)),
+            })
+        })
         .await
     }
 
@@ -456,31 +407,25 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::ListSnapshotsRequest>,
     ) -> Result<Response<pb::ListSnapshotsResponse>, Status> {
-        let (meta, _, req) = request.into_parts();
+        let req = request.into_inner();
         let manager = Arc::clone(&self.driver.manager);
-        observe(
-            &self.driver.metrics,
-            "Admin.ListSnapshots",
-            "",
-            &meta,
-            async move {
-                let snaps = blocking_patient(move || {
-                    let filter = SnapshotFilter {
-                        snapshot_id: None,
-                        source_volume_id: if req.volume.is_empty() {
-                            None
-                        } else {
-                            Some(manager.resolve(&req.volume)?.id)
-                        },
-                    };
-                    manager.list_snapshots(&filter, None, usize::MAX)
-                })
-                .await?;
-                Ok(pb::ListSnapshotsResponse {
-                    snapshots: snaps.iter().map(to_pb_snapshot).collect(),
-                })
-            },
-        )
+        crate::rpc::respond(async move {
+            let snaps = blocking_patient(move || {
+                let filter = SnapshotFilter {
+                    snapshot_id: None,
+                    source_volume_id: if req.volume.is_empty() {
+                        None
+                    } else {
+                        Some(manager.resolve(&req.volume)?.id)
+                    },
+                };
+                manager.list_snapshots(&filter, None, usize::MAX)
+            })
+            .await?;
+            Ok(pb::ListSnapshotsResponse {
+                snapshots: snaps.iter().map(to_pb_snapshot).collect(),
+            })
+        })
         .await
     }
 
@@ -488,23 +433,17 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::DeleteSnapshotRequest>,
     ) -> Result<Response<pb::DeleteSnapshotResponse>, Status> {
-        let (meta, _, req) = request.into_parts();
+        let req = request.into_inner();
         let manager = Arc::clone(&self.driver.manager);
-        observe(
-            &self.driver.metrics,
-            "Admin.DeleteSnapshot",
-            "",
-            &meta,
-            async move {
-                require(&req.snapshot, "snapshot")?;
-                blocking_patient(move || {
-                    let snap = manager.resolve_snapshot(&req.snapshot)?;
-                    manager.delete_snapshot(&snap.id)
-                })
-                .await?;
-                Ok(pb::DeleteSnapshotResponse {})
-            },
-        )
+        crate::rpc::respond(async move {
+            require(&req.snapshot, "snapshot")?;
+            blocking_patient(move || {
+                let snap = manager.resolve_snapshot(&req.snapshot)?;
+                manager.delete_snapshot(&snap.id)
+            })
+            .await?;
+            Ok(pb::DeleteSnapshotResponse {})
+        })
         .await
     }
 
@@ -512,27 +451,21 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::AttachVolumeRequest>,
     ) -> Result<Response<pb::AttachVolumeResponse>, Status> {
-        let (meta, _, req) = request.into_parts();
+        let req = request.into_inner();
         let driver = Arc::clone(&self.driver);
-        observe(
-            &self.driver.metrics,
-            "Admin.AttachVolume",
-            "",
-            &meta,
-            async move {
-                require(&req.volume, "volume")?;
-                require(&req.target, "target")?;
-                let manager = Arc::clone(&driver.manager);
-                let target = PathBuf::from(&req.target);
-                let rec = blocking_patient(move || {
-                    manager.attach_into(&req.volume, req.pid, &target, req.read_only)
-                })
-                .await?;
-                Ok(pb::AttachVolumeResponse {
-                    volume: Some(to_pb_volume(&driver, &rec)),
-                })
-            },
-        )
+        crate::rpc::respond(async move {
+            require(&req.volume, "volume")?;
+            require(&req.target, "target")?;
+            let manager = Arc::clone(&driver.manager);
+            let target = PathBuf::from(&req.target);
+            let rec = blocking_patient(move || {
+                manager.attach_into(&req.volume, req.pid, &target, req.read_only)
+            })
+            .await?;
+            Ok(pb::AttachVolumeResponse {
+                volume: Some(to_pb_volume(&driver, &rec)),
+            })
+        })
         .await
     }
 
@@ -540,22 +473,15 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::DetachVolumeRequest>,
     ) -> Result<Response<pb::DetachVolumeResponse>, Status> {
-        let (meta, _, req) = request.into_parts();
+        let req = request.into_inner();
         let manager = Arc::clone(&self.driver.manager);
-        observe(
-            &self.driver.metrics,
-            "Admin.DetachVolume",
-            "",
-            &meta,
-            async move {
-                require(&req.volume, "volume")?;
-                require(&req.target, "target")?;
-                let target = PathBuf::from(&req.target);
-                blocking_patient(move || manager.detach_from(&req.volume, req.pid, &target))
-                    .await?;
-                Ok(pb::DetachVolumeResponse {})
-            },
-        )
+        crate::rpc::respond(async move {
+            require(&req.volume, "volume")?;
+            require(&req.target, "target")?;
+            let target = PathBuf::from(&req.target);
+            blocking_patient(move || manager.detach_from(&req.volume, req.pid, &target)).await?;
+            Ok(pb::DetachVolumeResponse {})
+        })
         .await
     }
 
@@ -563,108 +489,96 @@ impl Admin for AdminService {
         &self,
         request: Request<tonic::Streaming<pb::ImportLayerChunk>>,
     ) -> Result<Response<pb::ImportLayerResponse>, Status> {
-        let (meta, _, mut stream) = request.into_parts();
+        let mut stream = request.into_inner();
         let layers = Arc::clone(&self.driver.layers);
-        observe(
-            &self.driver.metrics,
-            "Admin.ImportLayer",
-            "",
-            &meta,
-            async move {
-                let first = stream
-                    .message()
-                    .await?
-                    .ok_or_else(|| Status::invalid_argument("no layer data was sent"))?;
-                if !first.oci_layout_path.is_empty() {
-                    if !first.data.is_empty() || stream.message().await?.is_some() {
-                        return Err(Status::invalid_argument(
-                            "send either an OCI layout path or tarball data, not both",
-                        ));
-                    }
-                    let path = PathBuf::from(&first.oci_layout_path);
-                    if !path.is_absolute() {
-                        return Err(Status::invalid_argument(format!(
-                            "OCI layout path {} is not absolute",
+        crate::rpc::respond(async move {
+            let first = stream
+                .message()
+                .await?
+                .ok_or_else(|| Status::invalid_argument("no layer data was sent"))?;
+            if !first.oci_layout_path.is_empty() {
+                if !first.data.is_empty() || stream.message().await?.is_some() {
+                    return Err(Status::invalid_argument(
+                        "send either an OCI layout path or tarball data, not both",
+                    ));
+                }
+                let path = PathBuf::from(&first.oci_layout_path);
+                if !path.is_absolute() {
+                    return Err(Status::invalid_argument(format!(
+                        "OCI layout path {} is not absolute",
+                        path.display()
+                    )));
+                }
+                return layer_blocking(move || {
+                    if !path.is_dir() {
+                        return Err(Status::not_found(format!(
+                            "OCI layout {} is not a directory on the daemon's host",
                             path.display()
                         )));
                     }
-                    return layer_blocking(move || {
-                        if !path.is_dir() {
-                            return Err(Status::not_found(format!(
-                                "OCI layout {} is not a directory on the daemon's host",
-                                path.display()
-                            )));
-                        }
-                        let imported = layers
-                            .import_oci_layout(&path)
-                            .map_err(|e| layer_status(&e))?;
-                        import_response(&layers, &imported)
-                    })
-                    .await;
-                }
-                // The tarball: chunks go through a bounded channel to the blocking
-                // import, which reads them as a stream (never the whole blob in memory).
-                let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Vec<u8>>>(8);
-                let import = layer_blocking(move || {
-                    let reader = ChunkReader {
-                        rx,
-                        chunk: Vec::new(),
-                        at: 0,
-                    };
-                    let imported = layers.import_tar(reader).map_err(|e| layer_status(&e))?;
-                    import_response(&layers, std::slice::from_ref(&imported))
-                });
-                let forward = async move {
-                    let mut next = Some(first);
-                    loop {
-                        let chunk = match next.take() {
-                            Some(c) => Ok(c.data),
-                            None => match stream.message().await {
-                                Ok(Some(c)) if !c.oci_layout_path.is_empty() => Err(
-                                    std::io::Error::other("an OCI layout path may only come first"),
-                                ),
-                                Ok(Some(c)) => Ok(c.data.to_vec()),
-                                Ok(None) => break,
-                                Err(s) => Err(std::io::Error::other(format!(
-                                    "the client's stream failed: {}",
-                                    s.message()
-                                ))),
-                            },
-                        };
-                        let failed = chunk.is_err();
-                        // A closed channel: the import stopped (and says why).
-                        if tx.send(chunk).await.is_err() || failed {
-                            break;
-                        }
-                    }
+                    let imported = layers
+                        .import_oci_layout(&path)
+                        .map_err(|e| layer_status(&e))?;
+                    import_response(&layers, &imported)
+                })
+                .await;
+            }
+            // The tarball: chunks go through a bounded channel to the blocking
+            // import, which reads them as a stream (never the whole blob in memory).
+            let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Vec<u8>>>(8);
+            let import = layer_blocking(move || {
+                let reader = ChunkReader {
+                    rx,
+                    chunk: Vec::new(),
+                    at: 0,
                 };
-                let (result, ()) = tokio::join!(import, forward);
-                result
-            },
-        )
+                let imported = layers.import_tar(reader).map_err(|e| layer_status(&e))?;
+                import_response(&layers, std::slice::from_ref(&imported))
+            });
+            let forward = async move {
+                let mut next = Some(first);
+                loop {
+                    let chunk = match next.take() {
+                        Some(c) => Ok(c.data),
+                        None => match stream.message().await {
+                            Ok(Some(c)) if !c.oci_layout_path.is_empty() => Err(
+                                std::io::Error::other("an OCI layout path may only come first"),
+                            ),
+                            Ok(Some(c)) => Ok(c.data.to_vec()),
+                            Ok(None) => break,
+                            Err(s) => Err(std::io::Error::other(format!(
+                                "the client's stream failed: {}",
+                                s.message()
+                            ))),
+                        },
+                    };
+                    let failed = chunk.is_err();
+                    // A closed channel: the import stopped (and says why).
+                    if tx.send(chunk).await.is_err() || failed {
+                        break;
+                    }
+                }
+            };
+            let (result, ()) = tokio::join!(import, forward);
+            result
+        })
         .await
     }
 
     async fn list_layers(
         &self,
-        request: Request<pb::ListLayersRequest>,
+        _request: Request<pb::ListLayersRequest>,
     ) -> Result<Response<pb::ListLayersResponse>, Status> {
         let layers = Arc::clone(&self.driver.layers);
-        observe(
-            &self.driver.metrics,
-            "Admin.ListLayers",
-            "",
-            request.metadata(),
-            async move {
-                layer_blocking(move || {
-                    let list = layers.list().map_err(|e| layer_status(&e))?;
-                    Ok(pb::ListLayersResponse {
-                        layers: list.iter().map(to_pb_layer).collect(),
-                    })
+        crate::rpc::respond(async move {
+            layer_blocking(move || {
+                let list = layers.list().map_err(|e| layer_status(&e))?;
+                Ok(pb::ListLayersResponse {
+                    layers: list.iter().map(to_pb_layer).collect(),
                 })
-                .await
-            },
-        )
+            })
+            .await
+        })
         .await
     }
 
@@ -672,38 +586,30 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::RemoveLayerRequest>,
     ) -> Result<Response<pb::RemoveLayerResponse>, Status> {
-        let (meta, _, req) = request.into_parts();
+        let req = request.into_inner();
         let layers = Arc::clone(&self.driver.layers);
         let manager = Arc::clone(&self.driver.manager);
-        observe(
-            &self.driver.metrics,
-            "Admin.RemoveLayer",
-            "",
-            &meta,
-            async move {
-                require(&req.layer, "layer")?;
-                let recs = blocking_patient(move || manager.list(None, usize::MAX)).await?;
-                layer_blocking(move || {
-                    let info = layers
-                        .find(&req.layer)
-                        .map_err(|e| layer_status(&e))?
-                        .ok_or_else(|| {
-                            Status::not_found(format!("layer {} not found", req.layer))
-                        })?;
-                    let users = volumes_using_layer(&layers, &recs, &info.key);
-                    if !users.is_empty() {
-                        return Err(Status::failed_precondition(format!(
-                            "layer {} is used by volume {}; delete those volumes first",
-                            info.key,
-                            users.join(", ")
-                        )));
-                    }
-                    layers.remove(&info.key).map_err(|e| layer_status(&e))?;
-                    Ok(pb::RemoveLayerResponse {})
-                })
-                .await
-            },
-        )
+        crate::rpc::respond(async move {
+            require(&req.layer, "layer")?;
+            let recs = blocking_patient(move || manager.list(None, usize::MAX)).await?;
+            layer_blocking(move || {
+                let info = layers
+                    .find(&req.layer)
+                    .map_err(|e| layer_status(&e))?
+                    .ok_or_else(|| Status::not_found(format!("layer {} not found", req.layer)))?;
+                let users = volumes_using_layer(&layers, &recs, &info.key);
+                if !users.is_empty() {
+                    return Err(Status::failed_precondition(format!(
+                        "layer {} is used by volume {}; delete those volumes first",
+                        info.key,
+                        users.join(", ")
+                    )));
+                }
+                layers.remove(&info.key).map_err(|e| layer_status(&e))?;
+                Ok(pb::RemoveLayerResponse {})
+            })
+            .await
+        })
         .await
     }
 
@@ -711,29 +617,23 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::PeerHelloRequest>,
     ) -> Result<Response<pb::HelloResponse>, Status> {
-        let (meta, _, req) = request.into_parts();
+        let req = request.into_inner();
         let driver = Arc::clone(&self.driver);
-        observe(
-            &self.driver.metrics,
-            "Admin.PeerHello",
-            "",
-            &meta,
-            async move {
-                require(&req.node_id, "node_id")?;
-                let mut client = driver
-                    .config
-                    .peers
-                    .connect(&req.node_id)
-                    .await
-                    .map_err(|e| crate::status::peer_status(&e))?;
-                let hello = client
-                    .hello(pb::HelloRequest {
-                        node_id: driver.config.node_id.clone(),
-                    })
-                    .await?;
-                Ok(hello.into_inner())
-            },
-        )
+        crate::rpc::respond(async move {
+            require(&req.node_id, "node_id")?;
+            let mut client = driver
+                .config
+                .peers
+                .connect(&req.node_id)
+                .await
+                .map_err(|e| crate::status::peer_status(&e))?;
+            let hello = client
+                .hello(pb::HelloRequest {
+                    node_id: driver.config.node_id.clone(),
+                })
+                .await?;
+            Ok(hello.into_inner())
+        })
         .await
     }
 
@@ -741,68 +641,57 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::ReplicateVolumeRequest>,
     ) -> Result<Response<pb::ReplicateVolumeResponse>, Status> {
-        let (meta, _, req) = request.into_parts();
+        let req = request.into_inner();
         let driver = Arc::clone(&self.driver);
-        observe(
-            &self.driver.metrics,
-            "Admin.ReplicateVolume",
-            &req.volume.clone(),
-            &meta,
-            async move {
-                require(&req.volume, "volume")?;
-                require(&req.to_node_id, "to_node_id")?;
-                crate::replicate::replicate(&driver, &req.volume, &req.to_node_id).await
-            },
-        )
+        crate::observe::volume(&req.volume);
+        crate::rpc::respond(async move {
+            require(&req.volume, "volume")?;
+            require(&req.to_node_id, "to_node_id")?;
+            crate::replicate::replicate(&driver, &req.volume, &req.to_node_id).await
+        })
         .await
     }
 
     async fn list_replicas(
         &self,
-        request: Request<pb::ListReplicasRequest>,
+        _request: Request<pb::ListReplicasRequest>,
     ) -> Result<Response<pb::ListReplicasResponse>, Status> {
         let manager = Arc::clone(&self.driver.manager);
-        observe(
-            &self.driver.metrics,
-            "Admin.ListReplicas",
-            "",
-            request.metadata(),
-            async move {
-                let recs = {
-                    let manager = Arc::clone(&manager);
-                    blocking_patient(move || manager.list_replicas()).await?
-                };
-                let replicas = recs
-                    .into_iter()
-                    .map(|r| {
-                        let latest = r.snapshots.last();
-                        pb::Replica {
-                            latest_path: latest
-                                .map(|s| {
-                                    manager
-                                        .replica_dir(&r.id)
-                                        .join(&s.name)
-                                        .join(volume_core::replication::SNAPSHOT_SUBVOLUME)
-                                })
-                                .map(|p| p.display().to_string())
-                                .unwrap_or_default(),
-                            latest_stream_bytes: latest.map(|s| s.stream_bytes).unwrap_or(0),
-                            volume_id: r.id,
-                            name: r.name,
-                            kind: r.kind.to_string(),
-                            fs_type: r.fs.map(|f| f.to_string()).unwrap_or_default(),
-                            capacity_bytes: r.capacity,
-                            source_node_id: r.source_node_id,
-                            generation: r.generation.max(1),
-                            split_brain: r.split_brain.unwrap_or_default(),
-                            latest_taken_at: latest.map(|s| s.taken_at).unwrap_or(0),
-                            snapshots: r.snapshots.iter().map(|s| s.name.clone()).collect(),
-                        }
-                    })
-                    .collect();
-                Ok(pb::ListReplicasResponse { replicas })
-            },
-        )
+        crate::rpc::respond(async move {
+            let recs = {
+                let manager = Arc::clone(&manager);
+                blocking_patient(move || manager.list_replicas()).await?
+            };
+            let replicas = recs
+                .into_iter()
+                .map(|r| {
+                    let latest = r.snapshots.last();
+                    pb::Replica {
+                        latest_path: latest
+                            .map(|s| {
+                                manager
+                                    .replica_dir(&r.id)
+                                    .join(&s.name)
+                                    .join(volume_core::replication::SNAPSHOT_SUBVOLUME)
+                            })
+                            .map(|p| p.display().to_string())
+                            .unwrap_or_default(),
+                        latest_stream_bytes: latest.map(|s| s.stream_bytes).unwrap_or(0),
+                        volume_id: r.id,
+                        name: r.name,
+                        kind: r.kind.to_string(),
+                        fs_type: r.fs.map(|f| f.to_string()).unwrap_or_default(),
+                        capacity_bytes: r.capacity,
+                        source_node_id: r.source_node_id,
+                        generation: r.generation.max(1),
+                        split_brain: r.split_brain.unwrap_or_default(),
+                        latest_taken_at: latest.map(|s| s.taken_at).unwrap_or(0),
+                        snapshots: r.snapshots.iter().map(|s| s.name.clone()).collect(),
+                    }
+                })
+                .collect();
+            Ok(pb::ListReplicasResponse { replicas })
+        })
         .await
     }
 
@@ -810,47 +699,42 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::PromoteVolumeRequest>,
     ) -> Result<Response<pb::VolumeResponse>, Status> {
-        let (meta, _, req) = request.into_parts();
+        let req = request.into_inner();
         let driver = Arc::clone(&self.driver);
-        observe(
-            &self.driver.metrics,
-            "Admin.PromoteVolume",
-            &req.volume.clone(),
-            &meta,
-            async move {
-                require(&req.volume, "volume")?;
-                let manager = Arc::clone(&driver.manager);
-                let rec = {
-                    let (driver, volume) = (Arc::clone(&driver), req.volume.clone());
-                    blocking_patient(move || {
-                        // A stream being received ends (and is kept to resume) when its
-                        // sender is gone; wait a moment for that, then drop what was
-                        // kept: a half-received stream is not part of the copy promoted.
-                        let deadline =
-                            std::time::Instant::now() + std::time::Duration::from_secs(10);
-                        loop {
-                            if let Ok(Some(r)) = manager.list_replicas().map(|rs| {
-                                rs.into_iter().find(|r| r.id == volume || r.name == volume)
-                            }) {
-                                drop(driver.replication.unpark(&r.id));
-                            }
-                            match manager.promote(&volume) {
-                                Err(volume_core::Error::Busy(_))
-                                    if std::time::Instant::now() < deadline =>
-                                {
-                                    std::thread::sleep(std::time::Duration::from_millis(200));
-                                }
-                                other => return other,
-                            }
+        crate::observe::volume(&req.volume);
+        crate::rpc::respond(async move {
+            require(&req.volume, "volume")?;
+            let manager = Arc::clone(&driver.manager);
+            let rec = {
+                let (driver, volume) = (Arc::clone(&driver), req.volume.clone());
+                blocking_patient(move || {
+                    // A stream being received ends (and is kept to resume) when its
+                    // sender is gone; wait a moment for that, then drop what was
+                    // kept: a half-received stream is not part of the copy promoted.
+                    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+                    loop {
+                        if let Ok(Some(r)) = manager
+                            .list_replicas()
+                            .map(|rs| rs.into_iter().find(|r| r.id == volume || r.name == volume))
+                        {
+                            drop(driver.replication.unpark(&r.id));
                         }
-                    })
-                    .await?
-                };
-                Ok(pb::VolumeResponse {
-                    volume: Some(to_pb_volume(&driver, &rec)),
+                        match manager.promote(&volume) {
+                            Err(volume_core::Error::Busy(_))
+                                if std::time::Instant::now() < deadline =>
+                            {
+                                std::thread::sleep(std::time::Duration::from_millis(200));
+                            }
+                            other => return other,
+                        }
+                    }
                 })
-            },
-        )
+                .await?
+            };
+            Ok(pb::VolumeResponse {
+                volume: Some(to_pb_volume(&driver, &rec)),
+            })
+        })
         .await
     }
 
@@ -858,26 +742,21 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::ModifyVolumeRequest>,
     ) -> Result<Response<pb::VolumeResponse>, Status> {
-        let (meta, _, req) = request.into_parts();
+        let req = request.into_inner();
         let driver = Arc::clone(&self.driver);
-        observe(
-            &self.driver.metrics,
-            "Admin.ModifyVolume",
-            &req.volume.clone(),
-            &meta,
-            async move {
-                require(&req.volume, "volume")?;
-                let manager = Arc::clone(&driver.manager);
-                let volume = req.volume.clone();
-                let id = blocking_patient(move || manager.resolve(&volume)).await?.id;
-                let rec = driver
-                    .modify(&id, req.parameters.into_iter().collect(), true)
-                    .await?;
-                Ok(pb::VolumeResponse {
-                    volume: Some(to_pb_volume(&driver, &rec)),
-                })
-            },
-        )
+        crate::observe::volume(&req.volume);
+        crate::rpc::respond(async move {
+            require(&req.volume, "volume")?;
+            let manager = Arc::clone(&driver.manager);
+            let volume = req.volume.clone();
+            let id = blocking_patient(move || manager.resolve(&volume)).await?.id;
+            let rec = driver
+                .modify(&id, req.parameters.into_iter().collect(), true)
+                .await?;
+            Ok(pb::VolumeResponse {
+                volume: Some(to_pb_volume(&driver, &rec)),
+            })
+        })
         .await
     }
 
@@ -885,38 +764,31 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::RemoveReplicaRequest>,
     ) -> Result<Response<pb::RemoveReplicaResponse>, Status> {
-        let (meta, _, req) = request.into_parts();
+        let req = request.into_inner();
         let driver = Arc::clone(&self.driver);
-        observe(
-            &self.driver.metrics,
-            "Admin.RemoveReplica",
-            &req.volume.clone(),
-            &meta,
-            async move {
-                require(&req.volume, "volume")?;
-                let manager = Arc::clone(&driver.manager);
-                let volume = req.volume.clone();
-                let id = blocking_patient(move || {
-                    manager
-                        .list_replicas()?
-                        .into_iter()
-                        .find(|r| r.id == volume || r.name == volume)
-                        .map(|r| r.id)
-                        .ok_or_else(|| {
-                            volume_core::Error::VolumeNotFound(format!("replica {volume}"))
-                        })
-                })
-                .await?;
-                let mut parked = driver.replication.unpark(&id);
-                let manager = Arc::clone(&driver.manager);
-                blocking_patient(move || {
-                    drop(parked.take());
-                    manager.remove_replica(&id, None)
-                })
-                .await?;
-                Ok(pb::RemoveReplicaResponse {})
-            },
-        )
+        crate::observe::volume(&req.volume);
+        crate::rpc::respond(async move {
+            require(&req.volume, "volume")?;
+            let manager = Arc::clone(&driver.manager);
+            let volume = req.volume.clone();
+            let id = blocking_patient(move || {
+                manager
+                    .list_replicas()?
+                    .into_iter()
+                    .find(|r| r.id == volume || r.name == volume)
+                    .map(|r| r.id)
+                    .ok_or_else(|| volume_core::Error::VolumeNotFound(format!("replica {volume}")))
+            })
+            .await?;
+            let mut parked = driver.replication.unpark(&id);
+            let manager = Arc::clone(&driver.manager);
+            blocking_patient(move || {
+                drop(parked.take());
+                manager.remove_replica(&id, None)
+            })
+            .await?;
+            Ok(pb::RemoveReplicaResponse {})
+        })
         .await
     }
 }

@@ -14,7 +14,7 @@ use volume_core::{ContentSource, CreateRequest, VolumeParams};
 use crate::driver::{
     Driver, check_capability, condition, is_block, is_reader_only, mount_fs_type, to_csi_snapshot,
 };
-use crate::rpc::{blocking, observe, require};
+use crate::rpc::{blocking, require};
 
 /// Prefix of our ListVolumes pagination tokens; anything else is refused with ABORTED.
 const TOKEN_PREFIX: &str = "after:";
@@ -67,91 +67,85 @@ impl Controller for ControllerService {
         &self,
         request: Request<csi::CreateVolumeRequest>,
     ) -> Result<Response<csi::CreateVolumeResponse>, Status> {
-        let (meta, _, req) = request.into_parts();
+        let req = request.into_inner();
         let driver = Arc::clone(&self.driver);
-        observe(
-            &self.driver.metrics,
-            "CreateVolume",
-            "",
-            &meta,
-            async move {
-                require(&req.name, "name")?;
-                if req.volume_capabilities.is_empty() {
-                    return Err(Status::invalid_argument("volume_capabilities are required"));
+        crate::rpc::respond(async move {
+            require(&req.name, "name")?;
+            if req.volume_capabilities.is_empty() {
+                return Err(Status::invalid_argument("volume_capabilities are required"));
+            }
+            for cap in &req.volume_capabilities {
+                check_capability(cap).map_err(Status::invalid_argument)?;
+            }
+            if let Some(topo) = &req.accessibility_requirements
+                && !topo.requisite.is_empty()
+                && !topo.requisite.iter().any(|t| driver.topology_matches(t))
+            {
+                return Err(Status::resource_exhausted(format!(
+                    "no requisite topology includes node {}",
+                    driver.config.node_id
+                )));
+            }
+            let fs_type = req.volume_capabilities.iter().find_map(mount_fs_type);
+            // Replication settings given as mutable parameters (a
+            // VolumeAttributesClass) count as parameters: they place copies.
+            let mut parameters = req.parameters.clone();
+            let mut mutable = req.mutable_parameters.clone();
+            for key in [
+                volume_core::params::REPLICAS,
+                volume_core::params::REPLICATION_INTERVAL,
+            ] {
+                if let Some(v) = mutable.remove(key) {
+                    parameters.insert(key.to_string(), v);
                 }
-                for cap in &req.volume_capabilities {
-                    check_capability(cap).map_err(Status::invalid_argument)?;
-                }
-                if let Some(topo) = &req.accessibility_requirements
-                    && !topo.requisite.is_empty()
-                    && !topo.requisite.iter().any(|t| driver.topology_matches(t))
-                {
-                    return Err(Status::resource_exhausted(format!(
-                        "no requisite topology includes node {}",
-                        driver.config.node_id
-                    )));
-                }
-                let fs_type = req.volume_capabilities.iter().find_map(mount_fs_type);
-                // Replication settings given as mutable parameters (a
-                // VolumeAttributesClass) count as parameters: they place copies.
-                let mut parameters = req.parameters.clone();
-                let mut mutable = req.mutable_parameters.clone();
-                for key in [
-                    volume_core::params::REPLICAS,
-                    volume_core::params::REPLICATION_INTERVAL,
-                ] {
-                    if let Some(v) = mutable.remove(key) {
-                        parameters.insert(key.to_string(), v);
-                    }
-                }
-                let mut params = VolumeParams::parse(&parameters, fs_type)
-                    .map_err(|e| crate::status::to_status(&e))?;
-                {
-                    let driver = Arc::clone(&driver);
-                    params = tokio::task::spawn_blocking(move || {
-                        driver.resolve_layers(&mut params).map(|()| params)
-                    })
-                    .await
-                    .map_err(|e| Status::internal(format!("layer lookup failed: {e}")))??;
-                }
-                let (required, limit) = match &req.capacity_range {
-                    Some(r) => (
-                        bytes(r.required_bytes, "required_bytes")?,
-                        bytes(r.limit_bytes, "limit_bytes")?,
-                    ),
-                    None => (0, 0),
-                };
-                use csi::volume_content_source::Type;
-                let source = match req
-                    .volume_content_source
-                    .as_ref()
-                    .and_then(|s| s.r#type.as_ref())
-                {
-                    None => None,
-                    Some(Type::Snapshot(s)) => {
-                        require(&s.snapshot_id, "volume_content_source.snapshot.snapshot_id")?;
-                        Some(ContentSource::Snapshot(s.snapshot_id.clone()))
-                    }
-                    Some(Type::Volume(v)) => {
-                        require(&v.volume_id, "volume_content_source.volume.volume_id")?;
-                        Some(ContentSource::Volume(v.volume_id.clone()))
-                    }
-                };
-                let mut create = CreateRequest::new(req.name.clone(), required, limit, params);
-                create.source = source;
-                create.mutable_parameters = to_btree(&mutable);
-                if let Some(r) = create.params.replication {
-                    create.replica_nodes =
-                        crate::replicate::place(&driver, r.copies as usize - 1, &[]).await?;
-                }
-                create.block = req.volume_capabilities.iter().any(is_block);
-                let manager = Arc::clone(&driver.manager);
-                let rec = blocking(move || manager.create(&create)).await?;
-                Ok(csi::CreateVolumeResponse {
-                    volume: Some(driver.to_csi_volume(&rec)),
+            }
+            let mut params = VolumeParams::parse(&parameters, fs_type)
+                .map_err(|e| crate::status::to_status(&e))?;
+            {
+                let driver = Arc::clone(&driver);
+                params = tokio::task::spawn_blocking(move || {
+                    driver.resolve_layers(&mut params).map(|()| params)
                 })
-            },
-        )
+                .await
+                .map_err(|e| Status::internal(format!("layer lookup failed: {e}")))??;
+            }
+            let (required, limit) = match &req.capacity_range {
+                Some(r) => (
+                    bytes(r.required_bytes, "required_bytes")?,
+                    bytes(r.limit_bytes, "limit_bytes")?,
+                ),
+                None => (0, 0),
+            };
+            use csi::volume_content_source::Type;
+            let source = match req
+                .volume_content_source
+                .as_ref()
+                .and_then(|s| s.r#type.as_ref())
+            {
+                None => None,
+                Some(Type::Snapshot(s)) => {
+                    require(&s.snapshot_id, "volume_content_source.snapshot.snapshot_id")?;
+                    Some(ContentSource::Snapshot(s.snapshot_id.clone()))
+                }
+                Some(Type::Volume(v)) => {
+                    require(&v.volume_id, "volume_content_source.volume.volume_id")?;
+                    Some(ContentSource::Volume(v.volume_id.clone()))
+                }
+            };
+            let mut create = CreateRequest::new(req.name.clone(), required, limit, params);
+            create.source = source;
+            create.mutable_parameters = to_btree(&mutable);
+            if let Some(r) = create.params.replication {
+                create.replica_nodes =
+                    crate::replicate::place(&driver, r.copies as usize - 1, &[]).await?;
+            }
+            create.block = req.volume_capabilities.iter().any(is_block);
+            let manager = Arc::clone(&driver.manager);
+            let rec = blocking(move || manager.create(&create)).await?;
+            Ok(csi::CreateVolumeResponse {
+                volume: Some(driver.to_csi_volume(&rec)),
+            })
+        })
         .await
     }
 
@@ -159,19 +153,14 @@ impl Controller for ControllerService {
         &self,
         request: Request<csi::DeleteVolumeRequest>,
     ) -> Result<Response<csi::DeleteVolumeResponse>, Status> {
-        let (meta, _, req) = request.into_parts();
+        let req = request.into_inner();
         let driver = Arc::clone(&self.driver);
-        observe(
-            &self.driver.metrics,
-            "DeleteVolume",
-            &req.volume_id.clone(),
-            &meta,
-            async move {
-                require(&req.volume_id, "volume_id")?;
-                driver.delete(&req.volume_id).await?;
-                Ok(csi::DeleteVolumeResponse {})
-            },
-        )
+        crate::observe::volume(&req.volume_id);
+        crate::rpc::respond(async move {
+            require(&req.volume_id, "volume_id")?;
+            driver.delete(&req.volume_id).await?;
+            Ok(csi::DeleteVolumeResponse {})
+        })
         .await
     }
 
@@ -179,31 +168,25 @@ impl Controller for ControllerService {
         &self,
         request: Request<csi::ControllerPublishVolumeRequest>,
     ) -> Result<Response<csi::ControllerPublishVolumeResponse>, Status> {
-        let (meta, _, req) = request.into_parts();
+        let req = request.into_inner();
         let driver = Arc::clone(&self.driver);
-        observe(
-            &self.driver.metrics,
-            "ControllerPublishVolume",
-            &req.volume_id.clone(),
-            &meta,
-            async move {
-                require(&req.volume_id, "volume_id")?;
-                require(&req.node_id, "node_id")?;
-                let cap = req
-                    .volume_capability
-                    .as_ref()
-                    .ok_or_else(|| Status::invalid_argument("volume_capability is required"))?;
-                check_capability(cap).map_err(Status::invalid_argument)?;
-                let read_only = req.readonly || is_reader_only(cap);
-                let manager = Arc::clone(&driver.manager);
-                let max = driver.config.max_volumes_per_node;
-                blocking(move || manager.attach(&req.volume_id, &req.node_id, read_only, max))
-                    .await?;
-                Ok(csi::ControllerPublishVolumeResponse {
-                    publish_context: Default::default(),
-                })
-            },
-        )
+        crate::observe::volume(&req.volume_id);
+        crate::rpc::respond(async move {
+            require(&req.volume_id, "volume_id")?;
+            require(&req.node_id, "node_id")?;
+            let cap = req
+                .volume_capability
+                .as_ref()
+                .ok_or_else(|| Status::invalid_argument("volume_capability is required"))?;
+            check_capability(cap).map_err(Status::invalid_argument)?;
+            let read_only = req.readonly || is_reader_only(cap);
+            let manager = Arc::clone(&driver.manager);
+            let max = driver.config.max_volumes_per_node;
+            blocking(move || manager.attach(&req.volume_id, &req.node_id, read_only, max)).await?;
+            Ok(csi::ControllerPublishVolumeResponse {
+                publish_context: Default::default(),
+            })
+        })
         .await
     }
 
@@ -211,19 +194,14 @@ impl Controller for ControllerService {
         &self,
         request: Request<csi::ControllerUnpublishVolumeRequest>,
     ) -> Result<Response<csi::ControllerUnpublishVolumeResponse>, Status> {
-        let (meta, _, req) = request.into_parts();
+        let req = request.into_inner();
         let manager = Arc::clone(&self.driver.manager);
-        observe(
-            &self.driver.metrics,
-            "ControllerUnpublishVolume",
-            &req.volume_id.clone(),
-            &meta,
-            async move {
-                require(&req.volume_id, "volume_id")?;
-                blocking(move || manager.detach(&req.volume_id, &req.node_id)).await?;
-                Ok(csi::ControllerUnpublishVolumeResponse {})
-            },
-        )
+        crate::observe::volume(&req.volume_id);
+        crate::rpc::respond(async move {
+            require(&req.volume_id, "volume_id")?;
+            blocking(move || manager.detach(&req.volume_id, &req.node_id)).await?;
+            Ok(csi::ControllerUnpublishVolumeResponse {})
+        })
         .await
     }
 
@@ -231,54 +209,49 @@ impl Controller for ControllerService {
         &self,
         request: Request<csi::ValidateVolumeCapabilitiesRequest>,
     ) -> Result<Response<csi::ValidateVolumeCapabilitiesResponse>, Status> {
-        let (meta, _, req) = request.into_parts();
+        let req = request.into_inner();
         let manager = Arc::clone(&self.driver.manager);
-        observe(
-            &self.driver.metrics,
-            "ValidateVolumeCapabilities",
-            &req.volume_id.clone(),
-            &meta,
-            async move {
-                require(&req.volume_id, "volume_id")?;
-                if req.volume_capabilities.is_empty() {
-                    return Err(Status::invalid_argument("volume_capabilities are required"));
+        crate::observe::volume(&req.volume_id);
+        crate::rpc::respond(async move {
+            require(&req.volume_id, "volume_id")?;
+            if req.volume_capabilities.is_empty() {
+                return Err(Status::invalid_argument("volume_capabilities are required"));
+            }
+            let id = req.volume_id.clone();
+            let rec = blocking(move || manager.get(&id)).await?;
+            let mut problems = Vec::new();
+            for cap in &req.volume_capabilities {
+                if let Err(why) = check_capability(cap) {
+                    problems.push(why);
                 }
-                let id = req.volume_id.clone();
-                let rec = blocking(move || manager.get(&id)).await?;
-                let mut problems = Vec::new();
-                for cap in &req.volume_capabilities {
-                    if let Err(why) = check_capability(cap) {
-                        problems.push(why);
-                    }
-                    if let (Some(want), Some(have)) = (mount_fs_type(cap), rec.fs)
-                        && want != have.as_str()
-                    {
-                        problems.push(format!("volume holds {have}, not {want}"));
-                    }
-                }
-                if !req.parameters.is_empty()
-                    && let Err(e) = VolumeParams::parse(&req.parameters, None)
+                if let (Some(want), Some(have)) = (mount_fs_type(cap), rec.fs)
+                    && want != have.as_str()
                 {
-                    problems.push(e.to_string());
+                    problems.push(format!("volume holds {have}, not {want}"));
                 }
-                Ok(if problems.is_empty() {
-                    csi::ValidateVolumeCapabilitiesResponse {
-                        confirmed: Some(csi::validate_volume_capabilities_response::Confirmed {
-                            volume_context: req.volume_context,
-                            volume_capabilities: req.volume_capabilities,
-                            parameters: req.parameters,
-                            mutable_parameters: req.mutable_parameters,
-                        }),
-                        message: String::new(),
-                    }
-                } else {
-                    csi::ValidateVolumeCapabilitiesResponse {
-                        confirmed: None,
-                        message: problems.join("; "),
-                    }
-                })
-            },
-        )
+            }
+            if !req.parameters.is_empty()
+                && let Err(e) = VolumeParams::parse(&req.parameters, None)
+            {
+                problems.push(e.to_string());
+            }
+            Ok(if problems.is_empty() {
+                csi::ValidateVolumeCapabilitiesResponse {
+                    confirmed: Some(csi::validate_volume_capabilities_response::Confirmed {
+                        volume_context: req.volume_context,
+                        volume_capabilities: req.volume_capabilities,
+                        parameters: req.parameters,
+                        mutable_parameters: req.mutable_parameters,
+                    }),
+                    message: String::new(),
+                }
+            } else {
+                csi::ValidateVolumeCapabilitiesResponse {
+                    confirmed: None,
+                    message: problems.join("; "),
+                }
+            })
+        })
         .await
     }
 
@@ -286,9 +259,9 @@ impl Controller for ControllerService {
         &self,
         request: Request<csi::ListVolumesRequest>,
     ) -> Result<Response<csi::ListVolumesResponse>, Status> {
-        let (meta, _, req) = request.into_parts();
+        let req = request.into_inner();
         let driver = Arc::clone(&self.driver);
-        observe(&self.driver.metrics, "ListVolumes", "", &meta, async move {
+        crate::rpc::respond(async move {
             let limit = page_limit(req.max_entries)?;
             let after = parse_token(&req.starting_token, volume_core::manager::VOLUME_PREFIX)?;
             let manager = Arc::clone(&driver.manager);
@@ -325,9 +298,9 @@ impl Controller for ControllerService {
         &self,
         request: Request<csi::GetCapacityRequest>,
     ) -> Result<Response<csi::GetCapacityResponse>, Status> {
-        let (meta, _, req) = request.into_parts();
+        let req = request.into_inner();
         let driver = Arc::clone(&self.driver);
-        observe(&self.driver.metrics, "GetCapacity", "", &meta, async move {
+        crate::rpc::respond(async move {
             for cap in &req.volume_capabilities {
                 check_capability(cap).map_err(Status::invalid_argument)?;
             }
@@ -357,7 +330,7 @@ impl Controller for ControllerService {
 
     async fn controller_get_capabilities(
         &self,
-        request: Request<csi::ControllerGetCapabilitiesRequest>,
+        _request: Request<csi::ControllerGetCapabilitiesRequest>,
     ) -> Result<Response<csi::ControllerGetCapabilitiesResponse>, Status> {
         use csi::controller_service_capability::rpc::Type;
         let cap = |t: Type| csi::ControllerServiceCapability {
@@ -365,36 +338,30 @@ impl Controller for ControllerService {
                 csi::controller_service_capability::Rpc { r#type: t as i32 },
             )),
         };
-        observe(
-            &self.driver.metrics,
-            "ControllerGetCapabilities",
-            "",
-            request.metadata(),
-            async {
-                Ok(csi::ControllerGetCapabilitiesResponse {
-                    capabilities: [
-                        Type::CreateDeleteVolume,
-                        Type::PublishUnpublishVolume,
-                        Type::ListVolumes,
-                        Type::GetCapacity,
-                        Type::CreateDeleteSnapshot,
-                        Type::ListSnapshots,
-                        Type::CloneVolume,
-                        Type::PublishReadonly,
-                        Type::ExpandVolume,
-                        Type::ListVolumesPublishedNodes,
-                        Type::VolumeCondition,
-                        Type::GetVolume,
-                        Type::SingleNodeMultiWriter,
-                        Type::GetSnapshot,
-                        Type::ModifyVolume,
-                    ]
-                    .into_iter()
-                    .map(cap)
-                    .collect(),
-                })
-            },
-        )
+        crate::rpc::respond(async {
+            Ok(csi::ControllerGetCapabilitiesResponse {
+                capabilities: [
+                    Type::CreateDeleteVolume,
+                    Type::PublishUnpublishVolume,
+                    Type::ListVolumes,
+                    Type::GetCapacity,
+                    Type::CreateDeleteSnapshot,
+                    Type::ListSnapshots,
+                    Type::CloneVolume,
+                    Type::PublishReadonly,
+                    Type::ExpandVolume,
+                    Type::ListVolumesPublishedNodes,
+                    Type::VolumeCondition,
+                    Type::GetVolume,
+                    Type::SingleNodeMultiWriter,
+                    Type::GetSnapshot,
+                    Type::ModifyVolume,
+                ]
+                .into_iter()
+                .map(cap)
+                .collect(),
+            })
+        })
         .await
     }
 
@@ -402,33 +369,27 @@ impl Controller for ControllerService {
         &self,
         request: Request<csi::CreateSnapshotRequest>,
     ) -> Result<Response<csi::CreateSnapshotResponse>, Status> {
-        let (meta, _, req) = request.into_parts();
+        let req = request.into_inner();
         let manager = Arc::clone(&self.driver.manager);
-        observe(
-            &self.driver.metrics,
-            "CreateSnapshot",
-            &req.source_volume_id.clone(),
-            &meta,
-            async move {
-                require(&req.name, "name")?;
-                require(&req.source_volume_id, "source_volume_id")?;
-                if let Some(key) = req
-                    .parameters
-                    .keys()
-                    .find(|k| !k.starts_with("csi.storage.k8s.io/"))
-                {
-                    return Err(Status::invalid_argument(format!(
-                        "unknown snapshot parameter {key:?}"
-                    )));
-                }
-                let snap =
-                    blocking(move || manager.create_snapshot(&req.name, &req.source_volume_id))
-                        .await?;
-                Ok(csi::CreateSnapshotResponse {
-                    snapshot: Some(to_csi_snapshot(&snap)),
-                })
-            },
-        )
+        crate::observe::volume(&req.source_volume_id);
+        crate::rpc::respond(async move {
+            require(&req.name, "name")?;
+            require(&req.source_volume_id, "source_volume_id")?;
+            if let Some(key) = req
+                .parameters
+                .keys()
+                .find(|k| !k.starts_with("csi.storage.k8s.io/"))
+            {
+                return Err(Status::invalid_argument(format!(
+                    "unknown snapshot parameter {key:?}"
+                )));
+            }
+            let snap =
+                blocking(move || manager.create_snapshot(&req.name, &req.source_volume_id)).await?;
+            Ok(csi::CreateSnapshotResponse {
+                snapshot: Some(to_csi_snapshot(&snap)),
+            })
+        })
         .await
     }
 
@@ -436,19 +397,13 @@ impl Controller for ControllerService {
         &self,
         request: Request<csi::DeleteSnapshotRequest>,
     ) -> Result<Response<csi::DeleteSnapshotResponse>, Status> {
-        let (meta, _, req) = request.into_parts();
+        let req = request.into_inner();
         let manager = Arc::clone(&self.driver.manager);
-        observe(
-            &self.driver.metrics,
-            "DeleteSnapshot",
-            "",
-            &meta,
-            async move {
-                require(&req.snapshot_id, "snapshot_id")?;
-                blocking(move || manager.delete_snapshot(&req.snapshot_id)).await?;
-                Ok(csi::DeleteSnapshotResponse {})
-            },
-        )
+        crate::rpc::respond(async move {
+            require(&req.snapshot_id, "snapshot_id")?;
+            blocking(move || manager.delete_snapshot(&req.snapshot_id)).await?;
+            Ok(csi::DeleteSnapshotResponse {})
+        })
         .await
     }
 
@@ -456,45 +411,39 @@ impl Controller for ControllerService {
         &self,
         request: Request<csi::ListSnapshotsRequest>,
     ) -> Result<Response<csi::ListSnapshotsResponse>, Status> {
-        let (meta, _, req) = request.into_parts();
+        let req = request.into_inner();
         let manager = Arc::clone(&self.driver.manager);
-        observe(
-            &self.driver.metrics,
-            "ListSnapshots",
-            "",
-            &meta,
-            async move {
-                let limit = page_limit(req.max_entries)?;
-                let after = parse_token(&req.starting_token, SNAPSHOT_PREFIX)?;
-                let filter = SnapshotFilter {
-                    snapshot_id: (!req.snapshot_id.is_empty()).then(|| req.snapshot_id.clone()),
-                    source_volume_id: (!req.source_volume_id.is_empty())
-                        .then(|| req.source_volume_id.clone()),
-                };
-                let mut snaps = blocking(move || {
-                    manager.list_snapshots(&filter, after.as_deref(), limit.saturating_add(1))
-                })
-                .await?;
-                let next_token = if snaps.len() > limit {
-                    snaps.truncate(limit);
-                    snaps
-                        .last()
-                        .map(|s| format!("{TOKEN_PREFIX}{}", s.id))
-                        .unwrap_or_default()
-                } else {
-                    String::new()
-                };
-                Ok(csi::ListSnapshotsResponse {
-                    entries: snaps
-                        .iter()
-                        .map(|s| csi::list_snapshots_response::Entry {
-                            snapshot: Some(to_csi_snapshot(s)),
-                        })
-                        .collect(),
-                    next_token,
-                })
-            },
-        )
+        crate::rpc::respond(async move {
+            let limit = page_limit(req.max_entries)?;
+            let after = parse_token(&req.starting_token, SNAPSHOT_PREFIX)?;
+            let filter = SnapshotFilter {
+                snapshot_id: (!req.snapshot_id.is_empty()).then(|| req.snapshot_id.clone()),
+                source_volume_id: (!req.source_volume_id.is_empty())
+                    .then(|| req.source_volume_id.clone()),
+            };
+            let mut snaps = blocking(move || {
+                manager.list_snapshots(&filter, after.as_deref(), limit.saturating_add(1))
+            })
+            .await?;
+            let next_token = if snaps.len() > limit {
+                snaps.truncate(limit);
+                snaps
+                    .last()
+                    .map(|s| format!("{TOKEN_PREFIX}{}", s.id))
+                    .unwrap_or_default()
+            } else {
+                String::new()
+            };
+            Ok(csi::ListSnapshotsResponse {
+                entries: snaps
+                    .iter()
+                    .map(|s| csi::list_snapshots_response::Entry {
+                        snapshot: Some(to_csi_snapshot(s)),
+                    })
+                    .collect(),
+                next_token,
+            })
+        })
         .await
     }
 
@@ -502,9 +451,9 @@ impl Controller for ControllerService {
         &self,
         request: Request<csi::GetSnapshotRequest>,
     ) -> Result<Response<csi::GetSnapshotResponse>, Status> {
-        let (meta, _, req) = request.into_parts();
+        let req = request.into_inner();
         let manager = Arc::clone(&self.driver.manager);
-        observe(&self.driver.metrics, "GetSnapshot", "", &meta, async move {
+        crate::rpc::respond(async move {
             require(&req.snapshot_id, "snapshot_id")?;
             let snap = blocking(move || manager.get_snapshot(&req.snapshot_id)).await?;
             Ok(csi::GetSnapshotResponse {
@@ -518,31 +467,26 @@ impl Controller for ControllerService {
         &self,
         request: Request<csi::ControllerExpandVolumeRequest>,
     ) -> Result<Response<csi::ControllerExpandVolumeResponse>, Status> {
-        let (meta, _, req) = request.into_parts();
+        let req = request.into_inner();
         let manager = Arc::clone(&self.driver.manager);
-        observe(
-            &self.driver.metrics,
-            "ControllerExpandVolume",
-            &req.volume_id.clone(),
-            &meta,
-            async move {
-                require(&req.volume_id, "volume_id")?;
-                let range = req
-                    .capacity_range
-                    .ok_or_else(|| Status::invalid_argument("capacity_range is required"))?;
-                let required = bytes(range.required_bytes, "required_bytes")?;
-                let limit = bytes(range.limit_bytes, "limit_bytes")?;
-                if let Some(cap) = &req.volume_capability {
-                    check_capability(cap).map_err(Status::invalid_argument)?;
-                }
-                let (capacity, node_expansion_required) =
-                    blocking(move || manager.expand(&req.volume_id, required, limit)).await?;
-                Ok(csi::ControllerExpandVolumeResponse {
-                    capacity_bytes: i64::try_from(capacity).unwrap_or(i64::MAX),
-                    node_expansion_required,
-                })
-            },
-        )
+        crate::observe::volume(&req.volume_id);
+        crate::rpc::respond(async move {
+            require(&req.volume_id, "volume_id")?;
+            let range = req
+                .capacity_range
+                .ok_or_else(|| Status::invalid_argument("capacity_range is required"))?;
+            let required = bytes(range.required_bytes, "required_bytes")?;
+            let limit = bytes(range.limit_bytes, "limit_bytes")?;
+            if let Some(cap) = &req.volume_capability {
+                check_capability(cap).map_err(Status::invalid_argument)?;
+            }
+            let (capacity, node_expansion_required) =
+                blocking(move || manager.expand(&req.volume_id, required, limit)).await?;
+            Ok(csi::ControllerExpandVolumeResponse {
+                capacity_bytes: i64::try_from(capacity).unwrap_or(i64::MAX),
+                node_expansion_required,
+            })
+        })
         .await
     }
 
@@ -550,27 +494,22 @@ impl Controller for ControllerService {
         &self,
         request: Request<csi::ControllerGetVolumeRequest>,
     ) -> Result<Response<csi::ControllerGetVolumeResponse>, Status> {
-        let (meta, _, req) = request.into_parts();
+        let req = request.into_inner();
         let driver = Arc::clone(&self.driver);
-        observe(
-            &self.driver.metrics,
-            "ControllerGetVolume",
-            &req.volume_id.clone(),
-            &meta,
-            async move {
-                require(&req.volume_id, "volume_id")?;
-                let manager = Arc::clone(&driver.manager);
-                let rec = blocking(move || manager.get(&req.volume_id)).await?;
-                let health = driver.health(&rec);
-                Ok(csi::ControllerGetVolumeResponse {
-                    volume: Some(driver.to_csi_volume(&rec)),
-                    status: Some(csi::controller_get_volume_response::VolumeStatus {
-                        published_node_ids: driver.published_nodes(&rec),
-                        volume_condition: Some(condition(&health)),
-                    }),
-                })
-            },
-        )
+        crate::observe::volume(&req.volume_id);
+        crate::rpc::respond(async move {
+            require(&req.volume_id, "volume_id")?;
+            let manager = Arc::clone(&driver.manager);
+            let rec = blocking(move || manager.get(&req.volume_id)).await?;
+            let health = driver.health(&rec);
+            Ok(csi::ControllerGetVolumeResponse {
+                volume: Some(driver.to_csi_volume(&rec)),
+                status: Some(csi::controller_get_volume_response::VolumeStatus {
+                    published_node_ids: driver.published_nodes(&rec),
+                    volume_condition: Some(condition(&health)),
+                }),
+            })
+        })
         .await
     }
 
@@ -578,20 +517,15 @@ impl Controller for ControllerService {
         &self,
         request: Request<csi::ControllerModifyVolumeRequest>,
     ) -> Result<Response<csi::ControllerModifyVolumeResponse>, Status> {
-        let (meta, _, req) = request.into_parts();
+        let req = request.into_inner();
         let driver = Arc::clone(&self.driver);
-        observe(
-            &self.driver.metrics,
-            "ControllerModifyVolume",
-            &req.volume_id.clone(),
-            &meta,
-            async move {
-                require(&req.volume_id, "volume_id")?;
-                let params = to_btree(&req.mutable_parameters);
-                driver.modify(&req.volume_id, params, false).await?;
-                Ok(csi::ControllerModifyVolumeResponse {})
-            },
-        )
+        crate::observe::volume(&req.volume_id);
+        crate::rpc::respond(async move {
+            require(&req.volume_id, "volume_id")?;
+            let params = to_btree(&req.mutable_parameters);
+            driver.modify(&req.volume_id, params, false).await?;
+            Ok(csi::ControllerModifyVolumeResponse {})
+        })
         .await
     }
 }

@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 use volume_core::{GroupSnapshotRecord, SnapshotRecord};
 
 use crate::driver::{Driver, to_csi_snapshot};
-use crate::rpc::{blocking, observe, require};
+use crate::rpc::{blocking, require};
 
 /// The GroupController service.
 #[derive(Debug, Clone)]
@@ -40,26 +40,20 @@ fn to_csi_group(g: &GroupSnapshotRecord, members: &[SnapshotRecord]) -> csi::Vol
 impl GroupController for GroupControllerService {
     async fn group_controller_get_capabilities(
         &self,
-        request: Request<csi::GroupControllerGetCapabilitiesRequest>,
+        _request: Request<csi::GroupControllerGetCapabilitiesRequest>,
     ) -> Result<Response<csi::GroupControllerGetCapabilitiesResponse>, Status> {
         use csi::group_controller_service_capability::rpc::Type;
-        observe(
-            &self.driver.metrics,
-            "GroupControllerGetCapabilities",
-            "",
-            request.metadata(),
-            async {
-                Ok(csi::GroupControllerGetCapabilitiesResponse {
-                    capabilities: vec![csi::GroupControllerServiceCapability {
-                        r#type: Some(csi::group_controller_service_capability::Type::Rpc(
-                            csi::group_controller_service_capability::Rpc {
-                                r#type: Type::CreateDeleteGetVolumeGroupSnapshot as i32,
-                            },
-                        )),
-                    }],
-                })
-            },
-        )
+        crate::rpc::respond(async {
+            Ok(csi::GroupControllerGetCapabilitiesResponse {
+                capabilities: vec![csi::GroupControllerServiceCapability {
+                    r#type: Some(csi::group_controller_service_capability::Type::Rpc(
+                        csi::group_controller_service_capability::Rpc {
+                            r#type: Type::CreateDeleteGetVolumeGroupSnapshot as i32,
+                        },
+                    )),
+                }],
+            })
+        })
         .await
     }
 
@@ -67,36 +61,29 @@ impl GroupController for GroupControllerService {
         &self,
         request: Request<csi::CreateVolumeGroupSnapshotRequest>,
     ) -> Result<Response<csi::CreateVolumeGroupSnapshotResponse>, Status> {
-        let (meta, _, req) = request.into_parts();
+        let req = request.into_inner();
         let manager = Arc::clone(&self.driver.manager);
-        observe(
-            &self.driver.metrics,
-            "CreateVolumeGroupSnapshot",
-            "",
-            &meta,
-            async move {
-                require(&req.name, "name")?;
-                if req.source_volume_ids.is_empty() {
-                    return Err(Status::invalid_argument("source_volume_ids are required"));
-                }
-                if let Some(key) = req
-                    .parameters
-                    .keys()
-                    .find(|k| !k.starts_with("csi.storage.k8s.io/"))
-                {
-                    return Err(Status::invalid_argument(format!(
-                        "unknown group snapshot parameter {key:?}"
-                    )));
-                }
-                let (group, members) = blocking(move || {
-                    manager.create_group_snapshot(&req.name, &req.source_volume_ids)
-                })
-                .await?;
-                Ok(csi::CreateVolumeGroupSnapshotResponse {
-                    group_snapshot: Some(to_csi_group(&group, &members)),
-                })
-            },
-        )
+        crate::rpc::respond(async move {
+            require(&req.name, "name")?;
+            if req.source_volume_ids.is_empty() {
+                return Err(Status::invalid_argument("source_volume_ids are required"));
+            }
+            if let Some(key) = req
+                .parameters
+                .keys()
+                .find(|k| !k.starts_with("csi.storage.k8s.io/"))
+            {
+                return Err(Status::invalid_argument(format!(
+                    "unknown group snapshot parameter {key:?}"
+                )));
+            }
+            let (group, members) =
+                blocking(move || manager.create_group_snapshot(&req.name, &req.source_volume_ids))
+                    .await?;
+            Ok(csi::CreateVolumeGroupSnapshotResponse {
+                group_snapshot: Some(to_csi_group(&group, &members)),
+            })
+        })
         .await
     }
 
@@ -104,22 +91,16 @@ impl GroupController for GroupControllerService {
         &self,
         request: Request<csi::DeleteVolumeGroupSnapshotRequest>,
     ) -> Result<Response<csi::DeleteVolumeGroupSnapshotResponse>, Status> {
-        let (meta, _, req) = request.into_parts();
+        let req = request.into_inner();
         let manager = Arc::clone(&self.driver.manager);
-        observe(
-            &self.driver.metrics,
-            "DeleteVolumeGroupSnapshot",
-            "",
-            &meta,
-            async move {
-                require(&req.group_snapshot_id, "group_snapshot_id")?;
-                blocking(move || {
-                    manager.delete_group_snapshot(&req.group_snapshot_id, &req.snapshot_ids)
-                })
-                .await?;
-                Ok(csi::DeleteVolumeGroupSnapshotResponse {})
-            },
-        )
+        crate::rpc::respond(async move {
+            require(&req.group_snapshot_id, "group_snapshot_id")?;
+            blocking(move || {
+                manager.delete_group_snapshot(&req.group_snapshot_id, &req.snapshot_ids)
+            })
+            .await?;
+            Ok(csi::DeleteVolumeGroupSnapshotResponse {})
+        })
         .await
     }
 
@@ -127,22 +108,16 @@ impl GroupController for GroupControllerService {
         &self,
         request: Request<csi::GetVolumeGroupSnapshotRequest>,
     ) -> Result<Response<csi::GetVolumeGroupSnapshotResponse>, Status> {
-        let (meta, _, req) = request.into_parts();
+        let req = request.into_inner();
         let manager = Arc::clone(&self.driver.manager);
-        observe(
-            &self.driver.metrics,
-            "GetVolumeGroupSnapshot",
-            "",
-            &meta,
-            async move {
-                require(&req.group_snapshot_id, "group_snapshot_id")?;
-                let (group, members) =
-                    blocking(move || manager.get_group_snapshot(&req.group_snapshot_id)).await?;
-                Ok(csi::GetVolumeGroupSnapshotResponse {
-                    group_snapshot: Some(to_csi_group(&group, &members)),
-                })
-            },
-        )
+        crate::rpc::respond(async move {
+            require(&req.group_snapshot_id, "group_snapshot_id")?;
+            let (group, members) =
+                blocking(move || manager.get_group_snapshot(&req.group_snapshot_id)).await?;
+            Ok(csi::GetVolumeGroupSnapshotResponse {
+                group_snapshot: Some(to_csi_group(&group, &members)),
+            })
+        })
         .await
     }
 }

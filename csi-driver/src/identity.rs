@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 
 use crate::DRIVER_NAME;
 use crate::driver::Driver;
-use crate::rpc::{blocking, observe};
+use crate::rpc::blocking;
 
 /// The Identity service.
 #[derive(Debug, Clone)]
@@ -27,27 +27,21 @@ impl IdentityService {
 impl Identity for IdentityService {
     async fn get_plugin_info(
         &self,
-        request: Request<csi::GetPluginInfoRequest>,
+        _request: Request<csi::GetPluginInfoRequest>,
     ) -> Result<Response<csi::GetPluginInfoResponse>, Status> {
-        observe(
-            &self.driver.metrics,
-            "GetPluginInfo",
-            "",
-            request.metadata(),
-            async {
-                Ok(csi::GetPluginInfoResponse {
-                    name: DRIVER_NAME.to_string(),
-                    vendor_version: env!("CARGO_PKG_VERSION").to_string(),
-                    manifest: Default::default(),
-                })
-            },
-        )
+        crate::rpc::respond(async {
+            Ok(csi::GetPluginInfoResponse {
+                name: DRIVER_NAME.to_string(),
+                vendor_version: env!("CARGO_PKG_VERSION").to_string(),
+                manifest: Default::default(),
+            })
+        })
         .await
     }
 
     async fn get_plugin_capabilities(
         &self,
-        request: Request<csi::GetPluginCapabilitiesRequest>,
+        _request: Request<csi::GetPluginCapabilitiesRequest>,
     ) -> Result<Response<csi::GetPluginCapabilitiesResponse>, Status> {
         use csi::plugin_capability::service::Type;
         let cap = |t: Type| csi::PluginCapability {
@@ -55,51 +49,39 @@ impl Identity for IdentityService {
                 csi::plugin_capability::Service { r#type: t as i32 },
             )),
         };
-        observe(
-            &self.driver.metrics,
-            "GetPluginCapabilities",
-            "",
-            request.metadata(),
-            async {
-                Ok(csi::GetPluginCapabilitiesResponse {
-                    capabilities: vec![
-                        cap(Type::ControllerService),
-                        cap(Type::VolumeAccessibilityConstraints),
-                        cap(Type::GroupControllerService),
-                        csi::PluginCapability {
-                            r#type: Some(csi::plugin_capability::Type::VolumeExpansion(
-                                csi::plugin_capability::VolumeExpansion {
-                                    r#type: csi::plugin_capability::volume_expansion::Type::Online
-                                        as i32,
-                                },
-                            )),
-                        },
-                    ],
-                })
-            },
-        )
+        crate::rpc::respond(async {
+            Ok(csi::GetPluginCapabilitiesResponse {
+                capabilities: vec![
+                    cap(Type::ControllerService),
+                    cap(Type::VolumeAccessibilityConstraints),
+                    cap(Type::GroupControllerService),
+                    csi::PluginCapability {
+                        r#type: Some(csi::plugin_capability::Type::VolumeExpansion(
+                            csi::plugin_capability::VolumeExpansion {
+                                r#type: csi::plugin_capability::volume_expansion::Type::Online
+                                    as i32,
+                            },
+                        )),
+                    },
+                ],
+            })
+        })
         .await
     }
 
     async fn probe(
         &self,
-        request: Request<csi::ProbeRequest>,
+        _request: Request<csi::ProbeRequest>,
     ) -> Result<Response<csi::ProbeResponse>, Status> {
         let manager = Arc::clone(&self.driver.manager);
-        observe(
-            &self.driver.metrics,
-            "Probe",
-            "",
-            request.metadata(),
-            async move {
-                // Ready while the pool is mounted, reachable and writable; why not is
-                // logged when it changes (and shown by the stowage_pool_usable gauge).
-                let problem = blocking(move || Ok(manager.pool_problem())).await?;
-                Ok(csi::ProbeResponse {
-                    ready: Some(problem.is_none()),
-                })
-            },
-        )
+        crate::rpc::respond(async move {
+            // Ready while the pool is mounted, reachable and writable; why not is
+            // logged when it changes (and shown by the stowage_pool_usable gauge).
+            let problem = blocking(move || Ok(manager.pool_problem())).await?;
+            Ok(csi::ProbeResponse {
+                ready: Some(problem.is_none()),
+            })
+        })
         .await
     }
 }

@@ -14,6 +14,7 @@ pub mod group;
 pub mod identity;
 pub mod metrics;
 pub mod node;
+pub mod observe;
 pub mod peer;
 pub mod plugin;
 pub mod replicate;

@@ -15,7 +15,7 @@ use crate::driver::{
     Driver, check_capability, condition, is_block, is_reader_only, is_single_writer, mount_flags,
     mount_fs_type,
 };
-use crate::rpc::{blocking, observe, require};
+use crate::rpc::{blocking, require};
 
 /// The Node service.
 #[derive(Debug, Clone)]
@@ -52,29 +52,24 @@ impl Node for NodeService {
         &self,
         request: Request<csi::NodeStageVolumeRequest>,
     ) -> Result<Response<csi::NodeStageVolumeResponse>, Status> {
-        let (meta, _, req) = request.into_parts();
+        let req = request.into_inner();
         let manager = Arc::clone(&self.driver.manager);
         let require_publish = self.driver.config.require_controller_publish;
-        observe(
-            &self.driver.metrics,
-            "NodeStageVolume",
-            &req.volume_id.clone(),
-            &meta,
-            async move {
-                require(&req.volume_id, "volume_id")?;
-                require(&req.staging_target_path, "staging_target_path")?;
-                let cap = capability(req.volume_capability.as_ref())?;
-                let opts = StageOptions {
-                    fs_type: mount_fs_type(cap).map(str::to_string),
-                    mount_flags: mount_flags(cap),
-                    block: is_block(cap),
-                    require_attachment: require_publish,
-                };
-                let staging = PathBuf::from(&req.staging_target_path);
-                blocking(move || manager.stage(&req.volume_id, &staging, &opts)).await?;
-                Ok(csi::NodeStageVolumeResponse {})
-            },
-        )
+        crate::observe::volume(&req.volume_id);
+        crate::rpc::respond(async move {
+            require(&req.volume_id, "volume_id")?;
+            require(&req.staging_target_path, "staging_target_path")?;
+            let cap = capability(req.volume_capability.as_ref())?;
+            let opts = StageOptions {
+                fs_type: mount_fs_type(cap).map(str::to_string),
+                mount_flags: mount_flags(cap),
+                block: is_block(cap),
+                require_attachment: require_publish,
+            };
+            let staging = PathBuf::from(&req.staging_target_path);
+            blocking(move || manager.stage(&req.volume_id, &staging, &opts)).await?;
+            Ok(csi::NodeStageVolumeResponse {})
+        })
         .await
     }
 
@@ -82,21 +77,16 @@ impl Node for NodeService {
         &self,
         request: Request<csi::NodeUnstageVolumeRequest>,
     ) -> Result<Response<csi::NodeUnstageVolumeResponse>, Status> {
-        let (meta, _, req) = request.into_parts();
+        let req = request.into_inner();
         let manager = Arc::clone(&self.driver.manager);
-        observe(
-            &self.driver.metrics,
-            "NodeUnstageVolume",
-            &req.volume_id.clone(),
-            &meta,
-            async move {
-                require(&req.volume_id, "volume_id")?;
-                require(&req.staging_target_path, "staging_target_path")?;
-                let staging = PathBuf::from(&req.staging_target_path);
-                blocking(move || manager.unstage(&req.volume_id, &staging)).await?;
-                Ok(csi::NodeUnstageVolumeResponse {})
-            },
-        )
+        crate::observe::volume(&req.volume_id);
+        crate::rpc::respond(async move {
+            require(&req.volume_id, "volume_id")?;
+            require(&req.staging_target_path, "staging_target_path")?;
+            let staging = PathBuf::from(&req.staging_target_path);
+            blocking(move || manager.unstage(&req.volume_id, &staging)).await?;
+            Ok(csi::NodeUnstageVolumeResponse {})
+        })
         .await
     }
 
@@ -104,57 +94,44 @@ impl Node for NodeService {
         &self,
         request: Request<csi::NodePublishVolumeRequest>,
     ) -> Result<Response<csi::NodePublishVolumeResponse>, Status> {
-        let (meta, _, req) = request.into_parts();
+        let req = request.into_inner();
         let manager = Arc::clone(&self.driver.manager);
-        observe(
-            &self.driver.metrics,
-            "NodePublishVolume",
-            &req.volume_id.clone(),
-            &meta,
-            async move {
-                require(&req.volume_id, "volume_id")?;
-                require(&req.target_path, "target_path")?;
-                let cap = capability(req.volume_capability.as_ref())?;
-                let opts = PublishOptions {
-                    read_only: req.readonly || is_reader_only(cap),
-                    mount_flags: mount_flags(cap),
-                    block: is_block(cap),
-                    single_writer: is_single_writer(cap),
-                };
-                let target = PathBuf::from(&req.target_path);
-                if is_ephemeral(&req.volume_context) {
-                    let mut req = req;
-                    if let Some(list) = req.volume_context.get(volume_core::params::LAYERS) {
-                        // Resolve digests to layer store keys before the volume is made.
-                        let refs: Vec<String> =
-                            list.split(',').map(|r| r.trim().to_string()).collect();
-                        let driver = Arc::clone(&self.driver);
-                        let keys =
-                            tokio::task::spawn_blocking(move || driver.resolve_layer_list(&refs))
-                                .await
-                                .map_err(|e| {
-                                    Status::internal(format!("layer lookup failed: {e}"))
-                                })??;
-                        req.volume_context
-                            .insert(volume_core::params::LAYERS.to_string(), keys.join(","));
-                    }
-                    blocking(move || {
-                        manager.publish_ephemeral(
-                            &req.volume_id,
-                            &target,
-                            &req.volume_context,
-                            &opts,
-                        )
-                    })
-                    .await?;
-                    return Ok(csi::NodePublishVolumeResponse {});
+        crate::observe::volume(&req.volume_id);
+        crate::rpc::respond(async move {
+            require(&req.volume_id, "volume_id")?;
+            require(&req.target_path, "target_path")?;
+            let cap = capability(req.volume_capability.as_ref())?;
+            let opts = PublishOptions {
+                read_only: req.readonly || is_reader_only(cap),
+                mount_flags: mount_flags(cap),
+                block: is_block(cap),
+                single_writer: is_single_writer(cap),
+            };
+            let target = PathBuf::from(&req.target_path);
+            if is_ephemeral(&req.volume_context) {
+                let mut req = req;
+                if let Some(list) = req.volume_context.get(volume_core::params::LAYERS) {
+                    // Resolve digests to layer store keys before the volume is made.
+                    let refs: Vec<String> = list.split(',').map(|r| r.trim().to_string()).collect();
+                    let driver = Arc::clone(&self.driver);
+                    let keys =
+                        tokio::task::spawn_blocking(move || driver.resolve_layer_list(&refs))
+                            .await
+                            .map_err(|e| Status::internal(format!("layer lookup failed: {e}")))??;
+                    req.volume_context
+                        .insert(volume_core::params::LAYERS.to_string(), keys.join(","));
                 }
-                require(&req.staging_target_path, "staging_target_path")?;
-                let staging = PathBuf::from(&req.staging_target_path);
-                blocking(move || manager.publish(&req.volume_id, &staging, &target, &opts)).await?;
-                Ok(csi::NodePublishVolumeResponse {})
-            },
-        )
+                blocking(move || {
+                    manager.publish_ephemeral(&req.volume_id, &target, &req.volume_context, &opts)
+                })
+                .await?;
+                return Ok(csi::NodePublishVolumeResponse {});
+            }
+            require(&req.staging_target_path, "staging_target_path")?;
+            let staging = PathBuf::from(&req.staging_target_path);
+            blocking(move || manager.publish(&req.volume_id, &staging, &target, &opts)).await?;
+            Ok(csi::NodePublishVolumeResponse {})
+        })
         .await
     }
 
@@ -162,31 +139,25 @@ impl Node for NodeService {
         &self,
         request: Request<csi::NodeUnpublishVolumeRequest>,
     ) -> Result<Response<csi::NodeUnpublishVolumeResponse>, Status> {
-        let (meta, _, req) = request.into_parts();
+        let req = request.into_inner();
         let manager = Arc::clone(&self.driver.manager);
-        observe(
-            &self.driver.metrics,
-            "NodeUnpublishVolume",
-            &req.volume_id.clone(),
-            &meta,
-            async move {
-                require(&req.volume_id, "volume_id")?;
-                require(&req.target_path, "target_path")?;
-                let target = PathBuf::from(&req.target_path);
-                blocking(move || {
-                    // The CO names an inline volume by its own id, never one of ours.
-                    if !is_valid_id(&req.volume_id)
-                        && manager.find_ephemeral(&req.volume_id)?.is_some()
-                    {
-                        manager.unpublish_ephemeral(&req.volume_id, &target)
-                    } else {
-                        manager.unpublish(&req.volume_id, &target)
-                    }
-                })
-                .await?;
-                Ok(csi::NodeUnpublishVolumeResponse {})
-            },
-        )
+        crate::observe::volume(&req.volume_id);
+        crate::rpc::respond(async move {
+            require(&req.volume_id, "volume_id")?;
+            require(&req.target_path, "target_path")?;
+            let target = PathBuf::from(&req.target_path);
+            blocking(move || {
+                // The CO names an inline volume by its own id, never one of ours.
+                if !is_valid_id(&req.volume_id) && manager.find_ephemeral(&req.volume_id)?.is_some()
+                {
+                    manager.unpublish_ephemeral(&req.volume_id, &target)
+                } else {
+                    manager.unpublish(&req.volume_id, &target)
+                }
+            })
+            .await?;
+            Ok(csi::NodeUnpublishVolumeResponse {})
+        })
         .await
     }
 
@@ -194,39 +165,34 @@ impl Node for NodeService {
         &self,
         request: Request<csi::NodeGetVolumeStatsRequest>,
     ) -> Result<Response<csi::NodeGetVolumeStatsResponse>, Status> {
-        let (meta, _, req) = request.into_parts();
+        let req = request.into_inner();
         let manager = Arc::clone(&self.driver.manager);
-        observe(
-            &self.driver.metrics,
-            "NodeGetVolumeStats",
-            &req.volume_id.clone(),
-            &meta,
-            async move {
-                require(&req.volume_id, "volume_id")?;
-                require(&req.volume_path, "volume_path")?;
-                let path = PathBuf::from(&req.volume_path);
-                let (u, health) = blocking(move || manager.stats(&req.volume_id, &path)).await?;
-                use csi::volume_usage::Unit;
-                let mut list = vec![usage(
-                    Unit::Bytes,
-                    u.total_bytes,
-                    u.used_bytes,
-                    u.available_bytes,
-                )];
-                if u.total_inodes > 0 {
-                    list.push(usage(
-                        Unit::Inodes,
-                        u.total_inodes,
-                        u.used_inodes,
-                        u.available_inodes,
-                    ));
-                }
-                Ok(csi::NodeGetVolumeStatsResponse {
-                    usage: list,
-                    volume_condition: Some(condition(&health)),
-                })
-            },
-        )
+        crate::observe::volume(&req.volume_id);
+        crate::rpc::respond(async move {
+            require(&req.volume_id, "volume_id")?;
+            require(&req.volume_path, "volume_path")?;
+            let path = PathBuf::from(&req.volume_path);
+            let (u, health) = blocking(move || manager.stats(&req.volume_id, &path)).await?;
+            use csi::volume_usage::Unit;
+            let mut list = vec![usage(
+                Unit::Bytes,
+                u.total_bytes,
+                u.used_bytes,
+                u.available_bytes,
+            )];
+            if u.total_inodes > 0 {
+                list.push(usage(
+                    Unit::Inodes,
+                    u.total_inodes,
+                    u.used_inodes,
+                    u.available_inodes,
+                ));
+            }
+            Ok(csi::NodeGetVolumeStatsResponse {
+                usage: list,
+                volume_condition: Some(condition(&health)),
+            })
+        })
         .await
     }
 
@@ -234,33 +200,27 @@ impl Node for NodeService {
         &self,
         request: Request<csi::NodeExpandVolumeRequest>,
     ) -> Result<Response<csi::NodeExpandVolumeResponse>, Status> {
-        let (meta, _, req) = request.into_parts();
+        let req = request.into_inner();
         let manager = Arc::clone(&self.driver.manager);
-        observe(
-            &self.driver.metrics,
-            "NodeExpandVolume",
-            &req.volume_id.clone(),
-            &meta,
-            async move {
-                require(&req.volume_id, "volume_id")?;
-                require(&req.volume_path, "volume_path")?;
-                if let Some(cap) = &req.volume_capability {
-                    check_capability(cap).map_err(Status::invalid_argument)?;
-                }
-                let path = PathBuf::from(&req.volume_path);
-                let capacity =
-                    blocking(move || manager.expand_on_node(&req.volume_id, &path)).await?;
-                Ok(csi::NodeExpandVolumeResponse {
-                    capacity_bytes: i64::try_from(capacity).unwrap_or(i64::MAX),
-                })
-            },
-        )
+        crate::observe::volume(&req.volume_id);
+        crate::rpc::respond(async move {
+            require(&req.volume_id, "volume_id")?;
+            require(&req.volume_path, "volume_path")?;
+            if let Some(cap) = &req.volume_capability {
+                check_capability(cap).map_err(Status::invalid_argument)?;
+            }
+            let path = PathBuf::from(&req.volume_path);
+            let capacity = blocking(move || manager.expand_on_node(&req.volume_id, &path)).await?;
+            Ok(csi::NodeExpandVolumeResponse {
+                capacity_bytes: i64::try_from(capacity).unwrap_or(i64::MAX),
+            })
+        })
         .await
     }
 
     async fn node_get_capabilities(
         &self,
-        request: Request<csi::NodeGetCapabilitiesRequest>,
+        _request: Request<csi::NodeGetCapabilitiesRequest>,
     ) -> Result<Response<csi::NodeGetCapabilitiesResponse>, Status> {
         use csi::node_service_capability::rpc::Type;
         let cap = |t: Type| csi::NodeServiceCapability {
@@ -268,44 +228,32 @@ impl Node for NodeService {
                 csi::node_service_capability::Rpc { r#type: t as i32 },
             )),
         };
-        observe(
-            &self.driver.metrics,
-            "NodeGetCapabilities",
-            "",
-            request.metadata(),
-            async {
-                Ok(csi::NodeGetCapabilitiesResponse {
-                    capabilities: vec![
-                        cap(Type::StageUnstageVolume),
-                        cap(Type::GetVolumeStats),
-                        cap(Type::ExpandVolume),
-                        cap(Type::VolumeCondition),
-                        cap(Type::SingleNodeMultiWriter),
-                    ],
-                })
-            },
-        )
+        crate::rpc::respond(async {
+            Ok(csi::NodeGetCapabilitiesResponse {
+                capabilities: vec![
+                    cap(Type::StageUnstageVolume),
+                    cap(Type::GetVolumeStats),
+                    cap(Type::ExpandVolume),
+                    cap(Type::VolumeCondition),
+                    cap(Type::SingleNodeMultiWriter),
+                ],
+            })
+        })
         .await
     }
 
     async fn node_get_info(
         &self,
-        request: Request<csi::NodeGetInfoRequest>,
+        _request: Request<csi::NodeGetInfoRequest>,
     ) -> Result<Response<csi::NodeGetInfoResponse>, Status> {
         let driver = Arc::clone(&self.driver);
-        observe(
-            &self.driver.metrics,
-            "NodeGetInfo",
-            "",
-            request.metadata(),
-            async move {
-                Ok(csi::NodeGetInfoResponse {
-                    node_id: driver.config.node_id.clone(),
-                    max_volumes_per_node: driver.config.max_volumes_per_node,
-                    accessible_topology: Some(driver.topology()),
-                })
-            },
-        )
+        crate::rpc::respond(async move {
+            Ok(csi::NodeGetInfoResponse {
+                node_id: driver.config.node_id.clone(),
+                max_volumes_per_node: driver.config.max_volumes_per_node,
+                accessible_topology: Some(driver.topology()),
+            })
+        })
         .await
     }
 }

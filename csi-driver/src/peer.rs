@@ -25,7 +25,7 @@ use volume_core::replication::{Holding, IncomingHeader};
 use volume_core::{FsType, VolumeKind};
 
 use crate::driver::Driver;
-use crate::rpc::{blocking, observe};
+use crate::rpc::blocking;
 
 /// The gRPC metadata key that carries the cluster secret.
 pub const SECRET_METADATA_KEY: &str = "x-stowage-cluster-secret";
@@ -314,10 +314,10 @@ impl Peer for PeerService {
         &self,
         request: Request<pb::HelloRequest>,
     ) -> Result<Response<pb::HelloResponse>, Status> {
-        let (meta, _, req) = request.into_parts();
+        let req = request.into_inner();
         let node_id = self.driver.config.node_id.clone();
         let manager = Arc::clone(&self.driver.manager);
-        observe(&self.driver.metrics, "Peer.Hello", "", &meta, async move {
+        crate::rpc::respond(async move {
             tracing::debug!(peer.node_id = %req.node_id, "peer hello");
             let usage = blocking(move || manager.capacity()).await?;
             Ok(pb::HelloResponse {
@@ -333,45 +333,40 @@ impl Peer for PeerService {
         &self,
         request: Request<pb::ReplicaStateRequest>,
     ) -> Result<Response<pb::ReplicaStateResponse>, Status> {
-        let (meta, _, req) = request.into_parts();
+        let req = request.into_inner();
         let manager = Arc::clone(&self.driver.manager);
         let driver = Arc::clone(&self.driver);
-        observe(
-            &self.driver.metrics,
-            "Peer.ReplicaState",
-            &req.volume_id.clone(),
-            &meta,
-            async move {
-                let id = req.volume_id.clone();
-                let holding = blocking(move || manager.holding(&req.volume_id)).await?;
-                let partial = driver.replication.partial(&id);
-                Ok(match holding {
-                    Holding::Nothing => pb::ReplicaStateResponse {
-                        role: "none".into(),
-                        partial,
-                        ..Default::default()
-                    },
-                    Holding::Replica {
-                        generation,
-                        snapshots,
-                    } => pb::ReplicaStateResponse {
-                        snapshots,
-                        role: "replica".into(),
-                        generation,
-                        partial,
-                    },
-                    Holding::Primary {
-                        generation,
-                        snapshots,
-                    } => pb::ReplicaStateResponse {
-                        snapshots,
-                        role: "primary".into(),
-                        generation,
-                        partial: None,
-                    },
-                })
-            },
-        )
+        crate::observe::volume(&req.volume_id);
+        crate::rpc::respond(async move {
+            let id = req.volume_id.clone();
+            let holding = blocking(move || manager.holding(&req.volume_id)).await?;
+            let partial = driver.replication.partial(&id);
+            Ok(match holding {
+                Holding::Nothing => pb::ReplicaStateResponse {
+                    role: "none".into(),
+                    partial,
+                    ..Default::default()
+                },
+                Holding::Replica {
+                    generation,
+                    snapshots,
+                } => pb::ReplicaStateResponse {
+                    snapshots,
+                    role: "replica".into(),
+                    generation,
+                    partial,
+                },
+                Holding::Primary {
+                    generation,
+                    snapshots,
+                } => pb::ReplicaStateResponse {
+                    snapshots,
+                    role: "primary".into(),
+                    generation,
+                    partial: None,
+                },
+            })
+        })
         .await
     }
 
@@ -379,25 +374,20 @@ impl Peer for PeerService {
         &self,
         request: Request<pb::DropReplicaRequest>,
     ) -> Result<Response<pb::DropReplicaResponse>, Status> {
-        let (meta, _, req) = request.into_parts();
+        let req = request.into_inner();
         let driver = Arc::clone(&self.driver);
-        observe(
-            &self.driver.metrics,
-            "Peer.DropReplica",
-            &req.volume_id.clone(),
-            &meta,
-            async move {
-                // A cut-off stream holds the replica: discard it first, off the runtime.
-                let parked = driver.replication.unpark(&req.volume_id);
-                let manager = Arc::clone(&driver.manager);
-                let removed = blocking(move || {
-                    drop(parked);
-                    manager.remove_replica(&req.volume_id, Some(req.generation.max(1)))
-                })
-                .await?;
-                Ok(pb::DropReplicaResponse { removed })
-            },
-        )
+        crate::observe::volume(&req.volume_id);
+        crate::rpc::respond(async move {
+            // A cut-off stream holds the replica: discard it first, off the runtime.
+            let parked = driver.replication.unpark(&req.volume_id);
+            let manager = Arc::clone(&driver.manager);
+            let removed = blocking(move || {
+                drop(parked);
+                manager.remove_replica(&req.volume_id, Some(req.generation.max(1)))
+            })
+            .await?;
+            Ok(pb::DropReplicaResponse { removed })
+        })
         .await
     }
 
@@ -405,124 +395,118 @@ impl Peer for PeerService {
         &self,
         request: Request<tonic::Streaming<pb::SnapshotChunk>>,
     ) -> Result<Response<pb::ReceiveSnapshotResponse>, Status> {
-        let (meta, _, mut stream) = request.into_parts();
+        let mut stream = request.into_inner();
         let manager = Arc::clone(&self.driver.manager);
         let driver = Arc::clone(&self.driver);
-        observe(
-            &self.driver.metrics,
-            "Peer.ReceiveSnapshot",
-            "",
-            &meta,
-            async move {
-                let (header, offset) = match stream.message().await?.and_then(|c| c.part) {
-                    Some(Part::Header(h)) => {
-                        let offset = h.resume_offset;
-                        (incoming_header(h)?, offset)
-                    }
-                    _ => {
-                        return Err(Status::invalid_argument(
-                            "the first message must be the header",
-                        ));
-                    }
+        crate::rpc::respond(async move {
+            let (header, offset) = match stream.message().await?.and_then(|c| c.part) {
+                Some(Part::Header(h)) => {
+                    let offset = h.resume_offset;
+                    (incoming_header(h)?, offset)
+                }
+                _ => {
+                    return Err(Status::invalid_argument(
+                        "the first message must be the header",
+                    ));
+                }
+            };
+            // A stream cut off earlier is resumed only at the byte it stopped at,
+            // for the same snapshot and parent; any other header discards it.
+            let parked = driver.replication.unpark(&header.volume_id);
+            let resumed = match (offset, parked) {
+                (0, p) => {
+                    crate::replicate::dispose(p);
+                    None
+                }
+                (n, Some(p))
+                    if p.received() == n
+                        && p.header().snapshot == header.snapshot
+                        && p.header().parent == header.parent =>
+                {
+                    Some(p)
+                }
+                (n, p) => {
+                    crate::replicate::dispose(p);
+                    return Err(Status::failed_precondition(format!(
+                        "no cut-off stream of snapshot {} to resume at byte {n}",
+                        header.snapshot
+                    )));
+                }
+            };
+            // Chunks go through a bounded channel to the blocking receiver, which
+            // pipes them into `btrfs receive`. It commits when the trailer arrives
+            // and matches; cut off before, it hands the receive back to be kept.
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<Incoming>(8);
+            let keeper = Arc::clone(&driver);
+            let apply = tokio::task::spawn_blocking(move || {
+                let mut incoming = match resumed {
+                    Some(p) => p,
+                    None => manager
+                        .begin_receive(header)
+                        .map_err(|e| crate::status::to_status(&e))?,
                 };
-                // A stream cut off earlier is resumed only at the byte it stopped at,
-                // for the same snapshot and parent; any other header discards it.
-                let parked = driver.replication.unpark(&header.volume_id);
-                let resumed = match (offset, parked) {
-                    (0, p) => {
-                        crate::replicate::dispose(p);
-                        None
-                    }
-                    (n, Some(p))
-                        if p.received() == n
-                            && p.header().snapshot == header.snapshot
-                            && p.header().parent == header.parent =>
-                    {
-                        Some(p)
-                    }
-                    (n, p) => {
-                        crate::replicate::dispose(p);
-                        return Err(Status::failed_precondition(format!(
-                            "no cut-off stream of snapshot {} to resume at byte {n}",
-                            header.snapshot
-                        )));
-                    }
-                };
-                // Chunks go through a bounded channel to the blocking receiver, which
-                // pipes them into `btrfs receive`. It commits when the trailer arrives
-                // and matches; cut off before, it hands the receive back to be kept.
-                let (tx, mut rx) = tokio::sync::mpsc::channel::<Incoming>(8);
-                let keeper = Arc::clone(&driver);
-                let apply = tokio::task::spawn_blocking(move || {
-                    let mut incoming = match resumed {
-                        Some(p) => p,
-                        None => manager
-                            .begin_receive(header)
+                while let Some(msg) = rx.blocking_recv() {
+                    match msg {
+                        Incoming::Data(d) => incoming
+                            .write(&d)
                             .map_err(|e| crate::status::to_status(&e))?,
+                        Incoming::Trailer(digest, len) => {
+                            return incoming
+                                .commit(&digest, len)
+                                .map(Received::Applied)
+                                .map_err(|e| crate::status::to_status(&e));
+                        }
+                    }
+                }
+                // Cut off before the trailer. Kept from here, not by the handler:
+                // a connection that died may have cancelled the handler already.
+                if incoming.received() > 0 {
+                    keeper.replication.park(incoming);
+                }
+                Ok(Received::Cut)
+            });
+            let forwarded: Result<(), Status> = async {
+                while let Some(msg) = stream.message().await? {
+                    let item = match msg.part {
+                        Some(Part::Data(d)) if d.len() <= MAX_CHUNK => Incoming::Data(d),
+                        Some(Part::Data(_)) => {
+                            return Err(Status::invalid_argument(
+                                "a data chunk is larger than 1 MiB",
+                            ));
+                        }
+                        Some(Part::Trailer(t)) => Incoming::Trailer(t.blake3, t.length),
+                        Some(Part::Header(_)) | None => {
+                            return Err(Status::invalid_argument(
+                                "only data chunks and a trailer may follow the header",
+                            ));
+                        }
                     };
-                    while let Some(msg) = rx.blocking_recv() {
-                        match msg {
-                            Incoming::Data(d) => incoming
-                                .write(&d)
-                                .map_err(|e| crate::status::to_status(&e))?,
-                            Incoming::Trailer(digest, len) => {
-                                return incoming
-                                    .commit(&digest, len)
-                                    .map(Received::Applied)
-                                    .map_err(|e| crate::status::to_status(&e));
-                            }
-                        }
+                    let last = matches!(item, Incoming::Trailer(..));
+                    // A closed channel: the receiver failed; its error is the answer.
+                    if tx.send(item).await.is_err() || last {
+                        break;
                     }
-                    // Cut off before the trailer. Kept from here, not by the handler:
-                    // a connection that died may have cancelled the handler already.
-                    if incoming.received() > 0 {
-                        keeper.replication.park(incoming);
-                    }
-                    Ok(Received::Cut)
-                });
-                let forwarded: Result<(), Status> = async {
-                    while let Some(msg) = stream.message().await? {
-                        let item = match msg.part {
-                            Some(Part::Data(d)) if d.len() <= MAX_CHUNK => Incoming::Data(d),
-                            Some(Part::Data(_)) => {
-                                return Err(Status::invalid_argument(
-                                    "a data chunk is larger than 1 MiB",
-                                ));
-                            }
-                            Some(Part::Trailer(t)) => Incoming::Trailer(t.blake3, t.length),
-                            Some(Part::Header(_)) | None => {
-                                return Err(Status::invalid_argument(
-                                    "only data chunks and a trailer may follow the header",
-                                ));
-                            }
-                        };
-                        let last = matches!(item, Incoming::Trailer(..));
-                        // A closed channel: the receiver failed; its error is the answer.
-                        if tx.send(item).await.is_err() || last {
-                            break;
-                        }
-                    }
-                    Ok(())
                 }
-                .await;
-                drop(tx);
-                let applied = apply
-                    .await
-                    .map_err(|e| Status::internal(format!("worker failed: {e}")))?;
-                match applied? {
-                    Received::Applied(snap) => {
-                        forwarded?;
-                        Ok(pb::ReceiveSnapshotResponse {
-                            snapshot: snap.name,
-                            bytes: snap.stream_bytes,
-                        })
-                    }
-                    Received::Cut => Err(forwarded
-                        .err()
-                        .unwrap_or_else(|| Status::aborted("the stream ended before its trailer"))),
+                Ok(())
+            }
+            .await;
+            drop(tx);
+            let applied = apply
+                .await
+                .map_err(|e| Status::internal(format!("worker failed: {e}")))?;
+            match applied? {
+                Received::Applied(snap) => {
+                    forwarded?;
+                    Ok(pb::ReceiveSnapshotResponse {
+                        snapshot: snap.name,
+                        bytes: snap.stream_bytes,
+                    })
                 }
-            },
-        )
+                Received::Cut => Err(forwarded
+                    .err()
+                    .unwrap_or_else(|| Status::aborted("the stream ended before its trailer"))),
+            }
+        })
         .await
     }
 }
@@ -537,6 +521,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let tls = driver.config.peers.tls.clone();
+    let observe = crate::observe::ObserveLayer::new(Arc::clone(&driver.metrics));
     let service = PeerServer::with_interceptor(PeerService { driver }, PeerAuth { secret });
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = &tls {
@@ -547,6 +532,7 @@ pub async fn serve(
         .http2_keepalive_timeout(Some(KEEPALIVE))
         .initial_stream_window_size(Some(WINDOW))
         .initial_connection_window_size(Some(2 * WINDOW))
+        .layer(observe)
         .add_service(service)
         .serve_with_incoming_shutdown(
             // tonic's own `tcp_nodelay` does not reach sockets of a listener passed in:

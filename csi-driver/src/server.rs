@@ -187,7 +187,9 @@ pub async fn serve(
     listener: tokio::net::UnixListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
+    let observe = crate::observe::ObserveLayer::new(Arc::clone(&driver.metrics));
     tonic::transport::Server::builder()
+        .layer(observe)
         .add_service(IdentityServer::new(IdentityService::new(Arc::clone(
             &driver,
         ))))
