@@ -2,7 +2,7 @@
 //! `vol` speaks. It works in names as people do (ids are accepted too) and adds what
 //! CSI has no words for, such as attaching a volume into a running container.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -10,24 +10,28 @@ use stowage_proto::stowage::v1 as pb;
 use stowage_proto::stowage::v1::admin_server::Admin;
 use tonic::{Request, Response, Status};
 use volume_core::snapshot::SnapshotFilter;
-use volume_core::{ContentSource, CreateRequest, SnapshotRecord, VolumeParams, VolumeRecord};
+use volume_core::{ContentSource, SnapshotRecord, VolumeRecord};
 
 use fuse_overlay::layers::{ImportedLayer, LayerInfo, LayerKey, LayerStore};
 
 use crate::driver::Driver;
 use crate::rpc::{blocking_patient, require};
+use crate::service::create::CopyOf;
+use crate::service::{Caller, NewVolume, Volumes};
 use crate::status::layer_status;
 
 /// The Admin service.
 #[derive(Debug, Clone)]
 pub struct AdminService {
     driver: Arc<Driver>,
+    volumes: Volumes,
 }
 
 impl AdminService {
     /// Serves the admin API for `driver`.
     pub fn new(driver: Arc<Driver>) -> Self {
-        AdminService { driver }
+        let volumes = Volumes::new(Arc::clone(&driver));
+        AdminService { driver, volumes }
     }
 }
 
@@ -184,9 +188,9 @@ fn to_pb_snapshot(s: &SnapshotRecord) -> pb::Snapshot {
 /// Splits admin create parameters into volume parameters and mutable ones.
 fn split_parameters(
     params: &HashMap<String, String>,
-) -> (HashMap<String, String>, BTreeMap<String, String>) {
+) -> (HashMap<String, String>, HashMap<String, String>) {
     let mut fixed = HashMap::new();
-    let mut mutable = BTreeMap::new();
+    let mut mutable = HashMap::new();
     for (k, v) in params {
         if k == volume_core::modify::COMPRESSION {
             mutable.insert(k.clone(), v.clone());
@@ -219,28 +223,20 @@ impl Admin for AdminService {
         request: Request<pb::CreateVolumeRequest>,
     ) -> Result<Response<pb::VolumeResponse>, Status> {
         let req = request.into_inner();
-        let driver = Arc::clone(&self.driver);
+        let volumes = self.volumes.clone();
         crate::rpc::respond(async move {
             require(&req.name, "name")?;
-            let (fixed, mutable) = split_parameters(&req.parameters);
-            let mut params =
-                VolumeParams::parse(&fixed, None).map_err(|e| crate::status::to_status(&e))?;
-            {
-                let driver = Arc::clone(&driver);
-                params =
-                    layer_blocking(move || driver.resolve_layers(&mut params).map(|()| params))
-                        .await?;
-            }
-            let mut create = CreateRequest::new(req.name.clone(), req.capacity_bytes, 0, params);
-            create.mutable_parameters = mutable;
-            if let Some(r) = create.params.replication {
-                create.replica_nodes =
-                    crate::replicate::place(&driver, r.copies as usize - 1, &[]).await?;
-            }
-            let manager = Arc::clone(&driver.manager);
-            let rec = blocking_patient(move || manager.create(&create)).await?;
+            let (parameters, mutable_parameters) = split_parameters(&req.parameters);
+            let new = NewVolume {
+                name: req.name.clone(),
+                required_bytes: req.capacity_bytes,
+                parameters,
+                mutable_parameters,
+                ..NewVolume::default()
+            };
+            let rec = volumes.create(Caller::Person, new).await?;
             Ok(pb::VolumeResponse {
-                volume: Some(to_pb_volume(&driver, &rec)),
+                volume: Some(to_pb_volume(volumes.driver(), &rec)),
             })
         })
         .await
@@ -267,13 +263,12 @@ impl Admin for AdminService {
         request: Request<pb::GetVolumeRequest>,
     ) -> Result<Response<pb::VolumeResponse>, Status> {
         let req = request.into_inner();
-        let driver = Arc::clone(&self.driver);
+        let volumes = self.volumes.clone();
         crate::rpc::respond(async move {
             require(&req.volume, "volume")?;
-            let manager = Arc::clone(&driver.manager);
-            let rec = blocking_patient(move || manager.resolve(&req.volume)).await?;
+            let rec = volumes.get(Caller::Person, &req.volume).await?;
             Ok(pb::VolumeResponse {
-                volume: Some(to_pb_volume(&driver, &rec)),
+                volume: Some(to_pb_volume(volumes.driver(), &rec)),
             })
         })
         .await
@@ -284,15 +279,10 @@ impl Admin for AdminService {
         request: Request<pb::DeleteVolumeRequest>,
     ) -> Result<Response<pb::DeleteVolumeResponse>, Status> {
         let req = request.into_inner();
-        let driver = Arc::clone(&self.driver);
+        let volumes = self.volumes.clone();
         crate::rpc::respond(async move {
             require(&req.volume, "volume")?;
-            let manager = Arc::clone(&driver.manager);
-            let id = match blocking_patient(move || manager.resolve(&req.volume)).await {
-                Ok(rec) => rec.id,
-                Err(e) => return Err(e),
-            };
-            driver.delete(&id).await?;
+            volumes.delete(Caller::Person, &req.volume).await?;
             Ok(pb::DeleteVolumeResponse {})
         })
         .await
@@ -303,51 +293,23 @@ impl Admin for AdminService {
         request: Request<pb::CloneVolumeRequest>,
     ) -> Result<Response<pb::VolumeResponse>, Status> {
         let req = request.into_inner();
-        let driver = Arc::clone(&self.driver);
+        let volumes = self.volumes.clone();
         crate::rpc::respond(async move {
             require(&req.name, "name")?;
-            if req.source.is_empty() == req.snapshot.is_empty() {
-                return Err(Status::invalid_argument(
-                    "give exactly one of a source volume or a snapshot",
-                ));
-            }
-            let manager = Arc::clone(&driver.manager);
-            let rec = blocking_patient(move || {
-                let (source, kind, fs, source_size) = if req.snapshot.is_empty() {
-                    let src = manager.resolve(&req.source)?;
-                    (
-                        ContentSource::Volume(src.id),
-                        src.kind,
-                        src.fs,
-                        src.capacity,
-                    )
-                } else {
-                    let snap = manager.resolve_snapshot(&req.snapshot)?;
-                    let size = snap.size_bytes;
-                    (ContentSource::Snapshot(snap.id), snap.kind, snap.fs, size)
-                };
-                // No size: the source's. A smaller one cannot hold the source.
-                let capacity = match req.capacity_bytes {
-                    0 => source_size,
-                    c if c < source_size => {
-                        return Err(volume_core::Error::OutOfRange(format!(
-                            "capacity {c} bytes is smaller than the source's {source_size}"
-                        )));
-                    }
-                    c => c,
-                };
-                let mut p = HashMap::from([("kind".to_string(), kind.to_string())]);
-                if let Some(fs) = fs {
-                    p.insert("fsType".to_string(), fs.to_string());
+            let of = match (req.source.is_empty(), req.snapshot.is_empty()) {
+                (false, true) => CopyOf::Volume(req.source.clone()),
+                (true, false) => CopyOf::Snapshot(req.snapshot.clone()),
+                _ => {
+                    return Err(Status::invalid_argument(
+                        "give exactly one of a source volume or a snapshot",
+                    ));
                 }
-                let params = VolumeParams::parse(&p, None)?;
-                let mut create = CreateRequest::new(req.name.clone(), capacity, 0, params);
-                create.source = Some(source);
-                manager.create(&create)
-            })
-            .await?;
+            };
+            let rec = volumes
+                .create_copy(Caller::Person, &req.name, of, req.capacity_bytes)
+                .await?;
             Ok(pb::VolumeResponse {
-                volume: Some(to_pb_volume(&driver, &rec)),
+                volume: Some(to_pb_volume(volumes.driver(), &rec)),
             })
         })
         .await
@@ -358,25 +320,14 @@ impl Admin for AdminService {
         request: Request<pb::ExpandVolumeRequest>,
     ) -> Result<Response<pb::VolumeResponse>, Status> {
         let req = request.into_inner();
-        let driver = Arc::clone(&self.driver);
+        let volumes = self.volumes.clone();
         crate::rpc::respond(async move {
             require(&req.volume, "volume")?;
-            let manager = Arc::clone(&driver.manager);
-            let rec = blocking_patient(move || {
-                let rec = manager.resolve(&req.volume)?;
-                manager.expand(&rec.id, req.capacity_bytes, 0)?;
-                // On this node, finish the job: grow a mounted filesystem too.
-                let rec = manager.get(&rec.id)?;
-                if let Some(stage) = &rec.staging
-                    && rec.filesystem_bytes() < rec.capacity
-                {
-                    manager.expand_on_node(&rec.id, &stage.path)?;
-                }
-                manager.get(&rec.id)
-            })
-            .await?;
+            let expanded = volumes
+                .expand(Caller::Person, &req.volume, req.capacity_bytes, 0)
+                .await?;
             Ok(pb::VolumeResponse {
-                volume: Some(to_pb_volume(&driver, &rec)),
+                volume: Some(to_pb_volume(volumes.driver(), &expanded.volume)),
             })
         })
         .await
@@ -387,15 +338,13 @@ impl Admin for AdminService {
         request: Request<pb::CreateSnapshotRequest>,
     ) -> Result<Response<pb::SnapshotResponse>, Status> {
         let req = request.into_inner();
-        let manager = Arc::clone(&self.driver.manager);
+        let volumes = self.volumes.clone();
         crate::rpc::respond(async move {
             require(&req.volume, "volume")?;
             require(&req.name, "name")?;
-            let snap = blocking_patient(move || {
-                let rec = manager.resolve(&req.volume)?;
-                manager.create_snapshot(&req.name, &rec.id)
-            })
-            .await?;
+            let snap = volumes
+                .snapshot(Caller::Person, &req.volume, &req.name)
+                .await?;
             Ok(pb::SnapshotResponse {
                 snapshot: Some(to_pb_snapshot(&snap)),
             })
@@ -434,14 +383,12 @@ impl Admin for AdminService {
         request: Request<pb::DeleteSnapshotRequest>,
     ) -> Result<Response<pb::DeleteSnapshotResponse>, Status> {
         let req = request.into_inner();
-        let manager = Arc::clone(&self.driver.manager);
+        let volumes = self.volumes.clone();
         crate::rpc::respond(async move {
             require(&req.snapshot, "snapshot")?;
-            blocking_patient(move || {
-                let snap = manager.resolve_snapshot(&req.snapshot)?;
-                manager.delete_snapshot(&snap.id)
-            })
-            .await?;
+            volumes
+                .delete_snapshot(Caller::Person, &req.snapshot)
+                .await?;
             Ok(pb::DeleteSnapshotResponse {})
         })
         .await
@@ -743,18 +690,19 @@ impl Admin for AdminService {
         request: Request<pb::ModifyVolumeRequest>,
     ) -> Result<Response<pb::VolumeResponse>, Status> {
         let req = request.into_inner();
-        let driver = Arc::clone(&self.driver);
+        let volumes = self.volumes.clone();
         crate::observe::volume(&req.volume);
         crate::rpc::respond(async move {
             require(&req.volume, "volume")?;
-            let manager = Arc::clone(&driver.manager);
-            let volume = req.volume.clone();
-            let id = blocking_patient(move || manager.resolve(&volume)).await?.id;
-            let rec = driver
-                .modify(&id, req.parameters.into_iter().collect(), true)
+            let rec = volumes
+                .modify(
+                    Caller::Person,
+                    &req.volume,
+                    req.parameters.into_iter().collect(),
+                )
                 .await?;
             Ok(pb::VolumeResponse {
-                volume: Some(to_pb_volume(&driver, &rec)),
+                volume: Some(to_pb_volume(volumes.driver(), &rec)),
             })
         })
         .await

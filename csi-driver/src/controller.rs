@@ -9,12 +9,13 @@ use stowage_proto::csi::v1::controller_server::Controller;
 use tonic::{Request, Response, Status};
 use volume_core::manager::{SNAPSHOT_PREFIX, has_id_shape};
 use volume_core::snapshot::SnapshotFilter;
-use volume_core::{ContentSource, CreateRequest, VolumeParams};
+use volume_core::{ContentSource, VolumeParams};
 
 use crate::driver::{
     Driver, check_capability, condition, is_block, is_reader_only, mount_fs_type, to_csi_snapshot,
 };
 use crate::rpc::{blocking, require};
+use crate::service::{Caller, NewVolume, Volumes};
 
 /// Prefix of our ListVolumes pagination tokens; anything else is refused with ABORTED.
 const TOKEN_PREFIX: &str = "after:";
@@ -23,12 +24,14 @@ const TOKEN_PREFIX: &str = "after:";
 #[derive(Debug, Clone)]
 pub struct ControllerService {
     driver: Arc<Driver>,
+    volumes: Volumes,
 }
 
 impl ControllerService {
     /// Serves the controller for `driver`.
     pub fn new(driver: Arc<Driver>) -> Self {
-        ControllerService { driver }
+        let volumes = Volumes::new(Arc::clone(&driver));
+        ControllerService { driver, volumes }
     }
 }
 
@@ -68,6 +71,7 @@ impl Controller for ControllerService {
         request: Request<csi::CreateVolumeRequest>,
     ) -> Result<Response<csi::CreateVolumeResponse>, Status> {
         let req = request.into_inner();
+        let volumes = self.volumes.clone();
         let driver = Arc::clone(&self.driver);
         crate::rpc::respond(async move {
             require(&req.name, "name")?;
@@ -86,30 +90,7 @@ impl Controller for ControllerService {
                     driver.config.node_id
                 )));
             }
-            let fs_type = req.volume_capabilities.iter().find_map(mount_fs_type);
-            // Replication settings given as mutable parameters (a
-            // VolumeAttributesClass) count as parameters: they place copies.
-            let mut parameters = req.parameters.clone();
-            let mut mutable = req.mutable_parameters.clone();
-            for key in [
-                volume_core::params::REPLICAS,
-                volume_core::params::REPLICATION_INTERVAL,
-            ] {
-                if let Some(v) = mutable.remove(key) {
-                    parameters.insert(key.to_string(), v);
-                }
-            }
-            let mut params = VolumeParams::parse(&parameters, fs_type)
-                .map_err(|e| crate::status::to_status(&e))?;
-            {
-                let driver = Arc::clone(&driver);
-                params = tokio::task::spawn_blocking(move || {
-                    driver.resolve_layers(&mut params).map(|()| params)
-                })
-                .await
-                .map_err(|e| Status::internal(format!("layer lookup failed: {e}")))??;
-            }
-            let (required, limit) = match &req.capacity_range {
+            let (required_bytes, limit_bytes) = match &req.capacity_range {
                 Some(r) => (
                     bytes(r.required_bytes, "required_bytes")?,
                     bytes(r.limit_bytes, "limit_bytes")?,
@@ -132,16 +113,21 @@ impl Controller for ControllerService {
                     Some(ContentSource::Volume(v.volume_id.clone()))
                 }
             };
-            let mut create = CreateRequest::new(req.name.clone(), required, limit, params);
-            create.source = source;
-            create.mutable_parameters = to_btree(&mutable);
-            if let Some(r) = create.params.replication {
-                create.replica_nodes =
-                    crate::replicate::place(&driver, r.copies as usize - 1, &[]).await?;
-            }
-            create.block = req.volume_capabilities.iter().any(is_block);
-            let manager = Arc::clone(&driver.manager);
-            let rec = blocking(move || manager.create(&create)).await?;
+            let new = NewVolume {
+                name: req.name.clone(),
+                required_bytes,
+                limit_bytes,
+                parameters: req.parameters.clone(),
+                mutable_parameters: req.mutable_parameters.clone(),
+                fs_type: req
+                    .volume_capabilities
+                    .iter()
+                    .find_map(mount_fs_type)
+                    .map(str::to_string),
+                source,
+                block: req.volume_capabilities.iter().any(is_block),
+            };
+            let rec = volumes.create(Caller::Orchestrator, new).await?;
             Ok(csi::CreateVolumeResponse {
                 volume: Some(driver.to_csi_volume(&rec)),
             })
@@ -154,11 +140,11 @@ impl Controller for ControllerService {
         request: Request<csi::DeleteVolumeRequest>,
     ) -> Result<Response<csi::DeleteVolumeResponse>, Status> {
         let req = request.into_inner();
-        let driver = Arc::clone(&self.driver);
+        let volumes = self.volumes.clone();
         crate::observe::volume(&req.volume_id);
         crate::rpc::respond(async move {
             require(&req.volume_id, "volume_id")?;
-            driver.delete(&req.volume_id).await?;
+            volumes.delete(Caller::Orchestrator, &req.volume_id).await?;
             Ok(csi::DeleteVolumeResponse {})
         })
         .await
@@ -370,7 +356,7 @@ impl Controller for ControllerService {
         request: Request<csi::CreateSnapshotRequest>,
     ) -> Result<Response<csi::CreateSnapshotResponse>, Status> {
         let req = request.into_inner();
-        let manager = Arc::clone(&self.driver.manager);
+        let volumes = self.volumes.clone();
         crate::observe::volume(&req.source_volume_id);
         crate::rpc::respond(async move {
             require(&req.name, "name")?;
@@ -384,8 +370,9 @@ impl Controller for ControllerService {
                     "unknown snapshot parameter {key:?}"
                 )));
             }
-            let snap =
-                blocking(move || manager.create_snapshot(&req.name, &req.source_volume_id)).await?;
+            let snap = volumes
+                .snapshot(Caller::Orchestrator, &req.source_volume_id, &req.name)
+                .await?;
             Ok(csi::CreateSnapshotResponse {
                 snapshot: Some(to_csi_snapshot(&snap)),
             })
@@ -398,10 +385,12 @@ impl Controller for ControllerService {
         request: Request<csi::DeleteSnapshotRequest>,
     ) -> Result<Response<csi::DeleteSnapshotResponse>, Status> {
         let req = request.into_inner();
-        let manager = Arc::clone(&self.driver.manager);
+        let volumes = self.volumes.clone();
         crate::rpc::respond(async move {
             require(&req.snapshot_id, "snapshot_id")?;
-            blocking(move || manager.delete_snapshot(&req.snapshot_id)).await?;
+            volumes
+                .delete_snapshot(Caller::Orchestrator, &req.snapshot_id)
+                .await?;
             Ok(csi::DeleteSnapshotResponse {})
         })
         .await
@@ -468,7 +457,7 @@ impl Controller for ControllerService {
         request: Request<csi::ControllerExpandVolumeRequest>,
     ) -> Result<Response<csi::ControllerExpandVolumeResponse>, Status> {
         let req = request.into_inner();
-        let manager = Arc::clone(&self.driver.manager);
+        let volumes = self.volumes.clone();
         crate::observe::volume(&req.volume_id);
         crate::rpc::respond(async move {
             require(&req.volume_id, "volume_id")?;
@@ -480,8 +469,11 @@ impl Controller for ControllerService {
             if let Some(cap) = &req.volume_capability {
                 check_capability(cap).map_err(Status::invalid_argument)?;
             }
+            let expanded = volumes
+                .expand(Caller::Orchestrator, &req.volume_id, required, limit)
+                .await?;
             let (capacity, node_expansion_required) =
-                blocking(move || manager.expand(&req.volume_id, required, limit)).await?;
+                (expanded.capacity, expanded.node_expansion_required);
             Ok(csi::ControllerExpandVolumeResponse {
                 capacity_bytes: i64::try_from(capacity).unwrap_or(i64::MAX),
                 node_expansion_required,
@@ -518,12 +510,14 @@ impl Controller for ControllerService {
         request: Request<csi::ControllerModifyVolumeRequest>,
     ) -> Result<Response<csi::ControllerModifyVolumeResponse>, Status> {
         let req = request.into_inner();
-        let driver = Arc::clone(&self.driver);
+        let volumes = self.volumes.clone();
         crate::observe::volume(&req.volume_id);
         crate::rpc::respond(async move {
             require(&req.volume_id, "volume_id")?;
             let params = to_btree(&req.mutable_parameters);
-            driver.modify(&req.volume_id, params, false).await?;
+            volumes
+                .modify(Caller::Orchestrator, &req.volume_id, params)
+                .await?;
             Ok(csi::ControllerModifyVolumeResponse {})
         })
         .await

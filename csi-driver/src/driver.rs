@@ -6,9 +6,7 @@ use std::sync::Arc;
 use fuse_overlay::layers::LayerStore;
 use stowage_proto::csi::v1 as csi;
 use volume_core::model::VolumeHealth;
-use volume_core::{
-    ContentSource, SnapshotRecord, VolumeKind, VolumeManager, VolumeParams, VolumeRecord,
-};
+use volume_core::{ContentSource, SnapshotRecord, VolumeManager, VolumeRecord};
 
 use crate::TOPOLOGY_KEY;
 
@@ -65,81 +63,10 @@ impl Driver {
         })
     }
 
-    /// Resolves the layer references of an image volume's parameters (keys, diff_ids
-    /// or blob digests) to layer store keys. A layer not in the store is the caller's
-    /// bad argument: INVALID_ARGUMENT.
-    pub fn resolve_layers(&self, params: &mut VolumeParams) -> Result<(), tonic::Status> {
-        if params.kind != VolumeKind::Image {
-            return Ok(());
-        }
-        let keys = self.resolve_layer_list(&params.layers)?;
-        params.set_layer_keys(keys);
-        Ok(())
-    }
-
-    /// The layer store keys of `references`, in the same order.
-    pub fn resolve_layer_list(&self, references: &[String]) -> Result<Vec<String>, tonic::Status> {
-        references
-            .iter()
-            .map(|r| match self.layers.find(r) {
-                Ok(Some(info)) => Ok(info.key.as_str().to_string()),
-                Ok(None) => Err(tonic::Status::invalid_argument(format!(
-                    "layer {r} is not in the layer store (import it with vol layer import)"
-                ))),
-                Err(e) => Err(crate::status::layer_status(&e)),
-            })
-            .collect()
-    }
-
     /// The volume's health as the controller reports it: its storage, and its
     /// replicas when it is replicated.
     pub fn health(&self, rec: &VolumeRecord) -> VolumeHealth {
         crate::replicate::health(self, rec, self.manager.controller_health(rec))
-    }
-
-    /// Applies mutable parameters to volume `id`, placing the copies a raised
-    /// `replicas` adds on peers first.
-    pub async fn modify(
-        self: &Arc<Self>,
-        id: &str,
-        params: std::collections::BTreeMap<String, String>,
-        patient: bool,
-    ) -> Result<VolumeRecord, tonic::Status> {
-        let (manager, id2, p2) = (Arc::clone(&self.manager), id.to_string(), params.clone());
-        let (need, have) =
-            crate::rpc::blocking(move || manager.replica_nodes_wanted(&id2, &p2)).await?;
-        let new_nodes = crate::replicate::place(self, need, &have).await?;
-        let (manager, id) = (Arc::clone(&self.manager), id.to_string());
-        let modify = move || manager.modify_placed(&id, &params, &new_nodes);
-        let rec = if patient {
-            crate::rpc::blocking_patient(modify).await?
-        } else {
-            crate::rpc::blocking(modify).await?
-        };
-        let now: Vec<String> = rec
-            .replication
-            .iter()
-            .flat_map(|s| s.nodes.clone())
-            .collect();
-        let gone: Vec<String> = have.into_iter().filter(|n| !now.contains(n)).collect();
-        crate::replicate::drop_copies(self, &rec.id, rec.generation.max(1), gone);
-        Ok(rec)
-    }
-
-    /// Deletes volume `id`, then asks its replica nodes to drop their copies.
-    pub async fn delete(self: &Arc<Self>, id: &str) -> Result<(), tonic::Status> {
-        let (manager, id2) = (Arc::clone(&self.manager), id.to_string());
-        let rec = crate::rpc::blocking(move || {
-            let rec = manager.get(&id2).ok();
-            manager.delete(&id2).map(|()| rec)
-        })
-        .await?;
-        if let Some(rec) = rec
-            && let Some(spec) = &rec.replication
-        {
-            crate::replicate::drop_copies(self, id, rec.generation.max(1), spec.nodes.clone());
-        }
-        Ok(())
     }
 
     /// This node's topology segment.

@@ -20,6 +20,7 @@ pub mod plugin;
 pub mod replicate;
 pub mod rpc;
 pub mod server;
+pub mod service;
 pub mod status;
 
 pub use driver::{Driver, DriverConfig};

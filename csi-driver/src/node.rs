@@ -16,6 +16,7 @@ use crate::driver::{
     mount_fs_type,
 };
 use crate::rpc::{blocking, require};
+use crate::service::Volumes;
 
 /// The Node service.
 #[derive(Debug, Clone)]
@@ -113,11 +114,9 @@ impl Node for NodeService {
                 if let Some(list) = req.volume_context.get(volume_core::params::LAYERS) {
                     // Resolve digests to layer store keys before the volume is made.
                     let refs: Vec<String> = list.split(',').map(|r| r.trim().to_string()).collect();
-                    let driver = Arc::clone(&self.driver);
-                    let keys =
-                        tokio::task::spawn_blocking(move || driver.resolve_layer_list(&refs))
-                            .await
-                            .map_err(|e| Status::internal(format!("layer lookup failed: {e}")))??;
+                    let keys = Volumes::new(Arc::clone(&self.driver))
+                        .layer_keys(refs)
+                        .await?;
                     req.volume_context
                         .insert(volume_core::params::LAYERS.to_string(), keys.join(","));
                 }

@@ -34,6 +34,24 @@ pub fn to_status(err: &Error) -> Status {
     Status::new(code, chain(err))
 }
 
+/// A service-layer error as a gRPC status.
+pub fn service_status(err: &crate::service::Error) -> Status {
+    use crate::service::Error as S;
+    match err {
+        S::Core(e) => to_status(e),
+        S::InvalidArgument(m) => Status::invalid_argument(m.clone()),
+        S::Layers(e) => layer_status(e),
+        S::Peer(s) => s.clone(),
+        S::Worker(_) => Status::internal(chain(err)),
+    }
+}
+
+impl From<crate::service::Error> for Status {
+    fn from(err: crate::service::Error) -> Self {
+        service_status(&err)
+    }
+}
+
 /// A peer client error as a gRPC status.
 pub fn peer_status(e: &crate::peer::PeerError) -> Status {
     use crate::peer::PeerError;

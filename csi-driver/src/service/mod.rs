@@ -1,0 +1,103 @@
+//! The service layer: the one place the daemon's volume use cases run. The CSI,
+//! admin and plugin handlers translate their requests onto [`Volumes`] and its answers
+//! back; the work on the volume manager crosses to the blocking pool here and nowhere
+//! else in the use cases, and failures are this layer's [`Error`], which each front
+//! door maps to its own protocol (gRPC codes in [`crate::status`]).
+//!
+//! One file per use case: [`create`], [`remove`], [`expand`], [`modify`],
+//! [`snapshots`].
+
+pub mod create;
+pub mod error;
+pub mod expand;
+pub mod modify;
+pub mod remove;
+pub mod snapshots;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+
+use volume_core::{SnapshotRecord, VolumeManager, VolumeRecord};
+
+pub use create::NewVolume;
+pub use error::{Error, Result};
+pub use expand::Expanded;
+
+use crate::driver::Driver;
+
+/// Who asks, which decides how a volume is named and how long a busy one is waited
+/// for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caller {
+    /// A container orchestrator (CSI): volumes and snapshots by id; a busy volume is
+    /// answered at once (ABORTED), since the orchestrator retries.
+    Orchestrator,
+    /// A person or a runtime that does not retry (the `vol` CLI, the Docker/Podman
+    /// plugin): volumes by name or id; a busy volume is waited for up to
+    /// [`crate::rpc::BUSY_WAIT`], and an expansion also grows the filesystem of a
+    /// volume staged on this node (there is no NodeExpandVolume to follow).
+    Person,
+}
+
+impl Caller {
+    fn find(self, manager: &VolumeManager, volume: &str) -> volume_core::Result<VolumeRecord> {
+        match self {
+            Caller::Orchestrator => manager.get(volume),
+            Caller::Person => manager.resolve(volume),
+        }
+    }
+
+    fn find_snapshot(
+        self,
+        manager: &VolumeManager,
+        snapshot: &str,
+    ) -> volume_core::Result<SnapshotRecord> {
+        match self {
+            Caller::Orchestrator => manager.get_snapshot(snapshot),
+            Caller::Person => manager.resolve_snapshot(snapshot),
+        }
+    }
+}
+
+/// The volume use cases of one daemon.
+#[derive(Debug, Clone)]
+pub struct Volumes {
+    driver: Arc<Driver>,
+}
+
+impl Volumes {
+    /// The use cases over `driver`'s manager, layer store and peers.
+    pub fn new(driver: Arc<Driver>) -> Self {
+        Volumes { driver }
+    }
+
+    /// The driver the use cases work on.
+    pub fn driver(&self) -> &Arc<Driver> {
+        &self.driver
+    }
+
+    /// Runs `work` on the volume manager on the blocking pool; for a
+    /// [`Caller::Person`], again while the volume is busy (a busy claim is refused
+    /// before anything is done, so running it again is safe).
+    pub async fn run<T, F>(&self, caller: Caller, mut work: F) -> Result<T>
+    where
+        F: FnMut(&VolumeManager) -> volume_core::Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let manager = Arc::clone(&self.driver.manager);
+        let out = tokio::task::spawn_blocking(move || match caller {
+            Caller::Orchestrator => work(&manager),
+            Caller::Person => crate::rpc::retry_busy(|| work(&manager)),
+        })
+        .await
+        .map_err(Error::Worker)?;
+        Ok(out?)
+    }
+
+    /// The volume `volume` names (an id; for a person, also a name).
+    pub async fn get(&self, caller: Caller, volume: &str) -> Result<VolumeRecord> {
+        let volume = volume.to_string();
+        self.run(caller, move |m| caller.find(m, &volume)).await
+    }
+}

@@ -1,0 +1,39 @@
+//! Changing a volume's mutable parameters (compression, replicas, replication
+//! interval): copies a raised `replicas` adds are placed on peers first, and copies a
+//! lowered one drops are removed from their nodes after.
+
+use std::collections::BTreeMap;
+
+use volume_core::VolumeRecord;
+
+use super::{Caller, Error, Result, Volumes};
+
+impl Volumes {
+    /// Applies `params` to the volume `volume` names and returns it as it now is.
+    pub async fn modify(
+        &self,
+        caller: Caller,
+        volume: &str,
+        params: BTreeMap<String, String>,
+    ) -> Result<VolumeRecord> {
+        let id = self.get(caller, volume).await?.id;
+        let (id2, p2) = (id.clone(), params.clone());
+        let (need, have) = self
+            .run(caller, move |m| m.replica_nodes_wanted(&id2, &p2))
+            .await?;
+        let new_nodes = crate::replicate::place(&self.driver, need, &have)
+            .await
+            .map_err(Error::Peer)?;
+        let rec = self
+            .run(caller, move |m| m.modify_placed(&id, &params, &new_nodes))
+            .await?;
+        let now: Vec<String> = rec
+            .replication
+            .iter()
+            .flat_map(|s| s.nodes.clone())
+            .collect();
+        let gone: Vec<String> = have.into_iter().filter(|n| !now.contains(n)).collect();
+        crate::replicate::drop_copies(&self.driver, &rec.id, rec.generation.max(1), gone);
+        Ok(rec)
+    }
+}
