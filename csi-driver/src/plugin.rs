@@ -5,9 +5,9 @@
 //! `<state>/plugin/<volume id>` without a ControllerPublish.
 //!
 //! Errors are HTTP 500 with `{"Err": "<the whole error chain>"}`, as Docker and Podman
-//! expect. Volume-core work runs on the blocking pool; an operation that finds the
-//! volume busy (another call on it in flight) is retried for a while, since these
-//! clients do not retry on their own.
+//! expect. Every endpoint is a translation onto the service layer as a
+//! [`Caller::Person`]: an operation that finds the volume busy (another call on it in
+//! flight) is retried for a while, since these clients do not retry on their own.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -23,8 +23,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use volume_core::VolumeRecord;
 use volume_core::size::parse_volume_size;
-use volume_core::{CreateRequest, VolumeManager, VolumeParams, VolumeRecord};
+
+use crate::service::{Caller, NewVolume, Volumes};
 
 /// Content type of every answer (plugin API v1.2).
 pub const CONTENT_TYPE: &str = "application/vnd.docker.plugins.v1.2+json";
@@ -43,10 +45,13 @@ pub enum PluginError {
     Request(#[source] serde_json::Error),
     /// The volume operation failed.
     #[error(transparent)]
-    Core(#[from] volume_core::Error),
-    /// The blocking task running the operation panicked or was cancelled.
-    #[error("worker failed")]
-    Worker(#[source] tokio::task::JoinError),
+    Service(#[from] crate::service::Error),
+}
+
+impl From<volume_core::Error> for PluginError {
+    fn from(e: volume_core::Error) -> Self {
+        PluginError::Service(e.into())
+    }
 }
 
 /// The union of the protocol's request bodies (`Name`, `ID`, `Opts`); every field may
@@ -64,59 +69,77 @@ struct PluginRequest {
 
 #[derive(Debug)]
 struct Plugin {
-    manager: Arc<VolumeManager>,
+    volumes: Volumes,
     mounts: PathBuf,
 }
 
-type Op = fn(&Plugin, &PluginRequest) -> volume_core::Result<Value>;
+/// The protocol's endpoints.
+#[derive(Debug, Clone, Copy)]
+enum Endpoint {
+    Activate,
+    Capabilities,
+    Create,
+    Remove,
+    Mount,
+    Unmount,
+    Path,
+    Get,
+    List,
+}
 
-/// The protocol's routes over `manager`, mounting volumes under `mounts`.
-pub fn router(manager: Arc<VolumeManager>, mounts: PathBuf) -> Router {
-    Router::new()
-        .route("/Plugin.Activate", route("Plugin.Activate", activate))
-        .route("/VolumeDriver.Create", route("VolumeDriver.Create", create))
-        .route("/VolumeDriver.Remove", route("VolumeDriver.Remove", remove))
-        .route("/VolumeDriver.Mount", route("VolumeDriver.Mount", mount))
-        .route(
-            "/VolumeDriver.Unmount",
-            route("VolumeDriver.Unmount", unmount),
-        )
-        .route("/VolumeDriver.Path", route("VolumeDriver.Path", path))
-        .route("/VolumeDriver.Get", route("VolumeDriver.Get", get))
-        .route("/VolumeDriver.List", route("VolumeDriver.List", list))
-        .route(
-            "/VolumeDriver.Capabilities",
-            route("VolumeDriver.Capabilities", capabilities),
-        )
-        .with_state(Arc::new(Plugin { manager, mounts }))
+const ENDPOINTS: [(&str, Endpoint); 9] = [
+    ("Plugin.Activate", Endpoint::Activate),
+    ("VolumeDriver.Capabilities", Endpoint::Capabilities),
+    ("VolumeDriver.Create", Endpoint::Create),
+    ("VolumeDriver.Remove", Endpoint::Remove),
+    ("VolumeDriver.Mount", Endpoint::Mount),
+    ("VolumeDriver.Unmount", Endpoint::Unmount),
+    ("VolumeDriver.Path", Endpoint::Path),
+    ("VolumeDriver.Get", Endpoint::Get),
+    ("VolumeDriver.List", Endpoint::List),
+];
+
+/// The protocol's routes over `volumes`, mounting volumes under `mounts`.
+pub fn router(volumes: Volumes, mounts: PathBuf) -> Router {
+    ENDPOINTS
+        .iter()
+        .fold(Router::new(), |r, &(method, endpoint)| {
+            r.route(&format!("/{method}"), route(method, endpoint))
+        })
+        .with_state(Arc::new(Plugin { volumes, mounts }))
 }
 
 /// Serves the plugin protocol on `listener` (bind it with
 /// [`bind_private`](crate::endpoint::bind_private)) until `shutdown` completes.
 pub async fn serve(
     listener: tokio::net::UnixListener,
-    manager: Arc<VolumeManager>,
+    volumes: Volumes,
     mounts: PathBuf,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(socket = ?addr.as_pathname(), mounts = %mounts.display(), "serving the volume plugin protocol");
     }
-    axum::serve(listener, router(manager, mounts))
+    axum::serve(listener, router(volumes, mounts))
         .with_graceful_shutdown(shutdown)
         .await
 }
 
-fn route(method: &'static str, op: Op) -> MethodRouter<Arc<Plugin>> {
+fn route(method: &'static str, endpoint: Endpoint) -> MethodRouter<Arc<Plugin>> {
     post(
         move |State(plugin): State<Arc<Plugin>>, body: Bytes| async move {
-            handle(plugin, method, op, body).await
+            handle(plugin, method, endpoint, body).await
         },
     )
 }
 
-/// Parses the body, runs `op` on the blocking pool and logs one line.
-async fn handle(plugin: Arc<Plugin>, method: &'static str, op: Op, body: Bytes) -> Response {
+/// Parses the body, runs the endpoint and logs one line.
+async fn handle(
+    plugin: Arc<Plugin>,
+    method: &'static str,
+    endpoint: Endpoint,
+    body: Bytes,
+) -> Response {
     let start = Instant::now();
     let parsed = parse(&body);
     let (name, caller) = parsed
@@ -125,12 +148,7 @@ async fn handle(plugin: Arc<Plugin>, method: &'static str, op: Op, body: Bytes) 
         .unwrap_or_default();
     let result = match parsed {
         Err(e) => Err(e),
-        Ok(req) => {
-            tokio::task::spawn_blocking(move || crate::rpc::retry_busy(|| op(&plugin, &req)))
-                .await
-                .map_err(PluginError::Worker)
-                .and_then(|r| r.map_err(PluginError::from))
-        }
+        Ok(req) => plugin.answer(endpoint, req).await,
     };
     let ms = start.elapsed().as_secs_f64() * 1000.0;
     match result {
@@ -165,104 +183,154 @@ fn answer(status: StatusCode, body: &Value) -> Response {
         .into_response()
 }
 
-fn required_name(req: &PluginRequest) -> volume_core::Result<&str> {
+fn required_name(req: &PluginRequest) -> Result<String, PluginError> {
     if req.name.is_empty() {
-        Err(volume_core::Error::InvalidArgument(
-            "Name is required".into(),
-        ))
+        Err(volume_core::Error::InvalidArgument("Name is required".into()).into())
     } else {
-        Ok(&req.name)
+        Ok(req.name.clone())
     }
 }
 
-fn activate(_: &Plugin, _: &PluginRequest) -> volume_core::Result<Value> {
-    Ok(json!({ "Implements": ["VolumeDriver"] }))
-}
+impl Plugin {
+    /// Answers one request.
+    async fn answer(&self, endpoint: Endpoint, req: PluginRequest) -> Result<Value, PluginError> {
+        let ok = || json!({ "Err": "" });
+        match endpoint {
+            Endpoint::Activate => Ok(json!({ "Implements": ["VolumeDriver"] })),
+            Endpoint::Capabilities => Ok(json!({ "Capabilities": { "Scope": "local" } })),
+            Endpoint::Create => {
+                let new = new_volume(required_name(&req)?, req.opts.as_ref())?;
+                self.volumes.create(Caller::Person, new).await?;
+                Ok(ok())
+            }
+            Endpoint::Remove => {
+                match self
+                    .volumes
+                    .delete(Caller::Person, &required_name(&req)?)
+                    .await
+                {
+                    // Removing what is gone succeeds, as everywhere else in the driver.
+                    Ok(())
+                    | Err(crate::service::Error::Core(volume_core::Error::VolumeNotFound(_))) => {
+                        Ok(ok())
+                    }
+                    Err(e) => Err(e.into()),
+                }
+            }
+            Endpoint::Mount => {
+                let (name, caller, mounts) = (required_name(&req)?, req.id, self.mounts.clone());
+                let path = self
+                    .volumes
+                    .run(Caller::Person, move |m| {
+                        let rec = m.get_by_name(&name)?;
+                        m.plugin_mount(&rec.id, &caller, &mounts)
+                    })
+                    .await?;
+                Ok(json!({ "Mountpoint": path, "Err": "" }))
+            }
+            Endpoint::Unmount => {
+                let (name, caller, mounts) = (required_name(&req)?, req.id, self.mounts.clone());
+                self.volumes
+                    .run(Caller::Person, move |m| {
+                        let rec = m.get_by_name(&name)?;
+                        m.plugin_unmount(&rec.id, &caller, &mounts)
+                    })
+                    .await?;
+                Ok(ok())
+            }
+            Endpoint::Path => {
+                let (_, mountpoint) = self.named(required_name(&req)?).await?;
+                Ok(json!({ "Mountpoint": mountpoint, "Err": "" }))
+            }
+            Endpoint::Get => {
+                let (rec, mountpoint) = self.named(required_name(&req)?).await?;
+                Ok(volume_json(&rec, &mountpoint))
+            }
+            Endpoint::List => {
+                let mounts = self.mounts.clone();
+                let volumes = self
+                    .volumes
+                    .run(Caller::Person, move |m| {
+                        Ok(m.list(None, usize::MAX)?
+                            .into_iter()
+                            // Inline ephemeral volumes belong to their pod, not to a
+                            // container engine.
+                            .filter(|rec| !rec.ephemeral)
+                            .map(|rec| {
+                                let mountpoint = mountpoint(m, &rec, &mounts);
+                                json!({ "Name": rec.name, "Mountpoint": mountpoint })
+                            })
+                            .collect::<Vec<Value>>())
+                    })
+                    .await?;
+                Ok(json!({ "Volumes": volumes, "Err": "" }))
+            }
+        }
+    }
 
-fn capabilities(_: &Plugin, _: &PluginRequest) -> volume_core::Result<Value> {
-    Ok(json!({ "Capabilities": { "Scope": "local" } }))
+    /// The volume called `name` and where it is mounted for containers ("" if not).
+    async fn named(&self, name: String) -> Result<(VolumeRecord, String), PluginError> {
+        let mounts = self.mounts.clone();
+        Ok(self
+            .volumes
+            .run(Caller::Person, move |m| {
+                let rec = m.get_by_name(&name)?;
+                let mountpoint = mountpoint(m, &rec, &mounts);
+                Ok((rec, mountpoint))
+            })
+            .await?)
+    }
 }
 
 /// The create request for `-o` options: `size` (binary units, default 1 GiB), `kind`
-/// (dir | loop) and `fs` (a loop volume's fsType); anything else is refused.
-fn create_request(
-    name: &str,
+/// (dir | loop), `fs` (a loop volume's fsType) and `layout`; anything else is refused.
+fn new_volume(
+    name: String,
     opts: Option<&HashMap<String, String>>,
-) -> volume_core::Result<CreateRequest> {
-    let mut params = HashMap::new();
+) -> Result<NewVolume, PluginError> {
+    let mut parameters = HashMap::new();
     let mut size = 0;
     for (key, value) in opts.into_iter().flatten() {
-        match key.as_str() {
-            "size" => size = parse_volume_size(value)?,
+        let param = match key.as_str() {
+            "size" => {
+                size = parse_volume_size(value)?;
+                continue;
+            }
             "kind" if value == "image" => {
                 return Err(volume_core::Error::InvalidArgument(
                     "kind image is not offered through the volume plugin (its layers are \
                      given through CSI or vol create); use dir or loop"
                         .into(),
-                ));
+                )
+                .into());
             }
-            "kind" => {
-                params.insert(volume_core::params::KIND.to_string(), value.clone());
-            }
-            "fs" => {
-                params.insert(volume_core::params::FS_TYPE.to_string(), value.clone());
-            }
-            "layout" => {
-                params.insert(volume_core::params::LAYOUT.to_string(), value.clone());
-            }
+            "kind" => volume_core::params::KIND,
+            "fs" => volume_core::params::FS_TYPE,
+            "layout" => volume_core::params::LAYOUT,
             other => {
                 return Err(volume_core::Error::InvalidArgument(format!(
                     "unknown option {other:?} (known: size, kind, fs, layout)"
-                )));
+                ))
+                .into());
             }
-        }
+        };
+        parameters.insert(param.to_string(), value.clone());
     }
-    let params = VolumeParams::parse(&params, None)?;
-    Ok(CreateRequest::new(name, size, 0, params))
+    Ok(NewVolume {
+        name,
+        required_bytes: size,
+        parameters,
+        ..NewVolume::default()
+    })
 }
 
-fn create(p: &Plugin, req: &PluginRequest) -> volume_core::Result<Value> {
-    let create = create_request(required_name(req)?, req.opts.as_ref())?;
-    p.manager.create(&create)?;
-    Ok(json!({ "Err": "" }))
-}
-
-fn remove(p: &Plugin, req: &PluginRequest) -> volume_core::Result<Value> {
-    match p.manager.get_by_name(required_name(req)?) {
-        Ok(rec) => p.manager.delete(&rec.id)?,
-        // Removing what is gone succeeds, as everywhere else in the driver.
-        Err(volume_core::Error::VolumeNotFound(_)) => {}
-        Err(e) => return Err(e),
-    }
-    Ok(json!({ "Err": "" }))
-}
-
-fn mount(p: &Plugin, req: &PluginRequest) -> volume_core::Result<Value> {
-    let rec = p.manager.get_by_name(required_name(req)?)?;
-    let path = p.manager.plugin_mount(&rec.id, &req.id, &p.mounts)?;
-    Ok(json!({ "Mountpoint": path, "Err": "" }))
-}
-
-fn unmount(p: &Plugin, req: &PluginRequest) -> volume_core::Result<Value> {
-    let rec = p.manager.get_by_name(required_name(req)?)?;
-    p.manager.plugin_unmount(&rec.id, &req.id, &p.mounts)?;
-    Ok(json!({ "Err": "" }))
-}
-
-fn mountpoint(p: &Plugin, rec: &VolumeRecord) -> String {
-    p.manager
-        .plugin_path(rec, &p.mounts)
-        .map(|m| m.display().to_string())
+fn mountpoint(m: &volume_core::VolumeManager, rec: &VolumeRecord, mounts: &Path) -> String {
+    m.plugin_path(rec, mounts)
+        .map(|p| p.display().to_string())
         .unwrap_or_default()
 }
 
-fn path(p: &Plugin, req: &PluginRequest) -> volume_core::Result<Value> {
-    let rec = p.manager.get_by_name(required_name(req)?)?;
-    Ok(json!({ "Mountpoint": mountpoint(p, &rec), "Err": "" }))
-}
-
-fn get(p: &Plugin, req: &PluginRequest) -> volume_core::Result<Value> {
-    let rec = p.manager.get_by_name(required_name(req)?)?;
+fn volume_json(rec: &VolumeRecord, mountpoint: &str) -> Value {
     let mut status = json!({
         "id": rec.id,
         "kind": rec.kind.as_str(),
@@ -271,27 +339,15 @@ fn get(p: &Plugin, req: &PluginRequest) -> volume_core::Result<Value> {
     if let Some(fs) = rec.fs {
         status["fs"] = json!(fs.as_str());
     }
-    Ok(json!({
+    json!({
         "Volume": {
             "Name": rec.name,
-            "Mountpoint": mountpoint(p, &rec),
+            "Mountpoint": mountpoint,
             "CreatedAt": rfc3339(rec.created_at),
             "Status": status,
         },
         "Err": "",
-    }))
-}
-
-fn list(p: &Plugin, _: &PluginRequest) -> volume_core::Result<Value> {
-    let volumes: Vec<Value> = p
-        .manager
-        .list(None, usize::MAX)?
-        .into_iter()
-        // Inline ephemeral volumes belong to their pod, not to a container engine.
-        .filter(|rec| !rec.ephemeral)
-        .map(|rec| json!({ "Name": rec.name, "Mountpoint": mountpoint(p, &rec) }))
-        .collect();
-    Ok(json!({ "Volumes": volumes, "Err": "" }))
+    })
 }
 
 /// Seconds since the epoch as an RFC 3339 UTC timestamp.
@@ -325,9 +381,6 @@ mod tests {
     use axum::body::Body;
     use axum::http::Request;
     use tower::ServiceExt;
-    use volume_core::os::fake::FakeHost;
-    use volume_core::store::Store;
-    use volume_core::{NodeIdentity, Pool, PoolConfig};
 
     use super::*;
 
@@ -337,22 +390,8 @@ mod tests {
     }
 
     fn fixture() -> Fixture {
-        let dir = tempfile::tempdir().unwrap();
-        let fake = FakeHost::new(true);
-        let pool_dir = dir.path().join("pool");
-        std::fs::create_dir_all(&pool_dir).unwrap();
-        let pool = Pool::open(&PoolConfig::Btrfs { path: pool_dir }, fake.host()).unwrap();
-        let store = Store::open(&dir.path().join("meta.redb")).unwrap();
-        let node = NodeIdentity {
-            node_id: "n".into(),
-            state_dir: dir.path().join("state"),
-            ephemeral_dir: dir.path().join("ephemeral"),
-            attach_dir: dir.path().join("attach"),
-            layers_dir: dir.path().join("layers"),
-            overlay_program: dir.path().join("stowage-overlay"),
-        };
-        let manager = Arc::new(VolumeManager::new(store, pool, fake.host(), node));
-        let app = router(manager, mounts_dir(dir.path()));
+        let (dir, volumes) = crate::service::tests::volumes();
+        let app = router(volumes, mounts_dir(dir.path()));
         Fixture { dir, app }
     }
 
@@ -517,14 +556,19 @@ mod tests {
             ("fs".to_string(), "xfs".to_string()),
             ("size".to_string(), "1GiB".to_string()),
         ]);
-        let req = create_request("v", Some(&opts)).unwrap();
-        assert_eq!(req.required_bytes, 1 << 30);
-        assert_eq!(req.params.fs, Some(volume_core::FsType::Xfs));
-        let req = create_request("v", None).unwrap();
+        let new = new_volume("v".into(), Some(&opts)).unwrap();
+        assert_eq!(new.required_bytes, 1 << 30);
         assert_eq!(
-            (req.required_bytes, req.params.kind),
-            (0, volume_core::VolumeKind::Dir)
+            new.parameters,
+            HashMap::from([
+                (volume_core::params::KIND.to_string(), "loop".to_string()),
+                (volume_core::params::FS_TYPE.to_string(), "xfs".to_string()),
+            ])
         );
+        let new = new_volume("v".into(), None).unwrap();
+        assert_eq!((new.required_bytes, new.parameters.len()), (0, 0));
+        let odd = HashMap::from([("colour".to_string(), "blue".to_string())]);
+        assert!(new_volume("v".into(), Some(&odd)).is_err());
     }
 
     #[test]

@@ -350,7 +350,7 @@ async fn run() -> anyhow::Result<()> {
     if let Some(listener) = plugin_listener {
         let plugin = csi_driver::plugin::serve(
             listener,
-            Arc::clone(&driver.manager),
+            csi_driver::service::Volumes::new(Arc::clone(&driver)),
             plugin_mounts,
             stopped(stop_rx.clone()),
         );

@@ -14,7 +14,7 @@ pub mod modify;
 pub mod remove;
 pub mod snapshots;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::sync::Arc;
 

@@ -19,6 +19,13 @@ struct Fixture {
     volumes: Volumes,
 }
 
+/// The use cases over a fake btrfs pool in a temporary directory (for the front
+/// doors' own tests too).
+pub(crate) fn volumes() -> (tempfile::TempDir, Volumes) {
+    let f = fixture();
+    (f._dir, f.volumes)
+}
+
 fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let fake = FakeHost::new(true);
