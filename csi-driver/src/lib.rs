@@ -2,11 +2,10 @@
 //! and each of its front doors: the CSI Identity, Controller, Node and GroupController
 //! services and the admin service on the unix socket, the peer service and the
 //! replication scheduler between daemons, the Docker/Podman volume plugin, metrics;
-//! the glue the `stowaged` binary wires together, and the `vol` CLI ([`cli`]).
+//! the glue the `stowaged` binary wires together. The `vol` CLI is its own crate
+//! (`stowage-cli`).
 
 pub mod admin;
-pub mod cli;
-pub mod client;
 pub mod controller;
 pub mod driver;
 pub mod endpoint;

@@ -109,23 +109,7 @@ fn errno_code(errno: Option<i32>) -> Code {
     }
 }
 
-/// The error and its sources, joined with ": ".
-pub fn chain(err: &dyn std::error::Error) -> String {
-    let mut out = err.to_string();
-    let mut last = out.clone();
-    let mut source = err.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        // Some errors repeat their source in their own message: say it once.
-        if !last.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        last = text;
-        source = s.source();
-    }
-    out
-}
+pub use volume_core::error::chain;
 
 #[cfg(test)]
 mod tests {

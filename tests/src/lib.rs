@@ -283,7 +283,7 @@ impl Daemon {
         // between is refused, so try again for a while.
         let deadline = Instant::now() + Duration::from_secs(10);
         let channel = loop {
-            match csi_driver::client::connect(&self.socket()).await {
+            match stowage_cli::client::connect(&self.socket()).await {
                 Ok(c) => break c,
                 Err(e) if Instant::now() < deadline => {
                     eprintln!("connect to stowaged: {e}; trying again");

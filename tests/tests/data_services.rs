@@ -618,7 +618,7 @@ async fn group_snapshot_restores_every_member_and_its_deletion_takes_the_members
     let daemon = Daemon::start("8GiB", &[]);
     let mut c = daemon.clients().await;
     let mut group = GroupControllerClient::new(
-        csi_driver::client::connect(&daemon.socket())
+        stowage_cli::client::connect(&daemon.socket())
             .await
             .expect("connect"),
     );

@@ -59,7 +59,7 @@ fn start(node: &str, mut args: Vec<String>, secret: &Path) -> Daemon {
 }
 
 async fn hello(d: &Daemon, node: &str) -> Result<pb::HelloResponse, tonic::Status> {
-    let mut admin = AdminClient::new(csi_driver::client::connect(&d.socket()).await.unwrap());
+    let mut admin = AdminClient::new(stowage_cli::client::connect(&d.socket()).await.unwrap());
     admin
         .peer_hello(pb::PeerHelloRequest {
             node_id: node.into(),

@@ -53,7 +53,7 @@ fn primary_daemon(secret: &str, peer: &str) -> Daemon {
 }
 
 async fn admin(d: &Daemon) -> AdminClient<tonic::transport::Channel> {
-    AdminClient::new(csi_driver::client::connect(&d.socket()).await.unwrap())
+    AdminClient::new(stowage_cli::client::connect(&d.socket()).await.unwrap())
 }
 
 /// Writes `data` at `offset` of `path` and syncs it.

@@ -378,7 +378,7 @@ async fn three_hosts_replicate_resume_fail_over_and_resolve_split_brain() {
         ],
     );
     let mut admin = AdminClient::new(
-        csi_driver::client::connect(&intruder.socket())
+        stowage_cli::client::connect(&intruder.socket())
             .await
             .unwrap(),
     );

@@ -165,3 +165,22 @@ impl<T> IoContext<T> for io::Result<T> {
         self.map_err(|source| Error::io(context(), source))
     }
 }
+
+/// The error and its sources, joined with ": " (what a person is shown: the daemon's
+/// logs and answers, the `vol` CLI).
+pub fn chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut last = out.clone();
+    let mut source = err.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        // Some errors repeat their source in their own message: say it once.
+        if !last.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        last = text;
+        source = s.source();
+    }
+    out
+}

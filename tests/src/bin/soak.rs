@@ -85,7 +85,7 @@ struct Soak {
 impl Soak {
     async fn clients(&self) -> Clients {
         loop {
-            if let Ok(ch) = csi_driver::client::connect(&self.socket).await {
+            if let Ok(ch) = stowage_cli::client::connect(&self.socket).await {
                 return Clients {
                     identity: csi::identity_client::IdentityClient::new(ch.clone()),
                     controller: csi::controller_client::ControllerClient::new(ch.clone()),

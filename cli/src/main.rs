@@ -1,8 +1,8 @@
 //! `vol`: manage Stowage volumes from a shell. Parses the command line and runs it
-//! against the daemon; everything else lives in `csi_driver::cli`.
+//! against the daemon; everything else lives in the `stowage_cli` library.
 
 use clap::Parser;
-use csi_driver::cli::{Cli, run};
+use stowage_cli::{Cli, run};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
