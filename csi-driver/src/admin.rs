@@ -10,15 +10,15 @@ use stowage_proto::stowage::v1 as pb;
 use stowage_proto::stowage::v1::admin_server::Admin;
 use tonic::{Request, Response, Status};
 use volume_core::snapshot::SnapshotFilter;
-use volume_core::{ContentSource, SnapshotRecord, VolumeRecord};
+use volume_core::{ContentSource, SnapshotRecord};
 
-use fuse_overlay::layers::{ImportedLayer, LayerInfo, LayerKey, LayerStore};
+use fuse_overlay::layers::LayerInfo;
 
 use crate::driver::Driver;
-use crate::rpc::{blocking_patient, require};
+use crate::rpc::require;
 use crate::service::create::CopyOf;
-use crate::service::{Caller, NewVolume, Volumes};
-use crate::status::layer_status;
+use crate::service::layers::Imported;
+use crate::service::{Caller, NewVolume, VolumeView, Volumes};
 
 /// The Admin service.
 #[derive(Debug, Clone)]
@@ -36,16 +36,13 @@ impl AdminService {
 }
 
 /// The admin view of a volume.
-pub fn to_pb_volume(driver: &Driver, rec: &VolumeRecord) -> pb::Volume {
-    let health = match driver.manager.node_health(rec, None) {
-        Ok(h) if h.abnormal => h,
-        _ => driver.health(rec),
-    };
+pub fn to_pb_volume(driver: &Driver, view: &VolumeView) -> pb::Volume {
+    let (rec, health) = (&view.volume, view.health.clone());
     pb::Volume {
         id: rec.id.clone(),
         name: rec.name.clone(),
         kind: rec.kind.to_string(),
-        layout: driver.manager.layout_of(rec).to_string(),
+        layout: view.layout.to_string(),
         fs_type: rec.fs.map(|f| f.to_string()).unwrap_or_default(),
         capacity_bytes: rec.capacity,
         capacity_enforced: rec.capacity_enforced,
@@ -101,40 +98,12 @@ pub fn to_pb_layer(l: &LayerInfo) -> pb::Layer {
     }
 }
 
-/// The volumes whose `layers` parameter names the layer `key` (by key, diff_id or blob
-/// digest), as "name (id)".
-pub fn volumes_using_layer(
-    layers: &LayerStore,
-    recs: &[VolumeRecord],
-    key: &LayerKey,
-) -> Vec<String> {
-    recs.iter()
-        .filter(|r| {
-            r.parameters.get("layers").is_some_and(|list| {
-                list.split(',').map(str::trim).any(|reference| {
-                    matches!(layers.find(reference), Ok(Some(info)) if info.key == *key)
-                })
-            })
-        })
-        .map(|r| format!("{} ({})", r.name, r.id))
-        .collect()
-}
-
 /// The response to an import: each layer's metadata, and whether it was already there.
-fn import_response(
-    layers: &LayerStore,
-    imported: &[ImportedLayer],
-) -> Result<pb::ImportLayerResponse, Status> {
-    let mut out = pb::ImportLayerResponse::default();
-    for l in imported {
-        let info = layers
-            .get(&l.key)
-            .map_err(|e| layer_status(&e))?
-            .ok_or_else(|| Status::internal(format!("layer {} vanished after import", l.key)))?;
-        out.layers.push(to_pb_layer(&info));
-        out.deduplicated.push(l.deduplicated);
+fn import_response(imported: &[Imported]) -> pb::ImportLayerResponse {
+    pb::ImportLayerResponse {
+        layers: imported.iter().map(|l| to_pb_layer(&l.info)).collect(),
+        deduplicated: imported.iter().map(|l| l.deduplicated).collect(),
     }
-    Ok(out)
 }
 
 /// A blocking reader over the chunks of a client's stream.
@@ -161,17 +130,6 @@ impl std::io::Read for ChunkReader {
         self.at += n;
         Ok(n)
     }
-}
-
-/// Runs layer store work on the blocking pool.
-async fn layer_blocking<T, F>(work: F) -> Result<T, Status>
-where
-    F: FnOnce() -> Result<T, Status> + Send + 'static,
-    T: Send + 'static,
-{
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| Status::internal(format!("layer task failed: {e}")))?
 }
 
 fn to_pb_snapshot(s: &SnapshotRecord) -> pb::Snapshot {
@@ -236,7 +194,10 @@ impl Admin for AdminService {
             };
             let rec = volumes.create(Caller::Person, new).await?;
             Ok(pb::VolumeResponse {
-                volume: Some(to_pb_volume(volumes.driver(), &rec)),
+                volume: Some(to_pb_volume(
+                    volumes.driver(),
+                    &volumes.view(Caller::Person, rec).await?,
+                )),
             })
         })
         .await
@@ -246,13 +207,15 @@ impl Admin for AdminService {
         &self,
         _request: Request<pb::ListVolumesRequest>,
     ) -> Result<Response<pb::ListVolumesResponse>, Status> {
-        let driver = Arc::clone(&self.driver);
+        let volumes = self.volumes.clone();
         crate::rpc::respond(async move {
-            let manager = Arc::clone(&driver.manager);
-            let mut recs = blocking_patient(move || manager.list(None, usize::MAX)).await?;
-            recs.sort_by(|a, b| a.name.cmp(&b.name));
+            let mut views = volumes.list(Caller::Person, None, usize::MAX).await?;
+            views.sort_by(|a, b| a.volume.name.cmp(&b.volume.name));
             Ok(pb::ListVolumesResponse {
-                volumes: recs.iter().map(|r| to_pb_volume(&driver, r)).collect(),
+                volumes: views
+                    .iter()
+                    .map(|v| to_pb_volume(volumes.driver(), v))
+                    .collect(),
             })
         })
         .await
@@ -266,9 +229,9 @@ impl Admin for AdminService {
         let volumes = self.volumes.clone();
         crate::rpc::respond(async move {
             require(&req.volume, "volume")?;
-            let rec = volumes.get(Caller::Person, &req.volume).await?;
+            let view = volumes.show(Caller::Person, &req.volume).await?;
             Ok(pb::VolumeResponse {
-                volume: Some(to_pb_volume(volumes.driver(), &rec)),
+                volume: Some(to_pb_volume(volumes.driver(), &view)),
             })
         })
         .await
@@ -309,7 +272,10 @@ impl Admin for AdminService {
                 .create_copy(Caller::Person, &req.name, of, req.capacity_bytes)
                 .await?;
             Ok(pb::VolumeResponse {
-                volume: Some(to_pb_volume(volumes.driver(), &rec)),
+                volume: Some(to_pb_volume(
+                    volumes.driver(),
+                    &volumes.view(Caller::Person, rec).await?,
+                )),
             })
         })
         .await
@@ -327,7 +293,10 @@ impl Admin for AdminService {
                 .expand(Caller::Person, &req.volume, req.capacity_bytes, 0)
                 .await?;
             Ok(pb::VolumeResponse {
-                volume: Some(to_pb_volume(volumes.driver(), &expanded.volume)),
+                volume: Some(to_pb_volume(
+                    volumes.driver(),
+                    &volumes.view(Caller::Person, expanded.volume).await?,
+                )),
             })
         })
         .await
@@ -357,20 +326,20 @@ impl Admin for AdminService {
         request: Request<pb::ListSnapshotsRequest>,
     ) -> Result<Response<pb::ListSnapshotsResponse>, Status> {
         let req = request.into_inner();
-        let manager = Arc::clone(&self.driver.manager);
+        let volumes = self.volumes.clone();
         crate::rpc::respond(async move {
-            let snaps = blocking_patient(move || {
-                let filter = SnapshotFilter {
-                    snapshot_id: None,
-                    source_volume_id: if req.volume.is_empty() {
-                        None
-                    } else {
-                        Some(manager.resolve(&req.volume)?.id)
-                    },
-                };
-                manager.list_snapshots(&filter, None, usize::MAX)
-            })
-            .await?;
+            let source_volume_id = if req.volume.is_empty() {
+                None
+            } else {
+                Some(volumes.get(Caller::Person, &req.volume).await?.id)
+            };
+            let filter = SnapshotFilter {
+                snapshot_id: None,
+                source_volume_id,
+            };
+            let snaps = volumes
+                .snapshots(Caller::Person, filter, None, usize::MAX)
+                .await?;
             Ok(pb::ListSnapshotsResponse {
                 snapshots: snaps.iter().map(to_pb_snapshot).collect(),
             })
@@ -399,18 +368,19 @@ impl Admin for AdminService {
         request: Request<pb::AttachVolumeRequest>,
     ) -> Result<Response<pb::AttachVolumeResponse>, Status> {
         let req = request.into_inner();
-        let driver = Arc::clone(&self.driver);
+        let volumes = self.volumes.clone();
         crate::rpc::respond(async move {
             require(&req.volume, "volume")?;
             require(&req.target, "target")?;
-            let manager = Arc::clone(&driver.manager);
             let target = PathBuf::from(&req.target);
-            let rec = blocking_patient(move || {
-                manager.attach_into(&req.volume, req.pid, &target, req.read_only)
-            })
-            .await?;
+            let rec = volumes
+                .attach_into(&req.volume, req.pid, target, req.read_only)
+                .await?;
             Ok(pb::AttachVolumeResponse {
-                volume: Some(to_pb_volume(&driver, &rec)),
+                volume: Some(to_pb_volume(
+                    volumes.driver(),
+                    &volumes.view(Caller::Person, rec).await?,
+                )),
             })
         })
         .await
@@ -421,12 +391,12 @@ impl Admin for AdminService {
         request: Request<pb::DetachVolumeRequest>,
     ) -> Result<Response<pb::DetachVolumeResponse>, Status> {
         let req = request.into_inner();
-        let manager = Arc::clone(&self.driver.manager);
+        let volumes = self.volumes.clone();
         crate::rpc::respond(async move {
             require(&req.volume, "volume")?;
             require(&req.target, "target")?;
             let target = PathBuf::from(&req.target);
-            blocking_patient(move || manager.detach_from(&req.volume, req.pid, &target)).await?;
+            volumes.detach_from(&req.volume, req.pid, target).await?;
             Ok(pb::DetachVolumeResponse {})
         })
         .await
@@ -437,7 +407,7 @@ impl Admin for AdminService {
         request: Request<tonic::Streaming<pb::ImportLayerChunk>>,
     ) -> Result<Response<pb::ImportLayerResponse>, Status> {
         let mut stream = request.into_inner();
-        let layers = Arc::clone(&self.driver.layers);
+        let volumes = self.volumes.clone();
         crate::rpc::respond(async move {
             let first = stream
                 .message()
@@ -450,38 +420,18 @@ impl Admin for AdminService {
                     ));
                 }
                 let path = PathBuf::from(&first.oci_layout_path);
-                if !path.is_absolute() {
-                    return Err(Status::invalid_argument(format!(
-                        "OCI layout path {} is not absolute",
-                        path.display()
-                    )));
-                }
-                return layer_blocking(move || {
-                    if !path.is_dir() {
-                        return Err(Status::not_found(format!(
-                            "OCI layout {} is not a directory on the daemon's host",
-                            path.display()
-                        )));
-                    }
-                    let imported = layers
-                        .import_oci_layout(&path)
-                        .map_err(|e| layer_status(&e))?;
-                    import_response(&layers, &imported)
-                })
-                .await;
+                let imported = volumes.import_oci_layout(path).await?;
+                return Ok(import_response(&imported));
             }
             // The tarball: chunks go through a bounded channel to the blocking
             // import, which reads them as a stream (never the whole blob in memory).
             let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Vec<u8>>>(8);
-            let import = layer_blocking(move || {
-                let reader = ChunkReader {
-                    rx,
-                    chunk: Vec::new(),
-                    at: 0,
-                };
-                let imported = layers.import_tar(reader).map_err(|e| layer_status(&e))?;
-                import_response(&layers, std::slice::from_ref(&imported))
-            });
+            let reader = ChunkReader {
+                rx,
+                chunk: Vec::new(),
+                at: 0,
+            };
+            let import = volumes.import_tar(reader);
             let forward = async move {
                 let mut next = Some(first);
                 loop {
@@ -507,7 +457,7 @@ impl Admin for AdminService {
                 }
             };
             let (result, ()) = tokio::join!(import, forward);
-            result
+            Ok(import_response(&[result?]))
         })
         .await
     }
@@ -516,15 +466,12 @@ impl Admin for AdminService {
         &self,
         _request: Request<pb::ListLayersRequest>,
     ) -> Result<Response<pb::ListLayersResponse>, Status> {
-        let layers = Arc::clone(&self.driver.layers);
+        let volumes = self.volumes.clone();
         crate::rpc::respond(async move {
-            layer_blocking(move || {
-                let list = layers.list().map_err(|e| layer_status(&e))?;
-                Ok(pb::ListLayersResponse {
-                    layers: list.iter().map(to_pb_layer).collect(),
-                })
+            let list = volumes.layers().await?;
+            Ok(pb::ListLayersResponse {
+                layers: list.iter().map(to_pb_layer).collect(),
             })
-            .await
         })
         .await
     }
@@ -534,28 +481,11 @@ impl Admin for AdminService {
         request: Request<pb::RemoveLayerRequest>,
     ) -> Result<Response<pb::RemoveLayerResponse>, Status> {
         let req = request.into_inner();
-        let layers = Arc::clone(&self.driver.layers);
-        let manager = Arc::clone(&self.driver.manager);
+        let volumes = self.volumes.clone();
         crate::rpc::respond(async move {
             require(&req.layer, "layer")?;
-            let recs = blocking_patient(move || manager.list(None, usize::MAX)).await?;
-            layer_blocking(move || {
-                let info = layers
-                    .find(&req.layer)
-                    .map_err(|e| layer_status(&e))?
-                    .ok_or_else(|| Status::not_found(format!("layer {} not found", req.layer)))?;
-                let users = volumes_using_layer(&layers, &recs, &info.key);
-                if !users.is_empty() {
-                    return Err(Status::failed_precondition(format!(
-                        "layer {} is used by volume {}; delete those volumes first",
-                        info.key,
-                        users.join(", ")
-                    )));
-                }
-                layers.remove(&info.key).map_err(|e| layer_status(&e))?;
-                Ok(pb::RemoveLayerResponse {})
-            })
-            .await
+            volumes.remove_layer(&req.layer).await?;
+            Ok(pb::RemoveLayerResponse {})
         })
         .await
     }
@@ -603,27 +533,23 @@ impl Admin for AdminService {
         &self,
         _request: Request<pb::ListReplicasRequest>,
     ) -> Result<Response<pb::ListReplicasResponse>, Status> {
-        let manager = Arc::clone(&self.driver.manager);
+        let volumes = self.volumes.clone();
         crate::rpc::respond(async move {
-            let recs = {
-                let manager = Arc::clone(&manager);
-                blocking_patient(move || manager.list_replicas()).await?
-            };
-            let replicas = recs
+            let replicas = volumes
+                .replicas()
+                .await?
                 .into_iter()
-                .map(|r| {
+                .map(|view| {
+                    let r = view.replica;
                     let latest = r.snapshots.last();
                     pb::Replica {
-                        latest_path: latest
-                            .map(|s| {
-                                manager
-                                    .replica_dir(&r.id)
-                                    .join(&s.name)
-                                    .join(volume_core::replication::SNAPSHOT_SUBVOLUME)
-                            })
+                        latest_path: view
+                            .latest_path
                             .map(|p| p.display().to_string())
                             .unwrap_or_default(),
                         latest_stream_bytes: latest.map(|s| s.stream_bytes).unwrap_or(0),
+                        latest_taken_at: latest.map(|s| s.taken_at).unwrap_or(0),
+                        snapshots: r.snapshots.iter().map(|s| s.name.clone()).collect(),
                         volume_id: r.id,
                         name: r.name,
                         kind: r.kind.to_string(),
@@ -632,8 +558,6 @@ impl Admin for AdminService {
                         source_node_id: r.source_node_id,
                         generation: r.generation.max(1),
                         split_brain: r.split_brain.unwrap_or_default(),
-                        latest_taken_at: latest.map(|s| s.taken_at).unwrap_or(0),
-                        snapshots: r.snapshots.iter().map(|s| s.name.clone()).collect(),
                     }
                 })
                 .collect();
@@ -651,35 +575,11 @@ impl Admin for AdminService {
         crate::observe::volume(&req.volume);
         crate::rpc::respond(async move {
             require(&req.volume, "volume")?;
-            let manager = Arc::clone(&driver.manager);
-            let rec = {
-                let (driver, volume) = (Arc::clone(&driver), req.volume.clone());
-                blocking_patient(move || {
-                    // A stream being received ends (and is kept to resume) when its
-                    // sender is gone; wait a moment for that, then drop what was
-                    // kept: a half-received stream is not part of the copy promoted.
-                    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-                    loop {
-                        if let Ok(Some(r)) = manager
-                            .list_replicas()
-                            .map(|rs| rs.into_iter().find(|r| r.id == volume || r.name == volume))
-                        {
-                            drop(driver.replication.unpark(&r.id));
-                        }
-                        match manager.promote(&volume) {
-                            Err(volume_core::Error::Busy(_))
-                                if std::time::Instant::now() < deadline =>
-                            {
-                                std::thread::sleep(std::time::Duration::from_millis(200));
-                            }
-                            other => return other,
-                        }
-                    }
-                })
-                .await?
-            };
+            let volumes = Volumes::new(Arc::clone(&driver));
+            let rec = volumes.promote(&req.volume).await?;
+            let view = volumes.view(Caller::Person, rec).await?;
             Ok(pb::VolumeResponse {
-                volume: Some(to_pb_volume(&driver, &rec)),
+                volume: Some(to_pb_volume(&driver, &view)),
             })
         })
         .await
@@ -702,7 +602,10 @@ impl Admin for AdminService {
                 )
                 .await?;
             Ok(pb::VolumeResponse {
-                volume: Some(to_pb_volume(volumes.driver(), &rec)),
+                volume: Some(to_pb_volume(
+                    volumes.driver(),
+                    &volumes.view(Caller::Person, rec).await?,
+                )),
             })
         })
         .await
@@ -717,24 +620,7 @@ impl Admin for AdminService {
         crate::observe::volume(&req.volume);
         crate::rpc::respond(async move {
             require(&req.volume, "volume")?;
-            let manager = Arc::clone(&driver.manager);
-            let volume = req.volume.clone();
-            let id = blocking_patient(move || {
-                manager
-                    .list_replicas()?
-                    .into_iter()
-                    .find(|r| r.id == volume || r.name == volume)
-                    .map(|r| r.id)
-                    .ok_or_else(|| volume_core::Error::VolumeNotFound(format!("replica {volume}")))
-            })
-            .await?;
-            let mut parked = driver.replication.unpark(&id);
-            let manager = Arc::clone(&driver.manager);
-            blocking_patient(move || {
-                drop(parked.take());
-                manager.remove_replica(&id, None)
-            })
-            .await?;
+            Volumes::new(driver).remove_replica(&req.volume).await?;
             Ok(pb::RemoveReplicaResponse {})
         })
         .await

@@ -14,7 +14,7 @@ use volume_core::{ContentSource, VolumeParams};
 use crate::driver::{
     Driver, check_capability, condition, is_block, is_reader_only, mount_fs_type, to_csi_snapshot,
 };
-use crate::rpc::{blocking, require};
+use crate::rpc::require;
 use crate::service::{Caller, NewVolume, Volumes};
 
 /// Prefix of our ListVolumes pagination tokens; anything else is refused with ABORTED.
@@ -166,9 +166,10 @@ impl Controller for ControllerService {
                 .ok_or_else(|| Status::invalid_argument("volume_capability is required"))?;
             check_capability(cap).map_err(Status::invalid_argument)?;
             let read_only = req.readonly || is_reader_only(cap);
-            let manager = Arc::clone(&driver.manager);
             let max = driver.config.max_volumes_per_node;
-            blocking(move || manager.attach(&req.volume_id, &req.node_id, read_only, max)).await?;
+            Volumes::new(driver)
+                .attach_to_node(&req.volume_id, &req.node_id, read_only, max)
+                .await?;
             Ok(csi::ControllerPublishVolumeResponse {
                 publish_context: Default::default(),
             })
@@ -181,11 +182,13 @@ impl Controller for ControllerService {
         request: Request<csi::ControllerUnpublishVolumeRequest>,
     ) -> Result<Response<csi::ControllerUnpublishVolumeResponse>, Status> {
         let req = request.into_inner();
-        let manager = Arc::clone(&self.driver.manager);
+        let volumes = self.volumes.clone();
         crate::observe::volume(&req.volume_id);
         crate::rpc::respond(async move {
             require(&req.volume_id, "volume_id")?;
-            blocking(move || manager.detach(&req.volume_id, &req.node_id)).await?;
+            volumes
+                .detach_from_node(&req.volume_id, &req.node_id)
+                .await?;
             Ok(csi::ControllerUnpublishVolumeResponse {})
         })
         .await
@@ -196,15 +199,14 @@ impl Controller for ControllerService {
         request: Request<csi::ValidateVolumeCapabilitiesRequest>,
     ) -> Result<Response<csi::ValidateVolumeCapabilitiesResponse>, Status> {
         let req = request.into_inner();
-        let manager = Arc::clone(&self.driver.manager);
+        let volumes = self.volumes.clone();
         crate::observe::volume(&req.volume_id);
         crate::rpc::respond(async move {
             require(&req.volume_id, "volume_id")?;
             if req.volume_capabilities.is_empty() {
                 return Err(Status::invalid_argument("volume_capabilities are required"));
             }
-            let id = req.volume_id.clone();
-            let rec = blocking(move || manager.get(&id)).await?;
+            let rec = volumes.get(Caller::Orchestrator, &req.volume_id).await?;
             let mut problems = Vec::new();
             for cap in &req.volume_capabilities {
                 if let Err(why) = check_capability(cap) {
@@ -246,29 +248,30 @@ impl Controller for ControllerService {
         request: Request<csi::ListVolumesRequest>,
     ) -> Result<Response<csi::ListVolumesResponse>, Status> {
         let req = request.into_inner();
-        let driver = Arc::clone(&self.driver);
+        let volumes = self.volumes.clone();
         crate::rpc::respond(async move {
+            let driver = volumes.driver();
             let limit = page_limit(req.max_entries)?;
             let after = parse_token(&req.starting_token, volume_core::manager::VOLUME_PREFIX)?;
-            let manager = Arc::clone(&driver.manager);
             // One more than asked, to know whether another page exists.
-            let mut recs =
-                blocking(move || manager.list(after.as_deref(), limit.saturating_add(1))).await?;
+            let mut recs = volumes
+                .list(Caller::Orchestrator, after, limit.saturating_add(1))
+                .await?;
             let next_token = if recs.len() > limit {
                 recs.truncate(limit);
                 recs.last()
-                    .map(|r| format!("{TOKEN_PREFIX}{}", r.id))
+                    .map(|r| format!("{TOKEN_PREFIX}{}", r.volume.id))
                     .unwrap_or_default()
             } else {
                 String::new()
             };
             let entries = recs
                 .iter()
-                .map(|rec| csi::list_volumes_response::Entry {
-                    volume: Some(driver.to_csi_volume(rec)),
+                .map(|view| csi::list_volumes_response::Entry {
+                    volume: Some(driver.to_csi_volume(&view.volume)),
                     status: Some(csi::list_volumes_response::VolumeStatus {
-                        published_node_ids: driver.published_nodes(rec),
-                        volume_condition: Some(condition(&driver.health(rec))),
+                        published_node_ids: driver.published_nodes(&view.volume),
+                        volume_condition: Some(condition(&view.health)),
                     }),
                 })
                 .collect();
@@ -302,9 +305,8 @@ impl Controller for ControllerService {
                     minimum_volume_size: None,
                 });
             }
-            let manager = Arc::clone(&driver.manager);
-            let usage = blocking(move || manager.capacity_for(&params)).await?;
-            let available = i64::try_from(usage.available).unwrap_or(i64::MAX);
+            let available = Volumes::new(driver).capacity(params).await?;
+            let available = i64::try_from(available).unwrap_or(i64::MAX);
             Ok(csi::GetCapacityResponse {
                 available_capacity: available,
                 maximum_volume_size: Some(available),
@@ -401,7 +403,7 @@ impl Controller for ControllerService {
         request: Request<csi::ListSnapshotsRequest>,
     ) -> Result<Response<csi::ListSnapshotsResponse>, Status> {
         let req = request.into_inner();
-        let manager = Arc::clone(&self.driver.manager);
+        let volumes = self.volumes.clone();
         crate::rpc::respond(async move {
             let limit = page_limit(req.max_entries)?;
             let after = parse_token(&req.starting_token, SNAPSHOT_PREFIX)?;
@@ -410,10 +412,9 @@ impl Controller for ControllerService {
                 source_volume_id: (!req.source_volume_id.is_empty())
                     .then(|| req.source_volume_id.clone()),
             };
-            let mut snaps = blocking(move || {
-                manager.list_snapshots(&filter, after.as_deref(), limit.saturating_add(1))
-            })
-            .await?;
+            let mut snaps = volumes
+                .snapshots(Caller::Orchestrator, filter, after, limit.saturating_add(1))
+                .await?;
             let next_token = if snaps.len() > limit {
                 snaps.truncate(limit);
                 snaps
@@ -441,10 +442,12 @@ impl Controller for ControllerService {
         request: Request<csi::GetSnapshotRequest>,
     ) -> Result<Response<csi::GetSnapshotResponse>, Status> {
         let req = request.into_inner();
-        let manager = Arc::clone(&self.driver.manager);
+        let volumes = self.volumes.clone();
         crate::rpc::respond(async move {
             require(&req.snapshot_id, "snapshot_id")?;
-            let snap = blocking(move || manager.get_snapshot(&req.snapshot_id)).await?;
+            let snap = volumes
+                .get_snapshot(Caller::Orchestrator, &req.snapshot_id)
+                .await?;
             Ok(csi::GetSnapshotResponse {
                 snapshot: Some(to_csi_snapshot(&snap)),
             })
@@ -491,9 +494,10 @@ impl Controller for ControllerService {
         crate::observe::volume(&req.volume_id);
         crate::rpc::respond(async move {
             require(&req.volume_id, "volume_id")?;
-            let manager = Arc::clone(&driver.manager);
-            let rec = blocking(move || manager.get(&req.volume_id)).await?;
-            let health = driver.health(&rec);
+            let view = Volumes::new(Arc::clone(&driver))
+                .show(Caller::Orchestrator, &req.volume_id)
+                .await?;
+            let (rec, health) = (view.volume, view.health);
             Ok(csi::ControllerGetVolumeResponse {
                 volume: Some(driver.to_csi_volume(&rec)),
                 status: Some(csi::controller_get_volume_response::VolumeStatus {

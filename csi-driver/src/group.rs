@@ -9,7 +9,8 @@ use tonic::{Request, Response, Status};
 use volume_core::{GroupSnapshotRecord, SnapshotRecord};
 
 use crate::driver::{Driver, to_csi_snapshot};
-use crate::rpc::{blocking, require};
+use crate::rpc::require;
+use crate::service::Volumes;
 
 /// The GroupController service.
 #[derive(Debug, Clone)]
@@ -62,7 +63,7 @@ impl GroupController for GroupControllerService {
         request: Request<csi::CreateVolumeGroupSnapshotRequest>,
     ) -> Result<Response<csi::CreateVolumeGroupSnapshotResponse>, Status> {
         let req = request.into_inner();
-        let manager = Arc::clone(&self.driver.manager);
+        let volumes = Volumes::new(Arc::clone(&self.driver));
         crate::rpc::respond(async move {
             require(&req.name, "name")?;
             if req.source_volume_ids.is_empty() {
@@ -77,9 +78,9 @@ impl GroupController for GroupControllerService {
                     "unknown group snapshot parameter {key:?}"
                 )));
             }
-            let (group, members) =
-                blocking(move || manager.create_group_snapshot(&req.name, &req.source_volume_ids))
-                    .await?;
+            let (group, members) = volumes
+                .snapshot_group(&req.name, req.source_volume_ids)
+                .await?;
             Ok(csi::CreateVolumeGroupSnapshotResponse {
                 group_snapshot: Some(to_csi_group(&group, &members)),
             })
@@ -92,13 +93,12 @@ impl GroupController for GroupControllerService {
         request: Request<csi::DeleteVolumeGroupSnapshotRequest>,
     ) -> Result<Response<csi::DeleteVolumeGroupSnapshotResponse>, Status> {
         let req = request.into_inner();
-        let manager = Arc::clone(&self.driver.manager);
+        let volumes = Volumes::new(Arc::clone(&self.driver));
         crate::rpc::respond(async move {
             require(&req.group_snapshot_id, "group_snapshot_id")?;
-            blocking(move || {
-                manager.delete_group_snapshot(&req.group_snapshot_id, &req.snapshot_ids)
-            })
-            .await?;
+            volumes
+                .delete_group(&req.group_snapshot_id, req.snapshot_ids)
+                .await?;
             Ok(csi::DeleteVolumeGroupSnapshotResponse {})
         })
         .await
@@ -109,11 +109,10 @@ impl GroupController for GroupControllerService {
         request: Request<csi::GetVolumeGroupSnapshotRequest>,
     ) -> Result<Response<csi::GetVolumeGroupSnapshotResponse>, Status> {
         let req = request.into_inner();
-        let manager = Arc::clone(&self.driver.manager);
+        let volumes = Volumes::new(Arc::clone(&self.driver));
         crate::rpc::respond(async move {
             require(&req.group_snapshot_id, "group_snapshot_id")?;
-            let (group, members) =
-                blocking(move || manager.get_group_snapshot(&req.group_snapshot_id)).await?;
+            let (group, members) = volumes.get_group(&req.group_snapshot_id).await?;
             Ok(csi::GetVolumeGroupSnapshotResponse {
                 group_snapshot: Some(to_csi_group(&group, &members)),
             })

@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 
 use crate::DRIVER_NAME;
 use crate::driver::Driver;
-use crate::rpc::blocking;
+use crate::service::Volumes;
 
 /// The Identity service.
 #[derive(Debug, Clone)]
@@ -73,11 +73,11 @@ impl Identity for IdentityService {
         &self,
         _request: Request<csi::ProbeRequest>,
     ) -> Result<Response<csi::ProbeResponse>, Status> {
-        let manager = Arc::clone(&self.driver.manager);
+        let volumes = Volumes::new(Arc::clone(&self.driver));
         crate::rpc::respond(async move {
             // Ready while the pool is mounted, reachable and writable; why not is
             // logged when it changes (and shown by the stowage_pool_usable gauge).
-            let problem = blocking(move || Ok(manager.pool_problem())).await?;
+            let problem = volumes.pool_problem().await?;
             Ok(csi::ProbeResponse {
                 ready: Some(problem.is_none()),
             })

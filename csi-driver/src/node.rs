@@ -9,25 +9,26 @@ use tonic::{Request, Response, Status};
 use volume_core::node::{PublishOptions, StageOptions};
 
 use volume_core::ephemeral::is_ephemeral;
-use volume_core::manager::is_valid_id;
 
 use crate::driver::{
     Driver, check_capability, condition, is_block, is_reader_only, is_single_writer, mount_flags,
     mount_fs_type,
 };
-use crate::rpc::{blocking, require};
+use crate::rpc::require;
 use crate::service::Volumes;
 
 /// The Node service.
 #[derive(Debug, Clone)]
 pub struct NodeService {
     driver: Arc<Driver>,
+    volumes: Volumes,
 }
 
 impl NodeService {
     /// Serves the node side for `driver`.
     pub fn new(driver: Arc<Driver>) -> Self {
-        NodeService { driver }
+        let volumes = Volumes::new(Arc::clone(&driver));
+        NodeService { driver, volumes }
     }
 }
 
@@ -54,7 +55,7 @@ impl Node for NodeService {
         request: Request<csi::NodeStageVolumeRequest>,
     ) -> Result<Response<csi::NodeStageVolumeResponse>, Status> {
         let req = request.into_inner();
-        let manager = Arc::clone(&self.driver.manager);
+        let volumes = self.volumes.clone();
         let require_publish = self.driver.config.require_controller_publish;
         crate::observe::volume(&req.volume_id);
         crate::rpc::respond(async move {
@@ -68,7 +69,7 @@ impl Node for NodeService {
                 require_attachment: require_publish,
             };
             let staging = PathBuf::from(&req.staging_target_path);
-            blocking(move || manager.stage(&req.volume_id, &staging, &opts)).await?;
+            volumes.stage(&req.volume_id, staging, opts).await?;
             Ok(csi::NodeStageVolumeResponse {})
         })
         .await
@@ -79,13 +80,13 @@ impl Node for NodeService {
         request: Request<csi::NodeUnstageVolumeRequest>,
     ) -> Result<Response<csi::NodeUnstageVolumeResponse>, Status> {
         let req = request.into_inner();
-        let manager = Arc::clone(&self.driver.manager);
+        let volumes = self.volumes.clone();
         crate::observe::volume(&req.volume_id);
         crate::rpc::respond(async move {
             require(&req.volume_id, "volume_id")?;
             require(&req.staging_target_path, "staging_target_path")?;
             let staging = PathBuf::from(&req.staging_target_path);
-            blocking(move || manager.unstage(&req.volume_id, &staging)).await?;
+            volumes.unstage(&req.volume_id, staging).await?;
             Ok(csi::NodeUnstageVolumeResponse {})
         })
         .await
@@ -96,7 +97,7 @@ impl Node for NodeService {
         request: Request<csi::NodePublishVolumeRequest>,
     ) -> Result<Response<csi::NodePublishVolumeResponse>, Status> {
         let req = request.into_inner();
-        let manager = Arc::clone(&self.driver.manager);
+        let volumes = self.volumes.clone();
         crate::observe::volume(&req.volume_id);
         crate::rpc::respond(async move {
             require(&req.volume_id, "volume_id")?;
@@ -110,25 +111,16 @@ impl Node for NodeService {
             };
             let target = PathBuf::from(&req.target_path);
             if is_ephemeral(&req.volume_context) {
-                let mut req = req;
-                if let Some(list) = req.volume_context.get(volume_core::params::LAYERS) {
-                    // Resolve digests to layer store keys before the volume is made.
-                    let refs: Vec<String> = list.split(',').map(|r| r.trim().to_string()).collect();
-                    let keys = Volumes::new(Arc::clone(&self.driver))
-                        .layer_keys(refs)
-                        .await?;
-                    req.volume_context
-                        .insert(volume_core::params::LAYERS.to_string(), keys.join(","));
-                }
-                blocking(move || {
-                    manager.publish_ephemeral(&req.volume_id, &target, &req.volume_context, &opts)
-                })
-                .await?;
+                volumes
+                    .publish_ephemeral(&req.volume_id, target, req.volume_context, opts)
+                    .await?;
                 return Ok(csi::NodePublishVolumeResponse {});
             }
             require(&req.staging_target_path, "staging_target_path")?;
             let staging = PathBuf::from(&req.staging_target_path);
-            blocking(move || manager.publish(&req.volume_id, &staging, &target, &opts)).await?;
+            volumes
+                .publish(&req.volume_id, staging, target, opts)
+                .await?;
             Ok(csi::NodePublishVolumeResponse {})
         })
         .await
@@ -139,22 +131,13 @@ impl Node for NodeService {
         request: Request<csi::NodeUnpublishVolumeRequest>,
     ) -> Result<Response<csi::NodeUnpublishVolumeResponse>, Status> {
         let req = request.into_inner();
-        let manager = Arc::clone(&self.driver.manager);
+        let volumes = self.volumes.clone();
         crate::observe::volume(&req.volume_id);
         crate::rpc::respond(async move {
             require(&req.volume_id, "volume_id")?;
             require(&req.target_path, "target_path")?;
             let target = PathBuf::from(&req.target_path);
-            blocking(move || {
-                // The CO names an inline volume by its own id, never one of ours.
-                if !is_valid_id(&req.volume_id) && manager.find_ephemeral(&req.volume_id)?.is_some()
-                {
-                    manager.unpublish_ephemeral(&req.volume_id, &target)
-                } else {
-                    manager.unpublish(&req.volume_id, &target)
-                }
-            })
-            .await?;
+            volumes.unpublish(&req.volume_id, target).await?;
             Ok(csi::NodeUnpublishVolumeResponse {})
         })
         .await
@@ -165,13 +148,13 @@ impl Node for NodeService {
         request: Request<csi::NodeGetVolumeStatsRequest>,
     ) -> Result<Response<csi::NodeGetVolumeStatsResponse>, Status> {
         let req = request.into_inner();
-        let manager = Arc::clone(&self.driver.manager);
+        let volumes = self.volumes.clone();
         crate::observe::volume(&req.volume_id);
         crate::rpc::respond(async move {
             require(&req.volume_id, "volume_id")?;
             require(&req.volume_path, "volume_path")?;
             let path = PathBuf::from(&req.volume_path);
-            let (u, health) = blocking(move || manager.stats(&req.volume_id, &path)).await?;
+            let (u, health) = volumes.stats(&req.volume_id, path).await?;
             use csi::volume_usage::Unit;
             let mut list = vec![usage(
                 Unit::Bytes,
@@ -200,7 +183,7 @@ impl Node for NodeService {
         request: Request<csi::NodeExpandVolumeRequest>,
     ) -> Result<Response<csi::NodeExpandVolumeResponse>, Status> {
         let req = request.into_inner();
-        let manager = Arc::clone(&self.driver.manager);
+        let volumes = self.volumes.clone();
         crate::observe::volume(&req.volume_id);
         crate::rpc::respond(async move {
             require(&req.volume_id, "volume_id")?;
@@ -209,7 +192,7 @@ impl Node for NodeService {
                 check_capability(cap).map_err(Status::invalid_argument)?;
             }
             let path = PathBuf::from(&req.volume_path);
-            let capacity = blocking(move || manager.expand_on_node(&req.volume_id, &path)).await?;
+            let capacity = volumes.expand_on_node(&req.volume_id, path).await?;
             Ok(csi::NodeExpandVolumeResponse {
                 capacity_bytes: i64::try_from(capacity).unwrap_or(i64::MAX),
             })

@@ -47,15 +47,6 @@ pub fn retry_busy<T>(mut f: impl FnMut() -> volume_core::Result<T>) -> volume_co
     }
 }
 
-/// [`blocking`] for a person's request: waits out a busy volume ([`retry_busy`]).
-pub async fn blocking_patient<T, F>(mut work: F) -> Result<T, Status>
-where
-    F: FnMut() -> Result<T, volume_core::Error> + Send + 'static,
-    T: Send + 'static,
-{
-    blocking(move || retry_busy(&mut work)).await
-}
-
 /// Returns INVALID_ARGUMENT naming `field` when `value` is empty.
 pub fn require(value: &str, field: &str) -> Result<(), Status> {
     if value.is_empty() {

@@ -40,6 +40,9 @@ pub fn service_status(err: &crate::service::Error) -> Status {
     match err {
         S::Core(e) => to_status(e),
         S::InvalidArgument(m) => Status::invalid_argument(m.clone()),
+        S::NotFound(m) => Status::not_found(m.clone()),
+        S::FailedPrecondition(m) => Status::failed_precondition(m.clone()),
+        S::Internal(m) => Status::internal(m.clone()),
         S::Layers(e) => layer_status(e),
         S::Peer(s) => s.clone(),
         S::Worker(_) => Status::internal(chain(err)),

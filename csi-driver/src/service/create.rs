@@ -121,7 +121,7 @@ impl Volumes {
     /// same order. A layer not in the store is the caller's bad argument.
     pub async fn layer_keys(&self, references: Vec<String>) -> Result<Vec<String>> {
         let layers = std::sync::Arc::clone(&self.driver.layers);
-        tokio::task::spawn_blocking(move || {
+        super::blocking(move || {
             references
                 .iter()
                 .map(|r| match layers.find(r) {
@@ -134,6 +134,5 @@ impl Volumes {
                 .collect()
         })
         .await
-        .map_err(Error::Worker)?
     }
 }

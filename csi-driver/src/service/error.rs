@@ -10,6 +10,15 @@ pub enum Error {
     /// The request is malformed in a way only this layer sees.
     #[error("{0}")]
     InvalidArgument(String),
+    /// What was asked for is not there (a layer, an OCI layout).
+    #[error("{0}")]
+    NotFound(String),
+    /// The request cannot be carried out in the present state (a layer in use).
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// Something that cannot happen did.
+    #[error("{0}")]
+    Internal(String),
     /// Looking up a layer in the layer store failed.
     #[error(transparent)]
     Layers(#[from] fuse_overlay::layers::Error),

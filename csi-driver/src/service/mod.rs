@@ -5,13 +5,21 @@
 //! door maps to its own protocol (gRPC codes in [`crate::status`]).
 //!
 //! One file per use case: [`create`], [`remove`], [`expand`], [`modify`],
-//! [`snapshots`].
+//! [`snapshots`], [`groups`], [`attachments`], reading ([`queries`]), those on this
+//! node ([`node`]), the layer store's ([`layers`]) and the replicas held here
+//! ([`replicas`]).
 
+pub mod attachments;
 pub mod create;
 pub mod error;
 pub mod expand;
+pub mod groups;
+pub mod layers;
 pub mod modify;
+pub mod node;
+pub mod queries;
 pub mod remove;
+pub mod replicas;
 pub mod snapshots;
 #[cfg(test)]
 pub(crate) mod tests;
@@ -23,6 +31,7 @@ use volume_core::{SnapshotRecord, VolumeManager, VolumeRecord};
 pub use create::NewVolume;
 pub use error::{Error, Result};
 pub use expand::Expanded;
+pub use queries::VolumeView;
 
 use crate::driver::Driver;
 
@@ -86,13 +95,13 @@ impl Volumes {
         T: Send + 'static,
     {
         let manager = Arc::clone(&self.driver.manager);
-        let out = tokio::task::spawn_blocking(move || match caller {
-            Caller::Orchestrator => work(&manager),
-            Caller::Person => crate::rpc::retry_busy(|| work(&manager)),
+        blocking(move || {
+            Ok(match caller {
+                Caller::Orchestrator => work(&manager),
+                Caller::Person => crate::rpc::retry_busy(|| work(&manager)),
+            }?)
         })
         .await
-        .map_err(Error::Worker)?;
-        Ok(out?)
     }
 
     /// The volume `volume` names (an id; for a person, also a name).
@@ -100,4 +109,15 @@ impl Volumes {
         let volume = volume.to_string();
         self.run(caller, move |m| caller.find(m, &volume)).await
     }
+}
+
+/// Runs `work` on tokio's blocking pool: the service's one crossing.
+async fn blocking<T, F>(work: F) -> Result<T>
+where
+    F: FnOnce() -> Result<T> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(Error::Worker)?
 }

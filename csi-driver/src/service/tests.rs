@@ -344,3 +344,279 @@ async fn a_person_waits_out_a_busy_volume_an_orchestrator_does_not() {
         .expect("a person's call waits for the claim to end");
     holder.join().unwrap();
 }
+
+#[tokio::test]
+async fn a_volume_is_staged_published_and_taken_down_on_this_node() {
+    use volume_core::node::{PublishOptions, StageOptions};
+    let f = fixture();
+    let v = f
+        .volumes
+        .create(Caller::Orchestrator, new_volume("l", "loop", 64 << 20))
+        .await
+        .unwrap();
+    let staging = f._dir.path().join("staging");
+    let target = f._dir.path().join("pod/vol");
+    f.volumes
+        .stage(&v.id, staging.clone(), StageOptions::default())
+        .await
+        .unwrap();
+    f.volumes
+        .publish(
+            &v.id,
+            staging.clone(),
+            target.clone(),
+            PublishOptions::default(),
+        )
+        .await
+        .unwrap();
+    let rec = f.volumes.get(Caller::Orchestrator, &v.id).await.unwrap();
+    assert!(rec.staging.is_some() && rec.publications.len() == 1);
+    assert_eq!(f.fake.attached().len(), 1, "the image is on a loop device");
+    let (usage, health) = f.volumes.stats(&v.id, target.clone()).await.unwrap();
+    assert!(
+        usage.total_bytes > 0 && !health.abnormal,
+        "{usage:?} {health:?}"
+    );
+    // Grown by the controller, then on the node where it is staged.
+    let grown = f
+        .volumes
+        .expand(Caller::Orchestrator, &v.id, 128 << 20, 0)
+        .await
+        .unwrap();
+    assert!(grown.node_expansion_required);
+    assert_eq!(
+        f.volumes
+            .expand_on_node(&v.id, staging.clone())
+            .await
+            .unwrap(),
+        128 << 20
+    );
+    // A person's expansion finishes on this node by itself.
+    let by_person = f
+        .volumes
+        .expand(Caller::Person, "l", 192 << 20, 0)
+        .await
+        .unwrap();
+    assert!(!by_person.node_expansion_required);
+    assert_eq!(by_person.volume.filesystem_bytes(), 192 << 20);
+    f.volumes.unpublish(&v.id, target).await.unwrap();
+    f.volumes.unstage(&v.id, staging).await.unwrap();
+    let rec = f.volumes.get(Caller::Orchestrator, &v.id).await.unwrap();
+    assert!(rec.staging.is_none() && rec.publications.is_empty());
+    assert!(f.fake.attached().is_empty());
+}
+
+#[tokio::test]
+async fn an_inline_volume_lives_from_publish_to_unpublish_and_its_layers_must_exist() {
+    use volume_core::ephemeral::EPHEMERAL_KEY;
+    use volume_core::node::PublishOptions;
+    let f = fixture();
+    let target = f._dir.path().join("pod/inline");
+    let ctx = HashMap::from([
+        (EPHEMERAL_KEY.to_string(), "true".to_string()),
+        ("kind".to_string(), "dir".to_string()),
+        ("size".to_string(), "16MiB".to_string()),
+    ]);
+    let rec = f
+        .volumes
+        .publish_ephemeral(
+            "csi-pod-1",
+            target.clone(),
+            ctx.clone(),
+            PublishOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert!(rec.ephemeral);
+    f.volumes.unpublish("csi-pod-1", target).await.unwrap();
+    assert!(
+        f.volumes
+            .driver()
+            .manager
+            .list(None, 10)
+            .unwrap()
+            .is_empty(),
+        "the inline volume goes with its last publication"
+    );
+    let mut image = ctx;
+    image.insert("kind".into(), "image".into());
+    image.insert(
+        volume_core::params::LAYERS.into(),
+        format!("sha256:{}", "ab".repeat(32)),
+    );
+    let e = f
+        .volumes
+        .publish_ephemeral(
+            "csi-pod-2",
+            f._dir.path().join("pod/img"),
+            image,
+            PublishOptions::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(code(e), Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn volumes_are_read_with_their_health_and_layout() {
+    let f = fixture();
+    for name in ["b", "a"] {
+        f.volumes
+            .create(Caller::Person, new_volume(name, "dir", 1 << 20))
+            .await
+            .unwrap();
+    }
+    let all = f
+        .volumes
+        .list(Caller::Orchestrator, None, usize::MAX)
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 2);
+    assert!(all.iter().all(|v| !v.health.abnormal));
+    assert!(all[0].volume.id < all[1].volume.id, "a page is in id order");
+    let page = f
+        .volumes
+        .list(Caller::Orchestrator, Some(all[0].volume.id.clone()), 10)
+        .await
+        .unwrap();
+    assert_eq!(page.len(), 1);
+    assert_eq!(page[0].volume.id, all[1].volume.id);
+    // Its data gone: the view says so.
+    let a = f.volumes.show(Caller::Person, "a").await.unwrap();
+    assert_eq!(a.layout, volume_core::model::Layout::BtrfsNocow);
+    std::fs::remove_dir_all(f.volumes.driver().manager.pool().volume_dir(&a.volume.id)).unwrap();
+    let gone = f.volumes.show(Caller::Person, "a").await.unwrap();
+    assert!(gone.health.abnormal, "{:?}", gone.health);
+    assert!(
+        f.volumes
+            .capacity(volume_core::VolumeParams::parse(&HashMap::new(), None).unwrap())
+            .await
+            .unwrap()
+            > 0
+    );
+    assert_eq!(f.volumes.pool_problem().await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn a_volume_is_published_to_nodes_up_to_the_limit() {
+    let f = fixture();
+    let mut ids = Vec::new();
+    for name in ["a", "b"] {
+        let v = f
+            .volumes
+            .create(Caller::Orchestrator, new_volume(name, "dir", 1 << 20))
+            .await
+            .unwrap();
+        ids.push(v.id);
+    }
+    f.volumes
+        .attach_to_node(&ids[0], "node-1", false, 1)
+        .await
+        .unwrap();
+    let full = f
+        .volumes
+        .attach_to_node(&ids[1], "node-1", false, 1)
+        .await
+        .unwrap_err();
+    assert_eq!(code(full), Code::ResourceExhausted);
+    f.volumes.detach_from_node(&ids[0], "node-1").await.unwrap();
+    f.volumes
+        .attach_to_node(&ids[1], "node-1", false, 1)
+        .await
+        .unwrap();
+    let bad_pid = f
+        .volumes
+        .attach_into("a", 0, f._dir.path().join("t"), false)
+        .await
+        .unwrap_err();
+    assert_eq!(code(bad_pid), Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn group_snapshots_are_taken_read_and_deleted() {
+    let f = fixture();
+    let mut ids = Vec::new();
+    for name in ["a", "b"] {
+        let v = f
+            .volumes
+            .create(Caller::Orchestrator, new_volume(name, "dir", 1 << 20))
+            .await
+            .unwrap();
+        ids.push(v.id);
+    }
+    let (group, members) = f.volumes.snapshot_group("g", ids.clone()).await.unwrap();
+    assert_eq!(members.len(), 2);
+    let (again, _) = f.volumes.get_group(&group.id).await.unwrap();
+    assert_eq!(again.id, group.id);
+    f.volumes.delete_group(&group.id, Vec::new()).await.unwrap();
+    let gone = f.volumes.get_group(&group.id).await.unwrap_err();
+    assert_eq!(code(gone), Code::NotFound);
+}
+
+/// A one-file layer tarball.
+fn layer_tar(content: &[u8]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(content.len() as u64);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_cksum();
+    b.append_data(&mut h, "etc/motd", content).unwrap();
+    b.into_inner().unwrap()
+}
+
+#[tokio::test]
+async fn layers_are_imported_listed_and_removed_only_when_unused() {
+    let f = fixture();
+    let layer = f
+        .volumes
+        .import_tar(std::io::Cursor::new(layer_tar(b"hello\n")))
+        .await
+        .unwrap();
+    assert!(!layer.deduplicated);
+    let again = f
+        .volumes
+        .import_tar(std::io::Cursor::new(layer_tar(b"hello\n")))
+        .await
+        .unwrap();
+    assert!(again.deduplicated);
+    assert_eq!(f.volumes.layers().await.unwrap().len(), 1);
+    let key = layer.info.key.to_string();
+    let mut image = new_volume("img", "image", 1 << 20);
+    image.parameters.insert(
+        volume_core::params::LAYERS.into(),
+        layer.info.diff_id.clone(),
+    );
+    let vol = f.volumes.create(Caller::Person, image).await.unwrap();
+    let used = f.volumes.remove_layer(&key).await.unwrap_err();
+    assert!(
+        matches!(&used, Error::FailedPrecondition(m) if m.contains("img")),
+        "{used:?}"
+    );
+    f.volumes.delete(Caller::Person, &vol.id).await.unwrap();
+    f.volumes.remove_layer(&key).await.unwrap();
+    assert!(f.volumes.layers().await.unwrap().is_empty());
+    let missing = f.volumes.remove_layer(&key).await.unwrap_err();
+    assert_eq!(code(missing), Code::NotFound);
+    let relative = f.volumes.import_oci_layout("oci".into()).await.unwrap_err();
+    assert_eq!(code(relative), Code::InvalidArgument);
+    let nowhere = f
+        .volumes
+        .import_oci_layout(f._dir.path().join("no-such-layout"))
+        .await
+        .unwrap_err();
+    assert_eq!(code(nowhere), Code::NotFound);
+}
+
+#[tokio::test]
+async fn replicas_this_node_does_not_hold_are_not_found() {
+    let f = fixture();
+    assert!(f.volumes.replicas().await.unwrap().is_empty());
+    let promote = f.volumes.promote("nothing").await.unwrap_err();
+    assert_eq!(code(promote), Code::NotFound);
+    let remove = f.volumes.remove_replica("nothing").await.unwrap_err();
+    assert_eq!(code(remove), Code::NotFound);
+}
