@@ -25,7 +25,8 @@ use volume_core::replication::{Holding, IncomingHeader};
 use volume_core::{FsType, VolumeKind};
 
 use crate::driver::Driver;
-use crate::rpc::blocking;
+use crate::service::Volumes;
+use crate::service::peers::{Incoming, Received};
 
 /// The gRPC metadata key that carries the cluster secret.
 pub const SECRET_METADATA_KEY: &str = "x-stowage-cluster-secret";
@@ -265,19 +266,7 @@ pub const KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(5);
 #[derive(Debug, Clone)]
 pub struct PeerService {
     driver: Arc<Driver>,
-}
-
-/// What the stream handler passes to the blocking receiver.
-enum Incoming {
-    Data(Vec<u8>),
-    Trailer(Vec<u8>, u64),
-}
-
-/// How a receive ended.
-enum Received {
-    Applied(volume_core::ReplicaSnapshot),
-    /// Cut off before its trailer (what arrived is kept to resume).
-    Cut,
+    volumes: Volumes,
 }
 
 /// A peer's stream header as the domain takes it; a kind, filesystem or stream format
@@ -316,14 +305,13 @@ impl Peer for PeerService {
     ) -> Result<Response<pb::HelloResponse>, Status> {
         let req = request.into_inner();
         let node_id = self.driver.config.node_id.clone();
-        let manager = Arc::clone(&self.driver.manager);
+        let volumes = self.volumes.clone();
         crate::rpc::respond(async move {
             tracing::debug!(peer.node_id = %req.node_id, "peer hello");
-            let usage = blocking(move || manager.capacity()).await?;
             Ok(pb::HelloResponse {
                 node_id,
                 version: env!("CARGO_PKG_VERSION").to_string(),
-                available_bytes: usage.available,
+                available_bytes: volumes.available().await?,
             })
         })
         .await
@@ -334,13 +322,11 @@ impl Peer for PeerService {
         request: Request<pb::ReplicaStateRequest>,
     ) -> Result<Response<pb::ReplicaStateResponse>, Status> {
         let req = request.into_inner();
-        let manager = Arc::clone(&self.driver.manager);
-        let driver = Arc::clone(&self.driver);
+        let volumes = self.volumes.clone();
         crate::observe::volume(&req.volume_id);
         crate::rpc::respond(async move {
-            let id = req.volume_id.clone();
-            let holding = blocking(move || manager.holding(&req.volume_id)).await?;
-            let partial = driver.replication.partial(&id);
+            let holding = volumes.holding(&req.volume_id).await?;
+            let partial = volumes.driver().replication.partial(&req.volume_id);
             Ok(match holding {
                 Holding::Nothing => pb::ReplicaStateResponse {
                     role: "none".into(),
@@ -375,17 +361,12 @@ impl Peer for PeerService {
         request: Request<pb::DropReplicaRequest>,
     ) -> Result<Response<pb::DropReplicaResponse>, Status> {
         let req = request.into_inner();
-        let driver = Arc::clone(&self.driver);
+        let volumes = self.volumes.clone();
         crate::observe::volume(&req.volume_id);
         crate::rpc::respond(async move {
-            // A cut-off stream holds the replica: discard it first, off the runtime.
-            let parked = driver.replication.unpark(&req.volume_id);
-            let manager = Arc::clone(&driver.manager);
-            let removed = blocking(move || {
-                drop(parked);
-                manager.remove_replica(&req.volume_id, Some(req.generation.max(1)))
-            })
-            .await?;
+            let removed = volumes
+                .drop_copy(&req.volume_id, req.generation.max(1))
+                .await?;
             Ok(pb::DropReplicaResponse { removed })
         })
         .await
@@ -396,8 +377,7 @@ impl Peer for PeerService {
         request: Request<tonic::Streaming<pb::SnapshotChunk>>,
     ) -> Result<Response<pb::ReceiveSnapshotResponse>, Status> {
         let mut stream = request.into_inner();
-        let manager = Arc::clone(&self.driver.manager);
-        let driver = Arc::clone(&self.driver);
+        let volumes = self.volumes.clone();
         crate::rpc::respond(async move {
             let (header, offset) = match stream.message().await?.and_then(|c| c.part) {
                 Some(Part::Header(h)) => {
@@ -410,62 +390,12 @@ impl Peer for PeerService {
                     ));
                 }
             };
-            // A stream cut off earlier is resumed only at the byte it stopped at,
-            // for the same snapshot and parent; any other header discards it.
-            let parked = driver.replication.unpark(&header.volume_id);
-            let resumed = match (offset, parked) {
-                (0, p) => {
-                    crate::replicate::dispose(p);
-                    None
-                }
-                (n, Some(p))
-                    if p.received() == n
-                        && p.header().snapshot == header.snapshot
-                        && p.header().parent == header.parent =>
-                {
-                    Some(p)
-                }
-                (n, p) => {
-                    crate::replicate::dispose(p);
-                    return Err(Status::failed_precondition(format!(
-                        "no cut-off stream of snapshot {} to resume at byte {n}",
-                        header.snapshot
-                    )));
-                }
-            };
             // Chunks go through a bounded channel to the blocking receiver, which
-            // pipes them into `btrfs receive`. It commits when the trailer arrives
-            // and matches; cut off before, it hands the receive back to be kept.
-            let (tx, mut rx) = tokio::sync::mpsc::channel::<Incoming>(8);
-            let keeper = Arc::clone(&driver);
-            let apply = tokio::task::spawn_blocking(move || {
-                let mut incoming = match resumed {
-                    Some(p) => p,
-                    None => manager
-                        .begin_receive(header)
-                        .map_err(|e| crate::status::to_status(&e))?,
-                };
-                while let Some(msg) = rx.blocking_recv() {
-                    match msg {
-                        Incoming::Data(d) => incoming
-                            .write(&d)
-                            .map_err(|e| crate::status::to_status(&e))?,
-                        Incoming::Trailer(digest, len) => {
-                            return incoming
-                                .commit(&digest, len)
-                                .map(Received::Applied)
-                                .map_err(|e| crate::status::to_status(&e));
-                        }
-                    }
-                }
-                // Cut off before the trailer. Kept from here, not by the handler:
-                // a connection that died may have cancelled the handler already.
-                if incoming.received() > 0 {
-                    keeper.replication.park(incoming);
-                }
-                Ok(Received::Cut)
-            });
-            let forwarded: Result<(), Status> = async {
+            // pipes them into `btrfs receive`.
+            let (tx, rx) = tokio::sync::mpsc::channel::<Incoming>(8);
+            let apply = volumes.receive(header, offset, rx);
+            // The sender half goes with the forwarding: the receiver sees the end.
+            let forward = async move {
                 while let Some(msg) = stream.message().await? {
                     let item = match msg.part {
                         Some(Part::Data(d)) if d.len() <= MAX_CHUNK => Incoming::Data(d),
@@ -487,13 +417,9 @@ impl Peer for PeerService {
                         break;
                     }
                 }
-                Ok(())
-            }
-            .await;
-            drop(tx);
-            let applied = apply
-                .await
-                .map_err(|e| Status::internal(format!("worker failed: {e}")))?;
+                Ok::<(), Status>(())
+            };
+            let (applied, forwarded) = tokio::join!(apply, forward);
             match applied? {
                 Received::Applied(snap) => {
                     forwarded?;
@@ -522,7 +448,13 @@ pub async fn serve(
 ) -> Result<(), tonic::transport::Error> {
     let tls = driver.config.peers.tls.clone();
     let observe = crate::observe::ObserveLayer::new(Arc::clone(&driver.metrics));
-    let service = PeerServer::with_interceptor(PeerService { driver }, PeerAuth { secret });
+    let service = PeerServer::with_interceptor(
+        PeerService {
+            volumes: Volumes::new(Arc::clone(&driver)),
+            driver,
+        },
+        PeerAuth { secret },
+    );
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = &tls {
         builder = builder.tls_config(tls.server())?;

@@ -23,9 +23,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use volume_core::VolumeRecord;
 use volume_core::size::parse_volume_size;
 
+use crate::service::container_mounts::EngineVolume;
 use crate::service::{Caller, NewVolume, Volumes};
 
 /// Content type of every answer (plugin API v1.2).
@@ -218,67 +218,43 @@ impl Plugin {
                 }
             }
             Endpoint::Mount => {
-                let (name, caller, mounts) = (required_name(&req)?, req.id, self.mounts.clone());
                 let path = self
                     .volumes
-                    .run(Caller::Person, move |m| {
-                        let rec = m.get_by_name(&name)?;
-                        m.plugin_mount(&rec.id, &caller, &mounts)
-                    })
+                    .engine_mount(&required_name(&req)?, &req.id, self.mounts.clone())
                     .await?;
                 Ok(json!({ "Mountpoint": path, "Err": "" }))
             }
             Endpoint::Unmount => {
-                let (name, caller, mounts) = (required_name(&req)?, req.id, self.mounts.clone());
                 self.volumes
-                    .run(Caller::Person, move |m| {
-                        let rec = m.get_by_name(&name)?;
-                        m.plugin_unmount(&rec.id, &caller, &mounts)
-                    })
+                    .engine_unmount(&required_name(&req)?, &req.id, self.mounts.clone())
                     .await?;
                 Ok(ok())
             }
             Endpoint::Path => {
-                let (_, mountpoint) = self.named(required_name(&req)?).await?;
-                Ok(json!({ "Mountpoint": mountpoint, "Err": "" }))
+                let v = self
+                    .volumes
+                    .engine_volume(&required_name(&req)?, self.mounts.clone())
+                    .await?;
+                Ok(json!({ "Mountpoint": mountpoint(&v), "Err": "" }))
             }
             Endpoint::Get => {
-                let (rec, mountpoint) = self.named(required_name(&req)?).await?;
-                Ok(volume_json(&rec, &mountpoint))
+                let v = self
+                    .volumes
+                    .engine_volume(&required_name(&req)?, self.mounts.clone())
+                    .await?;
+                Ok(volume_json(&v))
             }
             Endpoint::List => {
-                let mounts = self.mounts.clone();
-                let volumes = self
+                let volumes: Vec<Value> = self
                     .volumes
-                    .run(Caller::Person, move |m| {
-                        Ok(m.list(None, usize::MAX)?
-                            .into_iter()
-                            // Inline ephemeral volumes belong to their pod, not to a
-                            // container engine.
-                            .filter(|rec| !rec.ephemeral)
-                            .map(|rec| {
-                                let mountpoint = mountpoint(m, &rec, &mounts);
-                                json!({ "Name": rec.name, "Mountpoint": mountpoint })
-                            })
-                            .collect::<Vec<Value>>())
-                    })
-                    .await?;
+                    .engine_volumes(self.mounts.clone())
+                    .await?
+                    .iter()
+                    .map(|v| json!({ "Name": v.volume.name, "Mountpoint": mountpoint(v) }))
+                    .collect();
                 Ok(json!({ "Volumes": volumes, "Err": "" }))
             }
         }
-    }
-
-    /// The volume called `name` and where it is mounted for containers ("" if not).
-    async fn named(&self, name: String) -> Result<(VolumeRecord, String), PluginError> {
-        let mounts = self.mounts.clone();
-        Ok(self
-            .volumes
-            .run(Caller::Person, move |m| {
-                let rec = m.get_by_name(&name)?;
-                let mountpoint = mountpoint(m, &rec, &mounts);
-                Ok((rec, mountpoint))
-            })
-            .await?)
     }
 }
 
@@ -324,13 +300,16 @@ fn new_volume(
     })
 }
 
-fn mountpoint(m: &volume_core::VolumeManager, rec: &VolumeRecord, mounts: &Path) -> String {
-    m.plugin_path(rec, mounts)
+/// Where the engine finds the volume ("" when it is not mounted).
+fn mountpoint(v: &EngineVolume) -> String {
+    v.mountpoint
+        .as_ref()
         .map(|p| p.display().to_string())
         .unwrap_or_default()
 }
 
-fn volume_json(rec: &VolumeRecord, mountpoint: &str) -> Value {
+fn volume_json(v: &EngineVolume) -> Value {
+    let rec = &v.volume;
     let mut status = json!({
         "id": rec.id,
         "kind": rec.kind.as_str(),
@@ -342,7 +321,7 @@ fn volume_json(rec: &VolumeRecord, mountpoint: &str) -> Value {
     json!({
         "Volume": {
             "Name": rec.name,
-            "Mountpoint": mountpoint,
+            "Mountpoint": mountpoint(v),
             "CreatedAt": rfc3339(rec.created_at),
             "Status": status,
         },

@@ -5,11 +5,12 @@
 //! door maps to its own protocol (gRPC codes in [`crate::status`]).
 //!
 //! One file per use case: [`create`], [`remove`], [`expand`], [`modify`],
-//! [`snapshots`], [`groups`], [`attachments`], reading ([`queries`]), those on this
-//! node ([`node`]), the layer store's ([`layers`]) and the replicas held here
-//! ([`replicas`]).
+//! [`snapshots`], [`groups`], [`attachments`], [`container_mounts`], reading ([`queries`]), those on this
+//! node ([`node`]), the layer store's ([`layers`]), the replicas held here
+//! ([`replicas`]) and what peers ask ([`peers`]).
 
 pub mod attachments;
+pub mod container_mounts;
 pub mod create;
 pub mod error;
 pub mod expand;
@@ -17,6 +18,7 @@ pub mod groups;
 pub mod layers;
 pub mod modify;
 pub mod node;
+pub mod peers;
 pub mod queries;
 pub mod remove;
 pub mod replicas;
@@ -89,7 +91,7 @@ impl Volumes {
     /// Runs `work` on the volume manager on the blocking pool; for a
     /// [`Caller::Person`], again while the volume is busy (a busy claim is refused
     /// before anything is done, so running it again is safe).
-    pub async fn run<T, F>(&self, caller: Caller, mut work: F) -> Result<T>
+    pub(in crate::service) async fn run<T, F>(&self, caller: Caller, mut work: F) -> Result<T>
     where
         F: FnMut(&VolumeManager) -> volume_core::Result<T> + Send + 'static,
         T: Send + 'static,
