@@ -113,7 +113,7 @@ STOWAGED=$TARGET_DIR/debug/stowaged
 if ((build)) || [[ ! -x $STOWAGED ]]; then
 	header "building stowaged"
 	command -v cargo >/dev/null || die "cargo not found (source ~/.cargo/env?)"
-	(cd "$ROOT" && cargo build -p csi-driver --bin stowaged)
+	(cd "$ROOT" && cargo build -p stowage-daemon --bin stowaged)
 fi
 [[ -x $STOWAGED ]] || die "$STOWAGED missing after the build"
 

@@ -26,7 +26,7 @@ if ((${#missing[@]} > 0)); then
 	DEBIAN_FRONTEND=noninteractive apt-get update
 	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
 fi
-cargo build --release -p csi-driver --bin stowaged -p stowage-cli --bin vol
+cargo build --release -p stowage-daemon --bin stowaged -p stowage-cli --bin vol
 cargo build --release -p fuse-overlay --bin stowage-overlay
 STATE=$ROOT/.stowage
 mkdir -p "$STATE"

@@ -1,5 +1,5 @@
 //! A Docker/Podman volume-plugin request: the first byte picks the endpoint, the rest
-//! is the JSON body, served by the real router over a manager on the fake host.
+//! is the JSON body, served by the real router over the service layer on the fake host.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -22,7 +22,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let endpoint = ENDPOINTS[usize::from(*pick) % ENDPOINTS.len()];
-    let router = csi_driver::plugin::router(stowage_fuzz::manager(), stowage_fuzz::plugin_mounts());
+    let router = stowage_daemon::plugin::router(stowage_fuzz::volumes(), stowage_fuzz::plugin_mounts());
     let request = axum::http::Request::post(endpoint)
         .body(axum::body::Body::from(body.to_vec()))
         .expect("request");

@@ -9,7 +9,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(header) = stowage_proto::stowage::v1::SnapshotHeader::decode(data) else {
         return;
     };
-    let Ok(header) = csi_driver::peer::incoming_header(header) else {
+    let Ok(header) = stowage_daemon::grpc::peer::incoming_header(header) else {
         return;
     };
     let manager = stowage_fuzz::manager();

@@ -1,5 +1,6 @@
-//! Shared set-up of the fuzz targets: a volume manager over the recording fake host in
-//! a temporary directory (nothing on the real host is touched).
+//! Shared set-up of the fuzz targets: a volume manager (and the daemon's service layer
+//! over it) on the recording fake host in a temporary directory (nothing on the real
+//! host is touched).
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
@@ -8,7 +9,7 @@ use volume_core::os::fake::FakeHost;
 use volume_core::store::Store;
 use volume_core::{NodeIdentity, Pool, PoolConfig, VolumeManager};
 
-type Shared = (tempfile::TempDir, Arc<FakeHost>, Arc<VolumeManager>);
+type Shared = (tempfile::TempDir, Arc<FakeHost>, Arc<stowage_daemon::Driver>);
 
 fn shared() -> &'static Shared {
     static MANAGER: OnceLock<Shared> = OnceLock::new();
@@ -28,14 +29,31 @@ fn shared() -> &'static Shared {
                 layers_dir: dir.path().join("layers"),
                 overlay_program: PathBuf::from("/nonexistent/stowage-overlay"),
             };
-            let mgr = Arc::new(VolumeManager::new(store, pool, fake.host(), node));
-            (dir, fake, mgr)
+            let mgr = VolumeManager::new(store, pool, fake.host(), node);
+            let layers = fuse_overlay::layers::LayerStore::open(dir.path().join("layer-store"))
+                .expect("layer store");
+            let config = stowage_daemon::DriverConfig {
+                node_id: "fuzz".into(),
+                max_volumes_per_node: 0,
+                require_controller_publish: false,
+                overlay_program: PathBuf::from("/nonexistent/stowage-overlay"),
+                peers: Default::default(),
+                rebuild_metadata: false,
+                layer_limits: Default::default(),
+                layer_store_size: 0,
+            };
+            (dir, fake, stowage_daemon::Driver::new(mgr, config, layers))
         })
 }
 
 /// A manager over the fake host, made once per fuzzing process.
 pub fn manager() -> Arc<VolumeManager> {
-    shared().2.clone()
+    Arc::clone(&shared().2.manager)
+}
+
+/// The daemon's service layer over that manager (what the plugin's router serves).
+pub fn volumes() -> stowage_daemon::service::Volumes {
+    stowage_daemon::service::Volumes::new(Arc::clone(&shared().2))
 }
 
 /// Forgets the fake host's call log (it grows with every call otherwise).

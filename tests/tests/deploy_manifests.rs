@@ -10,9 +10,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use csi_driver::{DRIVER_NAME, TOPOLOGY_KEY};
 use serde::Deserialize;
 use serde_yaml::Value;
+use stowage_daemon::{DRIVER_NAME, TOPOLOGY_KEY};
 use stowage_proto::csi::v1 as csi;
 use volume_core::os::fake::FakeHost;
 use volume_core::{Pool, PoolConfig, VolumeKind, VolumeParams};
@@ -147,17 +147,17 @@ fn advertised(file: &str, function: &str) -> BTreeSet<String> {
 
 fn controller_caps() -> BTreeSet<String> {
     advertised(
-        "csi-driver/src/controller.rs",
+        "daemon/src/grpc/controller.rs",
         "controller_get_capabilities",
     )
 }
 
 fn plugin_caps() -> BTreeSet<String> {
-    advertised("csi-driver/src/identity.rs", "get_plugin_capabilities")
+    advertised("daemon/src/grpc/identity.rs", "get_plugin_capabilities")
 }
 
 fn node_caps() -> BTreeSet<String> {
-    advertised("csi-driver/src/node.rs", "node_get_capabilities")
+    advertised("daemon/src/grpc/node.rs", "node_get_capabilities")
 }
 
 /// One `#[arg(long)]` field of `stowaged`'s `Args`: its long flag and its attributes.
@@ -178,7 +178,7 @@ fn stowaged_flags() -> BTreeSet<String> {
 
 /// The `#[arg(long)]` fields of `stowaged`'s `Args`, in order.
 fn stowaged_args() -> Vec<StowagedArg> {
-    let src = read("csi-driver/src/bin/stowaged.rs");
+    let src = read("daemon/src/bin/stowaged.rs");
     let start = src.find("struct Args {").expect("stowaged.rs: struct Args");
     let body = &src[start..];
     let body = &body[..body.find("\n}").expect("end of struct Args")];
@@ -456,7 +456,7 @@ fn stowaged_socket_on_host(pod: &Pod) -> PathBuf {
     let stowaged = pod.container("stowaged");
     let flags = flags_of(stowaged);
     let endpoint = flag(&flags, "endpoint").expect("stowaged --endpoint");
-    let socket = csi_driver::endpoint::socket_path(endpoint).expect("--endpoint is unix://");
+    let socket = stowage_daemon::endpoint::socket_path(endpoint).expect("--endpoint is unix://");
     pod.host_path(stowaged, socket.to_str().unwrap())
         .unwrap_or_else(|| panic!("stowaged's socket {socket:?} is not on a hostPath volume"))
 }
@@ -1531,7 +1531,7 @@ fn nomad_job_runs_stowaged_as_a_monolith_plugin_on_its_endpoint() {
 
     // Nomad puts its plugin directory at mount_dir and dials mount_dir/csi.sock.
     let plugin = hcl_block(task, "csi_plugin");
-    let socket = csi_driver::endpoint::socket_path(flags["endpoint"]).unwrap();
+    let socket = stowage_daemon::endpoint::socket_path(flags["endpoint"]).unwrap();
     assert_eq!(
         socket.parent().and_then(Path::to_str),
         hcl_attr(plugin, "mount_dir"),
@@ -1591,7 +1591,7 @@ fn nomad_job_runs_stowaged_as_a_monolith_plugin_on_its_endpoint() {
         hcl_attr(capability, "access_mode").unwrap(),
         hcl_attr(capability, "attachment_mode").unwrap(),
     );
-    csi_driver::driver::check_capability(&cap)
+    stowage_daemon::grpc::convert::check_capability(&cap)
         .unwrap_or_else(|e| panic!("volume-example.hcl capability: {e}"));
     assert!(
         volume_text.contains(&format!("\"{TOPOLOGY_KEY}\"")),

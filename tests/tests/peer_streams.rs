@@ -120,7 +120,7 @@ async fn send(addr: &str, volume_id: &str, bytes: Vec<u8>) -> Result<(), tonic::
     ];
     let mut req = tonic::Request::new(tokio_stream::iter(chunks));
     req.metadata_mut().insert(
-        csi_driver::peer::SECRET_METADATA_KEY,
+        stowage_daemon::replication::link::SECRET_METADATA_KEY,
         SECRET.parse().unwrap(),
     );
     client.receive_snapshot(req).await.map(|_| ())

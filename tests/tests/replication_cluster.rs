@@ -166,7 +166,7 @@ async fn three_hosts_replicate_resume_fail_over_and_resolve_split_brain() {
         .unwrap()
         .accessible_topology
         .iter()
-        .map(|t| t.segments[csi_driver::TOPOLOGY_KEY].clone())
+        .map(|t| t.segments[stowage_daemon::TOPOLOGY_KEY].clone())
         .collect();
     topo.sort();
     assert_eq!(topo, ["a", "b", "c"]);

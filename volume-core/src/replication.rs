@@ -6,7 +6,7 @@
 //! filesystem (layout `host-image`) is shipped by chunk diff from a btrfs pool too,
 //! its snapshots copies in the pool, and a btrfs pool takes chunk diffs of loop
 //! volumes; otherwise both ends must use the same kind. The transport
-//! (gRPC), the schedule and the peers are csi-driver's; promotion and split brain are
+//! (gRPC), the schedule and the peers are the daemon's (stowage-daemon); promotion and split brain are
 //! in [`crate::failover`].
 //!
 //! Layout (each `data` a read-only subvolume):

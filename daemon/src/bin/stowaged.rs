@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
-use csi_driver::DriverConfig;
-use csi_driver::endpoint::{bind_private, socket_path};
-use csi_driver::server::{StateLayout, open_driver, serve};
+use stowage_daemon::DriverConfig;
+use stowage_daemon::endpoint::{bind_private, socket_path};
+use stowage_daemon::server::{StateLayout, open_driver, serve};
 use volume_core::PoolConfig;
 use volume_core::model::Layout;
 use volume_core::os::Host;
@@ -235,17 +235,19 @@ async fn run() -> anyhow::Result<()> {
         None => helper.with_file_name("stowage-overlay"),
     };
     let secret = match &args.cluster_secret_file {
-        Some(path) => Some(csi_driver::peer::ClusterSecret::from_file(path)?),
+        Some(path) => Some(stowage_daemon::replication::link::ClusterSecret::from_file(
+            path,
+        )?),
         None => None,
     };
     if secret.is_none() && (args.peer_listen.is_some() || !args.peers.is_empty()) {
         anyhow::bail!("--peer-listen and --peer need --cluster-secret-file");
     }
-    let mut peers = csi_driver::peer::Peers::parse(&args.peers, secret.clone())?;
+    let mut peers = stowage_daemon::replication::link::Peers::parse(&args.peers, secret.clone())?;
     peers.tls = match (&args.peer_tls_cert, &args.peer_tls_key, &args.peer_tls_ca) {
-        (Some(cert), Some(key), Some(ca)) => {
-            Some(csi_driver::peer::PeerTls::from_files(cert, key, ca)?)
-        }
+        (Some(cert), Some(key), Some(ca)) => Some(
+            stowage_daemon::replication::link::PeerTls::from_files(cert, key, ca)?,
+        ),
         (None, None, None) => None,
         _ => anyhow::bail!("--peer-tls-cert, --peer-tls-key and --peer-tls-ca go together"),
     };
@@ -269,7 +271,7 @@ async fn run() -> anyhow::Result<()> {
         peers,
     };
     let socket = socket_path(&args.endpoint)?;
-    let plugin_mounts = csi_driver::plugin::mounts_dir(&layout.root);
+    let plugin_mounts = stowage_daemon::plugin::mounts_dir(&layout.root);
     let (driver, report) = tokio::task::spawn_blocking(move || {
         open_driver(&layout, &pool, config, Host::real(helper))
     })
@@ -315,7 +317,7 @@ async fn run() -> anyhow::Result<()> {
         let _ = rx.wait_for(|stop| *stop).await;
     };
     if let Some(addr) = args.metrics_address {
-        let http = csi_driver::metrics::serve_http(
+        let http = stowage_daemon::metrics::serve_http(
             addr,
             Arc::clone(&driver.metrics),
             Arc::clone(&driver.manager),
@@ -328,7 +330,7 @@ async fn run() -> anyhow::Result<()> {
         });
     }
     if let Some((listener, secret)) = peer_listener {
-        let peer = csi_driver::peer::serve(
+        let peer = stowage_daemon::grpc::peer::serve(
             listener,
             Arc::clone(&driver),
             secret,
@@ -342,15 +344,15 @@ async fn run() -> anyhow::Result<()> {
     }
     if !driver.config.peers.addrs.is_empty() {
         // Replicated volumes need their peers; without any, there is nothing to run.
-        tokio::spawn(csi_driver::replicate::run(
+        tokio::spawn(stowage_daemon::replication::run(
             Arc::clone(&driver),
             stopped(stop_rx.clone()),
         ));
     }
     if let Some(listener) = plugin_listener {
-        let plugin = csi_driver::plugin::serve(
+        let plugin = stowage_daemon::plugin::serve(
             listener,
-            csi_driver::service::Volumes::new(Arc::clone(&driver)),
+            stowage_daemon::service::Volumes::new(Arc::clone(&driver)),
             plugin_mounts,
             stopped(stop_rx.clone()),
         );

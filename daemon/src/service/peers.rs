@@ -68,7 +68,7 @@ impl Volumes {
         let parked = self.driver.replication.unpark(&header.volume_id);
         let resumed = match (offset, parked) {
             (0, p) => {
-                crate::replicate::dispose(p);
+                crate::replication::dispose(p);
                 None
             }
             (n, Some(p))
@@ -79,7 +79,7 @@ impl Volumes {
                 Some(p)
             }
             (n, p) => {
-                crate::replicate::dispose(p);
+                crate::replication::dispose(p);
                 return Err(Error::FailedPrecondition(format!(
                     "no cut-off stream of snapshot {} to resume at byte {n}",
                     header.snapshot

@@ -10,15 +10,13 @@ use stowage_proto::stowage::v1 as pb;
 use stowage_proto::stowage::v1::admin_server::Admin;
 use tonic::{Request, Response, Status};
 use volume_core::snapshot::SnapshotFilter;
-use volume_core::{ContentSource, SnapshotRecord};
-
-use fuse_overlay::layers::LayerInfo;
 
 use crate::driver::Driver;
-use crate::rpc::require;
+use crate::grpc::convert::{to_pb_layer, to_pb_snapshot, to_pb_volume};
+use crate::grpc::rpc::require;
 use crate::service::create::CopyOf;
 use crate::service::layers::Imported;
-use crate::service::{Caller, NewVolume, VolumeView, Volumes};
+use crate::service::{Caller, NewVolume, Volumes};
 
 /// The Admin service.
 #[derive(Debug, Clone)]
@@ -32,69 +30,6 @@ impl AdminService {
     pub fn new(driver: Arc<Driver>) -> Self {
         let volumes = Volumes::new(Arc::clone(&driver));
         AdminService { driver, volumes }
-    }
-}
-
-/// The admin view of a volume.
-pub fn to_pb_volume(driver: &Driver, view: &VolumeView) -> pb::Volume {
-    let (rec, health) = (&view.volume, view.health.clone());
-    pb::Volume {
-        id: rec.id.clone(),
-        name: rec.name.clone(),
-        kind: rec.kind.to_string(),
-        layout: view.layout.to_string(),
-        fs_type: rec.fs.map(|f| f.to_string()).unwrap_or_default(),
-        capacity_bytes: rec.capacity,
-        capacity_enforced: rec.capacity_enforced,
-        created_at: rec.created_at,
-        staging_path: rec
-            .staging
-            .as_ref()
-            .map(|s| s.path.display().to_string())
-            .unwrap_or_default(),
-        published_at: rec
-            .publications
-            .iter()
-            .map(|p| p.target.display().to_string())
-            .collect(),
-        attached_nodes: rec.attachments.iter().map(|a| a.node_id.clone()).collect(),
-        content_source: match &rec.content_source {
-            Some(ContentSource::Snapshot(s)) => format!("snapshot:{s}"),
-            Some(ContentSource::Volume(v)) => format!("volume:{v}"),
-            None => String::new(),
-        },
-        parameters: rec.parameters.clone().into_iter().collect(),
-        mutable_parameters: rec.mutable_parameters.clone().into_iter().collect(),
-        condition: Some(pb::Condition {
-            abnormal: health.abnormal,
-            message: health.message,
-        }),
-        ephemeral: rec.ephemeral,
-        attached_into: rec
-            .container_mounts
-            .iter()
-            .map(|m| format!("{}:{}", m.pid, m.target.display()))
-            .collect(),
-        replicas: crate::replicate::statuses(driver, rec),
-        generation: rec.generation.max(1),
-        copies: rec.replication.as_ref().map(|s| s.copies).unwrap_or(1),
-        replication_interval_secs: rec
-            .replication
-            .as_ref()
-            .map(|s| s.interval_secs)
-            .unwrap_or(0),
-    }
-}
-
-/// The admin view of a stored layer.
-pub fn to_pb_layer(l: &LayerInfo) -> pb::Layer {
-    pb::Layer {
-        key: l.key.to_string(),
-        diff_id: l.diff_id.clone(),
-        size_bytes: l.size,
-        entries: l.entries,
-        blobs: l.blobs.iter().map(|b| b.digest.clone()).collect(),
-        imported_at: l.imported_at,
     }
 }
 
@@ -132,17 +67,6 @@ impl std::io::Read for ChunkReader {
     }
 }
 
-fn to_pb_snapshot(s: &SnapshotRecord) -> pb::Snapshot {
-    pb::Snapshot {
-        id: s.id.clone(),
-        name: s.name.clone(),
-        source_volume_id: s.source_volume_id.clone(),
-        size_bytes: s.size_bytes,
-        created_at: s.created_at,
-        group_id: s.group_id.clone().unwrap_or_default(),
-    }
-}
-
 /// Splits admin create parameters into volume parameters and mutable ones.
 fn split_parameters(
     params: &HashMap<String, String>,
@@ -166,7 +90,7 @@ impl Admin for AdminService {
         _request: Request<pb::VersionRequest>,
     ) -> Result<Response<pb::VersionResponse>, Status> {
         let driver = Arc::clone(&self.driver);
-        crate::rpc::respond(async move {
+        crate::grpc::rpc::respond(async move {
             Ok(pb::VersionResponse {
                 version: env!("CARGO_PKG_VERSION").to_string(),
                 driver_name: crate::DRIVER_NAME.to_string(),
@@ -182,7 +106,7 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::VolumeResponse>, Status> {
         let req = request.into_inner();
         let volumes = self.volumes.clone();
-        crate::rpc::respond(async move {
+        crate::grpc::rpc::respond(async move {
             require(&req.name, "name")?;
             let (parameters, mutable_parameters) = split_parameters(&req.parameters);
             let new = NewVolume {
@@ -208,7 +132,7 @@ impl Admin for AdminService {
         _request: Request<pb::ListVolumesRequest>,
     ) -> Result<Response<pb::ListVolumesResponse>, Status> {
         let volumes = self.volumes.clone();
-        crate::rpc::respond(async move {
+        crate::grpc::rpc::respond(async move {
             let mut views = volumes.list(Caller::Person, None, usize::MAX).await?;
             views.sort_by(|a, b| a.volume.name.cmp(&b.volume.name));
             Ok(pb::ListVolumesResponse {
@@ -227,7 +151,7 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::VolumeResponse>, Status> {
         let req = request.into_inner();
         let volumes = self.volumes.clone();
-        crate::rpc::respond(async move {
+        crate::grpc::rpc::respond(async move {
             require(&req.volume, "volume")?;
             let view = volumes.show(Caller::Person, &req.volume).await?;
             Ok(pb::VolumeResponse {
@@ -243,7 +167,7 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::DeleteVolumeResponse>, Status> {
         let req = request.into_inner();
         let volumes = self.volumes.clone();
-        crate::rpc::respond(async move {
+        crate::grpc::rpc::respond(async move {
             require(&req.volume, "volume")?;
             volumes.delete(Caller::Person, &req.volume).await?;
             Ok(pb::DeleteVolumeResponse {})
@@ -257,7 +181,7 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::VolumeResponse>, Status> {
         let req = request.into_inner();
         let volumes = self.volumes.clone();
-        crate::rpc::respond(async move {
+        crate::grpc::rpc::respond(async move {
             require(&req.name, "name")?;
             let of = match (req.source.is_empty(), req.snapshot.is_empty()) {
                 (false, true) => CopyOf::Volume(req.source.clone()),
@@ -287,7 +211,7 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::VolumeResponse>, Status> {
         let req = request.into_inner();
         let volumes = self.volumes.clone();
-        crate::rpc::respond(async move {
+        crate::grpc::rpc::respond(async move {
             require(&req.volume, "volume")?;
             let expanded = volumes
                 .expand(Caller::Person, &req.volume, req.capacity_bytes, 0)
@@ -308,7 +232,7 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::SnapshotResponse>, Status> {
         let req = request.into_inner();
         let volumes = self.volumes.clone();
-        crate::rpc::respond(async move {
+        crate::grpc::rpc::respond(async move {
             require(&req.volume, "volume")?;
             require(&req.name, "name")?;
             let snap = volumes
@@ -327,7 +251,7 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::ListSnapshotsResponse>, Status> {
         let req = request.into_inner();
         let volumes = self.volumes.clone();
-        crate::rpc::respond(async move {
+        crate::grpc::rpc::respond(async move {
             let source_volume_id = if req.volume.is_empty() {
                 None
             } else {
@@ -353,7 +277,7 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::DeleteSnapshotResponse>, Status> {
         let req = request.into_inner();
         let volumes = self.volumes.clone();
-        crate::rpc::respond(async move {
+        crate::grpc::rpc::respond(async move {
             require(&req.snapshot, "snapshot")?;
             volumes
                 .delete_snapshot(Caller::Person, &req.snapshot)
@@ -369,7 +293,7 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::AttachVolumeResponse>, Status> {
         let req = request.into_inner();
         let volumes = self.volumes.clone();
-        crate::rpc::respond(async move {
+        crate::grpc::rpc::respond(async move {
             require(&req.volume, "volume")?;
             require(&req.target, "target")?;
             let target = PathBuf::from(&req.target);
@@ -392,7 +316,7 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::DetachVolumeResponse>, Status> {
         let req = request.into_inner();
         let volumes = self.volumes.clone();
-        crate::rpc::respond(async move {
+        crate::grpc::rpc::respond(async move {
             require(&req.volume, "volume")?;
             require(&req.target, "target")?;
             let target = PathBuf::from(&req.target);
@@ -408,7 +332,7 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::ImportLayerResponse>, Status> {
         let mut stream = request.into_inner();
         let volumes = self.volumes.clone();
-        crate::rpc::respond(async move {
+        crate::grpc::rpc::respond(async move {
             let first = stream
                 .message()
                 .await?
@@ -467,7 +391,7 @@ impl Admin for AdminService {
         _request: Request<pb::ListLayersRequest>,
     ) -> Result<Response<pb::ListLayersResponse>, Status> {
         let volumes = self.volumes.clone();
-        crate::rpc::respond(async move {
+        crate::grpc::rpc::respond(async move {
             let list = volumes.layers().await?;
             Ok(pb::ListLayersResponse {
                 layers: list.iter().map(to_pb_layer).collect(),
@@ -482,7 +406,7 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::RemoveLayerResponse>, Status> {
         let req = request.into_inner();
         let volumes = self.volumes.clone();
-        crate::rpc::respond(async move {
+        crate::grpc::rpc::respond(async move {
             require(&req.layer, "layer")?;
             volumes.remove_layer(&req.layer).await?;
             Ok(pb::RemoveLayerResponse {})
@@ -496,14 +420,14 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::HelloResponse>, Status> {
         let req = request.into_inner();
         let driver = Arc::clone(&self.driver);
-        crate::rpc::respond(async move {
+        crate::grpc::rpc::respond(async move {
             require(&req.node_id, "node_id")?;
             let mut client = driver
                 .config
                 .peers
                 .connect(&req.node_id)
                 .await
-                .map_err(|e| crate::status::peer_status(&e))?;
+                .map_err(|e| crate::grpc::status::peer_status(&e))?;
             let hello = client
                 .hello(pb::HelloRequest {
                     node_id: driver.config.node_id.clone(),
@@ -520,11 +444,11 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::ReplicateVolumeResponse>, Status> {
         let req = request.into_inner();
         let driver = Arc::clone(&self.driver);
-        crate::observe::volume(&req.volume);
-        crate::rpc::respond(async move {
+        crate::grpc::observe::volume(&req.volume);
+        crate::grpc::rpc::respond(async move {
             require(&req.volume, "volume")?;
             require(&req.to_node_id, "to_node_id")?;
-            crate::replicate::replicate(&driver, &req.volume, &req.to_node_id).await
+            crate::replication::replicate(&driver, &req.volume, &req.to_node_id).await
         })
         .await
     }
@@ -534,7 +458,7 @@ impl Admin for AdminService {
         _request: Request<pb::ListReplicasRequest>,
     ) -> Result<Response<pb::ListReplicasResponse>, Status> {
         let volumes = self.volumes.clone();
-        crate::rpc::respond(async move {
+        crate::grpc::rpc::respond(async move {
             let replicas = volumes
                 .replicas()
                 .await?
@@ -572,8 +496,8 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::VolumeResponse>, Status> {
         let req = request.into_inner();
         let driver = Arc::clone(&self.driver);
-        crate::observe::volume(&req.volume);
-        crate::rpc::respond(async move {
+        crate::grpc::observe::volume(&req.volume);
+        crate::grpc::rpc::respond(async move {
             require(&req.volume, "volume")?;
             let volumes = Volumes::new(Arc::clone(&driver));
             let rec = volumes.promote(&req.volume).await?;
@@ -591,8 +515,8 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::VolumeResponse>, Status> {
         let req = request.into_inner();
         let volumes = self.volumes.clone();
-        crate::observe::volume(&req.volume);
-        crate::rpc::respond(async move {
+        crate::grpc::observe::volume(&req.volume);
+        crate::grpc::rpc::respond(async move {
             require(&req.volume, "volume")?;
             let rec = volumes
                 .modify(
@@ -617,8 +541,8 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::RemoveReplicaResponse>, Status> {
         let req = request.into_inner();
         let driver = Arc::clone(&self.driver);
-        crate::observe::volume(&req.volume);
-        crate::rpc::respond(async move {
+        crate::grpc::observe::volume(&req.volume);
+        crate::grpc::rpc::respond(async move {
             require(&req.volume, "volume")?;
             Volumes::new(driver).remove_replica(&req.volume).await?;
             Ok(pb::RemoveReplicaResponse {})

@@ -28,7 +28,7 @@ fn view_of(driver: &Driver, m: &VolumeManager, caller: Caller, rec: VolumeRecord
         Caller::Orchestrator => None,
     };
     let health =
-        node.unwrap_or_else(|| crate::replicate::health(driver, &rec, m.controller_health(&rec)));
+        node.unwrap_or_else(|| crate::replication::health(driver, &rec, m.controller_health(&rec)));
     VolumeView {
         layout: m.layout_of(&rec),
         volume: rec,

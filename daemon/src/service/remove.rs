@@ -22,7 +22,7 @@ impl Volumes {
         if let Some(rec) = rec
             && let Some(spec) = &rec.replication
         {
-            crate::replicate::drop_copies(
+            crate::replication::drop_copies(
                 &self.driver,
                 &id,
                 rec.generation.max(1),

@@ -56,8 +56,8 @@ impl From<crate::service::Error> for Status {
 }
 
 /// A peer client error as a gRPC status.
-pub fn peer_status(e: &crate::peer::PeerError) -> Status {
-    use crate::peer::PeerError;
+pub fn peer_status(e: &crate::replication::link::PeerError) -> Status {
+    use crate::replication::link::PeerError;
     let message = chain(e);
     match e {
         PeerError::UnknownPeer(_) => Status::not_found(message),

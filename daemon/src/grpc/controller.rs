@@ -11,10 +11,12 @@ use volume_core::manager::{SNAPSHOT_PREFIX, has_id_shape};
 use volume_core::snapshot::SnapshotFilter;
 use volume_core::{ContentSource, VolumeParams};
 
-use crate::driver::{
-    Driver, check_capability, condition, is_block, is_reader_only, mount_fs_type, to_csi_snapshot,
+use crate::driver::Driver;
+use crate::grpc::convert::{
+    check_capability, condition, csi_volume, is_block, is_reader_only, mount_fs_type,
+    to_csi_snapshot,
 };
-use crate::rpc::require;
+use crate::grpc::rpc::require;
 use crate::service::{Caller, NewVolume, Volumes};
 
 /// Prefix of our ListVolumes pagination tokens; anything else is refused with ABORTED.
@@ -73,7 +75,7 @@ impl Controller for ControllerService {
         let req = request.into_inner();
         let volumes = self.volumes.clone();
         let driver = Arc::clone(&self.driver);
-        crate::rpc::respond(async move {
+        crate::grpc::rpc::respond(async move {
             require(&req.name, "name")?;
             if req.volume_capabilities.is_empty() {
                 return Err(Status::invalid_argument("volume_capabilities are required"));
@@ -129,7 +131,7 @@ impl Controller for ControllerService {
             };
             let rec = volumes.create(Caller::Orchestrator, new).await?;
             Ok(csi::CreateVolumeResponse {
-                volume: Some(driver.to_csi_volume(&rec)),
+                volume: Some(csi_volume(&driver, &rec)),
             })
         })
         .await
@@ -141,8 +143,8 @@ impl Controller for ControllerService {
     ) -> Result<Response<csi::DeleteVolumeResponse>, Status> {
         let req = request.into_inner();
         let volumes = self.volumes.clone();
-        crate::observe::volume(&req.volume_id);
-        crate::rpc::respond(async move {
+        crate::grpc::observe::volume(&req.volume_id);
+        crate::grpc::rpc::respond(async move {
             require(&req.volume_id, "volume_id")?;
             volumes.delete(Caller::Orchestrator, &req.volume_id).await?;
             Ok(csi::DeleteVolumeResponse {})
@@ -156,8 +158,8 @@ impl Controller for ControllerService {
     ) -> Result<Response<csi::ControllerPublishVolumeResponse>, Status> {
         let req = request.into_inner();
         let driver = Arc::clone(&self.driver);
-        crate::observe::volume(&req.volume_id);
-        crate::rpc::respond(async move {
+        crate::grpc::observe::volume(&req.volume_id);
+        crate::grpc::rpc::respond(async move {
             require(&req.volume_id, "volume_id")?;
             require(&req.node_id, "node_id")?;
             let cap = req
@@ -183,8 +185,8 @@ impl Controller for ControllerService {
     ) -> Result<Response<csi::ControllerUnpublishVolumeResponse>, Status> {
         let req = request.into_inner();
         let volumes = self.volumes.clone();
-        crate::observe::volume(&req.volume_id);
-        crate::rpc::respond(async move {
+        crate::grpc::observe::volume(&req.volume_id);
+        crate::grpc::rpc::respond(async move {
             require(&req.volume_id, "volume_id")?;
             volumes
                 .detach_from_node(&req.volume_id, &req.node_id)
@@ -200,8 +202,8 @@ impl Controller for ControllerService {
     ) -> Result<Response<csi::ValidateVolumeCapabilitiesResponse>, Status> {
         let req = request.into_inner();
         let volumes = self.volumes.clone();
-        crate::observe::volume(&req.volume_id);
-        crate::rpc::respond(async move {
+        crate::grpc::observe::volume(&req.volume_id);
+        crate::grpc::rpc::respond(async move {
             require(&req.volume_id, "volume_id")?;
             if req.volume_capabilities.is_empty() {
                 return Err(Status::invalid_argument("volume_capabilities are required"));
@@ -249,7 +251,7 @@ impl Controller for ControllerService {
     ) -> Result<Response<csi::ListVolumesResponse>, Status> {
         let req = request.into_inner();
         let volumes = self.volumes.clone();
-        crate::rpc::respond(async move {
+        crate::grpc::rpc::respond(async move {
             let driver = volumes.driver();
             let limit = page_limit(req.max_entries)?;
             let after = parse_token(&req.starting_token, volume_core::manager::VOLUME_PREFIX)?;
@@ -268,7 +270,7 @@ impl Controller for ControllerService {
             let entries = recs
                 .iter()
                 .map(|view| csi::list_volumes_response::Entry {
-                    volume: Some(driver.to_csi_volume(&view.volume)),
+                    volume: Some(csi_volume(driver, &view.volume)),
                     status: Some(csi::list_volumes_response::VolumeStatus {
                         published_node_ids: driver.published_nodes(&view.volume),
                         volume_condition: Some(condition(&view.health)),
@@ -289,13 +291,13 @@ impl Controller for ControllerService {
     ) -> Result<Response<csi::GetCapacityResponse>, Status> {
         let req = request.into_inner();
         let driver = Arc::clone(&self.driver);
-        crate::rpc::respond(async move {
+        crate::grpc::rpc::respond(async move {
             for cap in &req.volume_capabilities {
                 check_capability(cap).map_err(Status::invalid_argument)?;
             }
             let fs_type = req.volume_capabilities.iter().find_map(mount_fs_type);
             let params = VolumeParams::parse(&req.parameters, fs_type)
-                .map_err(|e| crate::status::to_status(&e))?;
+                .map_err(|e| crate::grpc::status::to_status(&e))?;
             if let Some(t) = &req.accessible_topology
                 && !driver.topology_matches(t)
             {
@@ -326,7 +328,7 @@ impl Controller for ControllerService {
                 csi::controller_service_capability::Rpc { r#type: t as i32 },
             )),
         };
-        crate::rpc::respond(async {
+        crate::grpc::rpc::respond(async {
             Ok(csi::ControllerGetCapabilitiesResponse {
                 capabilities: [
                     Type::CreateDeleteVolume,
@@ -359,8 +361,8 @@ impl Controller for ControllerService {
     ) -> Result<Response<csi::CreateSnapshotResponse>, Status> {
         let req = request.into_inner();
         let volumes = self.volumes.clone();
-        crate::observe::volume(&req.source_volume_id);
-        crate::rpc::respond(async move {
+        crate::grpc::observe::volume(&req.source_volume_id);
+        crate::grpc::rpc::respond(async move {
             require(&req.name, "name")?;
             require(&req.source_volume_id, "source_volume_id")?;
             if let Some(key) = req
@@ -388,7 +390,7 @@ impl Controller for ControllerService {
     ) -> Result<Response<csi::DeleteSnapshotResponse>, Status> {
         let req = request.into_inner();
         let volumes = self.volumes.clone();
-        crate::rpc::respond(async move {
+        crate::grpc::rpc::respond(async move {
             require(&req.snapshot_id, "snapshot_id")?;
             volumes
                 .delete_snapshot(Caller::Orchestrator, &req.snapshot_id)
@@ -404,7 +406,7 @@ impl Controller for ControllerService {
     ) -> Result<Response<csi::ListSnapshotsResponse>, Status> {
         let req = request.into_inner();
         let volumes = self.volumes.clone();
-        crate::rpc::respond(async move {
+        crate::grpc::rpc::respond(async move {
             let limit = page_limit(req.max_entries)?;
             let after = parse_token(&req.starting_token, SNAPSHOT_PREFIX)?;
             let filter = SnapshotFilter {
@@ -443,7 +445,7 @@ impl Controller for ControllerService {
     ) -> Result<Response<csi::GetSnapshotResponse>, Status> {
         let req = request.into_inner();
         let volumes = self.volumes.clone();
-        crate::rpc::respond(async move {
+        crate::grpc::rpc::respond(async move {
             require(&req.snapshot_id, "snapshot_id")?;
             let snap = volumes
                 .get_snapshot(Caller::Orchestrator, &req.snapshot_id)
@@ -461,8 +463,8 @@ impl Controller for ControllerService {
     ) -> Result<Response<csi::ControllerExpandVolumeResponse>, Status> {
         let req = request.into_inner();
         let volumes = self.volumes.clone();
-        crate::observe::volume(&req.volume_id);
-        crate::rpc::respond(async move {
+        crate::grpc::observe::volume(&req.volume_id);
+        crate::grpc::rpc::respond(async move {
             require(&req.volume_id, "volume_id")?;
             let range = req
                 .capacity_range
@@ -491,15 +493,15 @@ impl Controller for ControllerService {
     ) -> Result<Response<csi::ControllerGetVolumeResponse>, Status> {
         let req = request.into_inner();
         let driver = Arc::clone(&self.driver);
-        crate::observe::volume(&req.volume_id);
-        crate::rpc::respond(async move {
+        crate::grpc::observe::volume(&req.volume_id);
+        crate::grpc::rpc::respond(async move {
             require(&req.volume_id, "volume_id")?;
             let view = Volumes::new(Arc::clone(&driver))
                 .show(Caller::Orchestrator, &req.volume_id)
                 .await?;
             let (rec, health) = (view.volume, view.health);
             Ok(csi::ControllerGetVolumeResponse {
-                volume: Some(driver.to_csi_volume(&rec)),
+                volume: Some(csi_volume(&driver, &rec)),
                 status: Some(csi::controller_get_volume_response::VolumeStatus {
                     published_node_ids: driver.published_nodes(&rec),
                     volume_condition: Some(condition(&health)),
@@ -515,8 +517,8 @@ impl Controller for ControllerService {
     ) -> Result<Response<csi::ControllerModifyVolumeResponse>, Status> {
         let req = request.into_inner();
         let volumes = self.volumes.clone();
-        crate::observe::volume(&req.volume_id);
-        crate::rpc::respond(async move {
+        crate::grpc::observe::volume(&req.volume_id);
+        crate::grpc::rpc::respond(async move {
             require(&req.volume_id, "volume_id")?;
             let params = to_btree(&req.mutable_parameters);
             volumes

@@ -46,7 +46,7 @@ pub enum Caller {
     Orchestrator,
     /// A person or a runtime that does not retry (the `vol` CLI, the Docker/Podman
     /// plugin): volumes by name or id; a busy volume is waited for up to
-    /// [`crate::rpc::BUSY_WAIT`], and an expansion also grows the filesystem of a
+    /// [`crate::grpc::rpc::BUSY_WAIT`], and an expansion also grows the filesystem of a
     /// volume staged on this node (there is no NodeExpandVolume to follow).
     Person,
 }
@@ -100,7 +100,7 @@ impl Volumes {
         blocking(move || {
             Ok(match caller {
                 Caller::Orchestrator => work(&manager),
-                Caller::Person => crate::rpc::retry_busy(|| work(&manager)),
+                Caller::Person => crate::grpc::rpc::retry_busy(|| work(&manager)),
             }?)
         })
         .await

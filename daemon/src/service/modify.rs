@@ -21,7 +21,7 @@ impl Volumes {
         let (need, have) = self
             .run(caller, move |m| m.replica_nodes_wanted(&id2, &p2))
             .await?;
-        let new_nodes = crate::replicate::place(&self.driver, need, &have)
+        let new_nodes = crate::replication::place(&self.driver, need, &have)
             .await
             .map_err(Error::Peer)?;
         let rec = self
@@ -33,7 +33,7 @@ impl Volumes {
             .flat_map(|s| s.nodes.clone())
             .collect();
         let gone: Vec<String> = have.into_iter().filter(|n| !now.contains(n)).collect();
-        crate::replicate::drop_copies(&self.driver, &rec.id, rec.generation.max(1), gone);
+        crate::replication::drop_copies(&self.driver, &rec.id, rec.generation.max(1), gone);
         Ok(rec)
     }
 }

@@ -265,7 +265,9 @@ async fn metrics_handler(State(s): State<HttpState>) -> impl IntoResponse {
     let fresh = s.clone();
     match tokio::task::spawn_blocking(move || fresh.metrics.refresh(&fresh.manager)).await {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(error = %crate::status::chain(&e), "metrics refresh failed"),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %crate::grpc::status::chain(&e), "metrics refresh failed")
+        }
         Err(e) => tracing::warn!(error = %e, "metrics refresh task failed"),
     }
     (
@@ -287,7 +289,7 @@ async fn healthz_handler(State(s): State<HttpState>) -> impl IntoResponse {
         Ok(Ok(_)) => (StatusCode::OK, "ok\n".to_string()),
         Ok(Err(e)) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("pool unavailable: {}\n", crate::status::chain(&e)),
+            format!("pool unavailable: {}\n", crate::grpc::status::chain(&e)),
         ),
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -16,12 +16,12 @@ use volume_core::reconcile::ReconcileReport;
 use volume_core::store::Store;
 use volume_core::{NodeIdentity, Pool, PoolConfig, VolumeManager};
 
-use crate::admin::AdminService;
-use crate::controller::ControllerService;
 use crate::driver::{Driver, DriverConfig};
-use crate::group::GroupControllerService;
-use crate::identity::IdentityService;
-use crate::node::NodeService;
+use crate::grpc::admin::AdminService;
+use crate::grpc::controller::ControllerService;
+use crate::grpc::group::GroupControllerService;
+use crate::grpc::identity::IdentityService;
+use crate::grpc::node::NodeService;
 
 /// Errors starting or running the server.
 #[derive(Debug, thiserror::Error)]
@@ -187,7 +187,7 @@ pub async fn serve(
     listener: tokio::net::UnixListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
-    let observe = crate::observe::ObserveLayer::new(Arc::clone(&driver.metrics));
+    let observe = crate::grpc::observe::ObserveLayer::new(Arc::clone(&driver.metrics));
     tonic::transport::Server::builder()
         .layer(observe)
         .add_service(IdentityServer::new(IdentityService::new(Arc::clone(

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use tonic::Status;
 
 /// Answers a call with what `body` gives (the per-call logging and metrics are the
-/// [`ObserveLayer`](crate::observe::ObserveLayer)'s).
+/// [`ObserveLayer`](crate::grpc::observe::ObserveLayer)'s).
 pub async fn respond<T>(
     body: impl Future<Output = Result<T, Status>>,
 ) -> Result<tonic::Response<T>, Status> {
@@ -24,7 +24,7 @@ where
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|e| Status::internal(format!("worker failed: {e}")))?
-        .map_err(|e| crate::status::to_status(&e))
+        .map_err(|e| crate::grpc::status::to_status(&e))
 }
 
 /// How long a person's request (the admin service, the volume plugin) waits for

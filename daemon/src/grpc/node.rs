@@ -10,11 +10,12 @@ use volume_core::node::{PublishOptions, StageOptions};
 
 use volume_core::ephemeral::is_ephemeral;
 
-use crate::driver::{
-    Driver, check_capability, condition, is_block, is_reader_only, is_single_writer, mount_flags,
+use crate::driver::Driver;
+use crate::grpc::convert::{
+    check_capability, condition, is_block, is_reader_only, is_single_writer, mount_flags,
     mount_fs_type,
 };
-use crate::rpc::require;
+use crate::grpc::rpc::require;
 use crate::service::Volumes;
 
 /// The Node service.
@@ -57,8 +58,8 @@ impl Node for NodeService {
         let req = request.into_inner();
         let volumes = self.volumes.clone();
         let require_publish = self.driver.config.require_controller_publish;
-        crate::observe::volume(&req.volume_id);
-        crate::rpc::respond(async move {
+        crate::grpc::observe::volume(&req.volume_id);
+        crate::grpc::rpc::respond(async move {
             require(&req.volume_id, "volume_id")?;
             require(&req.staging_target_path, "staging_target_path")?;
             let cap = capability(req.volume_capability.as_ref())?;
@@ -81,8 +82,8 @@ impl Node for NodeService {
     ) -> Result<Response<csi::NodeUnstageVolumeResponse>, Status> {
         let req = request.into_inner();
         let volumes = self.volumes.clone();
-        crate::observe::volume(&req.volume_id);
-        crate::rpc::respond(async move {
+        crate::grpc::observe::volume(&req.volume_id);
+        crate::grpc::rpc::respond(async move {
             require(&req.volume_id, "volume_id")?;
             require(&req.staging_target_path, "staging_target_path")?;
             let staging = PathBuf::from(&req.staging_target_path);
@@ -98,8 +99,8 @@ impl Node for NodeService {
     ) -> Result<Response<csi::NodePublishVolumeResponse>, Status> {
         let req = request.into_inner();
         let volumes = self.volumes.clone();
-        crate::observe::volume(&req.volume_id);
-        crate::rpc::respond(async move {
+        crate::grpc::observe::volume(&req.volume_id);
+        crate::grpc::rpc::respond(async move {
             require(&req.volume_id, "volume_id")?;
             require(&req.target_path, "target_path")?;
             let cap = capability(req.volume_capability.as_ref())?;
@@ -132,8 +133,8 @@ impl Node for NodeService {
     ) -> Result<Response<csi::NodeUnpublishVolumeResponse>, Status> {
         let req = request.into_inner();
         let volumes = self.volumes.clone();
-        crate::observe::volume(&req.volume_id);
-        crate::rpc::respond(async move {
+        crate::grpc::observe::volume(&req.volume_id);
+        crate::grpc::rpc::respond(async move {
             require(&req.volume_id, "volume_id")?;
             require(&req.target_path, "target_path")?;
             let target = PathBuf::from(&req.target_path);
@@ -149,8 +150,8 @@ impl Node for NodeService {
     ) -> Result<Response<csi::NodeGetVolumeStatsResponse>, Status> {
         let req = request.into_inner();
         let volumes = self.volumes.clone();
-        crate::observe::volume(&req.volume_id);
-        crate::rpc::respond(async move {
+        crate::grpc::observe::volume(&req.volume_id);
+        crate::grpc::rpc::respond(async move {
             require(&req.volume_id, "volume_id")?;
             require(&req.volume_path, "volume_path")?;
             let path = PathBuf::from(&req.volume_path);
@@ -184,8 +185,8 @@ impl Node for NodeService {
     ) -> Result<Response<csi::NodeExpandVolumeResponse>, Status> {
         let req = request.into_inner();
         let volumes = self.volumes.clone();
-        crate::observe::volume(&req.volume_id);
-        crate::rpc::respond(async move {
+        crate::grpc::observe::volume(&req.volume_id);
+        crate::grpc::rpc::respond(async move {
             require(&req.volume_id, "volume_id")?;
             require(&req.volume_path, "volume_path")?;
             if let Some(cap) = &req.volume_capability {
@@ -210,7 +211,7 @@ impl Node for NodeService {
                 csi::node_service_capability::Rpc { r#type: t as i32 },
             )),
         };
-        crate::rpc::respond(async {
+        crate::grpc::rpc::respond(async {
             Ok(csi::NodeGetCapabilitiesResponse {
                 capabilities: vec![
                     cap(Type::StageUnstageVolume),
@@ -229,7 +230,7 @@ impl Node for NodeService {
         _request: Request<csi::NodeGetInfoRequest>,
     ) -> Result<Response<csi::NodeGetInfoResponse>, Status> {
         let driver = Arc::clone(&self.driver);
-        crate::rpc::respond(async move {
+        crate::grpc::rpc::respond(async move {
             Ok(csi::NodeGetInfoResponse {
                 node_id: driver.config.node_id.clone(),
                 max_volumes_per_node: driver.config.max_volumes_per_node,

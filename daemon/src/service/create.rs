@@ -62,7 +62,7 @@ impl Volumes {
         create.block = new.block;
         if let Some(r) = create.params.replication {
             create.replica_nodes =
-                crate::replicate::place(&self.driver, r.copies as usize - 1, &[])
+                crate::replication::place(&self.driver, r.copies as usize - 1, &[])
                     .await
                     .map_err(Error::Peer)?;
         }

@@ -157,7 +157,7 @@ async fn handle(
             answer(StatusCode::OK, &value)
         }
         Err(e) => {
-            let message = crate::status::chain(&e);
+            let message = crate::grpc::status::chain(&e);
             tracing::warn!(rpc = method, volume.name = %name, caller = %caller, duration_ms = ms, outcome = "error", error = %message);
             answer(
                 StatusCode::INTERNAL_SERVER_ERROR,

@@ -8,8 +8,9 @@ use stowage_proto::csi::v1::group_controller_server::GroupController;
 use tonic::{Request, Response, Status};
 use volume_core::{GroupSnapshotRecord, SnapshotRecord};
 
-use crate::driver::{Driver, to_csi_snapshot};
-use crate::rpc::require;
+use crate::driver::Driver;
+use crate::grpc::convert::to_csi_snapshot;
+use crate::grpc::rpc::require;
 use crate::service::Volumes;
 
 /// The GroupController service.
@@ -44,7 +45,7 @@ impl GroupController for GroupControllerService {
         _request: Request<csi::GroupControllerGetCapabilitiesRequest>,
     ) -> Result<Response<csi::GroupControllerGetCapabilitiesResponse>, Status> {
         use csi::group_controller_service_capability::rpc::Type;
-        crate::rpc::respond(async {
+        crate::grpc::rpc::respond(async {
             Ok(csi::GroupControllerGetCapabilitiesResponse {
                 capabilities: vec![csi::GroupControllerServiceCapability {
                     r#type: Some(csi::group_controller_service_capability::Type::Rpc(
@@ -64,7 +65,7 @@ impl GroupController for GroupControllerService {
     ) -> Result<Response<csi::CreateVolumeGroupSnapshotResponse>, Status> {
         let req = request.into_inner();
         let volumes = Volumes::new(Arc::clone(&self.driver));
-        crate::rpc::respond(async move {
+        crate::grpc::rpc::respond(async move {
             require(&req.name, "name")?;
             if req.source_volume_ids.is_empty() {
                 return Err(Status::invalid_argument("source_volume_ids are required"));
@@ -94,7 +95,7 @@ impl GroupController for GroupControllerService {
     ) -> Result<Response<csi::DeleteVolumeGroupSnapshotResponse>, Status> {
         let req = request.into_inner();
         let volumes = Volumes::new(Arc::clone(&self.driver));
-        crate::rpc::respond(async move {
+        crate::grpc::rpc::respond(async move {
             require(&req.group_snapshot_id, "group_snapshot_id")?;
             volumes
                 .delete_group(&req.group_snapshot_id, req.snapshot_ids)
@@ -110,7 +111,7 @@ impl GroupController for GroupControllerService {
     ) -> Result<Response<csi::GetVolumeGroupSnapshotResponse>, Status> {
         let req = request.into_inner();
         let volumes = Volumes::new(Arc::clone(&self.driver));
-        crate::rpc::respond(async move {
+        crate::grpc::rpc::respond(async move {
             require(&req.group_snapshot_id, "group_snapshot_id")?;
             let (group, members) = volumes.get_group(&req.group_snapshot_id).await?;
             Ok(csi::GetVolumeGroupSnapshotResponse {

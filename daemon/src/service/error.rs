@@ -1,5 +1,5 @@
 //! Why a use case failed. Each front door maps it to its protocol: gRPC codes in
-//! [`crate::status::service_status`], the plugin's `Err` text from the chain.
+//! [`crate::grpc::status::service_status`], the plugin's `Err` text from the chain.
 
 /// A failed use case.
 #[derive(Debug, thiserror::Error)]

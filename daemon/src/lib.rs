@@ -5,22 +5,14 @@
 //! the glue the `stowaged` binary wires together. The `vol` CLI is its own crate
 //! (`stowage-cli`).
 
-pub mod admin;
-pub mod controller;
 pub mod driver;
 pub mod endpoint;
-pub mod group;
-pub mod identity;
+pub mod grpc;
 pub mod metrics;
-pub mod node;
-pub mod observe;
-pub mod peer;
 pub mod plugin;
-pub mod replicate;
-pub mod rpc;
+pub mod replication;
 pub mod server;
 pub mod service;
-pub mod status;
 
 pub use driver::{Driver, DriverConfig};
 

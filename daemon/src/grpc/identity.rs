@@ -29,7 +29,7 @@ impl Identity for IdentityService {
         &self,
         _request: Request<csi::GetPluginInfoRequest>,
     ) -> Result<Response<csi::GetPluginInfoResponse>, Status> {
-        crate::rpc::respond(async {
+        crate::grpc::rpc::respond(async {
             Ok(csi::GetPluginInfoResponse {
                 name: DRIVER_NAME.to_string(),
                 vendor_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -49,7 +49,7 @@ impl Identity for IdentityService {
                 csi::plugin_capability::Service { r#type: t as i32 },
             )),
         };
-        crate::rpc::respond(async {
+        crate::grpc::rpc::respond(async {
             Ok(csi::GetPluginCapabilitiesResponse {
                 capabilities: vec![
                     cap(Type::ControllerService),
@@ -74,7 +74,7 @@ impl Identity for IdentityService {
         _request: Request<csi::ProbeRequest>,
     ) -> Result<Response<csi::ProbeResponse>, Status> {
         let volumes = Volumes::new(Arc::clone(&self.driver));
-        crate::rpc::respond(async move {
+        crate::grpc::rpc::respond(async move {
             // Ready while the pool is mounted, reachable and writable; why not is
             // logged when it changes (and shown by the stowage_pool_usable gauge).
             let problem = volumes.pool_problem().await?;
