@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use fuse_overlay::layers::LayerStore;
 use stowage_proto::csi::v1 as csi;
-use volume_core::model::VolumeHealth;
 use volume_core::{VolumeManager, VolumeRecord};
 
 use crate::TOPOLOGY_KEY;
@@ -39,7 +38,7 @@ pub struct DriverConfig {
 /// Shared by the Identity, Controller and Node services.
 #[derive(Debug)]
 pub struct Driver {
-    /// The volume manager (blocking calls: run them through [`crate::grpc::rpc::blocking`]).
+    /// The volume manager (blocking: the service layer runs it on the blocking pool).
     pub manager: Arc<VolumeManager>,
     /// Node identity and limits.
     pub config: DriverConfig,
@@ -61,12 +60,6 @@ impl Driver {
             layers: Arc::new(layers),
             replication: Default::default(),
         })
-    }
-
-    /// The volume's health as the controller reports it: its storage, and its
-    /// replicas when it is replicated.
-    pub fn health(&self, rec: &VolumeRecord) -> VolumeHealth {
-        crate::replication::health(self, rec, self.manager.controller_health(rec))
     }
 
     /// This node's topology segment.

@@ -1,5 +1,7 @@
-//! Sending a replication snapshot to a replica node: incremental from the newest
-//! snapshot both hold, else full; resumed from the byte the replica holds.
+//! Bringing a replica node to a volume's newest replication snapshot: asking what it
+//! holds, stepping down if it holds a newer generation, sending the stream
+//! (incremental from the newest snapshot both hold, else full; resumed from the byte
+//! the replica holds) and recording its acknowledgement.
 
 use std::io::Read;
 use std::sync::Arc;
@@ -10,7 +12,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 use volume_core::replication::OutgoingSnapshot;
 
-use super::scheduler::{fresh, record_ack, step_down};
+use super::state::lock;
 use crate::driver::Driver;
 use crate::grpc::rpc::blocking;
 use crate::grpc::status::{peer_status, to_status};
@@ -297,4 +299,81 @@ pub async fn replicate(
         parent,
         bytes_sent: answer.bytes,
     })
+}
+
+async fn fresh(
+    driver: &Arc<Driver>,
+    id: &str,
+    name: &str,
+    holds: &[String],
+) -> Result<OutgoingSnapshot, Status> {
+    let (manager, id, name, holds) = (
+        Arc::clone(&driver.manager),
+        id.to_string(),
+        name.to_string(),
+        holds.to_vec(),
+    );
+    blocking(move || manager.outgoing(&id, &name, &holds)).await
+}
+
+async fn record_ack(driver: &Arc<Driver>, id: &str, node: &str, snapshot: &str, bytes: u64) {
+    let (manager, id2, node2, snap2) = (
+        Arc::clone(&driver.manager),
+        id.to_string(),
+        node.to_string(),
+        snapshot.to_string(),
+    );
+    // The peer holds the snapshot whether or not this is recorded: a failure here is
+    // worth a warning, not a failed replication.
+    if let Err(e) = blocking(move || manager.record_replica_ack(&id2, &node2, &snap2, bytes)).await
+    {
+        tracing::warn!(volume.id = %id, error = %e.message(), "replica acknowledgement not recorded");
+    }
+}
+
+/// Steps down as primary of `id`: `node` holds a newer generation.
+async fn step_down(
+    driver: &Arc<Driver>,
+    id: &str,
+    node: &str,
+    state: &pb::ReplicaStateResponse,
+) -> Result<(), Status> {
+    // Streams of this volume to other nodes hold its snapshots (btrfs refuses to
+    // delete a subvolume being sent): step down once they have ended.
+    let others_busy = lock(&driver.replication.links)
+        .iter()
+        .any(|((v, n), l)| v == id && n != node && l.in_flight);
+    if others_busy {
+        return Err(Status::unavailable(format!(
+            "node {node} holds a newer generation of {id}; stepping down once the streams \
+             to other nodes end"
+        )));
+    }
+    let first = driver.replication.link(id, node).diverged.is_none();
+    let (manager, id2, node2, generation, snaps) = (
+        Arc::clone(&driver.manager),
+        id.to_string(),
+        node.to_string(),
+        state.generation,
+        state.snapshots.clone(),
+    );
+    match blocking(move || manager.step_down(&id2, &node2, generation, &snaps)).await {
+        Ok(down) => {
+            if first {
+                driver.metrics.split_brain();
+            }
+            tracing::error!(volume.id = %id, new_primary = %node, snapshot.id = %down.snapshot_id, kept = ?down.kept, "split brain resolved: stepped down, divergent data kept in a snapshot");
+            Ok(())
+        }
+        Err(e) => {
+            if first {
+                driver.metrics.split_brain();
+            }
+            let msg = e.message().to_string();
+            driver
+                .replication
+                .update(id, node, |l| l.diverged = Some(msg.clone()));
+            Err(e)
+        }
+    }
 }
