@@ -428,3 +428,18 @@ fn the_cycle_check_sees_a_cycle() {
         ["a", "b", "c"].iter().map(|s| s.to_string()).collect()
     );
 }
+
+#[test]
+fn the_fake_host_ships_in_no_release_build() {
+    let os_mod = code(&root().join("volume-core/src/os/mod.rs"));
+    assert!(
+        os_mod.contains("#[cfg(any(test, feature = \"fake\"))]\npub mod fake;"),
+        "volume-core's os::fake must be built only for tests"
+    );
+    for krate in ["daemon", "cli", "fuse-overlay", "tests", "proto"] {
+        assert!(
+            !dependencies(krate).contains("\"fake\""),
+            "{krate} turns on volume-core's fake host in a normal (non-test) dependency"
+        );
+    }
+}

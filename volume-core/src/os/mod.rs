@@ -1,9 +1,12 @@
 //! The OS boundary: one trait per kind of side effect on the host, each with a real
-//! implementation (root needed) and a recording fake in [`fake`] for unit tests.
+//! implementation (root needed) and a recording fake in `fake` for unit tests (built
+//! for this crate's tests and, with the `fake` feature, for other crates' tests; never
+//! in a release build).
 
 pub mod btrfs;
 pub mod command;
 pub mod copy;
+#[cfg(any(test, feature = "fake"))]
 pub mod fake;
 pub mod loopdev;
 pub mod mkfs;
