@@ -33,6 +33,17 @@ impl AdminService {
     }
 }
 
+/// The answer naming one volume, as a person sees it.
+async fn volume_response(
+    volumes: &Volumes,
+    rec: volume_core::VolumeRecord,
+) -> Result<pb::VolumeResponse, Status> {
+    let view = volumes.view(Caller::Person, rec).await?;
+    Ok(pb::VolumeResponse {
+        volume: Some(to_pb_volume(volumes.driver(), &view)),
+    })
+}
+
 /// The response to an import: each layer's metadata, and whether it was already there.
 fn import_response(imported: &[Imported]) -> pb::ImportLayerResponse {
     pb::ImportLayerResponse {
@@ -117,12 +128,7 @@ impl Admin for AdminService {
                 ..NewVolume::default()
             };
             let rec = volumes.create(Caller::Person, new).await?;
-            Ok(pb::VolumeResponse {
-                volume: Some(to_pb_volume(
-                    volumes.driver(),
-                    &volumes.view(Caller::Person, rec).await?,
-                )),
-            })
+            volume_response(&volumes, rec).await
         })
         .await
     }
@@ -195,12 +201,7 @@ impl Admin for AdminService {
             let rec = volumes
                 .create_copy(Caller::Person, &req.name, of, req.capacity_bytes)
                 .await?;
-            Ok(pb::VolumeResponse {
-                volume: Some(to_pb_volume(
-                    volumes.driver(),
-                    &volumes.view(Caller::Person, rec).await?,
-                )),
-            })
+            volume_response(&volumes, rec).await
         })
         .await
     }
@@ -216,12 +217,7 @@ impl Admin for AdminService {
             let expanded = volumes
                 .expand(Caller::Person, &req.volume, req.capacity_bytes, 0)
                 .await?;
-            Ok(pb::VolumeResponse {
-                volume: Some(to_pb_volume(
-                    volumes.driver(),
-                    &volumes.view(Caller::Person, expanded.volume).await?,
-                )),
-            })
+            volume_response(&volumes, expanded.volume).await
         })
         .await
     }
@@ -301,10 +297,7 @@ impl Admin for AdminService {
                 .attach_into(&req.volume, req.pid, target, req.read_only)
                 .await?;
             Ok(pb::AttachVolumeResponse {
-                volume: Some(to_pb_volume(
-                    volumes.driver(),
-                    &volumes.view(Caller::Person, rec).await?,
-                )),
+                volume: volume_response(&volumes, rec).await?.volume,
             })
         })
         .await
@@ -495,16 +488,12 @@ impl Admin for AdminService {
         request: Request<pb::PromoteVolumeRequest>,
     ) -> Result<Response<pb::VolumeResponse>, Status> {
         let req = request.into_inner();
-        let driver = Arc::clone(&self.driver);
+        let volumes = self.volumes.clone();
         crate::grpc::observe::volume(&req.volume);
         crate::grpc::rpc::respond(async move {
             require(&req.volume, "volume")?;
-            let volumes = Volumes::new(Arc::clone(&driver));
             let rec = volumes.promote(&req.volume).await?;
-            let view = volumes.view(Caller::Person, rec).await?;
-            Ok(pb::VolumeResponse {
-                volume: Some(to_pb_volume(&driver, &view)),
-            })
+            volume_response(&volumes, rec).await
         })
         .await
     }
@@ -525,12 +514,7 @@ impl Admin for AdminService {
                     req.parameters.into_iter().collect(),
                 )
                 .await?;
-            Ok(pb::VolumeResponse {
-                volume: Some(to_pb_volume(
-                    volumes.driver(),
-                    &volumes.view(Caller::Person, rec).await?,
-                )),
-            })
+            volume_response(&volumes, rec).await
         })
         .await
     }
