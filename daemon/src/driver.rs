@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use fuse_overlay::layers::LayerStore;
+use layer_store::LayerStore;
 use stowage_proto::csi::v1 as csi;
 use volume_core::{VolumeManager, VolumeRecord};
 
@@ -30,7 +30,7 @@ pub struct DriverConfig {
     /// Rebuild lost or damaged metadata from the pool at start (else refuse to start).
     pub rebuild_metadata: bool,
     /// What one layer import may take of the host.
-    pub layer_limits: fuse_overlay::layers::ImportLimits,
+    pub layer_limits: layer_store::ImportLimits,
     /// Quota of the layer store's subvolume on a btrfs pool (0: a quarter of the pool).
     pub layer_store_size: u64,
 }

@@ -44,7 +44,7 @@ pub enum ServerError {
     Endpoint(#[from] crate::endpoint::EndpointError),
     /// The layer store could not be opened.
     #[error("layer store")]
-    Layers(#[from] fuse_overlay::layers::Error),
+    Layers(#[from] layer_store::Error),
     /// The gRPC server failed.
     #[error("gRPC server")]
     Transport(#[from] tonic::transport::Error),
@@ -129,7 +129,7 @@ pub fn open_driver(
     // The layer store lives in the pool (a subvolume with a quota) on btrfs, unless
     // a store made by an earlier release is still in the state directory.
     let legacy = layout.layer_store();
-    let legacy_in_use = std::fs::read_dir(legacy.join("layers"))
+    let legacy_in_use = std::fs::read_dir(layer_store::LayerStore::layers_dir_of(&legacy))
         .map(|mut d| d.next().is_some())
         .unwrap_or(false);
     let store_dir = if legacy_in_use {
@@ -139,15 +139,14 @@ pub fn open_driver(
         pool.layer_store_dir(config.layer_store_size)?
             .unwrap_or(legacy)
     };
-    let mut layers = fuse_overlay::layers::LayerStore::open(store_dir)?;
+    let mut layers = layer_store::LayerStore::open(store_dir)?;
     layers.set_limits(config.layer_limits);
     let node = NodeIdentity {
         node_id: config.node_id.clone(),
         state_dir: layout.root.clone(),
         ephemeral_dir: layout.ephemeral_dir(),
         attach_dir: layout.attach_dir(),
-        // The store keeps each layer's tree at `<root>/layers/<key>` (LayerStore::path).
-        layers_dir: layers.root().join("layers"),
+        layers_dir: layers.layers_dir().to_path_buf(),
         overlay_program: config.overlay_program.clone(),
     };
     let manager = VolumeManager::new(store, pool, host, node);

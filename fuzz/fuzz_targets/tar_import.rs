@@ -5,7 +5,7 @@
 
 use std::sync::OnceLock;
 
-use fuse_overlay::layers::{ImportLimits, LayerStore, Privilege};
+use layer_store::{ImportLimits, LayerStore, Privilege};
 use libfuzzer_sys::fuzz_target;
 
 fn store() -> &'static (tempfile::TempDir, LayerStore) {

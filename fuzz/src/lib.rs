@@ -30,7 +30,7 @@ fn shared() -> &'static Shared {
                 overlay_program: PathBuf::from("/nonexistent/stowage-overlay"),
             };
             let mgr = VolumeManager::new(store, pool, fake.host(), node);
-            let layers = fuse_overlay::layers::LayerStore::open(dir.path().join("layer-store"))
+            let layers = layer_store::LayerStore::open(dir.path().join("layer-store"))
                 .expect("layer store");
             let config = stowage_daemon::DriverConfig {
                 node_id: "fuzz".into(),

@@ -262,7 +262,7 @@ async fn run() -> anyhow::Result<()> {
         } else {
             parse_size(&args.layer_store_size).context("--layer-store-size")?
         },
-        layer_limits: fuse_overlay::layers::ImportLimits {
+        layer_limits: layer_store::ImportLimits {
             max_bytes: parse_size(&args.max_layer_size).context("--max-layer-size")?,
             reserve_free: parse_size(&args.layer_reserve_free).context("--layer-reserve-free")?,
             ..Default::default()

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use fuse_overlay::layers::LayerInfo;
+use layer_store::LayerInfo;
 use stowage_proto::csi::v1 as csi;
 use stowage_proto::stowage::v1 as pb;
 use volume_core::model::VolumeHealth;

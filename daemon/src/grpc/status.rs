@@ -72,8 +72,8 @@ pub fn peer_status(e: &crate::replication::link::PeerError) -> Status {
 
 /// A layer store error as a gRPC status: a bad blob, layout or digest is the caller's
 /// INVALID_ARGUMENT; file system errors go by errno.
-pub fn layer_status(err: &fuse_overlay::layers::Error) -> Status {
-    use fuse_overlay::layers::Error as L;
+pub fn layer_status(err: &layer_store::Error) -> Status {
+    use layer_store::Error as L;
     let code = match err {
         L::Io { source, .. } | L::Extract { source, .. } => errno_code(source.raw_os_error()),
         L::Locked { .. } => Code::FailedPrecondition,
@@ -123,7 +123,7 @@ mod tests {
 
     #[test]
     fn layer_store_errors_map_to_the_callers_fault_or_errno() {
-        use fuse_overlay::layers::Error as L;
+        use layer_store::Error as L;
         let cases: Vec<(L, Code)> = vec![
             (L::InvalidKey("x".into()), Code::InvalidArgument),
             (

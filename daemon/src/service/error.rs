@@ -21,7 +21,7 @@ pub enum Error {
     Internal(String),
     /// Looking up a layer in the layer store failed.
     #[error(transparent)]
-    Layers(#[from] fuse_overlay::layers::Error),
+    Layers(#[from] layer_store::Error),
     /// Placing or reaching a replica on a peer failed; the peer's answer (or the
     /// placement's own RESOURCE_EXHAUSTED) is kept with its code.
     #[error("{}", .0.message())]

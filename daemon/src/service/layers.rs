@@ -5,7 +5,7 @@ use std::io::Read;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use fuse_overlay::layers::{ImportedLayer, LayerInfo, LayerKey, LayerStore};
+use layer_store::{ImportedLayer, LayerInfo, LayerKey, LayerStore};
 use volume_core::VolumeRecord;
 
 use super::{Caller, Error, Result, Volumes, blocking};

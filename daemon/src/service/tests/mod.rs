@@ -40,13 +40,13 @@ fn fixture() -> Fixture {
     std::fs::create_dir_all(&pool_dir).unwrap();
     let pool = Pool::open(&PoolConfig::Btrfs { path: pool_dir }, fake.host()).unwrap();
     let store = Store::open(&dir.path().join("meta.redb")).unwrap();
-    let layers = fuse_overlay::layers::LayerStore::open(dir.path().join("layers")).unwrap();
+    let layers = layer_store::LayerStore::open(dir.path().join("layers")).unwrap();
     let node = NodeIdentity {
         node_id: "node-1".into(),
         state_dir: dir.path().join("state"),
         ephemeral_dir: dir.path().join("ephemeral"),
         attach_dir: dir.path().join("attach"),
-        layers_dir: layers.root().join("layers"),
+        layers_dir: layers.layers_dir().to_path_buf(),
         overlay_program: dir.path().join("stowage-overlay"),
     };
     let manager = VolumeManager::new(store, pool, fake.host(), node);

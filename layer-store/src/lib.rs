@@ -34,7 +34,7 @@
 //! - `stream`: hashing readers and compression detection.
 //! - `digest`: layer keys and OCI digests.
 //! - `error`: [`Error`].
-//! - `sys`: the module's only `unsafe` code (libc calls relative to directory fds).
+//! - `sys`: the crate's only `unsafe` code (libc calls relative to directory fds).
 
 mod digest;
 mod error;

@@ -7,7 +7,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use fuse_overlay::layers::{
+use layer_store::{
     Compression, Error, ImageSelector, LayerInfo, LayerKey, LayerStore, Privilege, WhiteoutFormat,
 };
 use sha2::{Digest, Sha256};

@@ -225,9 +225,6 @@ mod tests {
         io::copy(&mut d, &mut io::sink()).unwrap();
         let (digest, size) = d.into_input().finish().unwrap();
         assert_eq!(size, blob.len() as u64);
-        assert_eq!(
-            digest,
-            super::super::digest::sha256_digest(&Sha256::digest(&blob))
-        );
+        assert_eq!(digest, crate::digest::sha256_digest(&Sha256::digest(&blob)));
     }
 }

@@ -144,7 +144,7 @@ impl LayerStore {
         if !sys::try_lock_exclusive(lock.as_fd()).map_err(Error::io("locking", &lock_path))? {
             return Err(Error::Locked { root });
         }
-        let layers = root.join(LAYERS_DIR);
+        let layers = LayerStore::layers_dir_of(&root);
         DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -181,6 +181,18 @@ impl LayerStore {
     /// The privilege imports extract with.
     pub fn privilege(&self) -> Privilege {
         self.privilege
+    }
+
+    /// The directory holding every layer's tree, each at `<dir>/<key>` ([`Self::path`]):
+    /// what a consumer that joins keys itself (volume-core's `layers_dir`) is given.
+    pub fn layers_dir(&self) -> &Path {
+        &self.layers
+    }
+
+    /// The directory a store at `root` keeps its layers in, whether or not one is open
+    /// there.
+    pub fn layers_dir_of(root: &Path) -> PathBuf {
+        root.join(LAYERS_DIR)
     }
 
     /// The layer's tree, to be used as a read-only lower directory. Exists only if the

@@ -8,7 +8,7 @@ use std::io::Write;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
-use fuse_overlay::layers::{Error, ImportLimits, LayerStore, Privilege};
+use layer_store::{Error, ImportLimits, LayerStore, Privilege};
 use tar::{EntryType, Header};
 
 fn store(dir: &Path, limits: ImportLimits) -> LayerStore {
