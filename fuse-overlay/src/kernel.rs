@@ -1,9 +1,7 @@
 //! Kernel overlayfs back end: `mount -t overlay` through mount(2), behind a small trait
 //! so the option string and flags are unit-tested without privilege.
 
-use std::ffi::OsStr;
 use std::io;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -108,47 +106,15 @@ pub struct KernelOverlay {
     pub flags: MsFlags,
 }
 
-fn escape(p: &Path) -> io::Result<String> {
-    let b = p.as_os_str().as_bytes();
-    if b.contains(&b',') {
-        // mount(2) data cannot carry a comma inside a value.
-        return Err(io::Error::from_raw_os_error(libc::EINVAL));
-    }
-    let s = OsStr::from_bytes(b)
-        .to_str()
-        .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
-    Ok(s.replace('\\', "\\\\").replace(':', "\\:"))
-}
-
 impl KernelOverlay {
     /// The option string for mount(2).
     pub fn data(&self) -> io::Result<String> {
-        if self.lowers.is_empty() {
-            return Err(io::Error::from_raw_os_error(libc::EINVAL));
-        }
-        let lowers = self
-            .lowers
-            .iter()
-            .map(|p| escape(p))
-            .collect::<io::Result<Vec<_>>>()?
-            .join(":");
-        let mut data = format!("lowerdir={lowers}");
-        match (&self.upper, &self.work) {
-            (Some(upper), Some(work)) => {
-                data.push_str(&format!(
-                    ",upperdir={},workdir={}",
-                    escape(upper)?,
-                    escape(work)?
-                ));
-            }
-            (None, None) => {}
+        let upper_and_work = match (&self.upper, &self.work) {
+            (Some(upper), Some(work)) => Some((upper.as_path(), work.as_path())),
+            (None, None) => None,
             _ => return Err(io::Error::from_raw_os_error(libc::EINVAL)),
-        }
-        for o in &self.extra {
-            data.push(',');
-            data.push_str(o);
-        }
-        Ok(data)
+        };
+        stowage_sys::mount::overlayfs_data(&self.lowers, upper_and_work, &self.extra)
     }
 
     /// Mounts at `target`.

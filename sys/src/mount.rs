@@ -3,6 +3,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
+use std::path::Path;
 
 use crate::owned;
 
@@ -185,4 +186,75 @@ pub fn mount_root_identity(fd: BorrowedFd<'_>) -> io::Result<(bool, u64, u64)> {
         .mount_root
         .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOTSUP))?;
     Ok((root, id.dev, id.ino))
+}
+
+/// The data overlayfs takes from mount(2), as kernel overlayfs and `stowage-overlay -o`
+/// read it: `lowerdir=A:B` (lowers top first), then `,upperdir=U,workdir=W` for a
+/// writable overlay, then each of `extra`. `:` and `\` in a path are escaped; a comma
+/// cannot be carried in a value, nor a path that is not UTF-8 written into it, and an
+/// overlay needs a lower layer: each of those is EINVAL.
+pub fn overlayfs_data<L: AsRef<Path>>(
+    lowers: &[L],
+    upper_and_work: Option<(&Path, &Path)>,
+    extra: &[String],
+) -> io::Result<String> {
+    fn escape(p: &Path) -> io::Result<String> {
+        let s = p
+            .to_str()
+            .filter(|s| !s.contains(','))
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+        Ok(s.replace('\\', "\\\\").replace(':', "\\:"))
+    }
+    if lowers.is_empty() {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    let lowers = lowers
+        .iter()
+        .map(|l| escape(l.as_ref()))
+        .collect::<io::Result<Vec<_>>>()?
+        .join(":");
+    let mut data = format!("lowerdir={lowers}");
+    if let Some((upper, work)) = upper_and_work {
+        data.push_str(&format!(
+            ",upperdir={},workdir={}",
+            escape(upper)?,
+            escape(work)?
+        ));
+    }
+    for option in extra {
+        data.push(',');
+        data.push_str(option);
+    }
+    Ok(data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlayfs_data_escapes_and_refuses_what_it_cannot_carry() {
+        let lowers = [Path::new("/l/a"), Path::new("/l/b:c\\d")];
+        assert_eq!(
+            overlayfs_data(&lowers, None, &[]).unwrap(),
+            "lowerdir=/l/a:/l/b\\:c\\\\d"
+        );
+        assert_eq!(
+            overlayfs_data(
+                &lowers[..1],
+                Some((Path::new("/u"), Path::new("/w"))),
+                &["volatile".to_string()]
+            )
+            .unwrap(),
+            "lowerdir=/l/a,upperdir=/u,workdir=/w,volatile"
+        );
+        let einval = |r: io::Result<String>| r.unwrap_err().raw_os_error() == Some(libc::EINVAL);
+        assert!(einval(overlayfs_data::<&Path>(&[], None, &[])));
+        assert!(einval(overlayfs_data(&[Path::new("/l/a,b")], None, &[])));
+        assert!(einval(overlayfs_data(
+            &lowers,
+            Some((Path::new("/u,x"), Path::new("/w"))),
+            &[]
+        )));
+    }
 }

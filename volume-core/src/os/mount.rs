@@ -123,29 +123,10 @@ pub enum Found {
 }
 
 /// The overlayfs data string `lowerdir=A:B,upperdir=U,workdir=W` (lowers top first),
-/// as kernel overlayfs and `stowage-overlay -o` take it. A comma cannot be carried in
-/// a value (EINVAL); `:` and `\` are escaped.
+/// as kernel overlayfs and `stowage-overlay -o` take it (the one builder,
+/// `stowage_sys::mount::overlayfs_data`).
 pub fn overlay_data(lowers: &[PathBuf], upper: &Path, work: &Path) -> io::Result<String> {
-    fn escape(p: &Path) -> io::Result<String> {
-        let s = p
-            .to_str()
-            .filter(|s| !s.contains(','))
-            .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
-        Ok(s.replace('\\', "\\\\").replace(':', "\\:"))
-    }
-    if lowers.is_empty() {
-        return Err(io::Error::from_raw_os_error(libc::EINVAL));
-    }
-    let lowers = lowers
-        .iter()
-        .map(|l| escape(l))
-        .collect::<io::Result<Vec<_>>>()?
-        .join(":");
-    Ok(format!(
-        "lowerdir={lowers},upperdir={},workdir={}",
-        escape(upper)?,
-        escape(work)?
-    ))
+    stowage_sys::mount::overlayfs_data(lowers, Some((upper, work)), &[])
 }
 
 /// One line of /proc/self/mountinfo.
