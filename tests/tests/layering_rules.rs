@@ -388,45 +388,19 @@ fn cycles(graph: &BTreeMap<String, BTreeSet<String>>) -> Vec<BTreeSet<String>> {
     out
 }
 
-/// volume-core's modules still in one cycle: the volume manager's operations spread
-/// over its root's modules (to be split into a manager/ folder). The set may only
-/// shrink; no other cycle may appear.
-const VOLUME_CORE_CYCLE: [&str; 14] = [
-    "chunkdiff",
-    "error",
-    "guard",
-    "manager",
-    "model",
-    "modify",
-    "os::btrfs",
-    "os::command",
-    "params",
-    "pool",
-    "rebuild",
-    "replication",
-    "size",
-    "store",
-];
-
 #[test]
 fn no_import_cycles_inside_a_crate() {
     for src in [
         "proto/src",
         "sys/src",
-        "daemon/src",
-        "cli/src",
+        "volume-core/src",
         "layer-store/src",
         "fuse-overlay/src",
+        "daemon/src",
+        "cli/src",
     ] {
         let found = cycles(&module_graph(src));
         assert!(found.is_empty(), "import cycles in {src}: {found:?}");
-    }
-    let known: BTreeSet<String> = VOLUME_CORE_CYCLE.iter().map(|m| m.to_string()).collect();
-    for cycle in cycles(&module_graph("volume-core/src")) {
-        assert!(
-            cycle.is_subset(&known),
-            "a new import cycle in volume-core: {cycle:?}"
-        );
     }
 }
 

@@ -4,6 +4,16 @@
 use std::io;
 use std::path::PathBuf;
 
+/// Why the database file cannot be trusted.
+#[derive(Debug, thiserror::Error)]
+#[error("metadata database {path} {reason}")]
+pub struct Damaged {
+    /// The database file.
+    pub path: PathBuf,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
 /// Result alias for volume-core operations.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -96,7 +106,7 @@ pub enum Error {
     /// The metadata database is empty, truncated or unreadable: the daemon must not
     /// start on it (see `--rebuild-metadata`).
     #[error(transparent)]
-    Damaged(crate::store::Damaged),
+    Damaged(Damaged),
     /// The metadata holds no record while the pool holds volumes: starting would
     /// forget them.
     #[error(

@@ -22,12 +22,8 @@ use crate::store::Store;
 pub const DEFAULT_CAPACITY: u64 = 1 << 30;
 /// Longest volume name accepted (CSI COs use up to 128 bytes).
 pub const MAX_NAME_LEN: usize = 128;
-/// Prefix of volume ids.
-pub const VOLUME_PREFIX: &str = "v-";
-/// Prefix of snapshot ids.
-pub const SNAPSHOT_PREFIX: &str = "s-";
-/// Prefix of group snapshot ids.
-pub const GROUP_PREFIX: &str = "g-";
+pub(crate) use crate::ids::new_id;
+pub use crate::ids::{GROUP_PREFIX, SNAPSHOT_PREFIX, VOLUME_PREFIX, has_id_shape, is_valid_id};
 
 /// A request to create a volume.
 #[derive(Debug, Clone)]
@@ -100,27 +96,6 @@ pub struct VolumeManager {
     /// staging or target path may lie inside or above them.
     pub(crate) owned_roots: Vec<PathBuf>,
     inflight: InFlight,
-}
-
-/// True when `id` has the shape of an id this driver issues (and so cannot name
-/// anything outside the pool's volumes directory).
-pub fn is_valid_id(id: &str) -> bool {
-    has_id_shape(VOLUME_PREFIX, id)
-}
-
-/// True when `id` is `prefix` followed by 32 lowercase hex digits.
-pub fn has_id_shape(prefix: &str, id: &str) -> bool {
-    id.strip_prefix(prefix).is_some_and(|hex| {
-        hex.len() == 32
-            && hex
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    })
-}
-
-/// A fresh id with `prefix`.
-pub(crate) fn new_id(prefix: &str) -> String {
-    format!("{prefix}{}", uuid::Uuid::new_v4().simple())
 }
 
 /// Checks a volume name: 1 to 128 bytes, no control characters or path separators.
@@ -201,7 +176,7 @@ impl VolumeManager {
     /// Builds a manager over an open pool and store. Call [`VolumeManager::reconcile`]
     /// before serving requests.
     pub fn new(mut store: Store, pool: Pool, host: Host, node: NodeIdentity) -> Self {
-        store.mirror_into(pool.root().join(crate::rebuild::RECORDS_DIR));
+        store.mirror_into(pool.root().join(crate::store::RECORDS_DIR));
         let mut owned_roots = Vec::new();
         for root in [node.state_dir.as_path(), pool.root()] {
             for form in [root.to_path_buf(), root.canonicalize().unwrap_or_default()] {
@@ -376,7 +351,7 @@ impl VolumeManager {
                 "block access needs kind=loop; a directory volume has no device".into(),
             ));
         }
-        crate::modify::validate(&req.mutable_parameters, req.params.kind, &self.pool)?;
+        crate::mutable::validate(&req.mutable_parameters, req.params.kind, &self.pool)?;
         if let Some(r) = req.params.replication
             && req.replica_nodes.len() + 1 != r.copies as usize
         {
@@ -417,7 +392,7 @@ impl VolumeManager {
             req.params.kind,
             req.params.layout,
             req.params.replication.is_some(),
-            crate::modify::compresses(&req.mutable_parameters),
+            crate::mutable::compresses(&req.mutable_parameters),
         )?;
         let id = new_id(VOLUME_PREFIX);
         let mut rec = VolumeRecord {
@@ -461,7 +436,7 @@ impl VolumeManager {
                     })
             }
         }
-        .and_then(|()| crate::modify::apply(&self.pool, &mut rec, &req.mutable_parameters));
+        .and_then(|()| crate::mutable::apply(&self.pool, &mut rec, &req.mutable_parameters));
         if let Err(e) = result {
             if let Err(cleanup) = self.pool.release(&id) {
                 tracing::warn!(volume.id = %id, error = %cleanup, "cleanup after failed create");

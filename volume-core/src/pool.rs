@@ -20,7 +20,7 @@
 
 use std::collections::HashSet;
 use std::fs::OpenOptions;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -292,7 +292,7 @@ impl Pool {
     /// The directory of volume `id` (which must be a validated id): in the host-image
     /// directory when it is there, in the pool otherwise.
     pub fn volume_dir(&self, id: &str) -> PathBuf {
-        debug_assert!(crate::manager::is_valid_id(id));
+        debug_assert!(crate::ids::is_valid_id(id));
         self.existing_entry(VOLUMES_DIR, id)
     }
 
@@ -611,7 +611,7 @@ impl Pool {
         }
         self.nocow_dir(dir)?;
         self.host.copier.copy_tree(&src.join(IMAGE_FILE), &image)?;
-        set_mode(&image, 0o600)
+        crate::mode::set_mode(&image, 0o600)
     }
 
     /// Marks directory `dir` nodatacow so the image copied into it is too (and a
@@ -873,26 +873,16 @@ fn preallocate(file: &std::fs::File, size: u64) -> nix::Result<()> {
 /// containers reach through bind mounts, never through this path) 0700 and every loop
 /// image 0600, also those made before this rule.
 fn restrict_to_root(root: &Path) -> Result<()> {
-    set_mode(root, 0o700)?;
+    crate::mode::set_mode(root, 0o700)?;
     let volumes = root.join(VOLUMES_DIR);
-    set_mode(&volumes, 0o700)?;
-    set_mode(&root.join(SNAPSHOTS_DIR), 0o700)?;
+    crate::mode::set_mode(&volumes, 0o700)?;
+    crate::mode::set_mode(&root.join(SNAPSHOTS_DIR), 0o700)?;
     for entry in std::fs::read_dir(&volumes).ctx(|| format!("read {}", volumes.display()))? {
         let entry = entry.ctx(|| format!("read {}", volumes.display()))?;
         let image = entry.path().join(IMAGE_FILE);
         if std::fs::symlink_metadata(&image).is_ok_and(|m| m.is_file()) {
-            set_mode(&image, 0o600)?;
+            crate::mode::set_mode(&image, 0o600)?;
         }
-    }
-    Ok(())
-}
-
-/// Sets `path`'s permission bits to `mode` unless they already are.
-pub fn set_mode(path: &Path, mode: u32) -> Result<()> {
-    let meta = std::fs::metadata(path).ctx(|| format!("stat {}", path.display()))?;
-    if meta.permissions().mode() & 0o7777 != mode {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-            .ctx(|| format!("chmod {}", path.display()))?;
     }
     Ok(())
 }
@@ -942,7 +932,7 @@ fn open_embedded(host: &Host, image: &Path, mount: &Path, size: u64) -> Result<(
     std::fs::create_dir_all(mount).ctx(|| format!("create {}", mount.display()))?;
     if image.exists() {
         // Images made before pools were root-only.
-        set_mode(image, 0o600)?;
+        crate::mode::set_mode(image, 0o600)?;
     }
     if btrfs_mounted_at(host, mount)? {
         tracing::info!(pool = %mount.display(), "embedded pool already mounted");

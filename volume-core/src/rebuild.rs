@@ -24,8 +24,7 @@ use crate::pool::{IMAGE_FILE, SNAPSHOTS_DIR, VOLUMES_DIR};
 use crate::replication::REPLICAS_DIR;
 use crate::store::{Record, Store};
 
-/// Name of the directory in a pool's root that mirrors every record.
-pub const RECORDS_DIR: &str = "records";
+pub use crate::store::RECORDS_DIR;
 
 /// What a rebuild restored.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]

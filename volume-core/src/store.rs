@@ -103,15 +103,11 @@ pub struct Store {
     mirrored: std::sync::Mutex<std::collections::HashMap<String, blake3::Hash>>,
 }
 
-/// Why the database file cannot be trusted.
-#[derive(Debug, thiserror::Error)]
-#[error("metadata database {path} {reason}")]
-pub struct Damaged {
-    /// The database file.
-    pub path: PathBuf,
-    /// What is wrong with it.
-    pub reason: String,
-}
+pub use crate::error::Damaged;
+
+/// Where the records are mirrored inside the pool (one JSON file per record), so
+/// metadata lost with the database can be rebuilt.
+pub const RECORDS_DIR: &str = "records";
 
 impl Store {
     /// Opens the database file at `path`, creating it only when there is no file. An
@@ -174,7 +170,7 @@ impl Store {
         }
         tx.commit().map_err(db_err)?;
         // Records name every volume and where it is mounted: root's alone.
-        crate::pool::set_mode(path, 0o600)?;
+        crate::mode::set_mode(path, 0o600)?;
         let store = Store {
             db,
             mirror: None,

@@ -59,7 +59,7 @@ struct Scratch(PathBuf);
 
 impl Scratch {
     fn new(dir: &Path) -> std::io::Result<Self> {
-        let path = dir.join(format!(".probe-{}", crate::manager::new_id("")));
+        let path = dir.join(format!(".probe-{}", crate::ids::new_id("")));
         OpenOptions::new()
             .write(true)
             .create_new(true)
