@@ -54,6 +54,7 @@ pub mod inode;
 mod lookup;
 pub mod mount;
 mod ops;
+mod rename;
 pub mod sys;
 #[cfg(test)]
 mod tests;
