@@ -11,8 +11,8 @@ use stowage_proto::csi::v1::identity_server::IdentityServer;
 use stowage_proto::csi::v1::node_server::NodeServer;
 use stowage_proto::stowage::v1::admin_server::AdminServer;
 use tokio_stream::wrappers::UnixListenerStream;
+use volume_core::manager::reconcile::ReconcileReport;
 use volume_core::os::Host;
-use volume_core::reconcile::ReconcileReport;
 use volume_core::store::Store;
 use volume_core::{NodeIdentity, Pool, PoolConfig, VolumeManager};
 

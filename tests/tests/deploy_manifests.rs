@@ -650,13 +650,13 @@ fn csidriver_matches_what_the_driver_advertises() {
     );
     if ephemeral_supported {
         assert_eq!(
-            volume_core::ephemeral::EPHEMERAL_KEY,
+            volume_core::manager::ephemeral::EPHEMERAL_KEY,
             "csi.storage.k8s.io/ephemeral"
         );
         assert!(
             bool_field("podInfoOnMount"),
             "Ephemeral needs podInfoOnMount: kubelet passes {} only with pod info",
-            volume_core::ephemeral::EPHEMERAL_KEY
+            volume_core::manager::ephemeral::EPHEMERAL_KEY
         );
     }
 
@@ -847,7 +847,7 @@ fn volume_attributes_class_is_accepted_by_modify_volume() {
             .into_iter()
             .collect();
         assert!(!params.is_empty(), "{}: no parameters", vac.name());
-        volume_core::modify::validate(&params, VolumeKind::Dir, &pool)
+        volume_core::manager::modify::validate(&params, VolumeKind::Dir, &pool)
             .unwrap_or_else(|e| panic!("VolumeAttributesClass {}: {e}", vac.name()));
     }
 }

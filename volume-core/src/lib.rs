@@ -5,32 +5,21 @@
 //! Every side effect on the host goes through the traits in [`os`], so the logic here is
 //! tested with recording fakes; the real implementations need root.
 
-pub mod attachment;
 pub mod chunkdiff;
-pub mod container;
-pub mod ephemeral;
 pub mod error;
-pub mod expand;
-pub mod failover;
 pub mod guard;
 pub mod ids;
 pub mod manager;
 pub mod mode;
 pub mod model;
-pub mod modify;
 pub mod mutable;
-pub mod node;
 pub mod os;
 pub mod params;
-pub mod plugin_mounts;
 pub mod pool;
 #[cfg(test)]
 mod pool_layout_tests;
-pub mod rebuild;
-pub mod reconcile;
 pub mod replication;
 pub mod size;
-pub mod snapshot;
 pub mod store;
 mod sys;
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use stowage_proto::stowage::v1 as pb;
 use stowage_proto::stowage::v1::admin_server::Admin;
 use tonic::{Request, Response, Status};
-use volume_core::snapshot::SnapshotFilter;
+use volume_core::manager::snapshot::SnapshotFilter;
 
 use crate::driver::Driver;
 use crate::grpc::convert::{to_pb_layer, to_pb_snapshot, to_pb_volume};
@@ -85,7 +85,7 @@ fn split_parameters(
     let mut fixed = HashMap::new();
     let mut mutable = HashMap::new();
     for (k, v) in params {
-        if k == volume_core::modify::COMPRESSION {
+        if k == volume_core::manager::modify::COMPRESSION {
             mutable.insert(k.clone(), v.clone());
         } else {
             fixed.insert(k.clone(), v.clone());

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use stowage_proto::csi::v1 as csi;
 use stowage_proto::csi::v1::controller_server::Controller;
 use tonic::{Request, Response, Status};
+use volume_core::manager::snapshot::SnapshotFilter;
 use volume_core::manager::{SNAPSHOT_PREFIX, has_id_shape};
-use volume_core::snapshot::SnapshotFilter;
 use volume_core::{ContentSource, VolumeParams};
 
 use crate::driver::Driver;

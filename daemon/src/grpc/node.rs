@@ -6,9 +6,9 @@ use std::sync::Arc;
 use stowage_proto::csi::v1 as csi;
 use stowage_proto::csi::v1::node_server::Node;
 use tonic::{Request, Response, Status};
-use volume_core::node::{PublishOptions, StageOptions};
+use volume_core::manager::node::{PublishOptions, StageOptions};
 
-use volume_core::ephemeral::is_ephemeral;
+use volume_core::manager::ephemeral::is_ephemeral;
 
 use crate::driver::Driver;
 use crate::grpc::convert::{

@@ -6,9 +6,9 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use volume_core::VolumeRecord;
+use volume_core::manager::node::{PublishOptions, StageOptions};
 use volume_core::model::VolumeHealth;
 use volume_core::model::VolumeUsage;
-use volume_core::node::{PublishOptions, StageOptions};
 
 use super::{Caller, Result, Volumes};
 

@@ -2,8 +2,8 @@
 //! the health of a staged volume parses mountinfo and sysfs), pages of volumes and
 //! snapshots, the capacity for a StorageClass, and whether the pool is usable.
 
+use volume_core::manager::snapshot::SnapshotFilter;
 use volume_core::model::{Layout, VolumeHealth};
-use volume_core::snapshot::SnapshotFilter;
 use volume_core::{SnapshotRecord, VolumeManager, VolumeParams, VolumeRecord};
 
 use super::{Caller, Result, Volumes};

@@ -1,6 +1,6 @@
 //! The volume manager: the controller-side operations (create, delete, list, get,
 //! capacity) over a pool and the metadata store. Node-side operations live in
-//! [`crate::node`], recovery after a restart in [`crate::reconcile`].
+//! [`crate::manager::node`], recovery after a restart in [`crate::manager::reconcile`].
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -358,8 +358,19 @@ impl VolumeManager {
     }
 }
 
+pub mod attachment;
+pub mod container;
 mod create;
 mod delete;
+pub mod ephemeral;
+pub mod expand;
+pub mod failover;
+pub mod modify;
+pub mod node;
+pub mod plugin_mounts;
+pub mod rebuild;
+pub mod reconcile;
+pub mod snapshot;
 
 #[cfg(test)]
 pub(crate) mod tests;

@@ -7,7 +7,7 @@
 //! its snapshots copies in the pool, and a btrfs pool takes chunk diffs of loop
 //! volumes; otherwise both ends must use the same kind. The transport
 //! (gRPC), the schedule and the peers are the daemon's (stowage-daemon); promotion and split brain are
-//! in [`crate::failover`].
+//! in [`crate::manager::failover`].
 //!
 //! Layout (each `data` a read-only subvolume):
 //! ```text

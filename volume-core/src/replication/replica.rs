@@ -109,7 +109,7 @@ impl VolumeManager {
             .map(|(_, g)| g)
             .unwrap_or(0)
             .max(header.generation);
-        if newest_generation > crate::failover::max_plausible_generation() {
+        if newest_generation > crate::manager::failover::max_plausible_generation() {
             return Err(Error::InvalidArgument(format!(
                 "generation {newest_generation} of {} is beyond any promotion's clock",
                 header.volume_id

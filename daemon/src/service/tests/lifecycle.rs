@@ -191,13 +191,16 @@ async fn modify_changes_mutable_parameters() {
         .modify(
             Caller::Person,
             "a",
-            BTreeMap::from([(volume_core::modify::COMPRESSION.to_string(), "zstd".into())]),
+            BTreeMap::from([(
+                volume_core::manager::modify::COMPRESSION.to_string(),
+                "zstd".into(),
+            )]),
         )
         .await
         .unwrap();
     assert_eq!(
         rec.mutable_parameters
-            .get(volume_core::modify::COMPRESSION)
+            .get(volume_core::manager::modify::COMPRESSION)
             .map(String::as_str),
         Some("zstd")
     );

@@ -4,7 +4,7 @@ use super::*;
 
 #[tokio::test]
 async fn a_volume_is_staged_published_and_taken_down_on_this_node() {
-    use volume_core::node::{PublishOptions, StageOptions};
+    use volume_core::manager::node::{PublishOptions, StageOptions};
     let f = fixture();
     let v = f
         .volumes
@@ -65,8 +65,8 @@ async fn a_volume_is_staged_published_and_taken_down_on_this_node() {
 
 #[tokio::test]
 async fn an_inline_volume_lives_from_publish_to_unpublish_and_its_layers_must_exist() {
-    use volume_core::ephemeral::EPHEMERAL_KEY;
-    use volume_core::node::PublishOptions;
+    use volume_core::manager::ephemeral::EPHEMERAL_KEY;
+    use volume_core::manager::node::PublishOptions;
     let f = fixture();
     let target = f.dir.path().join("pod/inline");
     let ctx = HashMap::from([

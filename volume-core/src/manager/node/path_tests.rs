@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::Error;
+use crate::manager::node::{PublishOptions, StageOptions};
 use crate::manager::tests::{Fixture, fixture, req};
-use crate::node::{PublishOptions, StageOptions};
 use crate::os::mount::Mounter;
 
 fn stage(f: &Fixture, id: &str, path: &Path) -> crate::Result<()> {

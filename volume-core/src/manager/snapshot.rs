@@ -319,9 +319,9 @@ impl VolumeManager {
 mod tests {
     use super::SnapshotFilter;
     use crate::error::Error;
+    use crate::manager::node::StageOptions;
     use crate::manager::tests::{fixture, req};
     use crate::model::ContentSource;
-    use crate::node::StageOptions;
 
     #[test]
     fn snapshot_is_idempotent_by_name_and_source_and_survives_its_volume() {

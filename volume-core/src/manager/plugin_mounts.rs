@@ -14,9 +14,9 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, IoContext, Result};
 use crate::guard::OperationGuard;
+use crate::manager::node::StageOptions;
 use crate::manager::{VolumeManager, is_valid_id};
 use crate::model::{VolumeRecord, VolumeState};
-use crate::node::StageOptions;
 
 /// Longest caller id accepted (Docker's container ids are 64 hex digits).
 pub const MAX_CALLER_LEN: usize = 256;
@@ -78,7 +78,7 @@ impl VolumeManager {
             require_attachment: false,
             ..Default::default()
         };
-        if let Err(e) = self.stage_from(id, &path, &opts, crate::node::Origin::Daemon) {
+        if let Err(e) = self.stage_from(id, &path, &opts, crate::manager::node::Origin::Daemon) {
             if added {
                 match self.update_plugin_callers(id, |callers| callers.retain(|c| c != caller)) {
                     Ok(()) => {}
@@ -156,8 +156,8 @@ fn require_absolute_root(root: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::manager::node::StageOptions;
     use crate::manager::tests::{fixture, req};
-    use crate::node::StageOptions;
 
     #[test]
     fn first_caller_stages_last_caller_unstages() {

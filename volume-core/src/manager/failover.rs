@@ -450,7 +450,7 @@ mod tests {
         b.reconcile().unwrap();
         assert!(b.list_replicas().unwrap().is_empty());
         assert!(!b.replica_dir(&v.id).exists());
-        let moved = super::super::replication::names_in(&b.replication_dir(&v.id)).unwrap();
+        let moved = crate::replication::names_in(&b.replication_dir(&v.id)).unwrap();
         assert_eq!(moved, vec!["1-g1".to_string()]);
         assert!(!b.replication_dir(&v.id).join("incoming-x").exists());
         // Deleting the promoted volume leaves nothing behind.

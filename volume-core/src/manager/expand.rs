@@ -64,7 +64,7 @@ impl VolumeManager {
     pub fn expand_on_node(&self, id: &str, path: &Path) -> Result<u64> {
         let _guard = self.claim(id)?;
         let mut rec = self.get(id)?;
-        let path = &crate::node::volume_path(id, path)?;
+        let path = &crate::manager::node::volume_path(id, path)?;
         let known = rec.staging.as_ref().is_some_and(|s| s.path == *path)
             || rec.publications.iter().any(|p| p.target == *path);
         if !known {
@@ -111,7 +111,7 @@ impl VolumeManager {
         // The growing tool is given the mount through a descriptor resolved without
         // links, once it is known to be this volume's.
         let mount = crate::os::MountPoint::open(&stage.path)
-            .map_err(|e| crate::node::resolve_err(&stage.path, "staging path", e))?;
+            .map_err(|e| crate::manager::node::resolve_err(&stage.path, "staging path", e))?;
         if !self.is_staged_in_place(rec)? {
             return Err(Error::FailedPrecondition(format!(
                 "volume {} is not mounted at its staging path {}",
@@ -140,8 +140,8 @@ impl VolumeManager {
 #[cfg(test)]
 mod tests {
     use crate::error::Error;
+    use crate::manager::node::StageOptions;
     use crate::manager::tests::{fixture, req};
-    use crate::node::StageOptions;
 
     #[test]
     fn dir_expansion_raises_the_limit_without_node_work() {

@@ -7,8 +7,8 @@ use std::path::Path;
 
 use crate::error::{Error, IoContext, Result};
 use crate::manager::VolumeManager;
+use crate::manager::node::StageOptions;
 use crate::model::{ContainerMount, VolumeKind, VolumeRecord};
-use crate::node::StageOptions;
 use crate::os::nsmount::NsRequest;
 
 impl VolumeManager {
@@ -25,7 +25,7 @@ impl VolumeManager {
                 "pid {pid} is not a process id"
             )));
         }
-        let target = crate::node::path_arg(target, "target inside the container")?;
+        let target = crate::manager::node::path_arg(target, "target inside the container")?;
         let target = target.as_path();
         let rec = self.resolve(volume)?;
         if rec.kind == VolumeKind::Image {
@@ -73,7 +73,7 @@ impl VolumeManager {
                     &rec.id,
                     &path,
                     &StageOptions::default(),
-                    crate::node::Origin::Daemon,
+                    crate::manager::node::Origin::Daemon,
                 )?;
                 path
             }
@@ -141,7 +141,7 @@ impl VolumeManager {
 
     /// Unmounts `volume` from `target` in `pid`'s mount namespace.
     pub fn detach_from(&self, volume: &str, pid: i32, target: &Path) -> Result<()> {
-        let target = crate::node::path_arg(target, "target inside the container")?;
+        let target = crate::manager::node::path_arg(target, "target inside the container")?;
         let target = target.as_path();
         let rec = self.resolve(volume)?;
         {
@@ -365,7 +365,11 @@ mod tests {
         let v = f.mgr.create(&req("s", "dir", 1 << 20)).unwrap();
         let staging = f.dir.path().join("csi-staging");
         f.mgr
-            .stage(&v.id, &staging, &crate::node::StageOptions::default())
+            .stage(
+                &v.id,
+                &staging,
+                &crate::manager::node::StageOptions::default(),
+            )
             .unwrap();
         f.mgr.attach_into("s", 9, "/data".as_ref(), false).unwrap();
         let err = f.mgr.unstage(&v.id, &staging).unwrap_err();

@@ -1,6 +1,6 @@
 use crate::error::Error;
+use crate::manager::node::{PublishOptions, StageOptions};
 use crate::manager::tests::{fixture, req};
-use crate::node::{PublishOptions, StageOptions};
 
 #[test]
 fn loop_stage_attaches_and_mounts_once_and_unstage_undoes_it() {

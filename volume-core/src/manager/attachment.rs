@@ -86,8 +86,8 @@ impl VolumeManager {
 #[cfg(test)]
 mod tests {
     use crate::error::Error;
+    use crate::manager::node::StageOptions;
     use crate::manager::tests::{fixture, req};
-    use crate::node::StageOptions;
 
     #[test]
     fn attach_rules() {

@@ -7,9 +7,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::manager::node::{PublishOptions, StageOptions};
 use crate::manager::{CreateRequest, VolumeManager};
 use crate::model::VolumeRecord;
-use crate::node::{PublishOptions, StageOptions};
 use crate::params::{K8S_PREFIX, VolumeParams};
 use crate::size::parse_size;
 
@@ -65,7 +65,12 @@ impl VolumeManager {
             ..Default::default()
         };
         let result = self
-            .stage_from(&rec.id, &staging, &stage, crate::node::Origin::Daemon)
+            .stage_from(
+                &rec.id,
+                &staging,
+                &stage,
+                crate::manager::node::Origin::Daemon,
+            )
             .and_then(|()| self.publish(&rec.id, &staging, target, opts));
         if let Err(e) = result {
             // Nothing of an inline volume may outlive a failed publish.

@@ -8,8 +8,8 @@ use std::path::PathBuf;
 
 use crate::error::{IoContext, Result};
 use crate::manager::VolumeManager;
+use crate::manager::node::PublishOptions;
 use crate::model::{GroupSnapshotRecord, SnapshotRecord, VolumeKind, VolumeRecord, VolumeState};
-use crate::node::PublishOptions;
 
 /// What reconciliation found and did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -214,9 +214,9 @@ impl VolumeManager {
 
 #[cfg(test)]
 mod tests {
+    use crate::manager::node::{PublishOptions, StageOptions};
     use crate::manager::tests::{fixture, req};
     use crate::model::{VolumeKind, VolumeRecord, VolumeState};
-    use crate::node::{PublishOptions, StageOptions};
 
     #[test]
     fn interrupted_create_is_rolled_back_and_delete_finished() {
