@@ -275,3 +275,51 @@ async fn a_person_waits_out_a_busy_volume_an_orchestrator_does_not() {
         .expect("a person's call waits for the claim to end");
     holder.join().unwrap();
 }
+
+#[tokio::test]
+async fn snapshots_are_listed_by_source_and_read_by_id_or_name() {
+    use volume_core::manager::snapshot::SnapshotFilter;
+    let f = fixture();
+    let mut ids = Vec::new();
+    for name in ["a", "b"] {
+        let v = f
+            .volumes
+            .create(Caller::Person, new_volume(name, "dir", 1 << 20))
+            .await
+            .unwrap();
+        ids.push(v.id);
+    }
+    let sa = f.volumes.snapshot(Caller::Person, "a", "sa").await.unwrap();
+    f.volumes.snapshot(Caller::Person, "b", "sb").await.unwrap();
+    let all = f
+        .volumes
+        .snapshots(Caller::Orchestrator, SnapshotFilter::default(), None, 10)
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 2);
+    let of_a = SnapshotFilter {
+        snapshot_id: None,
+        source_volume_id: Some(ids[0].clone()),
+    };
+    let only_a = f
+        .volumes
+        .snapshots(Caller::Orchestrator, of_a, None, 10)
+        .await
+        .unwrap();
+    assert_eq!(only_a.len(), 1);
+    assert_eq!(only_a[0].id, sa.id);
+    assert_eq!(
+        f.volumes
+            .get_snapshot(Caller::Person, "sa")
+            .await
+            .unwrap()
+            .id,
+        sa.id
+    );
+    let by_name = f
+        .volumes
+        .get_snapshot(Caller::Orchestrator, "sa")
+        .await
+        .unwrap_err();
+    assert_eq!(code(by_name), Code::NotFound);
+}

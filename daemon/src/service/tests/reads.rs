@@ -195,3 +195,25 @@ async fn a_peer_sees_free_space_and_holdings_and_cannot_resume_nothing() {
     let e = f.volumes.receive(header, 4096, rx).await.unwrap_err();
     assert_eq!(code(e), Code::FailedPrecondition);
 }
+
+#[tokio::test]
+async fn detaching_what_is_not_attached_into_a_container_is_refused() {
+    let f = fixture();
+    f.volumes
+        .create(Caller::Person, new_volume("a", "dir", 1 << 20))
+        .await
+        .unwrap();
+    let e = f
+        .volumes
+        .detach_from("a", 0, f.dir.path().join("t"))
+        .await
+        .unwrap_err();
+    // Not attached there: nothing to undo, and the caller is told so.
+    assert_eq!(code(e), Code::FailedPrecondition);
+    let missing = f
+        .volumes
+        .detach_from("nothing", 1, f.dir.path().join("t"))
+        .await
+        .unwrap_err();
+    assert_eq!(code(missing), Code::NotFound);
+}
