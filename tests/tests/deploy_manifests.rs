@@ -638,27 +638,22 @@ fn csidriver_matches_what_the_driver_advertises() {
         .iter()
         .map(|m| m.as_str().unwrap())
         .collect();
-    let ephemeral_supported = repo_path("volume-core/src/ephemeral.rs").exists();
+    // The driver makes inline ephemeral volumes (volume-core's manager::ephemeral, which
+    // this test names, so it cannot build without it).
     assert_eq!(
         modes,
-        if ephemeral_supported {
-            BTreeSet::from(["Persistent", "Ephemeral"])
-        } else {
-            BTreeSet::from(["Persistent"])
-        },
+        BTreeSet::from(["Persistent", "Ephemeral"]),
         "volumeLifecycleModes"
     );
-    if ephemeral_supported {
-        assert_eq!(
-            volume_core::manager::ephemeral::EPHEMERAL_KEY,
-            "csi.storage.k8s.io/ephemeral"
-        );
-        assert!(
-            bool_field("podInfoOnMount"),
-            "Ephemeral needs podInfoOnMount: kubelet passes {} only with pod info",
-            volume_core::manager::ephemeral::EPHEMERAL_KEY
-        );
-    }
+    assert_eq!(
+        volume_core::manager::ephemeral::EPHEMERAL_KEY,
+        "csi.storage.k8s.io/ephemeral"
+    );
+    assert!(
+        bool_field("podInfoOnMount"),
+        "Ephemeral needs podInfoOnMount: kubelet passes {} only with pod info",
+        volume_core::manager::ephemeral::EPHEMERAL_KEY
+    );
 
     // The scheduler uses CSIStorageCapacity only if told to; it needs GetCapacity and
     // a topology to publish capacity per node.
