@@ -80,11 +80,7 @@ async fn replication_in_mutable_parameters_places_copies_and_without_peers_is_ex
 #[tokio::test]
 async fn create_from_a_snapshot_and_copy_of_a_volume() {
     let f = fixture();
-    let src = f
-        .volumes
-        .create(Caller::Person, new_volume("src", "dir", 4 << 20))
-        .await
-        .unwrap();
+    let src = made(&f, "src", "dir", 4 << 20).await;
     let snap = f
         .volumes
         .snapshot(Caller::Person, "src", "s1")
@@ -122,11 +118,7 @@ async fn create_from_a_snapshot_and_copy_of_a_volume() {
 #[tokio::test]
 async fn a_person_names_volumes_an_orchestrator_gives_ids() {
     let f = fixture();
-    let a = f
-        .volumes
-        .create(Caller::Person, new_volume("a", "dir", 1 << 20))
-        .await
-        .unwrap();
+    let a = made(&f, "a", "dir", 1 << 20).await;
     assert_eq!(f.volumes.get(Caller::Person, "a").await.unwrap().id, a.id);
     assert_eq!(
         f.volumes.get(Caller::Orchestrator, &a.id).await.unwrap().id,
@@ -139,11 +131,7 @@ async fn a_person_names_volumes_an_orchestrator_gives_ids() {
 #[tokio::test]
 async fn delete_is_idempotent_for_an_orchestrator_and_not_found_for_a_person() {
     let f = fixture();
-    let a = f
-        .volumes
-        .create(Caller::Person, new_volume("a", "dir", 1 << 20))
-        .await
-        .unwrap();
+    let a = made(&f, "a", "dir", 1 << 20).await;
     f.volumes.delete(Caller::Person, "a").await.unwrap();
     assert!(!f.volumes.driver().manager.pool().volume_dir(&a.id).exists());
     f.volumes.delete(Caller::Orchestrator, &a.id).await.unwrap();
@@ -154,11 +142,7 @@ async fn delete_is_idempotent_for_an_orchestrator_and_not_found_for_a_person() {
 #[tokio::test]
 async fn expand_grows_the_volume_and_its_limit() {
     let f = fixture();
-    let a = f
-        .volumes
-        .create(Caller::Person, new_volume("a", "dir", 1 << 20))
-        .await
-        .unwrap();
+    let a = made(&f, "a", "dir", 1 << 20).await;
     let grown = f
         .volumes
         .expand(Caller::Orchestrator, &a.id, 3 << 20, 0)
@@ -182,10 +166,7 @@ async fn expand_grows_the_volume_and_its_limit() {
 #[tokio::test]
 async fn modify_changes_mutable_parameters() {
     let f = fixture();
-    f.volumes
-        .create(Caller::Person, new_volume("a", "dir", 1 << 20))
-        .await
-        .unwrap();
+    made(&f, "a", "dir", 1 << 20).await;
     let rec = f
         .volumes
         .modify(
@@ -219,11 +200,7 @@ async fn modify_changes_mutable_parameters() {
 #[tokio::test]
 async fn snapshots_are_taken_and_deleted_by_name_or_id() {
     let f = fixture();
-    let a = f
-        .volumes
-        .create(Caller::Person, new_volume("a", "dir", 1 << 20))
-        .await
-        .unwrap();
+    let a = made(&f, "a", "dir", 1 << 20).await;
     let s = f
         .volumes
         .snapshot(Caller::Orchestrator, &a.id, "s")
@@ -249,11 +226,7 @@ async fn snapshots_are_taken_and_deleted_by_name_or_id() {
 #[tokio::test]
 async fn a_person_waits_out_a_busy_volume_an_orchestrator_does_not() {
     let f = fixture();
-    let a = f
-        .volumes
-        .create(Caller::Person, new_volume("a", "dir", 1 << 20))
-        .await
-        .unwrap();
+    let a = made(&f, "a", "dir", 1 << 20).await;
     let manager = Arc::clone(&f.volumes.driver().manager);
     let (held_tx, held_rx) = std::sync::mpsc::channel();
     let id = a.id.clone();

@@ -73,6 +73,14 @@ fn new_volume(name: &str, kind: &str, bytes: u64) -> NewVolume {
     }
 }
 
+/// A volume a person made (name, kind, bytes).
+async fn made(f: &Fixture, name: &str, kind: &str, bytes: u64) -> volume_core::VolumeRecord {
+    f.volumes
+        .create(Caller::Person, new_volume(name, kind, bytes))
+        .await
+        .unwrap()
+}
+
 fn code(e: Error) -> Code {
     tonic::Status::from(e).code()
 }

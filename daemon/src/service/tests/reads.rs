@@ -199,10 +199,7 @@ async fn a_peer_sees_free_space_and_holdings_and_cannot_resume_nothing() {
 #[tokio::test]
 async fn detaching_what_is_not_attached_into_a_container_is_refused() {
     let f = fixture();
-    f.volumes
-        .create(Caller::Person, new_volume("a", "dir", 1 << 20))
-        .await
-        .unwrap();
+    made(&f, "a", "dir", 1 << 20).await;
     let e = f
         .volumes
         .detach_from("a", 0, f.dir.path().join("t"))
