@@ -1349,6 +1349,9 @@ fn rbac_covers_what_the_sidecars_do() {
         need(&cluster, r, "", "persistentvolumes", "get list watch patch");
         need(&cluster, r, "", "persistentvolumeclaims", "get list watch");
         need(&cluster, r, "", "persistentvolumeclaims/status", "patch");
+        // It lists the pods that use a PVC (online expansion, ModifyVolume); without
+        // this, an expansion never happens and only the resizer's log says why.
+        need(&cluster, r, "", "pods", "get list watch");
         need(
             &cluster,
             r,
