@@ -159,7 +159,7 @@ async fn three_hosts_replicate_resume_fail_over_and_resolve_split_brain() {
     assert_eq!(v["generation"], 1);
     assert_eq!(v["replication_interval_secs"], INTERVAL);
     assert_eq!(replica_nodes(&v), ["b", "c"]);
-    // CSI reports where the volume (and so its copies) can be used.
+    // CSI reports only where the volume can be staged: its primary, not the replicas.
     let got = controller_volume(&a, &id).await;
     let mut topo: Vec<String> = got
         .volume
@@ -169,7 +169,7 @@ async fn three_hosts_replicate_resume_fail_over_and_resolve_split_brain() {
         .map(|t| t.segments[stowage_daemon::TOPOLOGY_KEY].clone())
         .collect();
     topo.sort();
-    assert_eq!(topo, ["a", "b", "c"]);
+    assert_eq!(topo, ["a"]);
 
     // --- Written on the primary, on both replicas within two intervals. ---
     let vol_dir = a.volume_dir(&id);

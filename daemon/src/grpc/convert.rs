@@ -2,15 +2,12 @@
 //! snapshots, conditions, content sources; reading a volume capability) and
 //! stowage.proto's admin views.
 
-use std::collections::HashMap;
-
 use layer_store::LayerInfo;
 use stowage_proto::csi::v1 as csi;
 use stowage_proto::stowage::v1 as pb;
 use volume_core::model::VolumeHealth;
 use volume_core::{ContentSource, SnapshotRecord, VolumeRecord};
 
-use crate::TOPOLOGY_KEY;
 use crate::driver::Driver;
 use crate::service::VolumeView;
 
@@ -30,16 +27,10 @@ pub fn csi_volume(driver: &Driver, rec: &VolumeRecord) -> csi::Volume {
             )))
             .collect(),
         content_source: rec.content_source.as_ref().map(content_source),
-        accessible_topology: std::iter::once(driver.topology())
-            .chain(
-                rec.replication
-                    .iter()
-                    .flat_map(|s| &s.nodes)
-                    .map(|n| csi::Topology {
-                        segments: HashMap::from([(TOPOLOGY_KEY.to_string(), n.clone())]),
-                    }),
-            )
-            .collect(),
+        // Only where the volume can be staged: this node, its primary. A replica node
+        // holds a copy it cannot stage until promoted (a scheduler told otherwise puts
+        // pods where NodeStage fails).
+        accessible_topology: vec![driver.topology()],
     }
 }
 
@@ -223,5 +214,36 @@ pub fn to_pb_snapshot(s: &SnapshotRecord) -> pb::Snapshot {
         size_bytes: s.size_bytes,
         created_at: s.created_at,
         group_id: s.group_id.clone().unwrap_or_default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::TOPOLOGY_KEY;
+    use crate::service::Caller;
+    use crate::service::tests::volumes;
+
+    #[tokio::test]
+    async fn a_replicated_volume_is_accessible_only_where_it_can_be_staged() {
+        let (_dir, volumes) = volumes();
+        let mut new = crate::service::NewVolume {
+            name: "rep".into(),
+            required_bytes: 1 << 20,
+            ..Default::default()
+        };
+        new.parameters.insert("kind".into(), "dir".into());
+        let mut rec = volumes.create(Caller::Orchestrator, new).await.unwrap();
+        rec.replication = Some(volume_core::ReplicationSpec {
+            copies: 3,
+            interval_secs: 60,
+            nodes: vec!["b".into(), "c".into()],
+        });
+        let topology = csi_volume(volumes.driver(), &rec).accessible_topology;
+        assert_eq!(topology.len(), 1, "{topology:?}");
+        assert_eq!(
+            topology[0].segments[TOPOLOGY_KEY],
+            volumes.driver().config.node_id
+        );
     }
 }
