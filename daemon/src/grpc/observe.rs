@@ -40,7 +40,7 @@ pub fn method_label(path: &str) -> String {
     }
 }
 
-/// The layer: add it to a tonic server builder with `.layer(Observe::layer(metrics))`.
+/// The layer: add it to a tonic server builder with `.layer(ObserveLayer::new(metrics))`.
 #[derive(Debug, Clone)]
 pub struct ObserveLayer {
     metrics: Arc<Metrics>,

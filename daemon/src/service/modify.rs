@@ -16,10 +16,13 @@ impl Volumes {
         volume: &str,
         params: BTreeMap<String, String>,
     ) -> Result<VolumeRecord> {
-        let id = self.get(caller, volume).await?.id;
-        let (id2, p2) = (id.clone(), params.clone());
-        let (need, have) = self
-            .run(caller, move |m| m.replica_nodes_wanted(&id2, &p2))
+        let (volume, wanted) = (volume.to_string(), params.clone());
+        let (id, need, have) = self
+            .run(caller, move |m| {
+                let id = caller.find(m, &volume)?.id;
+                let (need, have) = m.replica_nodes_wanted(&id, &wanted)?;
+                Ok((id, need, have))
+            })
             .await?;
         let new_nodes = crate::replication::place(&self.driver, need, &have)
             .await

@@ -8,15 +8,15 @@ impl Volumes {
     /// an orchestrator (CSI's DeleteVolume is idempotent); a person is told it is not
     /// there.
     pub async fn delete(&self, caller: Caller, volume: &str) -> Result<()> {
-        let id = match caller {
-            Caller::Orchestrator => volume.to_string(),
-            Caller::Person => self.get(caller, volume).await?.id,
-        };
-        let id2 = id.clone();
+        let volume = volume.to_string();
         let rec = self
             .run(caller, move |m| {
-                let rec = m.get(&id2).ok();
-                m.delete(&id2).map(|()| rec)
+                let rec = match caller {
+                    Caller::Orchestrator => m.get(&volume).ok(),
+                    Caller::Person => Some(m.resolve(&volume)?),
+                };
+                let id = rec.as_ref().map_or(volume.as_str(), |r| r.id.as_str());
+                m.delete(id).map(|()| rec)
             })
             .await?;
         if let Some(rec) = rec
@@ -24,7 +24,7 @@ impl Volumes {
         {
             crate::replication::drop_copies(
                 &self.driver,
-                &id,
+                &rec.id,
                 rec.generation.max(1),
                 spec.nodes.clone(),
             );
