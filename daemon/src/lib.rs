@@ -5,6 +5,7 @@
 //! the glue the `stowaged` binary wires together. The `vol` CLI is its own crate
 //! (`stowage-cli`).
 
+pub mod cluster;
 pub mod driver;
 pub mod endpoint;
 pub mod grpc;

@@ -113,6 +113,12 @@ struct Args {
     /// A peer daemon, NODE_ID=HOST:PORT (its --peer-listen address); repeatable.
     #[arg(long = "peer", value_name = "NODE_ID=HOST:PORT")]
     peers: Vec<String>,
+    /// Run as the cluster controller instead: serve only CSI Identity and Controller
+    /// on --endpoint, carrying each call to the daemon of the node that owns the
+    /// volume (the --peer list; --cluster-secret-file and the peer TLS flags apply).
+    /// Opens no pool and ignores the node flags.
+    #[arg(long, env = "STOWAGE_CLUSTER_CONTROLLER")]
+    cluster_controller: bool,
     /// Log format.
     #[arg(long, env = "STOWAGE_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -216,24 +222,13 @@ fn main() -> anyhow::Result<()> {
         .block_on(run())
 }
 
-async fn run() -> anyhow::Result<()> {
-    let args = Args::parse();
-    init_tracing(args.log_format);
-    let layout = StateLayout::create(&args.state_dir)?;
-    let pool = pool_config(&args, &layout)?;
-    refuse_to_strand_host_images(&pool, &layout.host_images())?;
-    let node_id = match &args.node_id {
-        Some(n) => n.clone(),
-        None => nix::unistd::gethostname()
-            .context("host name for --node-id")?
-            .to_string_lossy()
-            .into_owned(),
-    };
-    let helper = std::env::current_exe().context("find own executable for the namespace helper")?;
-    let overlay_program = match &args.overlay_program {
-        Some(p) => std::path::absolute(p).context("--overlay-program")?,
-        None => helper.with_file_name("stowage-overlay"),
-    };
+/// The cluster secret and the configured peers of `args`.
+fn peer_config(
+    args: &Args,
+) -> anyhow::Result<(
+    Option<stowage_daemon::replication::link::ClusterSecret>,
+    stowage_daemon::replication::link::Peers,
+)> {
     let secret = match &args.cluster_secret_file {
         Some(path) => Some(stowage_daemon::replication::link::ClusterSecret::from_file(
             path,
@@ -251,6 +246,69 @@ async fn run() -> anyhow::Result<()> {
         (None, None, None) => None,
         _ => anyhow::bail!("--peer-tls-cert, --peer-tls-key and --peer-tls-ca go together"),
     };
+    Ok((secret, peers))
+}
+
+/// `--cluster-controller`: the CSI Controller of the whole cluster, no pool.
+async fn run_cluster_controller(args: &Args) -> anyhow::Result<()> {
+    let (_, peers) = peer_config(args)?;
+    if peers.addrs.is_empty() || peers.secret.is_none() {
+        anyhow::bail!(
+            "--cluster-controller needs the nodes' peer listeners (--peer NODE_ID=HOST:PORT) \
+             and --cluster-secret-file"
+        );
+    }
+    let nodes: Vec<String> = peers.addrs.keys().cloned().collect();
+    let cluster = stowage_daemon::cluster::Cluster::new(peers);
+    let socket = socket_path(&args.endpoint)?;
+    let listener = bind_private(&socket)?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    tracing::info!(endpoint = %args.endpoint, ?nodes, version = env!("CARGO_PKG_VERSION"), "serving the cluster controller");
+    let metrics = Arc::new(stowage_daemon::metrics::Metrics::new());
+    let grace = {
+        let stop = stopped(stop_rx.clone());
+        async move {
+            stop.await;
+            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        }
+    };
+    tokio::select! {
+        served = stowage_daemon::cluster::serve(cluster, metrics, listener, stopped(stop_rx)) => served?,
+        () = grace => tracing::info!("clients still connected after 2 s; exiting"),
+    }
+    let _ = std::fs::remove_file(&socket);
+    Ok(())
+}
+
+async fn run() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_tracing(args.log_format);
+    if args.cluster_controller {
+        return run_cluster_controller(&args).await;
+    }
+    let layout = StateLayout::create(&args.state_dir)?;
+    let pool = pool_config(&args, &layout)?;
+    refuse_to_strand_host_images(&pool, &layout.host_images())?;
+    let node_id = match &args.node_id {
+        Some(n) => n.clone(),
+        None => nix::unistd::gethostname()
+            .context("host name for --node-id")?
+            .to_string_lossy()
+            .into_owned(),
+    };
+    let helper = std::env::current_exe().context("find own executable for the namespace helper")?;
+    let overlay_program = match &args.overlay_program {
+        Some(p) => std::path::absolute(p).context("--overlay-program")?,
+        None => helper.with_file_name("stowage-overlay"),
+    };
+    let (secret, peers) = peer_config(&args)?;
     let peer_addr_file = layout.root.join("peer.addr");
     let config = DriverConfig {
         node_id: node_id.clone(),

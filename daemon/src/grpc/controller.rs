@@ -66,6 +66,37 @@ fn to_btree(m: &std::collections::HashMap<String, String>) -> BTreeMap<String, S
     m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
 }
 
+/// The Controller capabilities of a node daemon (and of a cluster controller, which
+/// carries every call to one).
+pub fn capabilities() -> Vec<csi::ControllerServiceCapability> {
+    use csi::controller_service_capability::rpc::Type;
+    let cap = |t: Type| csi::ControllerServiceCapability {
+        r#type: Some(csi::controller_service_capability::Type::Rpc(
+            csi::controller_service_capability::Rpc { r#type: t as i32 },
+        )),
+    };
+    [
+        Type::CreateDeleteVolume,
+        Type::PublishUnpublishVolume,
+        Type::ListVolumes,
+        Type::GetCapacity,
+        Type::CreateDeleteSnapshot,
+        Type::ListSnapshots,
+        Type::CloneVolume,
+        Type::PublishReadonly,
+        Type::ExpandVolume,
+        Type::ListVolumesPublishedNodes,
+        Type::VolumeCondition,
+        Type::GetVolume,
+        Type::SingleNodeMultiWriter,
+        Type::GetSnapshot,
+        Type::ModifyVolume,
+    ]
+    .into_iter()
+    .map(cap)
+    .collect()
+}
+
 #[tonic::async_trait]
 impl Controller for ControllerService {
     async fn create_volume(
@@ -322,34 +353,9 @@ impl Controller for ControllerService {
         &self,
         _request: Request<csi::ControllerGetCapabilitiesRequest>,
     ) -> Result<Response<csi::ControllerGetCapabilitiesResponse>, Status> {
-        use csi::controller_service_capability::rpc::Type;
-        let cap = |t: Type| csi::ControllerServiceCapability {
-            r#type: Some(csi::controller_service_capability::Type::Rpc(
-                csi::controller_service_capability::Rpc { r#type: t as i32 },
-            )),
-        };
         crate::grpc::rpc::respond(async {
             Ok(csi::ControllerGetCapabilitiesResponse {
-                capabilities: [
-                    Type::CreateDeleteVolume,
-                    Type::PublishUnpublishVolume,
-                    Type::ListVolumes,
-                    Type::GetCapacity,
-                    Type::CreateDeleteSnapshot,
-                    Type::ListSnapshots,
-                    Type::CloneVolume,
-                    Type::PublishReadonly,
-                    Type::ExpandVolume,
-                    Type::ListVolumesPublishedNodes,
-                    Type::VolumeCondition,
-                    Type::GetVolume,
-                    Type::SingleNodeMultiWriter,
-                    Type::GetSnapshot,
-                    Type::ModifyVolume,
-                ]
-                .into_iter()
-                .map(cap)
-                .collect(),
+                capabilities: capabilities(),
             })
         })
         .await

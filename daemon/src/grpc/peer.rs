@@ -1,11 +1,13 @@
 //! The peer service (stowage.proto `Peer`): what daemons say to each other over TCP,
-//! as translations onto the service layer. [`PeerAuth`] refuses a call without the
+//! as translations onto the service layer. The same listener serves the CSI
+//! Controller, for a cluster controller to carry calls to this node. [`PeerAuth`] refuses a call without the
 //! cluster secret with UNAUTHENTICATED, comparing blake3 digests (constant-time
 //! equality) and logging the refusal with the caller's address, never the secret.
 
 use std::future::Future;
 use std::sync::Arc;
 
+use stowage_proto::csi::v1::controller_server::ControllerServer;
 use stowage_proto::stowage::v1 as pb;
 use stowage_proto::stowage::v1::peer_server::{Peer, PeerServer};
 use stowage_proto::stowage::v1::snapshot_chunk::Part;
@@ -15,6 +17,7 @@ use volume_core::replication::{Holding, IncomingHeader};
 use volume_core::{FsType, VolumeKind};
 
 use crate::driver::Driver;
+use crate::grpc::controller::ControllerService;
 use crate::replication::link::{ClusterSecret, KEEPALIVE, MAX_CHUNK, SECRET_METADATA_KEY, WINDOW};
 use crate::service::Volumes;
 use crate::service::peers::{Incoming, Received};
@@ -229,6 +232,14 @@ pub async fn serve(
 ) -> Result<(), tonic::transport::Error> {
     let tls = driver.config.peers.tls.clone();
     let observe = crate::grpc::observe::ObserveLayer::new(Arc::clone(&driver.metrics));
+    // The CSI Controller on the same listener, behind the same secret: what a
+    // cluster controller (`stowaged --cluster-controller`) carries its calls to.
+    let controller = ControllerServer::with_interceptor(
+        ControllerService::new(Arc::clone(&driver)),
+        PeerAuth {
+            secret: secret.clone(),
+        },
+    );
     let service = PeerServer::with_interceptor(
         PeerService {
             volumes: Volumes::new(Arc::clone(&driver)),
@@ -247,6 +258,7 @@ pub async fn serve(
         .initial_connection_window_size(Some(2 * WINDOW))
         .layer(observe)
         .add_service(service)
+        .add_service(controller)
         .serve_with_incoming_shutdown(
             // tonic's own `tcp_nodelay` does not reach sockets of a listener passed in:
             // set it on each. Without it, Nagle on the receiver and delayed ACKs on the

@@ -145,6 +145,21 @@ pub async fn connect(
     secret: &ClusterSecret,
     tls: Option<(&PeerTls, &str)>,
 ) -> Result<AuthedPeerClient, PeerError> {
+    let channel = open_channel(addr, tls).await?;
+    Ok(PeerClient::with_interceptor(channel, send_secret(secret)))
+}
+
+/// The interceptor that presents `secret` on every call of a client.
+pub fn send_secret(secret: &ClusterSecret) -> SendSecret {
+    SendSecret {
+        secret: secret.clone(),
+    }
+}
+
+/// An HTTP/2 channel to the peer listener at `addr` (`HOST:PORT`), over TLS checking
+/// the server names `node_id` when `tls` is given. Every service a daemon serves on
+/// its peer listener is reached through such a channel and [`send_secret`].
+pub async fn open_channel(addr: &str, tls: Option<(&PeerTls, &str)>) -> Result<Channel, PeerError> {
     let scheme = if tls.is_some() { "https" } else { "http" };
     let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
         .map_err(|e| PeerError::Connect(addr.to_string(), e))?;
@@ -153,7 +168,7 @@ pub async fn connect(
             .tls_config(tls.client(node_id))
             .map_err(PeerError::Tls)?;
     }
-    let channel = endpoint
+    endpoint
         .connect_timeout(KEEPALIVE)
         .http2_keep_alive_interval(KEEPALIVE)
         .keep_alive_timeout(KEEPALIVE)
@@ -163,13 +178,7 @@ pub async fn connect(
         .initial_connection_window_size(2 * WINDOW)
         .connect()
         .await
-        .map_err(|e| PeerError::Connect(addr.to_string(), e))?;
-    Ok(PeerClient::with_interceptor(
-        channel,
-        SendSecret {
-            secret: secret.clone(),
-        },
-    ))
+        .map_err(|e| PeerError::Connect(addr.to_string(), e))
 }
 
 /// The statically configured peers and the secret to reach them.
@@ -212,6 +221,21 @@ impl Peers {
             .as_ref()
             .ok_or_else(|| PeerError::UnknownPeer(node_id.to_string()))?;
         connect(addr, secret, self.tls.as_ref().map(|t| (t, node_id))).await
+    }
+
+    /// A channel to configured peer `node_id`'s listener and the interceptor that
+    /// presents the secret there, for any service it serves.
+    pub async fn channel(&self, node_id: &str) -> Result<(Channel, SendSecret), PeerError> {
+        let addr = self
+            .addrs
+            .get(node_id)
+            .ok_or_else(|| PeerError::UnknownPeer(node_id.to_string()))?;
+        let secret = self
+            .secret
+            .as_ref()
+            .ok_or_else(|| PeerError::UnknownPeer(node_id.to_string()))?;
+        let channel = open_channel(addr, self.tls.as_ref().map(|t| (t, node_id))).await?;
+        Ok((channel, send_secret(secret)))
     }
 }
 
