@@ -126,12 +126,13 @@ fn string_map(v: Option<&Value>) -> HashMap<String, String> {
 
 // ------------------------------------------------------------------ the code's facts
 
-/// The `Type::X` names listed in the body of `async fn <function>` in `file`.
+/// The `Type::X` names listed in the body of `fn <function>` in `file` (up to the
+/// next `async fn`).
 fn advertised(file: &str, function: &str) -> BTreeSet<String> {
     let src = read(file);
     let start = src
-        .find(&format!("async fn {function}"))
-        .unwrap_or_else(|| panic!("{file}: no async fn {function}"));
+        .find(&format!("fn {function}("))
+        .unwrap_or_else(|| panic!("{file}: no fn {function}"));
     let body = &src[start + 1..];
     let body = &body[..body.find("async fn ").unwrap_or(body.len())];
     let mut found = BTreeSet::new();
@@ -146,10 +147,7 @@ fn advertised(file: &str, function: &str) -> BTreeSet<String> {
 }
 
 fn controller_caps() -> BTreeSet<String> {
-    advertised(
-        "daemon/src/grpc/controller.rs",
-        "controller_get_capabilities",
-    )
+    advertised("daemon/src/grpc/controller.rs", "capabilities")
 }
 
 fn plugin_caps() -> BTreeSet<String> {
