@@ -47,7 +47,7 @@ job "stowage" {
       driver = "docker"
 
       config {
-        image      = "ghcr.io/stowage/stowaged:0.1.0"
+        image      = "localhost/stowage/stowaged:0.1.0"
         privileged = true
         ports      = ["metrics"]
 

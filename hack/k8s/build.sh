@@ -3,10 +3,11 @@
 # proxy, cached:
 #
 #   hack/k8s/build.sh            # prints the bin directory on its last line
+#   hack/k8s/build.sh --no-e2e   # all but e2e.test (what the cluster needs)
 #
 # Everything lands in $STOWAGE_K8S_CACHE (default /var/cache/stowage-k8s):
-#   bin/    kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl
-#           etcd containerd containerd-shim-runc-v2 ctr helm
+#   bin/    kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy
+#           kubectl pause etcd containerd containerd-shim-runc-v2 ctr helm
 #           csi-provisioner csi-snapshotter snapshot-controller e2e.test
 #   cni/    bridge host-local loopback portmap
 #   crds/   the VolumeSnapshot CRDs of the snapshotter release
@@ -38,6 +39,9 @@ PROVISIONER_VERSION=v6.3.0
 SNAPSHOTTER_VERSION=v8.6.0
 HELM_VERSION=v4.3.2
 
+with_e2e=true
+[[ ${1:-} == --no-e2e ]] && with_e2e=false
+
 mkdir -p "$BIN" "$CACHE/cni" "$CACHE/crds" "$CACHE/stamps" "$CACHE/src"
 
 phase_started=$SECONDS
@@ -60,41 +64,41 @@ stamp() {
 # k8s.io/kubernetes replaces its staging modules with ./staging paths, which
 # a module that requires it cannot follow: a module of our own requires it
 # and replaces each staging module with the proxy's release of the same tag.
-KUBE_CMDS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl)
-if ! stamped kubernetes "$KUBE_VERSION"; then
-	phase "kubernetes $KUBE_VERSION"
-	mod=$CACHE/src/kube
+KUBE_CMDS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl)
+kube_module() {
+	local mod=$CACHE/src/kube
+	if stamped kube-module "$KUBE_VERSION" && [[ -f $mod/go.mod ]]; then
+		return
+	fi
 	rm -rf "$mod" && mkdir -p "$mod"
+	local kube_dir
 	kube_dir=$(go mod download -json "k8s.io/kubernetes@$KUBE_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
 	{
 		printf 'module stowage.test/kube\n\ngo 1.24\n\nrequire k8s.io/kubernetes %s\n\n' "$KUBE_VERSION"
 		sed -n 's#^\s*\(k8s.io/[a-z0-9-]*\) => ./staging/.*#replace \1 => \1 '"$STAGING_VERSION"'#p' "$kube_dir/go.mod"
 	} >"$mod/go.mod"
-	(
-		cd "$mod"
-		for c in "${KUBE_CMDS[@]}"; do
-			go get "k8s.io/kubernetes/cmd/$c@$KUBE_VERSION"
-		done
-		for c in "${KUBE_CMDS[@]}"; do
-			t0=$SECONDS
-			CGO_ENABLED=0 go build -o "$BIN/$c" "k8s.io/kubernetes/cmd/$c"
-			printf '(build %s: %d s)\n' "$c" $((SECONDS - t0)) >&2
-		done
-	)
-	stamp kubernetes "$KUBE_VERSION"
-	done_phase kubernetes
-fi
-
-# The storage e2e suite, from the same module.
-if ! stamped e2e "$KUBE_VERSION"; then
-	phase "e2e.test $KUBE_VERSION"
+	stamp kube-module "$KUBE_VERSION"
+}
+for c in "${KUBE_CMDS[@]}"; do
+	stamped "$c" "$KUBE_VERSION" && continue
+	phase "$c $KUBE_VERSION"
+	kube_module
 	(
 		cd "$CACHE/src/kube"
-		go get "k8s.io/kubernetes/test/e2e@$KUBE_VERSION"
-		CGO_ENABLED=0 go test -c -o "$BIN/e2e.test" k8s.io/kubernetes/test/e2e
+		go get "k8s.io/kubernetes/cmd/$c@$KUBE_VERSION"
+		CGO_ENABLED=0 go build -o "$BIN/$c" "k8s.io/kubernetes/cmd/$c"
 	)
-	stamp e2e "$KUBE_VERSION"
-	done_phase e2e.test
+	stamp "$c" "$KUBE_VERSION"
+	done_phase "$c"
+done
+
+# The pause image's program, from the same release (C, linked statically).
+if ! stamped pause "$KUBE_VERSION"; then
+	phase "pause $KUBE_VERSION"
+	kube_dir=$(go mod download -json "k8s.io/kubernetes@$KUBE_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+	gcc -Os -static -o "$BIN/pause" "$kube_dir/build/pause/linux/pause.c"
+	stamp pause "$KUBE_VERSION"
+	done_phase pause
 fi
 
 # ------------------------------------------------------------ etcd
@@ -135,17 +139,39 @@ if ! stamped cni "$CNI_VERSION"; then
 fi
 
 # ------------------------------------------------------------ CSI sidecars on the proxy
+# build_as_main MODULE VERSION CMD...: the module's commands built with the module
+# as the main module (its go.mod has replace directives, which `go install
+# MODULE@VERSION` refuses), from a writable copy of its source.
+build_as_main() {
+	local module=$1 version=$2
+	shift 2
+	local dir src
+	dir=$(go mod download -json "$module@$version" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+	src=$CACHE/src/$(basename "$module")-$version
+	rm -rf "$src" && cp -r "$dir" "$src" && chmod -R u+w "$src"
+	# A replace by a directory of the same repository (./client) names a module
+	# of its own, released with the same version: put its source there.
+	local sub path
+	while read -r sub path; do
+		dir=$(go mod download -json "$sub@$version" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+		rm -rf "${src:?}/$path" && cp -r "$dir" "$src/$path" && chmod -R u+w "$src/$path"
+	done < <(sed -n 's#^\s*\(replace \)\?\([^ ]*\) => \./\([^ ]*\)\s*$#\2 \3#p' "$src/go.mod")
+	(
+		cd "$src"
+		for c in "$@"; do
+			CGO_ENABLED=0 go build -mod=mod -o "$BIN/$c" "./cmd/$c"
+		done
+	)
+}
 if ! stamped provisioner "$PROVISIONER_VERSION"; then
 	phase "external-provisioner $PROVISIONER_VERSION"
-	CGO_ENABLED=0 GOBIN=$BIN go install "github.com/kubernetes-csi/external-provisioner/v6/cmd/csi-provisioner@$PROVISIONER_VERSION"
+	build_as_main github.com/kubernetes-csi/external-provisioner/v6 "$PROVISIONER_VERSION" csi-provisioner
 	stamp provisioner "$PROVISIONER_VERSION"
 	done_phase provisioner
 fi
 if ! stamped snapshotter "$SNAPSHOTTER_VERSION"; then
 	phase "external-snapshotter $SNAPSHOTTER_VERSION"
-	for c in csi-snapshotter snapshot-controller; do
-		CGO_ENABLED=0 GOBIN=$BIN go install "github.com/kubernetes-csi/external-snapshotter/v8/cmd/$c@$SNAPSHOTTER_VERSION"
-	done
+	build_as_main github.com/kubernetes-csi/external-snapshotter/v8 "$SNAPSHOTTER_VERSION" csi-snapshotter snapshot-controller
 	# The CRDs live in the client module of the same release.
 	crd_dir=$(go mod download -json "github.com/kubernetes-csi/external-snapshotter/client/v8@$SNAPSHOTTER_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
 	cp "$crd_dir"/config/crd/snapshot.storage.k8s.io_*.yaml "$CACHE/crds/"
@@ -159,6 +185,20 @@ if ! stamped helm "$HELM_VERSION"; then
 	CGO_ENABLED=0 GOBIN=$BIN go install "helm.sh/helm/v4/cmd/helm@$HELM_VERSION"
 	stamp helm "$HELM_VERSION"
 	done_phase helm
+fi
+
+# ------------------------------------------------------------ e2e (longest: last)
+# The storage e2e suite, from the same module.
+if $with_e2e && ! stamped e2e "$KUBE_VERSION"; then
+	phase "e2e.test $KUBE_VERSION"
+	(
+		kube_module
+		cd "$CACHE/src/kube"
+		go get "k8s.io/kubernetes/test/e2e@$KUBE_VERSION"
+		CGO_ENABLED=0 go test -c -o "$BIN/e2e.test" k8s.io/kubernetes/test/e2e
+	)
+	stamp e2e "$KUBE_VERSION"
+	done_phase e2e.test
 fi
 
 echo "$BIN"

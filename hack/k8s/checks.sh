@@ -1,0 +1,376 @@
+#!/usr/bin/env bash
+# The checks hack/k8s/cluster.sh runs against Stowage in its cluster, through the
+# Kubernetes API only (pods, PVCs, snapshots, classes), as a user would. Each
+# prints "ok - NAME" or "not ok - NAME: why"; the last line is
+# "cluster: N passed, N failed". Needs the environment cluster.sh exports.
+set -uo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+NSC=stowage-checks
+k() { "$BIN/kubectl" --kubeconfig "$KC" "$@"; }
+kc() { k -n "$NSC" "$@"; }
+
+passed=0
+failed=0
+failures=()
+# check NAME FUNCTION: runs FUNCTION, counting its result.
+check() {
+	local name=$1 t0=$SECONDS out
+	shift
+	if out=$("$@" 2>&1); then
+		passed=$((passed + 1))
+		printf 'ok - %s (%d s)\n' "$name" $((SECONDS - t0))
+	else
+		failed=$((failed + 1))
+		failures+=("$name")
+		printf 'not ok - %s (%d s)\n%s\n' "$name" $((SECONDS - t0)) "$(tail -n 25 <<<"$out" | sed 's/^/    /')"
+	fi
+}
+
+fail() {
+	echo "$*" >&2
+	return 1
+}
+
+# until_true SECONDS COMMAND...: until COMMAND succeeds.
+until_true() {
+	local deadline=$((SECONDS + $1))
+	shift
+	until "$@" >/dev/null 2>&1; do
+		((SECONDS < deadline)) || return 1
+		sleep 1
+	done
+}
+
+pvc() { # NAME CLASS SIZE [MODE] [extra spec yaml lines]
+	local mode=${4:-Filesystem}
+	kc apply -f - <<EOF
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: $1}
+spec:
+  storageClassName: $2
+  volumeMode: $mode
+  accessModes: [ReadWriteOnce]
+  resources: {requests: {storage: $3}}
+${5:-}
+EOF
+}
+
+# run_pod NAME PVC SCRIPT: a pod with PVC at /data running SCRIPT to completion;
+# prints its output. Fails unless it succeeds within 180 s.
+run_pod() {
+	local name=$1 claim=$2 script=$3
+	kc apply -f - <<EOF >/dev/null
+apiVersion: v1
+kind: Pod
+metadata: {name: $name}
+spec:
+  restartPolicy: Never
+  terminationGracePeriodSeconds: 1
+  containers:
+    - name: c
+      image: $BUSYBOX_REF
+      imagePullPolicy: Never
+      command: ["/bin/sh", "-c", $(printf '%s' "$script" | python3 -c 'import json,sys; print(json.dumps(sys.stdin.read()))')]
+      volumeMounts: [{name: v, mountPath: /data}]
+  volumes:
+    - name: v
+      persistentVolumeClaim: {claimName: $claim}
+EOF
+	if ! until_true 180 sh -c "'$BIN/kubectl' --kubeconfig '$KC' -n $NSC get pod $name -o jsonpath='{.status.phase}' | grep -qE 'Succeeded|Failed'"; then
+		kc describe pod "$name" | tail -20
+		fail "pod $name did not finish"
+	fi
+	local phase
+	phase=$(kc get pod "$name" -o jsonpath='{.status.phase}')
+	kc logs "$name"
+	kc delete pod "$name" --wait=true --timeout=60s >/dev/null
+	[[ $phase == Succeeded ]] || fail "pod $name: $phase"
+}
+
+# Writes, deletes the pod, reads back with a new pod.
+roundtrip() { # CLASS SIZE
+	local class=$1 size=$2 name=rt-${1#stowage-}
+	pvc "$name" "$class" "$size" >/dev/null
+	run_pod "$name-w" "$name" "echo hello-$class > /data/f && sync" >/dev/null || return 1
+	local got
+	got=$(run_pod "$name-r" "$name" "cat /data/f") || return 1
+	[[ $got == "hello-$class" ]] || fail "read back '$got'"
+	# The volume is on the node the scheduler picked, and only there.
+	local pv
+	pv=$(kc get pvc "$name" -o jsonpath='{.spec.volumeName}')
+	k get pv "$pv" -o jsonpath='{.spec.nodeAffinity.required.nodeSelectorTerms[0].matchExpressions[0].values[0]}' |
+		grep -qx "$NODE" || fail "PV $pv is not pinned to $NODE"
+}
+
+block_roundtrip() {
+	pvc rt-block stowage-block 64Mi Block >/dev/null
+	local pod
+	for pod in w r; do
+		local script
+		if [[ $pod == w ]]; then
+			script='echo hello-block | dd of=/dev/xvda bs=512 count=1 conv=sync,fsync 2>/dev/null'
+		else
+			script='dd if=/dev/xvda bs=512 count=1 2>/dev/null | head -c 11'
+		fi
+		kc apply -f - <<EOF >/dev/null
+apiVersion: v1
+kind: Pod
+metadata: {name: rt-block-$pod}
+spec:
+  restartPolicy: Never
+  terminationGracePeriodSeconds: 1
+  containers:
+    - name: c
+      image: $BUSYBOX_REF
+      imagePullPolicy: Never
+      command: ["/bin/sh", "-c", "$script"]
+      volumeDevices: [{name: v, devicePath: /dev/xvda}]
+  volumes:
+    - name: v
+      persistentVolumeClaim: {claimName: rt-block}
+EOF
+		until_true 180 sh -c "'$BIN/kubectl' --kubeconfig '$KC' -n $NSC get pod rt-block-$pod -o jsonpath='{.status.phase}' | grep -qx Succeeded" ||
+			{
+				kc describe pod "rt-block-$pod" | tail -15
+				fail "block pod $pod did not succeed"
+			}
+	done
+	local got
+	got=$(kc logs rt-block-r)
+	kc delete pod rt-block-w rt-block-r --wait=true >/dev/null
+	[[ $got == hello-block ]] || fail "read back '$got'"
+}
+
+# A running pod sees its volume grow (xfs grows online here; ext4 online growth
+# needs CAP_SYS_RESOURCE, which root lacks on these machines).
+online_expansion() {
+	pvc grow stowage-loop-xfs 512Mi >/dev/null
+	kc apply -f - <<EOF >/dev/null
+apiVersion: v1
+kind: Pod
+metadata: {name: grow}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+    - name: c
+      image: $BUSYBOX_REF
+      imagePullPolicy: Never
+      command: ["/bin/sh", "-c", "sleep 100000"]
+      volumeMounts: [{name: v, mountPath: /data}]
+  volumes:
+    - name: v
+      persistentVolumeClaim: {claimName: grow}
+EOF
+	kc wait --for=condition=Ready pod/grow --timeout=180s >/dev/null || return 1
+	local before after
+	before=$(kc exec grow -- df -k /data | awk 'NR==2{print $2}')
+	kc patch pvc grow -p '{"spec":{"resources":{"requests":{"storage":"1Gi"}}}}' >/dev/null
+	size_now() { kc exec grow -- df -k /data | awk 'NR==2{print $2}'; }
+	until_true 180 sh -c "[ \$('$BIN/kubectl' --kubeconfig '$KC' -n $NSC exec grow -- df -k /data | awk 'NR==2{print \$2}') -gt $((before + 300000)) ]" ||
+		fail "df in the pod stayed at $(size_now) KiB (was $before)"
+	after=$(size_now)
+	until_true 60 sh -c "'$BIN/kubectl' --kubeconfig '$KC' -n $NSC get pvc grow -o jsonpath='{.status.capacity.storage}' | grep -qx 1Gi" ||
+		fail "PVC status capacity is $(kc get pvc grow -o jsonpath='{.status.capacity.storage}')"
+	kc delete pod grow --wait=true >/dev/null
+	echo "df: $before KiB -> $after KiB"
+}
+
+snapshot_restore() {
+	kc apply -f - <<EOF >/dev/null
+apiVersion: snapshot.storage.k8s.io/v1
+kind: VolumeSnapshot
+metadata: {name: snap-ext4}
+spec:
+  volumeSnapshotClassName: stowage-snapshots
+  source: {persistentVolumeClaimName: rt-loop-ext4}
+EOF
+	until_true 120 sh -c "'$BIN/kubectl' --kubeconfig '$KC' -n $NSC get volumesnapshot snap-ext4 -o jsonpath='{.status.readyToUse}' | grep -qx true" ||
+		{
+			kc describe volumesnapshot snap-ext4 | tail -15
+			fail "snapshot not ready"
+		}
+	pvc restored stowage-loop-ext4 64Mi Filesystem "  dataSource: {name: snap-ext4, kind: VolumeSnapshot, apiGroup: snapshot.storage.k8s.io}" >/dev/null
+	local got
+	got=$(run_pod restored-r restored "cat /data/f") || return 1
+	[[ $got == hello-stowage-loop-ext4 ]] || fail "restored '$got'"
+}
+
+clone() {
+	pvc cloned stowage-loop-ext4 64Mi Filesystem "  dataSource: {name: rt-loop-ext4, kind: PersistentVolumeClaim}" >/dev/null
+	local got
+	got=$(run_pod cloned-r cloned "cat /data/f") || return 1
+	[[ $got == hello-stowage-loop-ext4 ]] || fail "clone read '$got'"
+}
+
+generic_ephemeral() {
+	kc apply -f - <<EOF >/dev/null
+apiVersion: v1
+kind: Pod
+metadata: {name: eph}
+spec:
+  restartPolicy: Never
+  terminationGracePeriodSeconds: 1
+  containers:
+    - name: c
+      image: $BUSYBOX_REF
+      imagePullPolicy: Never
+      command: ["/bin/sh", "-c", "echo scratch > /scratch/f && cat /scratch/f"]
+      volumeMounts: [{name: scratch, mountPath: /scratch}]
+  volumes:
+    - name: scratch
+      ephemeral:
+        volumeClaimTemplate:
+          spec:
+            storageClassName: stowage-dir
+            accessModes: [ReadWriteOnce]
+            resources: {requests: {storage: 32Mi}}
+EOF
+	until_true 180 sh -c "'$BIN/kubectl' --kubeconfig '$KC' -n $NSC get pod eph -o jsonpath='{.status.phase}' | grep -qx Succeeded" ||
+		fail "ephemeral pod did not succeed"
+	[[ $(kc logs eph) == scratch ]] || fail "ephemeral read '$(kc logs eph)'"
+	kc get pvc eph-scratch >/dev/null || fail "no claim eph-scratch while the pod exists"
+	kc delete pod eph --wait=true >/dev/null
+	# The claim belongs to the pod: it goes with it, and so does its volume.
+	until_true 90 sh -c "! '$BIN/kubectl' --kubeconfig '$KC' -n $NSC get pvc eph-scratch" ||
+		fail "claim eph-scratch outlived its pod"
+}
+
+# kubectl exec into the node's daemon container.
+node_vol() {
+	local pod
+	pod=$(k -n stowage get pods -l app.kubernetes.io/component=node -o jsonpath='{.items[0].metadata.name}')
+	k -n stowage exec "$pod" -c stowaged -- vol --socket /csi/csi.sock "$@"
+}
+
+image_volume() {
+	# A one-file layer, imported by the node's daemon from its state directory.
+	local layer_dir
+	layer_dir=$(mktemp -d)
+	mkdir -p "$layer_dir/etc"
+	echo "from-an-image-layer" >"$layer_dir/etc/motd"
+	tar -C "$layer_dir" -cf "$STATE_DIR/check-layer.tar" etc
+	rm -rf "$layer_dir"
+	local key
+	key=$(node_vol --output json layer import "$STATE_DIR/check-layer.tar" | python3 -c 'import json,sys; print(json.loads(sys.stdin.readline())["key"])') ||
+		return 1
+	rm -f "$STATE_DIR/check-layer.tar"
+	k apply -f - <<EOF >/dev/null
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata: {name: stowage-check-image}
+provisioner: csi.stowage.dev
+parameters: {kind: image, layers: "$key", overlay: kernel}
+volumeBindingMode: WaitForFirstConsumer
+reclaimPolicy: Delete
+EOF
+	pvc img stowage-check-image 64Mi >/dev/null
+	local got
+	got=$(run_pod img-r img "cat /data/etc/motd && echo written > /data/etc/new && cat /data/etc/new") || return 1
+	[[ $got == $'from-an-image-layer\nwritten' ]] || fail "image volume read '$got'"
+}
+
+modify_volume() {
+	pvc modme stowage-dir 32Mi >/dev/null
+	run_pod modme-w modme "echo x > /data/f" >/dev/null || return 1
+	kc patch pvc modme -p '{"spec":{"volumeAttributesClassName":"stowage-compressed"}}' >/dev/null
+	until_true 120 sh -c "'$BIN/kubectl' --kubeconfig '$KC' -n $NSC get pvc modme -o jsonpath='{.status.currentVolumeAttributesClassName}' | grep -qx stowage-compressed" ||
+		{
+			kc describe pvc modme | tail -15
+			fail "currentVolumeAttributesClassName stayed '$(kc get pvc modme -o jsonpath='{.status.currentVolumeAttributesClassName}')'"
+		}
+	local handle
+	handle=$(k get pv "$(kc get pvc modme -o jsonpath='{.spec.volumeName}')" -o jsonpath='{.spec.csi.volumeHandle}')
+	node_vol --output json inspect "$handle" | grep -q '"compression":"zstd"' ||
+		fail "the volume's compression is not zstd: $(node_vol --output json inspect "$handle")"
+}
+
+delete_removes_volume() {
+	pvc gone stowage-loop-ext4 64Mi >/dev/null
+	run_pod gone-w gone "echo x > /data/f" >/dev/null || return 1
+	local pv handle
+	pv=$(kc get pvc gone -o jsonpath='{.spec.volumeName}')
+	handle=$(k get pv "$pv" -o jsonpath='{.spec.csi.volumeHandle}')
+	node_vol inspect "$handle" >/dev/null || fail "volume $handle is not on the node"
+	kc delete pvc gone --wait=true >/dev/null
+	until_true 90 sh -c "! '$BIN/kubectl' --kubeconfig '$KC' get pv $pv" || fail "PV $pv stayed"
+	if node_vol inspect "$handle" >/dev/null 2>&1; then
+		fail "volume $handle is still on the node after its PVC and PV are gone"
+	fi
+}
+
+# The node daemon killed (SIGKILL) under a pod writing to its volume: the pod
+# keeps writing, the daemon comes back, and a new pod reads every line.
+daemon_restart() {
+	pvc steady stowage-loop-ext4 64Mi >/dev/null
+	kc apply -f - <<EOF >/dev/null
+apiVersion: v1
+kind: Pod
+metadata: {name: steady}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+    - name: c
+      image: $BUSYBOX_REF
+      imagePullPolicy: Never
+      command: ["/bin/sh", "-c", "i=0; while true; do i=\$((i+1)); echo \$i >> /data/log; sync; sleep 0.2; done"]
+      volumeMounts: [{name: v, mountPath: /data}]
+  volumes:
+    - name: v
+      persistentVolumeClaim: {claimName: steady}
+EOF
+	kc wait --for=condition=Ready pod/steady --timeout=180s >/dev/null || return 1
+	local pod restarts_before pid
+	pod=$(k -n stowage get pods -l app.kubernetes.io/component=node -o jsonpath='{.items[0].metadata.name}')
+	restarts_before=$(k -n stowage get pod "$pod" -o jsonpath='{.status.containerStatuses[?(@.name=="stowaged")].restartCount}')
+	pid=$(pgrep -f -- "--state-dir=$STATE_DIR" | head -1)
+	[[ -n $pid ]] || fail "no stowaged process with --state-dir=$STATE_DIR"
+	local lines_before
+	lines_before=$(kc exec steady -- wc -l /data/log | awk '{print $1}')
+	kill -9 "$pid"
+	until_true 120 sh -c "[ \$('$BIN/kubectl' --kubeconfig '$KC' -n stowage get pod $pod -o jsonpath='{.status.containerStatuses[?(@.name==\"stowaged\")].restartCount}') -gt $restarts_before ]" ||
+		fail "stowaged was not restarted"
+	k -n stowage wait --for=condition=Ready "pod/$pod" --timeout=120s >/dev/null || return 1
+	sleep 2
+	local lines_after
+	lines_after=$(kc exec steady -- wc -l /data/log | awk '{print $1}')
+	((lines_after > lines_before + 5)) || fail "the pod stopped writing: $lines_before then $lines_after lines"
+	kc delete pod steady --wait=true >/dev/null
+	# Every line, in order, none lost: 1..N.
+	local check
+	check=$(run_pod steady-r steady 'n=0; ok=1; while read l; do n=$((n+1)); [ "$l" = "$n" ] || ok=0; done < /data/log; echo "$ok $n"') ||
+		return 1
+	[[ ${check%% *} == 1 && ${check##* } -ge $lines_after ]] ||
+		fail "after the restart the log reads '$check' (expected 1 and >= $lines_after lines)"
+	# A volume made after the restart works too.
+	roundtrip stowage-dir 16Mi
+	echo "log: $lines_before lines before the kill, ${check##* } at the end"
+}
+
+capacity_objects() {
+	k -n stowage get csistoragecapacities -o jsonpath='{range .items[*]}{.storageClassName} {.capacity}{"\n"}{end}' |
+		grep -q '^stowage-' || fail "no CSIStorageCapacity for stowage classes"
+}
+
+k create namespace "$NSC" >/dev/null 2>&1 || true
+check "pvc stowage-dir: write, new pod reads" roundtrip stowage-dir 64Mi
+check "pvc stowage-loop-ext4: write, new pod reads" roundtrip stowage-loop-ext4 64Mi
+check "pvc stowage-loop-xfs: write, new pod reads" roundtrip stowage-loop-xfs 512Mi
+check "pvc stowage-block (raw block): write, new pod reads" block_roundtrip
+check "CSIStorageCapacity per node" capacity_objects
+check "online expansion seen in the pod (xfs)" online_expansion
+check "VolumeSnapshot, restored PVC has the data" snapshot_restore
+check "PVC clone has the data" clone
+check "generic ephemeral volume" generic_ephemeral
+check "image volume (kind=image, kernel overlay)" image_volume
+check "ModifyVolume through a VolumeAttributesClass" modify_volume
+check "deleting the PVC removes the volume" delete_removes_volume
+check "daemon killed under a writing pod loses nothing" daemon_restart
+
+echo
+if ((failed)); then
+	printf 'failed: %s\n' "${failures[@]}"
+fi
+echo "cluster: $passed passed, $failed failed"
+((failed == 0))

@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# A real single-node Kubernetes cluster on this machine, Stowage installed in it
+# from the Helm chart with the real CSI sidecars, the checks of hack/k8s/checks.sh,
+# and everything torn down again, even on failure:
+#
+#   sudo hack/k8s/cluster.sh            # build (cached), up, checks, down
+#   sudo hack/k8s/cluster.sh --keep     # leave the cluster up after the checks
+#   sudo hack/k8s/cluster.sh --down     # tear down a kept cluster
+#
+# Every program comes from hack/k8s/build.sh (the Go module proxy), except runc
+# (Debian) and the four sidecars the proxy does not serve: csi-node-driver-registrar,
+# csi-resizer, livenessprobe and csi-external-health-monitor-controller, which
+# are taken as binaries from $STOWAGE_K8S_SIDECARS (built from their public
+# repositories; see deploy/README.md). Images are built here from those binaries
+# (hack/image/oci.py) and imported into containerd under the names the chart uses.
+#
+# The cluster lives in network namespace stowage-k8s, reached over a veth pair
+# (host 10.201.0.1, node 10.201.0.2): kubelet refuses a loopback node address.
+# etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kube-proxy,
+# snapshot-controller, containerd and kubelet run as processes in that namespace
+# (not in containers); their state and logs are under $STOWAGE_K8S_WORK
+# (default /var/tmp/stowage-k8s), which is removed on the way down.
+#
+# Prints the time of each phase and, last, "cluster: N passed, N failed".
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+# shellcheck source=hack/k8s/lib.sh
+source "$ROOT/hack/k8s/lib.sh"
+
+keep=false
+case ${1:-} in
+--keep) keep=true ;;
+--down)
+	cluster_down
+	exit 0
+	;;
+"") ;;
+*)
+	echo "usage: $0 [--keep|--down]" >&2
+	exit 2
+	;;
+esac
+
+if [[ $(id -u) -ne 0 ]]; then
+	echo "hack/k8s/cluster.sh must run as root (network namespace, mounts, containerd)" >&2
+	exit 1
+fi
+
+started=$SECONDS
+phase_started=$SECONDS
+phase() {
+	if [[ -n ${current_phase:-} ]]; then
+		printf '(phase %s: %d s)\n' "$current_phase" $((SECONDS - phase_started))
+	fi
+	current_phase=$1
+	phase_started=$SECONDS
+	printf '\n==== %s ====\n' "$1"
+}
+
+on_exit() {
+	local rc=$?
+	phase "down"
+	if $keep && ((rc == 0)); then
+		echo "cluster kept: export KUBECONFIG=$W/pki/admin.kubeconfig; hack/k8s/cluster.sh --down"
+	else
+		if ((rc != 0)); then
+			dump_diagnostics || true
+		fi
+		cluster_down || true
+	fi
+	printf '(phase down: %d s)\n(total: %d s)\n' $((SECONDS - phase_started)) $((SECONDS - started))
+	exit "$rc"
+}
+
+phase "packages"
+need_packages runc iproute2 iptables openssl e2fsprogs xfsprogs btrfs-progs util-linux fuse3 busybox-static gcc libc6-dev python3
+
+phase "build (hack/k8s/build.sh, cached)"
+"$ROOT/hack/k8s/build.sh" --no-e2e | tail -1
+check_sidecars
+
+phase "image (hack/image/build.sh)"
+"$ROOT/hack/image/build.sh" "$W-images" | tail -1
+
+# From here on, whatever happens, the way down runs.
+trap on_exit EXIT
+phase "network namespace"
+cluster_down >/dev/null 2>&1 || true
+setup_network
+
+phase "pki"
+make_pki
+
+phase "control plane"
+start_control_plane
+
+phase "node (containerd, kubelet, kube-proxy)"
+start_node
+
+phase "images"
+import_images
+
+phase "snapshot CRDs and controller"
+start_snapshot_controller
+
+phase "stowage (helm install)"
+install_stowage
+
+phase "checks"
+set +e
+bash "$ROOT/hack/k8s/checks.sh"
+checks_rc=$?
+set -e
+if ((checks_rc != 0)); then
+	exit "$checks_rc"
+fi
