@@ -4,7 +4,7 @@
 #   sudo hack/test.sh
 #
 # On a Debian bookworm machine, as root (privileged tests run, never skip):
-#   1. installs what is missing: system packages, csi-sanity; checks loop and FUSE
+#   1. installs what is missing: system packages, csi-sanity, helm; checks loop and FUSE
 #   2. cargo fmt --check, cargo clippy -D warnings, cargo build --bins
 #   3. cargo test with STOWAGE_PRIVILEGED_TESTS=required; fails on any
 #      SKIPPED-PRIVILEGED marker and on any ignored test
@@ -24,6 +24,9 @@ cd "$ROOT"
 
 CSI_TEST_MODULE=github.com/kubernetes-csi/csi-test/v5
 CSI_TEST_VERSION=v5.5.0
+# helm renders and lints the chart in tests/tests/helm_chart.rs.
+HELM_MODULE=helm.sh/helm/v4
+HELM_VERSION=v4.3.2
 APT_PACKAGES=(e2fsprogs xfsprogs btrfs-progs fuse3 util-linux iproute2 curl python3 podman runc busybox-static)
 
 step_started=$SECONDS
@@ -135,6 +138,12 @@ if [[ ! -x $gobin/csi-sanity ]]; then
 fi
 [[ -x $gobin/csi-sanity ]] || die "csi-sanity missing at $gobin/csi-sanity after go install"
 go version -m "$gobin/csi-sanity" | awk -v m="$CSI_TEST_MODULE" '$1 == "mod" && $2 == m {print "csi-sanity: " $2 " " $3}'
+if ! go version -m "$gobin/helm" 2>/dev/null | grep -q "mod[[:space:]]*$HELM_MODULE[[:space:]]*$HELM_VERSION"; then
+	CGO_ENABLED=0 go install "$HELM_MODULE/cmd/helm@$HELM_VERSION"
+fi
+[[ -x $gobin/helm ]] || die "helm missing at $gobin/helm after go install"
+export STOWAGE_HELM=$gobin/helm
+echo "helm: $HELM_MODULE $HELM_VERSION"
 
 # ------------------------------------------------------------ Rust
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
