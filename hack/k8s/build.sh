@@ -64,6 +64,16 @@ stamp() {
 # k8s.io/kubernetes replaces its staging modules with ./staging paths, which
 # a module that requires it cannot follow: a module of our own requires it
 # and replaces each staging module with the proxy's release of the same tag.
+# What `kubectl version` and the API's /version report (a module build carries no
+# git metadata: without these the server says v0.0.0-master, and helm refuses a
+# chart whose kubeVersion it cannot compare).
+KUBE_STAMP=$KUBE_VERSION+version
+kube_ldflags() {
+	local v=k8s.io/component-base/version minor
+	minor=$(cut -d. -f2 <<<"$KUBE_VERSION")
+	printf -- '-X %s.gitVersion=%s -X %s.gitMajor=1 -X %s.gitMinor=%s -X %s.gitTreeState=clean -X %s.buildDate=1970-01-01T00:00:00Z' \
+		"$v" "$KUBE_VERSION" "$v" "$v" "$minor" "$v" "$v"
+}
 KUBE_CMDS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl)
 kube_module() {
 	local mod=$CACHE/src/kube
@@ -80,15 +90,15 @@ kube_module() {
 	stamp kube-module "$KUBE_VERSION"
 }
 for c in "${KUBE_CMDS[@]}"; do
-	stamped "$c" "$KUBE_VERSION" && continue
+	stamped "$c" "$KUBE_STAMP" && continue
 	phase "$c $KUBE_VERSION"
 	kube_module
 	(
 		cd "$CACHE/src/kube"
 		go get "k8s.io/kubernetes/cmd/$c@$KUBE_VERSION"
-		CGO_ENABLED=0 go build -o "$BIN/$c" "k8s.io/kubernetes/cmd/$c"
+		CGO_ENABLED=0 go build -ldflags "$(kube_ldflags)" -o "$BIN/$c" "k8s.io/kubernetes/cmd/$c"
 	)
-	stamp "$c" "$KUBE_VERSION"
+	stamp "$c" "$KUBE_STAMP"
 	done_phase "$c"
 done
 
@@ -189,15 +199,15 @@ fi
 
 # ------------------------------------------------------------ e2e (longest: last)
 # The storage e2e suite, from the same module.
-if $with_e2e && ! stamped e2e "$KUBE_VERSION"; then
+if $with_e2e && ! stamped e2e "$KUBE_STAMP"; then
 	phase "e2e.test $KUBE_VERSION"
 	(
 		kube_module
 		cd "$CACHE/src/kube"
 		go get "k8s.io/kubernetes/test/e2e@$KUBE_VERSION"
-		CGO_ENABLED=0 go test -c -o "$BIN/e2e.test" k8s.io/kubernetes/test/e2e
+		CGO_ENABLED=0 go test -c -ldflags "$(kube_ldflags)" -o "$BIN/e2e.test" k8s.io/kubernetes/test/e2e
 	)
-	stamp e2e "$KUBE_VERSION"
+	stamp e2e "$KUBE_STAMP"
 	done_phase e2e.test
 fi
 

@@ -326,8 +326,9 @@ EOF
 	restarts_before=$(k -n stowage get pod "$pod" -o jsonpath='{.status.containerStatuses[?(@.name=="stowaged")].restartCount}')
 	pid=$(pgrep -f -- "--state-dir=$STATE_DIR" | head -1)
 	[[ -n $pid ]] || fail "no stowaged process with --state-dir=$STATE_DIR"
-	local lines_before
+	local lines_before loops_before
 	lines_before=$(kc exec steady -- wc -l /data/log | awk '{print $1}')
+	loops_before=$(losetup -a | wc -l)
 	kill -9 "$pid"
 	until_true 120 sh -c "[ \$('$BIN/kubectl' --kubeconfig '$KC' -n stowage get pod $pod -o jsonpath='{.status.containerStatuses[?(@.name==\"stowaged\")].restartCount}') -gt $restarts_before ]" ||
 		fail "stowaged was not restarted"
@@ -336,6 +337,11 @@ EOF
 	local lines_after
 	lines_after=$(kc exec steady -- wc -l /data/log | awk '{print $1}')
 	((lines_after > lines_before + 5)) || fail "the pod stopped writing: $lines_before then $lines_after lines"
+	# The new daemon (a new container, so a new mount namespace) found the loop
+	# devices the old one bound instead of binding a second one to a mounted image.
+	local loops_after
+	loops_after=$(losetup -a | wc -l)
+	((loops_after == loops_before)) || fail "loop devices: $loops_before before the kill, $loops_after after"
 	kc delete pod steady --wait=true >/dev/null
 	# Every line, in order, none lost: 1..N.
 	local check

@@ -32,6 +32,8 @@ keep=false
 case ${1:-} in
 --keep) keep=true ;;
 --down)
+	exec 9>/run/stowage-k8s.lock
+	flock -w 60 9 || exit 1
 	cluster_down
 	exit 0
 	;;
@@ -44,6 +46,12 @@ esac
 
 if [[ $(id -u) -ne 0 ]]; then
 	echo "hack/k8s/cluster.sh must run as root (network namespace, mounts, containerd)" >&2
+	exit 1
+fi
+# One cluster at a time: a second run would tear down the first's on its way out.
+exec 9>/run/stowage-k8s.lock
+if ! flock -n 9; then
+	echo "hack/k8s/cluster.sh: another run holds /run/stowage-k8s.lock" >&2
 	exit 1
 fi
 
@@ -80,13 +88,15 @@ phase "build (hack/k8s/build.sh, cached)"
 "$ROOT/hack/k8s/build.sh" --no-e2e | tail -1
 check_sidecars
 
+# What an earlier run may have left (killed before its way down).
+cluster_down >/dev/null 2>&1 || true
+
 phase "image (hack/image/build.sh)"
 "$ROOT/hack/image/build.sh" "$W-images" | tail -1
 
 # From here on, whatever happens, the way down runs.
 trap on_exit EXIT
 phase "network namespace"
-cluster_down >/dev/null 2>&1 || true
 setup_network
 
 phase "pki"

@@ -42,7 +42,9 @@ in_ns() { nsenter --net="/run/netns/$NS" -- "$@"; }
 start() {
 	local name=$1
 	shift
-	in_ns "$@" >"$W/logs/$name.log" 2>&1 &
+	# exec all the way down (nsenter without --fork execs too), so that $! is the
+	# program itself and the way down stops what it started.
+	(exec nsenter --net="/run/netns/$NS" -- "$@") >"$W/logs/$name.log" 2>&1 &
 	echo $! >"$W/pids/$name"
 }
 
@@ -165,7 +167,8 @@ start_control_plane() {
 		--kubelet-client-certificate="$d/admin.crt" --kubelet-client-key="$d/admin.key" \
 		--service-account-key-file="$d/sa.pub" --service-account-signing-key-file="$d/sa.key" \
 		--service-account-issuer=https://kubernetes.default.svc \
-		--authorization-mode=RBAC --allow-privileged=true
+		--authorization-mode=RBAC --allow-privileged=true \
+		--kubelet-preferred-address-types=InternalIP
 	wait_for "kube-apiserver" 120 k get --raw /readyz
 	start kube-controller-manager "$BIN/kube-controller-manager" --kubeconfig="$KC" \
 		--service-account-private-key-file="$d/sa.key" --root-ca-file="$d/ca.crt" \
@@ -254,7 +257,9 @@ image() {
 }
 
 ctr_import() {
-	"$BIN/ctr" --address "$CTR_SOCK" -n k8s.io images import "$1" >/dev/null
+	# (ctr warns on every call that cgroup v1 is deprecated: kept out of the log)
+	"$BIN/ctr" --address "$CTR_SOCK" -n k8s.io images import "$1" >/dev/null 2>&1 ||
+		"$BIN/ctr" --address "$CTR_SOCK" -n k8s.io images import "$1"
 }
 
 import_images() {
@@ -269,7 +274,7 @@ import_images() {
 	image "$HEALTH_REF" /csi-external-health-monitor-controller \
 		"$SIDECARS/csi-external-health-monitor-controller:/csi-external-health-monitor-controller"
 	ctr_import "$W-images/stowage-image.tar"
-	"$BIN/ctr" --address "$CTR_SOCK" -n k8s.io images ls -q
+	"$BIN/ctr" --address "$CTR_SOCK" -n k8s.io images ls -q 2>/dev/null | grep -v '^sha256:'
 }
 
 start_snapshot_controller() {
@@ -320,6 +325,24 @@ stop_pid_file() {
 	rm -f "$f"
 }
 
+# Loop devices the node daemon bound to its pool and volume images. The kernel
+# names their files by the daemon container's own path (/pool.img,
+# /images/volumes/...), which the host cannot match: match inodes instead.
+detach_state_loops() {
+	[[ -d $STATE_DIR ]] || return 0
+	local dev inodes
+	dev=$(stat -c '%d' "$STATE_DIR")
+	inodes=" $(find "$STATE_DIR" -xdev -type f -printf '%i ' 2>/dev/null) "
+	local name ino majmin
+	while read -r name ino majmin; do
+		[[ -n $name && $inodes == *" $ino "* ]] || continue
+		# BACK-MAJ:MIN is the backing file's device, as stat's %d gives it in decimal.
+		local maj=${majmin%%:*} min=${majmin##*:}
+		((((maj << 8) | (min & 0xff) | ((min >> 8) << 20)) == dev)) || continue
+		losetup -d "$name" 2>/dev/null && stowage_log "detached $name"
+	done < <(losetup -l -n -O NAME,BACK-INO,BACK-MAJ:MIN 2>/dev/null)
+}
+
 cluster_down() {
 	if [[ -f $KC && -f $W/pids/kube-apiserver ]]; then
 		# Volumes are unmounted and removed by the driver while it still runs.
@@ -345,6 +368,8 @@ cluster_down() {
 	ip netns del "$NS" 2>/dev/null || true
 	ip link del sk8s-h 2>/dev/null || true
 	if [[ -d $W ]]; then
+		stowage_unmount_under "$W" || true
+		detach_state_loops
 		stowage_remove_dir "$W" || true
 	fi
 	rm -rf "$W-images"

@@ -8,6 +8,7 @@ use crate::check;
 
 // From <linux/loop.h>.
 const LOOP_CLR_FD: libc::c_ulong = 0x4C01;
+const LOOP_GET_STATUS64: libc::c_ulong = 0x4C05;
 
 const LOOP_SET_CAPACITY: libc::c_ulong = 0x4C07;
 
@@ -93,6 +94,37 @@ pub fn loop_configure(
         )
     })?;
     Ok(())
+}
+
+/// The inode number of the file bound to loop device `dev` (LOOP_GET_STATUS64).
+/// Unlike sysfs's `backing_file`, which is a path as seen from the mount namespace
+/// of whoever bound the device, the inode names the file in every namespace.
+pub fn loop_backing_inode(dev: BorrowedFd<'_>) -> io::Result<u64> {
+    let mut info = LoopInfo64 {
+        lo_device: 0,
+        lo_inode: 0,
+        lo_rdevice: 0,
+        lo_offset: 0,
+        lo_sizelimit: 0,
+        lo_number: 0,
+        lo_encrypt_type: 0,
+        lo_encrypt_key_size: 0,
+        lo_flags: 0,
+        lo_file_name: [0; 64],
+        lo_crypt_name: [0; 64],
+        lo_encrypt_key: [0; 32],
+        lo_init: [0; 2],
+    };
+    // SAFETY: LOOP_GET_STATUS64 writes one `struct loop_info64`, which `LoopInfo64`
+    // mirrors with #[repr(C)]; the pointer is valid and exclusive for the call.
+    check(unsafe {
+        libc::ioctl(
+            dev.as_raw_fd(),
+            LOOP_GET_STATUS64,
+            &mut info as *mut LoopInfo64,
+        )
+    })?;
+    Ok(info.lo_inode)
 }
 
 /// Unbinds a loop device from its backing file.

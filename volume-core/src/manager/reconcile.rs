@@ -179,10 +179,15 @@ impl VolumeManager {
             .map(|d| d.canonicalize().unwrap_or(d))
             .collect();
         for l in self.host.loops.list().ctx(|| "list loop devices".into())? {
-            let ours = volumes_dirs.iter().any(|d| l.backing_file.starts_with(d));
-            let staged = staged_images
-                .iter()
-                .any(|i| i.canonicalize().is_ok_and(|c| c == l.backing_file));
+            // By path, or by inode where the device was bound from another mount
+            // namespace (a daemon in an earlier container).
+            let ours = volumes_dirs.iter().any(|d| l.backing_under(d).is_some());
+            let staged = staged_images.iter().any(|i| {
+                i.canonicalize().is_ok_and(|c| {
+                    std::fs::metadata(&c)
+                        .is_ok_and(|m| l.backs(&c, std::os::unix::fs::MetadataExt::ino(&m)))
+                })
+            });
             if ours && !staged {
                 tracing::warn!(device = %l.device.display(), file = %l.backing_file.display(), "loop device on a pool file that is not staged (left attached)");
                 report.stray_loops.push(l.device);
