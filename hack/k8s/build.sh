@@ -204,7 +204,8 @@ if $with_e2e && ! stamped e2e "$KUBE_STAMP"; then
 	(
 		kube_module
 		cd "$CACHE/src/kube"
-		go get "k8s.io/kubernetes/test/e2e@$KUBE_VERSION"
+		# -t: the suites are imported by e2e's test files.
+		go get -t "k8s.io/kubernetes/test/e2e@$KUBE_VERSION"
 		CGO_ENABLED=0 go test -c -ldflags "$(kube_ldflags)" -o "$BIN/e2e.test" k8s.io/kubernetes/test/e2e
 	)
 	stamp e2e "$KUBE_STAMP"

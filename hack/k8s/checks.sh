@@ -165,10 +165,11 @@ spec:
 EOF
 	kc wait --for=condition=Ready pod/grow --timeout=180s >/dev/null || return 1
 	local before after
-	before=$(kc exec grow -- df -k /data | awk 'NR==2{print $2}')
+	before=$(kc exec grow -- sh -c 'df -k /data' | awk 'NR==2{print $2}')
+	[[ $before =~ ^[0-9]+$ ]] || fail "df in the pod: '$before'"
 	kc patch pvc grow -p '{"spec":{"resources":{"requests":{"storage":"1Gi"}}}}' >/dev/null
-	size_now() { kc exec grow -- df -k /data | awk 'NR==2{print $2}'; }
-	until_true 180 sh -c "[ \$('$BIN/kubectl' --kubeconfig '$KC' -n $NSC exec grow -- df -k /data | awk 'NR==2{print \$2}') -gt $((before + 300000)) ]" ||
+	size_now() { kc exec grow -- sh -c 'df -k /data' | awk 'NR==2{print $2}'; }
+	until_true 180 sh -c "[ \$('$BIN/kubectl' --kubeconfig '$KC' -n $NSC exec grow -- sh -c 'df -k /data' | awk 'NR==2{print \$2}') -gt $((before + 300000)) ]" ||
 		fail "df in the pod stayed at $(size_now) KiB (was $before)"
 	after=$(size_now)
 	until_true 60 sh -c "'$BIN/kubectl' --kubeconfig '$KC' -n $NSC get pvc grow -o jsonpath='{.status.capacity.storage}' | grep -qx 1Gi" ||
@@ -327,7 +328,8 @@ EOF
 	pid=$(pgrep -f -- "--state-dir=$STATE_DIR" | head -1)
 	[[ -n $pid ]] || fail "no stowaged process with --state-dir=$STATE_DIR"
 	local lines_before loops_before
-	lines_before=$(kc exec steady -- wc -l /data/log | awk '{print $1}')
+	lines_before=$(kc exec steady -- sh -c 'wc -l < /data/log')
+	[[ $lines_before =~ ^[0-9]+$ ]] || fail "wc in the pod: '$lines_before'"
 	loops_before=$(losetup -a | wc -l)
 	kill -9 "$pid"
 	until_true 120 sh -c "[ \$('$BIN/kubectl' --kubeconfig '$KC' -n stowage get pod $pod -o jsonpath='{.status.containerStatuses[?(@.name==\"stowaged\")].restartCount}') -gt $restarts_before ]" ||
@@ -335,7 +337,7 @@ EOF
 	k -n stowage wait --for=condition=Ready "pod/$pod" --timeout=120s >/dev/null || return 1
 	sleep 2
 	local lines_after
-	lines_after=$(kc exec steady -- wc -l /data/log | awk '{print $1}')
+	lines_after=$(kc exec steady -- sh -c 'wc -l < /data/log')
 	((lines_after > lines_before + 5)) || fail "the pod stopped writing: $lines_before then $lines_after lines"
 	# The new daemon (a new container, so a new mount namespace) found the loop
 	# devices the old one bound instead of binding a second one to a mounted image.
@@ -354,9 +356,23 @@ EOF
 	echo "log: $lines_before lines before the kill, ${check##* } at the end"
 }
 
+# The provisioner publishes capacity per node and class (its first poll can take a
+# minute); each object names this node's topology and a non-zero capacity.
 capacity_objects() {
-	k -n stowage get csistoragecapacities -o jsonpath='{range .items[*]}{.storageClassName} {.capacity}{"\n"}{end}' |
-		grep -q '^stowage-' || fail "no CSIStorageCapacity for stowage classes"
+	caps() {
+		k -n stowage get csistoragecapacities -o jsonpath='{range .items[*]}{.storageClassName} {.nodeTopology.matchLabels.topology\.stowage\.dev/node} {.capacity}{"\n"}{end}'
+	}
+	until_true 120 sh -c "'$BIN/kubectl' --kubeconfig '$KC' -n stowage get csistoragecapacities -o name | grep -q ." ||
+		fail "no CSIStorageCapacity objects"
+	local line class node cap seen=0
+	while read -r class node cap; do
+		[[ $class == stowage-* ]] || continue
+		[[ $node == "$NODE" ]] || fail "capacity of $class names node '$node'"
+		[[ -n $cap && $cap != 0 ]] || fail "capacity of $class is '$cap'"
+		seen=$((seen + 1))
+		echo "$class on $node: $cap"
+	done < <(caps)
+	((seen > 0)) || fail "no CSIStorageCapacity for stowage classes: $(caps)"
 }
 
 k create namespace "$NSC" >/dev/null 2>&1 || true

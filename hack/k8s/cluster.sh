@@ -94,8 +94,10 @@ cluster_down >/dev/null 2>&1 || true
 phase "image (hack/image/build.sh)"
 "$ROOT/hack/image/build.sh" "$W-images" | tail -1
 
-# From here on, whatever happens, the way down runs.
+# From here on, whatever happens, the way down runs (a signal exits through it too).
 trap on_exit EXIT
+trap 'exit 143' TERM
+trap 'exit 130' INT
 phase "network namespace"
 setup_network
 

@@ -44,7 +44,8 @@ start() {
 	shift
 	# exec all the way down (nsenter without --fork execs too), so that $! is the
 	# program itself and the way down stops what it started.
-	(exec nsenter --net="/run/netns/$NS" -- "$@") >"$W/logs/$name.log" 2>&1 &
+	# fd 9 (cluster.sh's lock) is not passed on: a process left behind would hold it.
+	(exec nsenter --net="/run/netns/$NS" -- "$@") >"$W/logs/$name.log" 2>&1 9>&- &
 	echo $! >"$W/pids/$name"
 }
 
@@ -361,6 +362,13 @@ cluster_down() {
 	fi
 	stop_pid_file containerd
 	pkill -9 -f "containerd-shim-runc-v2.*$W" 2>/dev/null || true
+	# Whatever a container still runs (its shim gone, it holds its mounts and so
+	# its loop devices): every process in a pod's cgroup.
+	local f
+	for f in $(grep -l kubepods /proc/[0-9]*/cgroup 2>/dev/null); do
+		f=${f#/proc/}
+		kill -9 "${f%/cgroup}" 2>/dev/null || true
+	done
 	local p
 	for p in snapshot-controller kube-scheduler kube-controller-manager kube-apiserver etcd; do
 		stop_pid_file "$p"
