@@ -8,7 +8,7 @@
 # Everything lands in $STOWAGE_K8S_CACHE (default /var/cache/stowage-k8s):
 #   bin/    kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy
 #           kubectl pause etcd containerd containerd-shim-runc-v2 ctr helm
-#           csi-provisioner csi-snapshotter snapshot-controller e2e.test
+#           csi-provisioner csi-snapshotter snapshot-controller e2e.test agnhost
 #   cni/    bridge host-local loopback portmap
 #   crds/   the VolumeSnapshot CRDs of the snapshotter release
 #   stamps/ one file per built component and version; delete one to rebuild it
@@ -207,6 +207,9 @@ if $with_e2e && ! stamped e2e "$KUBE_STAMP"; then
 		# -t: the suites are imported by e2e's test files.
 		go get -t "k8s.io/kubernetes/test/e2e@$KUBE_VERSION"
 		CGO_ENABLED=0 go test -c -ldflags "$(kube_ldflags)" -o "$BIN/e2e.test" k8s.io/kubernetes/test/e2e
+		# The suite's helper program, for its agnhost image.
+		go get "k8s.io/kubernetes/test/images/agnhost@$KUBE_VERSION"
+		CGO_ENABLED=0 go build -o "$BIN/agnhost" k8s.io/kubernetes/test/images/agnhost
 	)
 	stamp e2e "$KUBE_STAMP"
 	done_phase e2e.test

@@ -5,6 +5,8 @@
 #
 #   sudo hack/k8s/cluster.sh            # build (cached), up, checks, down
 #   sudo hack/k8s/cluster.sh --keep     # leave the cluster up after the checks
+#   sudo hack/k8s/cluster.sh --e2e      # and then the upstream storage e2e suite
+#                                       # (hack/k8s/e2e.sh; builds e2e.test first)
 #   sudo hack/k8s/cluster.sh --down     # tear down a kept cluster
 #
 # Every program comes from hack/k8s/build.sh (the Go module proxy), except runc
@@ -29,8 +31,10 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 source "$ROOT/hack/k8s/lib.sh"
 
 keep=false
+e2e=false
 case ${1:-} in
 --keep) keep=true ;;
+--e2e) e2e=true ;;
 --down)
 	exec 9>/run/stowage-k8s.lock
 	flock -w 60 9 || exit 1
@@ -39,7 +43,7 @@ case ${1:-} in
 	;;
 "") ;;
 *)
-	echo "usage: $0 [--keep|--down]" >&2
+	echo "usage: $0 [--keep|--e2e|--down]" >&2
 	exit 2
 	;;
 esac
@@ -85,7 +89,11 @@ phase "packages"
 need_packages runc iproute2 iptables openssl e2fsprogs xfsprogs btrfs-progs util-linux fuse3 busybox-static gcc libc6-dev python3
 
 phase "build (hack/k8s/build.sh, cached)"
-"$ROOT/hack/k8s/build.sh" --no-e2e | tail -1
+if $e2e; then
+	"$ROOT/hack/k8s/build.sh" | tail -1
+else
+	"$ROOT/hack/k8s/build.sh" --no-e2e | tail -1
+fi
 check_sidecars
 
 # What an earlier run may have left (killed before its way down).
@@ -124,6 +132,14 @@ set +e
 bash "$ROOT/hack/k8s/checks.sh"
 checks_rc=$?
 set -e
+if $e2e; then
+	phase "storage e2e (hack/k8s/e2e.sh)"
+	set +e
+	bash "$ROOT/hack/k8s/e2e.sh"
+	e2e_rc=$?
+	set -e
+	((checks_rc != 0)) || checks_rc=$e2e_rc
+fi
 if ((checks_rc != 0)); then
 	exit "$checks_rc"
 fi

@@ -40,6 +40,27 @@ struct LoopInfo64 {
     lo_init: [u64; 2],
 }
 
+impl LoopInfo64 {
+    /// Every field zero.
+    const fn zeroed() -> Self {
+        LoopInfo64 {
+            lo_device: 0,
+            lo_inode: 0,
+            lo_rdevice: 0,
+            lo_offset: 0,
+            lo_sizelimit: 0,
+            lo_number: 0,
+            lo_encrypt_type: 0,
+            lo_encrypt_key_size: 0,
+            lo_flags: 0,
+            lo_file_name: [0; 64],
+            lo_crypt_name: [0; 64],
+            lo_encrypt_key: [0; 32],
+            lo_init: [0; 2],
+        }
+    }
+}
+
 /// `struct loop_config` from <linux/loop.h>.
 #[repr(C)]
 struct LoopConfig {
@@ -68,19 +89,8 @@ pub fn loop_configure(
         fd: backing.as_raw_fd() as u32,
         block_size,
         info: LoopInfo64 {
-            lo_device: 0,
-            lo_inode: 0,
-            lo_rdevice: 0,
-            lo_offset: 0,
-            lo_sizelimit: 0,
-            lo_number: 0,
-            lo_encrypt_type: 0,
-            lo_encrypt_key_size: 0,
             lo_flags: flags,
-            lo_file_name: [0; 64],
-            lo_crypt_name: [0; 64],
-            lo_encrypt_key: [0; 32],
-            lo_init: [0; 2],
+            ..LoopInfo64::zeroed()
         },
         reserved: [0; 8],
     };
@@ -100,21 +110,7 @@ pub fn loop_configure(
 /// Unlike sysfs's `backing_file`, which is a path as seen from the mount namespace
 /// of whoever bound the device, the inode names the file in every namespace.
 pub fn loop_backing_inode(dev: BorrowedFd<'_>) -> io::Result<u64> {
-    let mut info = LoopInfo64 {
-        lo_device: 0,
-        lo_inode: 0,
-        lo_rdevice: 0,
-        lo_offset: 0,
-        lo_sizelimit: 0,
-        lo_number: 0,
-        lo_encrypt_type: 0,
-        lo_encrypt_key_size: 0,
-        lo_flags: 0,
-        lo_file_name: [0; 64],
-        lo_crypt_name: [0; 64],
-        lo_encrypt_key: [0; 32],
-        lo_init: [0; 2],
-    };
+    let mut info = LoopInfo64::zeroed();
     // SAFETY: LOOP_GET_STATUS64 writes one `struct loop_info64`, which `LoopInfo64`
     // mirrors with #[repr(C)]; the pointer is valid and exclusive for the call.
     check(unsafe {

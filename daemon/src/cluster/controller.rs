@@ -65,6 +65,17 @@ impl ClusterController {
             .ok_or_else(|| Status::not_found(format!("volume {id} is on no node")))
     }
 
+    /// `call` on the node that holds volume `id` (NOT_FOUND when none does).
+    async fn at_volume<T, F, Fut>(&self, id: &str, call: F) -> Result<T, Status>
+    where
+        F: FnOnce(NodeController) -> Fut,
+        Fut: std::future::Future<Output = Result<Response<T>, Status>>,
+    {
+        require(id, "volume_id")?;
+        let node = self.volume_node(id).await?;
+        self.cluster.on(&node, call).await
+    }
+
     /// Every node's answer to `call`, skipping none: UNAVAILABLE when any node does
     /// not answer, since a listing without it would look like its volumes are gone.
     async fn ask_every_node<T, F, Fut>(&self, call: F) -> Result<Vec<(String, T)>, Status>
@@ -401,13 +412,12 @@ impl Controller for ClusterController {
     ) -> Result<Response<csi::ControllerExpandVolumeResponse>, Status> {
         let req = request.into_inner();
         respond(async move {
-            require(&req.volume_id, "volume_id")?;
-            let node = self.volume_node(&req.volume_id).await?;
-            self.cluster
-                .on(&node, |mut c| async move {
-                    c.controller_expand_volume(req).await
-                })
-                .await
+            let id = req.volume_id.clone();
+            self.at_volume(
+                &id,
+                |mut c| async move { c.controller_expand_volume(req).await },
+            )
+            .await
         })
         .await
     }
@@ -418,14 +428,12 @@ impl Controller for ClusterController {
     ) -> Result<Response<csi::ControllerGetVolumeResponse>, Status> {
         let req = request.into_inner();
         respond(async move {
-            require(&req.volume_id, "volume_id")?;
-            let node = self.volume_node(&req.volume_id).await?;
-            self.cluster
-                .on(
-                    &node,
-                    |mut c| async move { c.controller_get_volume(req).await },
-                )
-                .await
+            let id = req.volume_id.clone();
+            self.at_volume(
+                &id,
+                |mut c| async move { c.controller_get_volume(req).await },
+            )
+            .await
         })
         .await
     }
@@ -436,13 +444,12 @@ impl Controller for ClusterController {
     ) -> Result<Response<csi::ControllerModifyVolumeResponse>, Status> {
         let req = request.into_inner();
         respond(async move {
-            require(&req.volume_id, "volume_id")?;
-            let node = self.volume_node(&req.volume_id).await?;
-            self.cluster
-                .on(&node, |mut c| async move {
-                    c.controller_modify_volume(req).await
-                })
-                .await
+            let id = req.volume_id.clone();
+            self.at_volume(
+                &id,
+                |mut c| async move { c.controller_modify_volume(req).await },
+            )
+            .await
         })
         .await
     }

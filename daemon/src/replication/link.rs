@@ -210,17 +210,10 @@ impl Peers {
         })
     }
 
-    /// Connects to configured peer `node_id`.
+    /// Connects to configured peer `node_id`'s peer service.
     pub async fn connect(&self, node_id: &str) -> Result<AuthedPeerClient, PeerError> {
-        let addr = self
-            .addrs
-            .get(node_id)
-            .ok_or_else(|| PeerError::UnknownPeer(node_id.to_string()))?;
-        let secret = self
-            .secret
-            .as_ref()
-            .ok_or_else(|| PeerError::UnknownPeer(node_id.to_string()))?;
-        connect(addr, secret, self.tls.as_ref().map(|t| (t, node_id))).await
+        let (channel, secret) = self.channel(node_id).await?;
+        Ok(PeerClient::with_interceptor(channel, secret))
     }
 
     /// A channel to configured peer `node_id`'s listener and the interceptor that

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# The upstream storage e2e suite (e2e.test of Kubernetes v1.34.3, external driver
+# mode, hack/k8s/e2e-driver.yaml) against Stowage in the cluster of
+# hack/k8s/cluster.sh, which runs this with --e2e after its own checks. Needs the
+# environment cluster.sh exports.
+#
+# The suite's images are built here and found through its registry override
+# (KUBE_TEST_REPO_LIST): busybox, agnhost (built from the same module) and pause,
+# under localhost/e2e.
+#
+# STOWAGE_E2E_FOCUS (a regular expression over spec names) picks the suites; the
+# default is the ones that fit a CI run. Serial, Disruptive, Slow and Feature specs
+# are skipped. Prints, per suite, N passed, N failed, N skipped (from the JUnit
+# report), and "e2e: N passed, N failed, N skipped" last.
+set -uo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+# shellcheck source=hack/k8s/lib.sh
+source "$ROOT/hack/k8s/lib.sh"
+
+FOCUS=${STOWAGE_E2E_FOCUS:-'External.Storage.*(\] provisioning |\] volumes |\] volumeMode |\] snapshottable |\] volume-expand |\] multiVolume |\] ephemeral )'}
+SKIP='\[Serial\]|\[Disruptive\]|\[Slow\]|\[Feature:|\[Flaky\]'
+OUT=$W/e2e
+mkdir -p "$OUT"
+
+[[ -x $BIN/e2e.test && -x $BIN/agnhost ]] || {
+	echo "e2e.sh: run hack/k8s/build.sh (without --no-e2e) first" >&2
+	exit 1
+}
+
+image localhost/e2e/busybox:1.37.0-1 "" /bin/busybox:/bin/busybox /bin/busybox:/bin/sh
+image localhost/e2e/agnhost:2.56 /agnhost "$BIN/agnhost:/agnhost" \
+	/bin/busybox:/bin/busybox /bin/busybox:/bin/sh
+image localhost/e2e/pause:3.10.1 /pause "$BIN/pause:/pause"
+cat >"$OUT/repo-list.yaml" <<EOF
+promoterE2eRegistry: localhost/e2e
+gcRegistry: localhost/e2e
+sigStorageRegistry: localhost/e2e/sig-storage
+EOF
+
+t0=$SECONDS
+KUBE_TEST_REPO_LIST=$OUT/repo-list.yaml "$BIN/e2e.test" \
+	--kubeconfig="$KC" --provider=local \
+	-storage.testdriver="$ROOT/hack/k8s/e2e-driver.yaml" \
+	--ginkgo.focus="$FOCUS" --ginkgo.skip="$SKIP" \
+	--ginkgo.timeout=60m --ginkgo.no-color \
+	--ginkgo.junit-report="$OUT/junit.xml" \
+	--report-dir="$OUT" >"$OUT/e2e.log" 2>&1
+rc=$?
+echo "(e2e.test: $((SECONDS - t0)) s, exit $rc; log $OUT/e2e.log)"
+tail -n 30 "$OUT/e2e.log"
+
+python3 - "$OUT/junit.xml" <<'EOF'
+import re, sys, collections
+import xml.etree.ElementTree as ET
+
+root = ET.parse(sys.argv[1]).getroot()
+per = collections.defaultdict(lambda: [0, 0, 0])
+failed = []
+for tc in root.iter("testcase"):
+    name = tc.get("name", "")
+    m = re.search(r"\[Testpattern: ([^\]]*)\] (\S+)", name)
+    if not m:
+        continue
+    suite = m.group(2)
+    if tc.find("skipped") is not None:
+        per[suite][2] += 1
+    elif tc.find("failure") is not None or tc.find("error") is not None:
+        per[suite][1] += 1
+        failed.append(name)
+    else:
+        per[suite][0] += 1
+total = [0, 0, 0]
+for suite in sorted(per):
+    p, f, s = per[suite]
+    total = [total[0] + p, total[1] + f, total[2] + s]
+    print(f"e2e {suite}: {p} passed, {f} failed, {s} skipped")
+for name in failed:
+    print(f"FAILED: {name}")
+print(f"e2e: {total[0]} passed, {total[1]} failed, {total[2]} skipped")
+sys.exit(1 if total[1] else 0)
+EOF
