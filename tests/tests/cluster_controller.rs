@@ -76,6 +76,17 @@ fn placed(name: &str, node: &str) -> csi::CreateVolumeRequest {
     }
 }
 
+/// A volume made through the controller `c` on `node`.
+async fn create_on(c: &mut stowage_tests::Clients, name: &str, node: &str) -> csi::Volume {
+    c.controller
+        .create_volume(placed(name, node))
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap()
+}
+
 fn topology_node(v: &csi::Volume) -> String {
     assert_eq!(v.accessible_topology.len(), 1, "{v:?}");
     v.accessible_topology[0].segments[TOPOLOGY_KEY].clone()
@@ -115,35 +126,14 @@ async fn the_cluster_controller_carries_each_call_to_the_owning_node() {
     assert_eq!(info.name, "csi.stowage.dev");
 
     // A volume goes to the node its topology prefers, and only that node holds it.
-    let on_b = c
-        .controller
-        .create_volume(placed("pvc-on-b", "b"))
-        .await
-        .unwrap()
-        .into_inner()
-        .volume
-        .unwrap();
+    let on_b = create_on(&mut c, "pvc-on-b", "b").await;
     assert_eq!(topology_node(&on_b), "b");
     assert_eq!(volume_ids(&b).await, std::slice::from_ref(&on_b.volume_id));
     assert!(volume_ids(&a).await.is_empty());
     // The same name again is the same volume (the node's idempotency).
-    let again = c
-        .controller
-        .create_volume(placed("pvc-on-b", "b"))
-        .await
-        .unwrap()
-        .into_inner()
-        .volume
-        .unwrap();
+    let again = create_on(&mut c, "pvc-on-b", "b").await;
     assert_eq!(again.volume_id, on_b.volume_id);
-    let on_a = c
-        .controller
-        .create_volume(placed("pvc-on-a", "a"))
-        .await
-        .unwrap()
-        .into_inner()
-        .volume
-        .unwrap();
+    let on_a = create_on(&mut c, "pvc-on-a", "a").await;
     assert_eq!(topology_node(&on_a), "a");
 
     // Expansion reaches b's volume (a node-local resizer on a would answer NOT_FOUND).
@@ -330,22 +320,8 @@ async fn a_silent_node_makes_answers_unavailable_not_wrong() {
     let mut b = node("b", &secret);
     let ctl = controller(&[("a", &a), ("b", &b)], &secret);
     let mut c = ctl.clients().await;
-    let on_a = c
-        .controller
-        .create_volume(placed("survivor", "a"))
-        .await
-        .unwrap()
-        .into_inner()
-        .volume
-        .unwrap();
-    let on_b = c
-        .controller
-        .create_volume(placed("stranded", "b"))
-        .await
-        .unwrap()
-        .into_inner()
-        .volume
-        .unwrap();
+    let on_a = create_on(&mut c, "survivor", "a").await;
+    let on_b = create_on(&mut c, "stranded", "b").await;
     b.stop();
 
     // b's volume may still exist: its delete must not be reported done.

@@ -151,7 +151,7 @@ fn controller_caps() -> BTreeSet<String> {
 }
 
 fn plugin_caps() -> BTreeSet<String> {
-    advertised("daemon/src/grpc/identity.rs", "get_plugin_capabilities")
+    advertised("daemon/src/grpc/identity.rs", "plugin_capabilities")
 }
 
 fn node_caps() -> BTreeSet<String> {

@@ -194,6 +194,40 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
+/// The daemon's stop: SIGTERM or SIGINT sets it; every server waits on it.
+#[derive(Clone)]
+struct Stop(tokio::sync::watch::Receiver<bool>);
+
+impl Stop {
+    /// A stop set by the first SIGTERM or SIGINT.
+    fn on_signals() -> Self {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            let _ = tx.send(true);
+        });
+        Stop(rx)
+    }
+
+    /// Completes once the stop is set.
+    fn stopped(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.0.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    }
+
+    /// Completes 2 s after the stop. Graceful shutdown waits for clients to hang up,
+    /// and a CO holding its connection open must not keep the daemon alive.
+    fn grace(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let stopped = self.stopped();
+        async move {
+            stopped.await;
+            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        }
+    }
+}
+
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = match signal(SignalKind::terminate()) {
@@ -262,25 +296,12 @@ async fn run_cluster_controller(args: &Args) -> anyhow::Result<()> {
     let cluster = stowage_daemon::cluster::Cluster::new(peers);
     let socket = socket_path(&args.endpoint)?;
     let listener = bind_private(&socket)?;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        let _ = stop_tx.send(true);
-    });
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
+    let stop = Stop::on_signals();
     tracing::info!(endpoint = %args.endpoint, ?nodes, version = env!("CARGO_PKG_VERSION"), "serving the cluster controller");
     let metrics = Arc::new(stowage_daemon::metrics::Metrics::new());
-    let grace = {
-        let stop = stopped(stop_rx.clone());
-        async move {
-            stop.await;
-            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-        }
-    };
+    let grace = stop.grace();
     tokio::select! {
-        served = stowage_daemon::cluster::serve(cluster, metrics, listener, stopped(stop_rx)) => served?,
+        served = stowage_daemon::cluster::serve(cluster, metrics, listener, stop.stopped()) => served?,
         () = grace => tracing::info!("clients still connected after 2 s; exiting"),
     }
     let _ = std::fs::remove_file(&socket);
@@ -366,20 +387,13 @@ async fn run() -> anyhow::Result<()> {
         }
     };
     let listener = bind_private(&socket)?;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        let _ = stop_tx.send(true);
-    });
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
+    let stop = Stop::on_signals();
     if let Some(addr) = args.metrics_address {
         let http = stowage_daemon::metrics::serve_http(
             addr,
             Arc::clone(&driver.metrics),
             Arc::clone(&driver.manager),
-            stopped(stop_rx.clone()),
+            stop.stopped(),
         );
         tokio::spawn(async move {
             if let Err(e) = http.await {
@@ -392,7 +406,7 @@ async fn run() -> anyhow::Result<()> {
             listener,
             Arc::clone(&driver),
             secret,
-            stopped(stop_rx.clone()),
+            stop.stopped(),
         );
         tokio::spawn(async move {
             if let Err(e) = peer.await {
@@ -404,7 +418,7 @@ async fn run() -> anyhow::Result<()> {
         // Replicated volumes need their peers; without any, there is nothing to run.
         tokio::spawn(stowage_daemon::replication::run(
             Arc::clone(&driver),
-            stopped(stop_rx.clone()),
+            stop.stopped(),
         ));
     }
     if let Some(listener) = plugin_listener {
@@ -412,7 +426,7 @@ async fn run() -> anyhow::Result<()> {
             listener,
             stowage_daemon::service::Volumes::new(Arc::clone(&driver)),
             plugin_mounts,
-            stopped(stop_rx.clone()),
+            stop.stopped(),
         );
         tokio::spawn(async move {
             if let Err(e) = plugin.await {
@@ -423,15 +437,9 @@ async fn run() -> anyhow::Result<()> {
     tracing::info!(endpoint = %args.endpoint, node.id = %node_id, version = env!("CARGO_PKG_VERSION"), "serving CSI");
     // Graceful shutdown waits for clients to hang up; a CO holding its connection open
     // must not keep the daemon alive, so give in-flight calls a moment, then exit.
-    let grace = {
-        let stop = stopped(stop_rx.clone());
-        async move {
-            stop.await;
-            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-        }
-    };
+    let grace = stop.grace();
     tokio::select! {
-        served = serve(driver, listener, stopped(stop_rx)) => served?,
+        served = serve(driver, listener, stop.stopped()) => served?,
         () = grace => tracing::info!("clients still connected after 2 s; exiting"),
     }
     let _ = std::fs::remove_file(&socket);

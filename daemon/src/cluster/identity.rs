@@ -6,7 +6,7 @@ use stowage_proto::csi::v1 as csi;
 use stowage_proto::csi::v1::identity_server::Identity;
 use tonic::{Request, Response, Status};
 
-use crate::DRIVER_NAME;
+use crate::grpc::identity::{plugin_capabilities, plugin_info};
 use crate::grpc::rpc::respond;
 
 /// The Identity service of a cluster controller.
@@ -19,40 +19,17 @@ impl Identity for ClusterIdentity {
         &self,
         _request: Request<csi::GetPluginInfoRequest>,
     ) -> Result<Response<csi::GetPluginInfoResponse>, Status> {
-        respond(async {
-            Ok(csi::GetPluginInfoResponse {
-                name: DRIVER_NAME.to_string(),
-                vendor_version: env!("CARGO_PKG_VERSION").to_string(),
-                manifest: Default::default(),
-            })
-        })
-        .await
+        respond(async { Ok(plugin_info()) }).await
     }
 
     async fn get_plugin_capabilities(
         &self,
         _request: Request<csi::GetPluginCapabilitiesRequest>,
     ) -> Result<Response<csi::GetPluginCapabilitiesResponse>, Status> {
-        use csi::plugin_capability::service::Type;
-        let cap = |t: Type| csi::PluginCapability {
-            r#type: Some(csi::plugin_capability::Type::Service(
-                csi::plugin_capability::Service { r#type: t as i32 },
-            )),
-        };
+        // No GroupController: group snapshots are not carried to the nodes.
         respond(async {
             Ok(csi::GetPluginCapabilitiesResponse {
-                capabilities: vec![
-                    cap(Type::ControllerService),
-                    cap(Type::VolumeAccessibilityConstraints),
-                    csi::PluginCapability {
-                        r#type: Some(csi::plugin_capability::Type::VolumeExpansion(
-                            csi::plugin_capability::VolumeExpansion {
-                                r#type: csi::plugin_capability::volume_expansion::Type::Online
-                                    as i32,
-                            },
-                        )),
-                    },
-                ],
+                capabilities: plugin_capabilities(false),
             })
         })
         .await
