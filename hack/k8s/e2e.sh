@@ -9,9 +9,10 @@
 # under localhost/e2e.
 #
 # STOWAGE_E2E_FOCUS (a regular expression over spec names) picks the suites; the
-# default is the ones that fit a CI run. Serial, Disruptive, Slow and Feature specs
-# are skipped. Prints, per suite, N passed, N failed, N skipped (from the JUnit
-# report), and "e2e: N passed, N failed, N skipped" last.
+# default is the ones that fit a CI run. Serial, Disruptive, Slow, Flaky and Windows
+# specs are skipped (other Feature specs run: the snapshot suites carry one).
+# Prints, per suite, N passed, N failed, N skipped (from the JUnit report), and
+# "e2e: N passed, N failed, N skipped" last.
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -19,18 +20,19 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 source "$ROOT/hack/k8s/lib.sh"
 
 FOCUS=${STOWAGE_E2E_FOCUS:-'External.Storage.*(\] provisioning |\] volumes |\] volumeMode |\] snapshottable |\] volume-expand |\] multiVolume |\] ephemeral )'}
-SKIP='\[Serial\]|\[Disruptive\]|\[Slow\]|\[Feature:|\[Flaky\]'
-OUT=$W/e2e
-mkdir -p "$OUT"
+SKIP='\[Serial\]|\[Disruptive\]|\[Slow\]|\[Flaky\]|\[Feature:Windows\]'
+# Outside $W, so that the report outlives the way down (the next run replaces it).
+OUT=$W-e2e
+rm -rf "$OUT" && mkdir -p "$OUT"
 
 [[ -x $BIN/e2e.test && -x $BIN/agnhost ]] || {
 	echo "e2e.sh: run hack/k8s/build.sh (without --no-e2e) first" >&2
 	exit 1
 }
 
-image localhost/e2e/busybox:1.37.0-1 "" /bin/busybox:/bin/busybox /bin/busybox:/bin/sh
-image localhost/e2e/agnhost:2.56 /agnhost "$BIN/agnhost:/agnhost" \
-	/bin/busybox:/bin/busybox /bin/busybox:/bin/sh
+BUSYBOX_APPLETS=1 image localhost/e2e/busybox:1.37.0-1 "" /bin/busybox:/bin/busybox
+BUSYBOX_APPLETS=1 image localhost/e2e/agnhost:2.56 /agnhost "$BIN/agnhost:/agnhost" \
+	/bin/busybox:/bin/busybox
 image localhost/e2e/pause:3.10.1 /pause "$BIN/pause:/pause"
 cat >"$OUT/repo-list.yaml" <<EOF
 promoterE2eRegistry: localhost/e2e
@@ -40,8 +42,8 @@ EOF
 
 t0=$SECONDS
 KUBE_TEST_REPO_LIST=$OUT/repo-list.yaml "$BIN/e2e.test" \
-	--kubeconfig="$KC" --provider=local \
-	-storage.testdriver="$ROOT/hack/k8s/e2e-driver.yaml" \
+	--kubeconfig="$KC" --kubectl-path="$BIN/kubectl" --provider=local \
+	--repo-root="$ROOT" -storage.testdriver=hack/k8s/e2e-driver.yaml \
 	--ginkgo.focus="$FOCUS" --ginkgo.skip="$SKIP" \
 	--ginkgo.timeout=60m --ginkgo.no-color \
 	--ginkgo.junit-report="$OUT/junit.xml" \
