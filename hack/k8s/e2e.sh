@@ -34,6 +34,9 @@ BUSYBOX_APPLETS=1 image localhost/e2e/busybox:1.37.0-1 "" /bin/busybox:/bin/busy
 BUSYBOX_APPLETS=1 image localhost/e2e/agnhost:2.56 /agnhost "$BIN/agnhost:/agnhost" \
 	/bin/busybox:/bin/busybox
 image localhost/e2e/pause:3.10.1 /pause "$BIN/pause:/pause"
+# The exec specs run a shell in the suite's nginx image; no nginx is needed for that,
+# so a busybox stands in under its name.
+BUSYBOX_APPLETS=1 image localhost/e2e/nginx:1.14-4 "" /bin/busybox:/bin/busybox
 cat >"$OUT/repo-list.yaml" <<EOF
 promoterE2eRegistry: localhost/e2e
 gcRegistry: localhost/e2e
