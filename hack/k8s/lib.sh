@@ -21,6 +21,10 @@ API_SVC_IP=10.203.0.1
 KC=$W/pki/admin.kubeconfig
 CTR_SOCK=$W/containerd/containerd.sock
 STATE_DIR=$W/stowage-state
+# The kubelet's usual root: the e2e suite inspects /var/lib/kubelet/pods on the node.
+# Refused if it holds anything but an earlier run of ours (the marker file).
+KUBELET_DIR=/var/lib/kubelet
+KUBELET_MARK=$KUBELET_DIR/.stowage-k8s
 CLUSTER_SECRET_VALUE=${STOWAGE_K8S_SECRET:-stowage-k8s-test-$RANDOM$RANDOM}
 export W BIN KC NODE NODE_IP STATE_DIR
 
@@ -97,6 +101,14 @@ setup_network() {
 	# the state directory; / is private here.
 	mount --bind "$W" "$W"
 	mount --make-rshared "$W"
+	if [[ -d $KUBELET_DIR && ! -e $KUBELET_MARK ]] && [[ -n $(ls -A "$KUBELET_DIR") ]]; then
+		echo "$KUBELET_DIR holds another kubelet's files: refusing to use it" >&2
+		return 1
+	fi
+	mkdir -p "$KUBELET_DIR"
+	touch "$KUBELET_MARK"
+	mount --bind "$KUBELET_DIR" "$KUBELET_DIR"
+	mount --make-rshared "$KUBELET_DIR"
 	ip netns add "$NS"
 	ip link add sk8s-h type veth peer name sk8s-n
 	ip link set sk8s-n netns "$NS"
@@ -230,7 +242,7 @@ imageGCHighThresholdPercent: 100
 EOF
 	start kubelet env PATH="$BIN:$PATH" "$BIN/kubelet" --config="$W/kubelet/config.yaml" \
 		--kubeconfig="$KC" --node-ip="$NODE_IP" --hostname-override="$NODE" \
-		--root-dir="$W/kubelet"
+		--root-dir="$KUBELET_DIR"
 	start kube-proxy "$BIN/kube-proxy" --kubeconfig="$KC" --hostname-override="$NODE" \
 		--proxy-mode=iptables --cluster-cidr="$POD_CIDR" --conntrack-max-per-core=0
 	wait_for "node $NODE Ready" 180 k wait --for=condition=Ready "node/$NODE" --timeout=5s
@@ -296,7 +308,7 @@ start_snapshot_controller() {
 install_stowage() {
 	"$BIN/helm" --kubeconfig "$KC" install stowage "$ROOT/deploy/helm/stowage" \
 		--namespace stowage --create-namespace \
-		--set "node.kubeletDir=$W/kubelet" \
+		--set "node.kubeletDir=$KUBELET_DIR" \
 		--set "node.stateDir=$STATE_DIR" \
 		--set "pool.size=8GiB" \
 		--set "peer.nodes[0]=$NODE=$NODE_IP:7420" \
@@ -384,6 +396,10 @@ cluster_down() {
 	done
 	ip netns del "$NS" 2>/dev/null || true
 	ip link del sk8s-h 2>/dev/null || true
+	if [[ -e $KUBELET_MARK ]]; then
+		stowage_unmount_under "$KUBELET_DIR" || true
+		stowage_remove_dir "$KUBELET_DIR" || true
+	fi
 	if [[ -d $W ]]; then
 		stowage_unmount_under "$W" || true
 		detach_state_loops
