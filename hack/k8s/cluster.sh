@@ -21,7 +21,8 @@
 # etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kube-proxy,
 # snapshot-controller, containerd and kubelet run as processes in that namespace
 # (not in containers); their state and logs are under $STOWAGE_K8S_WORK
-# (default /var/tmp/stowage-k8s), which is removed on the way down.
+# (default /var/tmp/stowage-k8s), the kubelet's under /var/lib/kubelet (refused if
+# another kubelet's files are there); both are removed on the way down.
 #
 # Prints the time of each phase and, last, "cluster: N passed, N failed".
 set -euo pipefail
