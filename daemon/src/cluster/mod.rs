@@ -69,17 +69,22 @@ impl Cluster {
     /// The CSI Controller of `node`. A channel is opened once and kept; a call that
     /// fails with UNAVAILABLE drops it ([`Cluster::forget`]) so the next one reconnects.
     pub async fn controller(&self, node: &str) -> Result<NodeController, Status> {
-        let mut channels = self.channels.lock().await;
-        let (channel, secret) = match channels.get(node) {
-            Some(open) => open.clone(),
+        let cached = self.channels.lock().await.get(node).cloned();
+        let (channel, secret) = match cached {
+            Some(open) => open,
             None => {
+                // Connected without the lock: a node that does not answer (up to the
+                // connect timeout) must not hold up calls to the others.
                 let open = self.peers.channel(node).await.map_err(|e| {
                     Status::unavailable(format!(
                         "node {node}: {}",
                         crate::grpc::status::peer_status(&e).message()
                     ))
                 })?;
-                channels.insert(node.to_string(), open.clone());
+                self.channels
+                    .lock()
+                    .await
+                    .insert(node.to_string(), open.clone());
                 open
             }
         };
