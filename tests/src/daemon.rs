@@ -60,6 +60,15 @@ impl Daemon {
         self.root().join("state")
     }
 
+    /// The peer service address a daemon started with `--peer-listen` wrote.
+    pub fn peer_addr(&self) -> String {
+        let path = self.state_dir().join("peer.addr");
+        std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+            .trim()
+            .to_string()
+    }
+
     /// The socket path.
     pub fn socket(&self) -> PathBuf {
         self.root().join("csi.sock")

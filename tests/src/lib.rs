@@ -20,6 +20,14 @@ pub fn require_root() {
     }
 }
 
+/// Writes `secret` (a cluster secret) to `dir/name` and returns the path, for
+/// `--cluster-secret-file`.
+pub fn secret_file(dir: &Path, name: &str, secret: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, format!("{secret}\n")).unwrap();
+    path.display().to_string()
+}
+
 /// The stowaged binary: $STOWAGE_BIN, or the workspace's target/debug/stowaged.
 pub fn stowaged_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("STOWAGE_BIN") {

@@ -5,29 +5,14 @@
 //! does not answer makes an answer UNAVAILABLE, never wrong.
 
 use std::collections::HashMap;
-use std::path::Path;
 
 use stowage_proto::csi::v1 as csi;
-use stowage_tests::{Daemon, create_req, snapshot_source, volume_source};
+use stowage_tests::{Daemon, create_req, secret_file, snapshot_source, volume_source};
 use tonic::Code;
 
 const SECRET: &str = "cluster-controller-test-secret";
 const TOPOLOGY_KEY: &str = "topology.stowage.dev/node";
 const MIB: i64 = 1 << 20;
-
-fn secret_file(dir: &Path, secret: &str) -> String {
-    let path = dir.join("cluster-secret");
-    std::fs::write(&path, format!("{secret}\n")).unwrap();
-    path.display().to_string()
-}
-
-fn peer_addr(d: &Daemon) -> String {
-    let path = d.state_dir().join("peer.addr");
-    std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
-        .trim()
-        .to_string()
-}
 
 /// A node daemon `id` serving the peer listener (and so its CSI Controller there) on
 /// a fixed port, so that a restart keeps the address the controller was given.
@@ -50,7 +35,7 @@ fn node(id: &str, secret: &str) -> Daemon {
 fn controller(nodes: &[(&str, &Daemon)], secret: &str) -> Daemon {
     let peers: Vec<String> = nodes
         .iter()
-        .map(|(id, d)| format!("{id}={}", peer_addr(d)))
+        .map(|(id, d)| format!("{id}={}", d.peer_addr()))
         .collect();
     let mut args = vec!["--cluster-controller", "--cluster-secret-file", secret];
     for p in &peers {
@@ -111,7 +96,7 @@ async fn volume_ids(d: &Daemon) -> Vec<String> {
 #[tokio::test]
 async fn the_cluster_controller_carries_each_call_to_the_owning_node() {
     let dir = tempfile::tempdir().unwrap();
-    let secret = secret_file(dir.path(), SECRET);
+    let secret = secret_file(dir.path(), "cluster-secret", SECRET);
     let a = node("a", &secret);
     let b = node("b", &secret);
     let ctl = controller(&[("a", &a), ("b", &b)], &secret);
@@ -315,7 +300,7 @@ async fn the_cluster_controller_carries_each_call_to_the_owning_node() {
 #[tokio::test]
 async fn a_silent_node_makes_answers_unavailable_not_wrong() {
     let dir = tempfile::tempdir().unwrap();
-    let secret = secret_file(dir.path(), SECRET);
+    let secret = secret_file(dir.path(), "cluster-secret", SECRET);
     let a = node("a", &secret);
     let mut b = node("b", &secret);
     let ctl = controller(&[("a", &a), ("b", &b)], &secret);
@@ -384,10 +369,10 @@ async fn a_silent_node_makes_answers_unavailable_not_wrong() {
 #[tokio::test]
 async fn a_controller_without_the_secret_reaches_no_node() {
     let dir = tempfile::tempdir().unwrap();
-    let secret = secret_file(dir.path(), SECRET);
+    let secret = secret_file(dir.path(), "cluster-secret", SECRET);
     let a = node("a", &secret);
     let wrong_dir = tempfile::tempdir().unwrap();
-    let wrong = secret_file(wrong_dir.path(), "not-the-cluster-secret");
+    let wrong = secret_file(wrong_dir.path(), "cluster-secret", "not-the-cluster-secret");
     let ctl = controller(&[("a", &a)], &wrong);
     let mut c = ctl.clients().await;
     let e = c

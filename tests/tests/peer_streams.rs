@@ -140,8 +140,8 @@ async fn crafted_send_streams_write_nothing_outside_the_receiving_directory() {
             secret.to_str().unwrap(),
         ],
     );
-    let addr = std::fs::read_to_string(d.state_dir().join("peer.addr")).unwrap();
-    let addr = addr.trim();
+    let addr = d.peer_addr();
+    let addr = addr.as_str();
     let id = format!("v-{}", "e".repeat(32));
     // <root>/state/pool/replicas/<id>/incoming-<n>/data: six levels below <root>.
     let escaped = d.root().join("escaped");

@@ -79,10 +79,7 @@ async fn mutual_tls_admits_the_cluster_and_refuses_the_rest() {
     let mut b_args = node_files(dir.path(), &cluster, "b");
     b_args.extend(["--peer-listen".into(), "127.0.0.1:0".into()]);
     let b = start("b", b_args, &secret);
-    let addr = std::fs::read_to_string(b.state_dir().join("peer.addr"))
-        .unwrap()
-        .trim()
-        .to_string();
+    let addr = b.peer_addr();
     let peer = |name: &str| vec!["--peer".to_string(), format!("{name}={addr}")];
 
     // A member of the cluster: hello, and a replication stream over TLS.

@@ -6,6 +6,7 @@
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use stowage_tests::secret_file;
 use stowage_tests::vol::json_lines as vol_json;
 
 use stowage_proto::stowage::v1 as pb;
@@ -17,21 +18,6 @@ use tonic::Code;
 const MIB: usize = 1 << 20;
 const SECRET: &str = "correct-horse-battery-staple";
 const WRONG: &str = "not-the-cluster-secret";
-
-fn secret_file(dir: &Path, name: &str, secret: &str) -> String {
-    let path = dir.join(name);
-    std::fs::write(&path, format!("{secret}\n")).unwrap();
-    path.display().to_string()
-}
-
-/// The peer service address a daemon started with `--peer-listen` wrote.
-fn peer_addr(d: &Daemon) -> String {
-    let path = d.state_dir().join("peer.addr");
-    std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
-        .trim()
-        .to_string()
-}
 
 /// A daemon serving the peer service on a free port of 127.0.0.1.
 fn replica_daemon(secret: &str) -> Daemon {
@@ -75,7 +61,7 @@ async fn peer_with_wrong_cluster_secret_is_refused_and_right_one_accepted() {
     let right = secret_file(keys.path(), "right", SECRET);
     let wrong = secret_file(keys.path(), "wrong", WRONG);
     let b = replica_daemon(&right);
-    let addr = peer_addr(&b);
+    let addr = b.peer_addr();
     let a = primary_daemon(&right, &addr);
     let c = primary_daemon(&wrong, &addr);
 
@@ -182,7 +168,7 @@ async fn full_then_incremental(params: &[(&str, &str)], file: &str) -> (u64, u64
     let keys = tempfile::tempdir().unwrap();
     let secret = secret_file(keys.path(), "secret", SECRET);
     let b = replica_daemon(&secret);
-    let a = primary_daemon(&secret, &peer_addr(&b));
+    let a = primary_daemon(&secret, &b.peer_addr());
     let mut c = a.clients().await;
     let id = c.create("rep", 256 * MIB as i64, params).await;
     let (staging, target) = (a.root().join("staging"), a.root().join("target"));
@@ -326,7 +312,7 @@ async fn plain_pools_replicate_a_staged_loop_volume_by_chunk_diff() {
             &secret,
         ],
     );
-    let peer = format!("b={}", peer_addr(&b));
+    let peer = format!("b={}", b.peer_addr());
     let pool_a = format!("dir:{}", pa.display());
     let metrics = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
