@@ -3,6 +3,8 @@
 # Kubernetes API only (pods, PVCs, snapshots, classes), as a user would. Each
 # prints "ok - NAME" or "not ok - NAME: why"; the last line is
 # "cluster: N passed, N failed". Needs the environment cluster.sh exports.
+# Pods run on node 1 unless ON names another node; with a second node
+# (NODE_COUNT > 1) the cross-node checks run too.
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -68,6 +70,7 @@ metadata: {name: $name}
 spec:
   restartPolicy: Never
   terminationGracePeriodSeconds: 1
+  nodeSelector: {kubernetes.io/hostname: ${ON:-$NODE}}
   containers:
     - name: c
       image: $BUSYBOX_REF
@@ -91,7 +94,7 @@ EOF
 
 # Writes, deletes the pod, reads back with a new pod.
 roundtrip() { # CLASS SIZE
-	local class=$1 size=$2 name=rt-${1#stowage-}
+	local class=$1 size=$2 name=rt-${1#stowage-}${SUFFIX:-}
 	pvc "$name" "$class" "$size" >/dev/null
 	run_pod "$name-w" "$name" "echo hello-$class > /data/f && sync" >/dev/null || return 1
 	local got
@@ -101,7 +104,7 @@ roundtrip() { # CLASS SIZE
 	local pv
 	pv=$(kc get pvc "$name" -o jsonpath='{.spec.volumeName}')
 	k get pv "$pv" -o jsonpath='{.spec.nodeAffinity.required.nodeSelectorTerms[0].matchExpressions[0].values[0]}' |
-		grep -qx "$NODE" || fail "PV $pv is not pinned to $NODE"
+		grep -qx "${ON:-$NODE}" || fail "PV $pv is not pinned to ${ON:-$NODE}"
 }
 
 block_roundtrip() {
@@ -121,6 +124,7 @@ metadata: {name: rt-block-$pod}
 spec:
   restartPolicy: Never
   terminationGracePeriodSeconds: 1
+  nodeSelector: {kubernetes.io/hostname: ${ON:-$NODE}}
   containers:
     - name: c
       image: $BUSYBOX_REF
@@ -146,13 +150,15 @@ EOF
 # A running pod sees its volume grow (xfs grows online here; ext4 online growth
 # needs CAP_SYS_RESOURCE, which root lacks on these machines).
 online_expansion() {
-	pvc grow stowage-loop-xfs 512Mi >/dev/null
+	local grow=grow${SUFFIX:-}
+	pvc "$grow" stowage-loop-xfs 512Mi >/dev/null
 	kc apply -f - <<EOF >/dev/null
 apiVersion: v1
 kind: Pod
-metadata: {name: grow}
+metadata: {name: $grow}
 spec:
   terminationGracePeriodSeconds: 1
+  nodeSelector: {kubernetes.io/hostname: ${ON:-$NODE}}
   containers:
     - name: c
       image: $BUSYBOX_REF
@@ -161,20 +167,20 @@ spec:
       volumeMounts: [{name: v, mountPath: /data}]
   volumes:
     - name: v
-      persistentVolumeClaim: {claimName: grow}
+      persistentVolumeClaim: {claimName: $grow}
 EOF
-	kc wait --for=condition=Ready pod/grow --timeout=180s >/dev/null || return 1
+	kc wait --for=condition=Ready "pod/$grow" --timeout=180s >/dev/null || return 1
 	local before after
-	before=$(kc exec grow -- sh -c 'df -k /data' | awk 'NR==2{print $2}')
+	before=$(kc exec "$grow" -- sh -c 'df -k /data' | awk 'NR==2{print $2}')
 	[[ $before =~ ^[0-9]+$ ]] || fail "df in the pod: '$before'"
-	kc patch pvc grow -p '{"spec":{"resources":{"requests":{"storage":"1Gi"}}}}' >/dev/null
-	size_now() { kc exec grow -- sh -c 'df -k /data' | awk 'NR==2{print $2}'; }
-	until_true 180 sh -c "[ \$('$BIN/kubectl' --kubeconfig '$KC' -n $NSC exec grow -- sh -c 'df -k /data' | awk 'NR==2{print \$2}') -gt $((before + 300000)) ]" ||
+	kc patch pvc "$grow" -p '{"spec":{"resources":{"requests":{"storage":"1Gi"}}}}' >/dev/null
+	size_now() { kc exec "$grow" -- sh -c 'df -k /data' | awk 'NR==2{print $2}'; }
+	until_true 180 sh -c "[ \$('$BIN/kubectl' --kubeconfig '$KC' -n $NSC exec $grow -- sh -c 'df -k /data' | awk 'NR==2{print \$2}') -gt $((before + 300000)) ]" ||
 		fail "df in the pod stayed at $(size_now) KiB (was $before)"
 	after=$(size_now)
-	until_true 60 sh -c "'$BIN/kubectl' --kubeconfig '$KC' -n $NSC get pvc grow -o jsonpath='{.status.capacity.storage}' | grep -qx 1Gi" ||
-		fail "PVC status capacity is $(kc get pvc grow -o jsonpath='{.status.capacity.storage}')"
-	kc delete pod grow --wait=true >/dev/null
+	until_true 60 sh -c "'$BIN/kubectl' --kubeconfig '$KC' -n $NSC get pvc $grow -o jsonpath='{.status.capacity.storage}' | grep -qx 1Gi" ||
+		fail "PVC status capacity is $(kc get pvc "$grow" -o jsonpath='{.status.capacity.storage}')"
+	kc delete pod "$grow" --wait=true >/dev/null
 	echo "df: $before KiB -> $after KiB"
 }
 
@@ -213,6 +219,7 @@ metadata: {name: eph}
 spec:
   restartPolicy: Never
   terminationGracePeriodSeconds: 1
+  nodeSelector: {kubernetes.io/hostname: ${ON:-$NODE}}
   containers:
     - name: c
       image: $BUSYBOX_REF
@@ -238,11 +245,15 @@ EOF
 		fail "claim eph-scratch outlived its pod"
 }
 
-# kubectl exec into the node's daemon container.
+# The daemon's pod on node ${ON:-$NODE}.
+node_pod() {
+	k -n stowage get pods -l app.kubernetes.io/component=node --field-selector "spec.nodeName=${ON:-$NODE}" \
+		-o jsonpath='{.items[0].metadata.name}'
+}
+
+# kubectl exec into the daemon container on node ${ON:-$NODE}.
 node_vol() {
-	local pod
-	pod=$(k -n stowage get pods -l app.kubernetes.io/component=node -o jsonpath='{.items[0].metadata.name}')
-	k -n stowage exec "$pod" -c stowaged -- vol --socket /csi/csi.sock "$@"
+	k -n stowage exec "$(node_pod)" -c stowaged -- vol --socket /csi/csi.sock "$@"
 }
 
 image_volume() {
@@ -251,12 +262,14 @@ image_volume() {
 	layer_dir=$(mktemp -d)
 	mkdir -p "$layer_dir/etc"
 	echo "from-an-image-layer" >"$layer_dir/etc/motd"
-	tar -C "$layer_dir" -cf "$STATE_DIR/check-layer.tar" etc
+	# Node 1's state directory, seen from the host.
+	local host_state=$W/nodes/1/state
+	tar -C "$layer_dir" -cf "$host_state/check-layer.tar" etc
 	rm -rf "$layer_dir"
 	local key
 	key=$(node_vol --output json layer import "$STATE_DIR/check-layer.tar" | python3 -c 'import json,sys; print(json.loads(sys.stdin.readline())["key"])') ||
 		return 1
-	rm -f "$STATE_DIR/check-layer.tar"
+	rm -f "$host_state/check-layer.tar"
 	k apply -f - <<EOF >/dev/null
 apiVersion: storage.k8s.io/v1
 kind: StorageClass
@@ -311,6 +324,7 @@ kind: Pod
 metadata: {name: steady}
 spec:
   terminationGracePeriodSeconds: 1
+  nodeSelector: {kubernetes.io/hostname: ${ON:-$NODE}}
   containers:
     - name: c
       image: $BUSYBOX_REF
@@ -322,11 +336,18 @@ spec:
       persistentVolumeClaim: {claimName: steady}
 EOF
 	kc wait --for=condition=Ready pod/steady --timeout=180s >/dev/null || return 1
-	local pod restarts_before pid
-	pod=$(k -n stowage get pods -l app.kubernetes.io/component=node -o jsonpath='{.items[0].metadata.name}')
+	local pod restarts_before pid cid
+	pod=$(node_pod)
 	restarts_before=$(k -n stowage get pod "$pod" -o jsonpath='{.status.containerStatuses[?(@.name=="stowaged")].restartCount}')
-	pid=$(pgrep -f -- "--state-dir=$STATE_DIR" | head -1)
-	[[ -n $pid ]] || fail "no stowaged process with --state-dir=$STATE_DIR"
+	# The daemon of this pod (every node's has the same command line): the
+	# process in its container's cgroup.
+	cid=$(k -n stowage get pod "$pod" -o jsonpath='{.status.containerStatuses[?(@.name=="stowaged")].containerID}')
+	cid=${cid#containerd://}
+	[[ -n $cid ]] || fail "no container id for stowaged in $pod"
+	pid=$(grep -l "$cid" /proc/[0-9]*/cgroup 2>/dev/null | cut -d/ -f3 | while read -r p; do
+		grep -q -- "--state-dir=$STATE_DIR" "/proc/$p/cmdline" 2>/dev/null && echo "$p"
+	done | head -1)
+	[[ -n $pid ]] || fail "no stowaged process in container $cid"
 	local lines_before loops_before
 	lines_before=$(kc exec steady -- sh -c 'wc -l < /data/log')
 	[[ $lines_before =~ ^[0-9]+$ ]] || fail "wc in the pod: '$lines_before'"
@@ -367,12 +388,117 @@ capacity_objects() {
 	local line class node cap seen=0
 	while read -r class node cap; do
 		[[ $class == stowage-* ]] || continue
-		[[ $node == "$NODE" ]] || fail "capacity of $class names node '$node'"
+		[[ $node == "$NODE" || $node == "$NODE2" ]] || fail "capacity of $class names node '$node'"
 		[[ -n $cap && $cap != 0 ]] || fail "capacity of $class is '$cap'"
 		seen=$((seen + 1))
 		echo "$class on $node: $cap"
 	done < <(caps)
 	((seen > 0)) || fail "no CSIStorageCapacity for stowage classes: $(caps)"
+	# An object per class on every node (the provisioner publishes them as it
+	# finds the nodes' topology).
+	local n
+	for n in "$NODE" $( ((NODE_COUNT > 1)) && echo "$NODE2"); do
+		until_true 120 sh -c "'$BIN/kubectl' --kubeconfig '$KC' -n stowage get csistoragecapacities -o jsonpath='{range .items[*]}{.storageClassName} {.nodeTopology.matchLabels.topology\\.stowage\\.dev/node}{\"\\n\"}{end}' | grep -qx 'stowage-loop-ext4 $n'" ||
+			fail "no capacity of stowage-loop-ext4 on $n: $(caps)"
+	done
+}
+
+# --- Across nodes (NODE_COUNT > 1). Every call reaches the owning node's daemon
+# through the cluster controller.
+
+# snapshot NAME PVC: a VolumeSnapshot, ready to use.
+snapshot() {
+	kc apply -f - <<EOF >/dev/null
+apiVersion: snapshot.storage.k8s.io/v1
+kind: VolumeSnapshot
+metadata: {name: $1}
+spec:
+  volumeSnapshotClassName: stowage-snapshots
+  source: {persistentVolumeClaimName: $2}
+EOF
+	until_true 120 sh -c "'$BIN/kubectl' --kubeconfig '$KC' -n $NSC get volumesnapshot $1 -o jsonpath='{.status.readyToUse}' | grep -qx true" ||
+		{
+			kc describe volumesnapshot "$1" | tail -15
+			fail "snapshot $1 not ready"
+		}
+}
+
+# A snapshot of a volume on node 2, restored for a pod that can only run on node
+# 1: the driver answers RESOURCE_EXHAUSTED (the source is not there), so the
+# provisioner hands the claim back to the scheduler instead of failing it for
+# good, and nothing is made on node 1. A pod that can run on node 2 gets it.
+cross_node_restore() {
+	ON=$NODE2 SUFFIX=-n2 roundtrip stowage-loop-ext4 64Mi || return 1
+	snapshot snap-n2 rt-loop-ext4-n2 || return 1
+	pvc restored-n2 stowage-loop-ext4 64Mi Filesystem "  dataSource: {name: snap-n2, kind: VolumeSnapshot, apiGroup: snapshot.storage.k8s.io}" >/dev/null
+	kc apply -f - <<EOF >/dev/null
+apiVersion: v1
+kind: Pod
+metadata: {name: restored-n2-on1}
+spec:
+  terminationGracePeriodSeconds: 1
+  nodeSelector: {kubernetes.io/hostname: $NODE}
+  containers:
+    - name: c
+      image: $BUSYBOX_REF
+      imagePullPolicy: Never
+      command: ["/bin/sh", "-c", "cat /data/f"]
+      volumeMounts: [{name: v, mountPath: /data}]
+  volumes:
+    - name: v
+      persistentVolumeClaim: {claimName: restored-n2}
+EOF
+	events() {
+		kc get events --field-selector involvedObject.name=restored-n2,reason=ProvisioningFailed \
+			-o jsonpath='{range .items[*]}{.message}{"\n"}{end}'
+	}
+	until_true 120 sh -c "'$BIN/kubectl' --kubeconfig '$KC' -n $NSC get events --field-selector involvedObject.name=restored-n2,reason=ProvisioningFailed -o jsonpath='{.items[*].message}' | grep -q ResourceExhausted" ||
+		fail "no ProvisioningFailed event with ResourceExhausted for restored-n2: $(events)"
+	events | grep ResourceExhausted | head -1
+	[[ $(kc get pvc restored-n2 -o jsonpath='{.status.phase}') == Pending ]] ||
+		fail "restored-n2 is $(kc get pvc restored-n2 -o jsonpath='{.status.phase}') on node 1"
+	if k get pv -o jsonpath='{range .items[*]}{.spec.claimRef.name}{"\n"}{end}' | grep -qx restored-n2; then
+		fail "a PV was made for restored-n2 on node 1"
+	fi
+	kc delete pod restored-n2-on1 --wait=true --timeout=60s >/dev/null
+	local got
+	got=$(ON=$NODE2 run_pod restored-n2-r restored-n2 "cat /data/f") || return 1
+	[[ $got == hello-stowage-loop-ext4 ]] || fail "restored on node 2: '$got'"
+	local pv
+	pv=$(kc get pvc restored-n2 -o jsonpath='{.spec.volumeName}')
+	k get pv "$pv" -o jsonpath='{.spec.nodeAffinity.required.nodeSelectorTerms[*].matchExpressions[*].values[*]}' |
+		grep -qx "$NODE2" || fail "restored PV $pv is not pinned to $NODE2"
+}
+
+# A volume with a copy on the other node: its PV names only the node it can be
+# staged on (the primary), the copy appears on the other node, and it goes when
+# the claim is deleted.
+replicated_topology() {
+	k apply -f - <<EOF >/dev/null
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata: {name: stowage-check-replicated}
+provisioner: csi.stowage.dev
+parameters: {kind: loop, fsType: ext4, replicas: "2", replicationInterval: "5s"}
+volumeBindingMode: WaitForFirstConsumer
+reclaimPolicy: Delete
+EOF
+	pvc repl stowage-check-replicated 64Mi >/dev/null
+	run_pod repl-w repl "echo replicated > /data/f && sync" >/dev/null || return 1
+	local pv handle nodes
+	pv=$(kc get pvc repl -o jsonpath='{.spec.volumeName}')
+	handle=$(k get pv "$pv" -o jsonpath='{.spec.csi.volumeHandle}')
+	nodes=$(k get pv "$pv" -o jsonpath='{.spec.nodeAffinity.required.nodeSelectorTerms[*].matchExpressions[*].values[*]}')
+	[[ $nodes == "$NODE" ]] || fail "PV $pv of a replicated volume names nodes '$nodes' (only $NODE expected)"
+	has_copy() { ON=$NODE2 node_vol --output json replica ls | grep -q "$1"; }
+	no_copy() { ! has_copy "$1"; }
+	until_true 90 has_copy "$handle" ||
+		fail "no copy of $handle on $NODE2: $(ON=$NODE2 node_vol replica ls 2>&1)"
+	ON=$NODE2 node_vol replica ls
+	kc delete pvc repl --wait=true >/dev/null
+	until_true 90 sh -c "! '$BIN/kubectl' --kubeconfig '$KC' get pv $pv" || fail "PV $pv stayed"
+	until_true 90 no_copy "$handle" ||
+		fail "the copy of $handle stayed on $NODE2 after the claim was deleted"
 }
 
 k create namespace "$NSC" >/dev/null 2>&1 || true
@@ -389,6 +515,14 @@ check "image volume (kind=image, kernel overlay)" image_volume
 check "ModifyVolume through a VolumeAttributesClass" modify_volume
 check "deleting the PVC removes the volume" delete_removes_volume
 check "daemon killed under a writing pod loses nothing" daemon_restart
+# On node 2, through the cluster controller.
+on_node2() { ON=$NODE2 SUFFIX=-n2 "$@"; }
+if ((NODE_COUNT > 1)); then
+	check "node 2: pvc stowage-loop-xfs, write, new pod reads" on_node2 roundtrip stowage-loop-xfs 512Mi
+	check "node 2: online expansion seen in the pod (xfs)" on_node2 online_expansion
+	check "node 2: snapshot refused for a pod on node 1 (RESOURCE_EXHAUSTED), restored on node 2" cross_node_restore
+	check "replicated volume: PV names only the primary, the copy is on node 2" replicated_topology
+fi
 
 echo
 if ((failed)); then

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# A real single-node Kubernetes cluster on this machine, Stowage installed in it
-# from the Helm chart with the real CSI sidecars, the checks of hack/k8s/checks.sh,
-# and everything torn down again, even on failure:
+# A real Kubernetes cluster on this machine (two nodes by default,
+# STOWAGE_K8S_NODES=N for another count), Stowage installed in it from the Helm
+# chart with the real CSI sidecars, the checks of hack/k8s/checks.sh, and
+# everything torn down again, even on failure:
 #
 #   sudo hack/k8s/cluster.sh            # build (cached), up, checks, down
 #   sudo hack/k8s/cluster.sh --keep     # leave the cluster up after the checks
@@ -14,15 +15,22 @@
 # csi-resizer, livenessprobe and csi-external-health-monitor-controller, which
 # are taken as binaries from $STOWAGE_K8S_SIDECARS (built from their public
 # repositories; see deploy/README.md). Images are built here from those binaries
-# (hack/image/oci.py) and imported into containerd under the names the chart uses.
+# (hack/image/oci.py) and imported into each node's containerd under the names the
+# chart uses.
 #
-# The cluster lives in network namespace stowage-k8s, reached over a veth pair
-# (host 10.201.0.1, node 10.201.0.2): kubelet refuses a loopback node address.
-# etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kube-proxy,
-# snapshot-controller, containerd and kubelet run as processes in that namespace
-# (not in containers); their state and logs are under $STOWAGE_K8S_WORK
-# (default /var/tmp/stowage-k8s), the kubelet's under /var/lib/kubelet (refused if
-# another kubelet's files are there); both are removed on the way down.
+# The control plane (etcd, kube-apiserver, kube-controller-manager,
+# kube-scheduler, snapshot-controller) runs as processes in network namespace
+# stowage-k8s, reached over a veth pair (host 10.201.0.1, apiserver and node 1
+# 10.201.0.2): kubelet refuses a loopback node address. Each node is a machine of
+# its own as far as Kubernetes can tell: its own mount, PID and UTS namespaces
+# (node 1 shares the control plane's network namespace; node N has
+# stowage-k8s-nN at 10.201.(N-1).2), its own containerd, kubelet (cgroup root
+# /stowage-k8s-nN) and kube-proxy, and its own kubelet root and Stowage state
+# directory, bound at /var/lib/kubelet and $STOWAGE_K8S_WORK/stowage-state in
+# its mount namespace. Everything lives under $STOWAGE_K8S_WORK (default
+# /var/tmp/stowage-k8s); /var/lib/kubelet on the host is only a mount point,
+# refused if another kubelet's files are there. All of it is removed on the
+# way down.
 #
 # Prints the time of each phase and, last, "cluster: N passed, N failed".
 set -euo pipefail
@@ -116,8 +124,8 @@ make_pki
 phase "control plane"
 start_control_plane
 
-phase "node (containerd, kubelet, kube-proxy)"
-start_node
+phase "nodes (containerd, kubelet, kube-proxy)"
+start_nodes
 
 phase "images"
 import_images

@@ -2,7 +2,9 @@
 """containerd's default configuration (`containerd config default`, version 4),
 turned into the test cluster's: its own root, state and sockets, runc from Debian
 with cgroupfs, the CNI plugins and configuration of hack/k8s, a locally built
-pause image, and restrict_oom_score_adj (root lacks CAP_SYS_RESOURCE on these
+pause image, pods' network namespaces under the state directory (so the
+teardown's unmount of the work directory removes them; by default they stay
+in /run/netns after containerd is stopped), and restrict_oom_score_adj (root lacks CAP_SYS_RESOURCE on these
 machines, so runc fails every pod that asks for a lower OOM score without it).
 
     containerd_config.py DEFAULT OUT --root R --state S --address SOCK \
@@ -36,6 +38,7 @@ def main() -> None:
     text = set_key(text, "state", f"'{a.state}'", count=1)
     text = set_key(text, "sandbox", f"'{a.sandbox}'")
     text = set_key(text, "restrict_oom_score_adj", "true")
+    text = set_key(text, "netns_mounts_under_state_dir", "true")
     text = set_key(text, "BinaryName", "'/usr/sbin/runc'")
     text = set_key(text, "SystemdCgroup", "false")
     text = set_key(text, "bin_dirs", f"['{a.cni_bin}']")

@@ -7,26 +7,48 @@
 source "$ROOT/hack/lib/cleanup.sh"
 
 export PATH=$PATH:/usr/local/go/bin:/usr/sbin:/sbin
+
+# Each node is a machine of its own as far as Kubernetes can tell: a network
+# namespace (node 1 shares the control plane's), and its own mount, PID and UTS
+# namespaces, where its kubelet root and state directory are its own directories
+# under $W/nodes/N, and PID 1 is the node's init (so the e2e suite's host-exec pod
+# can enter "the host's" mount namespace through /proc/1/ns/mnt, which the VM's
+# real PID 1 refuses even to root). Node N (N >= 2) lives in namespace
+# stowage-k8s-nN at 10.201.(N-1).2, routed through node 1's namespace; pods get
+# 10.202.(N-1).0/24.
+node_name() { if (($1 == 1)); then echo stowage-k8s-node; else echo "stowage-k8s-node$1"; fi; }
+node_ip() { if (($1 == 1)); then echo 10.201.0.2; else echo "10.201.$(($1 - 1)).2"; fi; }
+node_netns() { if (($1 == 1)); then echo stowage-k8s; else echo "stowage-k8s-n$1"; fi; }
+node_dir() { echo "$W/nodes/$1"; }
+node_sock() { echo "$W/nodes/$1/containerd/containerd.sock"; }
+node_cgroup() { echo "stowage-k8s-n$1"; }
+nodes() { seq 1 "$NODE_COUNT"; }
 W=${STOWAGE_K8S_WORK:-/var/tmp/stowage-k8s}
 CACHE=${STOWAGE_K8S_CACHE:-/var/cache/stowage-k8s}
 BIN=$CACHE/bin
 SIDECARS=${STOWAGE_K8S_SIDECARS:-$CACHE/sidecars}
 NS=stowage-k8s
-NODE=stowage-k8s-node
 HOST_IP=10.201.0.1
+# Node 1 shares the control plane's network namespace and address.
 NODE_IP=10.201.0.2
-POD_CIDR=10.202.0.0/24
+POD_CIDRS=10.202.0.0/16
 SVC_CIDR=10.203.0.0/24
 API_SVC_IP=10.203.0.1
 KC=$W/pki/admin.kubeconfig
-CTR_SOCK=$W/containerd/containerd.sock
+# How many nodes (1 or more; node 2 and up are the cross-node cases).
+NODE_COUNT=${STOWAGE_K8S_NODES:-2}
+NODE=$(node_name 1)
+NODE2=$(node_name 2)
+# The daemon's state directory and the kubelet's root as every node sees them,
+# each node's own directory bound there in its mount namespace. /var/lib/kubelet
+# is the kubelet's usual root: the e2e suite inspects /var/lib/kubelet/pods on the
+# node. On the host it is only a mount point, refused if it holds anything but an
+# earlier run of ours (the marker file).
 STATE_DIR=$W/stowage-state
-# The kubelet's usual root: the e2e suite inspects /var/lib/kubelet/pods on the node.
-# Refused if it holds anything but an earlier run of ours (the marker file).
 KUBELET_DIR=/var/lib/kubelet
 KUBELET_MARK=$KUBELET_DIR/.stowage-k8s
 CLUSTER_SECRET_VALUE=${STOWAGE_K8S_SECRET:-stowage-k8s-test-$RANDOM$RANDOM}
-export W BIN KC NODE NODE_IP STATE_DIR
+export W BIN KC NODE NODE2 NODE_COUNT NODE_IP STATE_DIR
 
 # The sidecar images, named as the chart's values name them.
 PROVISIONER_REF=registry.k8s.io/sig-storage/csi-provisioner:v6.3.0
@@ -42,7 +64,8 @@ export BUSYBOX_REF
 k() { "$BIN/kubectl" --kubeconfig "$KC" "$@"; }
 in_ns() { nsenter --net="/run/netns/$NS" -- "$@"; }
 
-# start NAME COMMAND...: runs COMMAND in the namespace, logging to $W/logs/NAME.log.
+# start NAME COMMAND...: runs COMMAND in the control plane's network namespace,
+# logging to $W/logs/NAME.log.
 start() {
 	local name=$1
 	shift
@@ -51,6 +74,104 @@ start() {
 	# fd 9 (cluster.sh's lock) is not passed on: a process left behind would hold it.
 	(exec nsenter --net="/run/netns/$NS" -- "$@") >"$W/logs/$name.log" 2>&1 9>&- &
 	echo $! >"$W/pids/$name"
+}
+
+# The node's init: its hostname, its kubelet root and state directory bound where
+# every node has them (shared, for the pods' bidirectional mounts), a /var/log of
+# its own (the kubelet keeps pod logs in /var/log/pods and removes those of pods
+# it does not know), then PID 1,
+# reaping orphans, until the way down kills it (and with it everything in the node).
+# shellcheck disable=SC2016
+NODE_INIT='set -e
+hostname "$1"
+mount --bind "$2/kubelet" "$3"
+mount --make-rshared "$3"
+mount --bind "$2/state" "$4"
+mount --make-rshared "$4"
+mount --bind "$2/log" /var/log
+touch "$2/ready"
+trap "exit 0" TERM
+while :; do sleep 3600 & wait $! || true; done'
+
+# start_machine N: node N's namespaces and init.
+start_machine() {
+	local i=$1 nd
+	nd=$(node_dir "$i")
+	mkdir -p "$nd"/{kubelet,state,log,containerd,cni/net.d,cni/ipam,config}
+	make_cgroup_root "$i"
+	# unshare forks the init (PID 1 of the new PID namespace, with its own /proc)
+	# and kills it when it dies itself.
+	(exec nsenter --net="/run/netns/$(node_netns "$i")" -- \
+		unshare --mount --pid --uts --fork --kill-child --mount-proc --propagation private -- \
+		bash -c "$NODE_INIT" node-init "$(node_name "$i")" "$nd" "$KUBELET_DIR" "$STATE_DIR") \
+		>"$W/logs/node$i-init.log" 2>&1 9>&- &
+	echo $! >"$W/pids/node$i"
+	wait_for "node $i's init" 30 test -e "$nd/ready"
+	pgrep -P "$(cat "$W/pids/node$i")" >"$W/pids/node$i.init"
+}
+
+# node_start N NAME COMMAND...: runs COMMAND on node N (all its namespaces),
+# logging to $W/logs/NAME.log; the pid file names the program, not nsenter.
+node_start() {
+	local i=$1 name=$2 init outer pid=""
+	shift 2
+	init=$(cat "$W/pids/node$i.init")
+	(exec nsenter --target "$init" --mount --uts --net --pid -- "$@") \
+		>"$W/logs/$name.log" 2>&1 9>&- &
+	outer=$!
+	for _ in $(seq 50); do
+		pid=$(pgrep -P "$outer") && break
+		sleep 0.1
+	done
+	echo "${pid:-$outer}" >"$W/pids/$name"
+}
+
+# Each node's kubelet has a cgroup root of its own (cgroup v1: in every hierarchy).
+cgroup_hierarchies() {
+	if [[ $(stat -fc %T /sys/fs/cgroup) == cgroup2fs ]]; then
+		echo /sys/fs/cgroup
+	else
+		local h
+		for h in /sys/fs/cgroup/*/; do
+			[[ -e $h/cgroup.procs ]] && echo "${h%/}"
+		done
+	fi
+}
+
+make_cgroup_root() {
+	local h d
+	for h in $(cgroup_hierarchies); do
+		d=$h/$(node_cgroup "$1")
+		mkdir -p "$d"
+		if [[ -e $h/cpuset.cpus && ! -e $h/cgroup.subtree_control ]]; then
+			cat "$h/cpuset.cpus" >"$d/cpuset.cpus"
+			cat "$h/cpuset.mems" >"$d/cpuset.mems"
+		fi
+		if [[ -e $d/cgroup.subtree_control ]]; then
+			local c
+			for c in $(cat "$h/cgroup.subtree_control"); do
+				echo "+$c" >"$d/cgroup.subtree_control" 2>/dev/null || true
+			done
+		fi
+	done
+}
+
+# Kills whatever is left in node N's cgroups, then removes them, deepest first.
+remove_cgroup_root() {
+	local h d
+	for h in $(cgroup_hierarchies); do
+		d=$h/$(node_cgroup "$1")
+		[[ -d $d ]] || continue
+		find "$d" -name cgroup.procs -exec cat {} + 2>/dev/null | xargs -r kill -9 2>/dev/null || true
+	done
+	sleep 0.5
+	for h in $(cgroup_hierarchies); do
+		d=$h/$(node_cgroup "$1")
+		[[ -d $d ]] || continue
+		find "$d" -depth -type d -exec rmdir {} + 2>/dev/null || true
+		[[ -d $d ]] && stowage_log "cgroup $d not removed"
+	done
+	return 0
 }
 
 # wait_for WHAT SECONDS COMMAND...: until COMMAND succeeds, or fail naming WHAT.
@@ -96,19 +217,13 @@ EOF
 }
 
 setup_network() {
-	mkdir -p "$W"/{logs,pids,pki,cni/net.d,containerd,kubelet}
-	# Bidirectional mount propagation needs a shared mount under the kubelet and
-	# the state directory; / is private here.
-	mount --bind "$W" "$W"
-	mount --make-rshared "$W"
+	mkdir -p "$W"/{logs,pids,pki,nodes} "$STATE_DIR"
 	if [[ -d $KUBELET_DIR && ! -e $KUBELET_MARK ]] && [[ -n $(ls -A "$KUBELET_DIR") ]]; then
 		echo "$KUBELET_DIR holds another kubelet's files: refusing to use it" >&2
 		return 1
 	fi
 	mkdir -p "$KUBELET_DIR"
 	touch "$KUBELET_MARK"
-	mount --bind "$KUBELET_DIR" "$KUBELET_DIR"
-	mount --make-rshared "$KUBELET_DIR"
 	ip netns add "$NS"
 	ip link add sk8s-h type veth peer name sk8s-n
 	ip link set sk8s-n netns "$NS"
@@ -120,6 +235,27 @@ setup_network() {
 	# Nothing leaves the namespace but to the host's end of the veth.
 	in_ns ip route add unreachable default
 	in_ns sysctl -qw net.ipv4.ip_forward=1
+	local i
+	for i in $(nodes); do
+		((i > 1)) || continue
+		local ns gw=10.201.$((i - 1)).1 ip
+		ns=$(node_netns "$i")
+		ip=$(node_ip "$i")
+		ip netns add "$ns"
+		ip link add "sk8s-$i-a" type veth peer name "sk8s-$i-b"
+		ip link set "sk8s-$i-a" netns "$NS"
+		ip link set "sk8s-$i-b" netns "$ns"
+		in_ns ip addr add "$gw/24" dev "sk8s-$i-a"
+		in_ns ip link set "sk8s-$i-a" up
+		in_ns ip route add "10.202.$((i - 1)).0/24" via "$ip"
+		ip netns exec "$ns" ip link set lo up
+		ip netns exec "$ns" ip addr add "$ip/24" dev "sk8s-$i-b"
+		ip netns exec "$ns" ip link set "sk8s-$i-b" up
+		ip netns exec "$ns" ip route add default via "$gw"
+		ip netns exec "$ns" sysctl -qw net.ipv4.ip_forward=1
+		# The host reaches node N through node 1 (goes with the veth).
+		ip route add "10.201.$((i - 1)).0/24" via "$NODE_IP"
+	done
 }
 
 # sign NAME SUBJECT [SAN]: a key and a certificate signed by the cluster CA.
@@ -190,12 +326,14 @@ start_control_plane() {
 }
 
 write_containerd_config() {
-	local cfg=$W/containerd/config.toml
+	local i=$1 nd
+	nd=$(node_dir "$i")
+	local cfg=$nd/config/containerd.toml
 	"$BIN/containerd" config default >"$cfg.default"
 	python3 "$ROOT/hack/k8s/containerd_config.py" "$cfg.default" "$cfg" \
-		--root "$W/containerd/root" --state "$W/containerd/state" --address "$CTR_SOCK" \
-		--cni-bin "$CACHE/cni" --cni-conf "$W/cni/net.d" --sandbox "$PAUSE_REF"
-	cat >"$W/cni/net.d/10-stowage-k8s.conflist" <<EOF
+		--root "$nd/containerd/root" --state "$nd/containerd/state" --address "$(node_sock "$i")" \
+		--cni-bin "$CACHE/cni" --cni-conf "$nd/cni/net.d" --sandbox "$PAUSE_REF"
+	cat >"$nd/cni/net.d/10-stowage-k8s.conflist" <<EOF
 {
   "cniVersion": "1.0.0",
   "name": "stowage-k8s",
@@ -207,7 +345,8 @@ write_containerd_config() {
       "ipMasq": false,
       "ipam": {
         "type": "host-local",
-        "ranges": [[{"subnet": "$POD_CIDR"}]],
+        "dataDir": "$nd/cni/ipam",
+        "ranges": [[{"subnet": "10.202.$((i - 1)).0/24"}]],
         "routes": [{"dst": "0.0.0.0/0"}]
       }
     },
@@ -217,11 +356,17 @@ write_containerd_config() {
 EOF
 }
 
+# start_node N: node N's machine, containerd, kubelet and kube-proxy.
 start_node() {
-	write_containerd_config
-	start containerd env PATH="$BIN:$PATH" "$BIN/containerd" --config "$W/containerd/config.toml"
-	wait_for "containerd" 60 test -S "$CTR_SOCK"
-	cat >"$W/kubelet/config.yaml" <<EOF
+	local i=$1 nd name ip
+	nd=$(node_dir "$i")
+	name=$(node_name "$i")
+	ip=$(node_ip "$i")
+	start_machine "$i"
+	write_containerd_config "$i"
+	node_start "$i" "containerd-$i" env PATH="$BIN:$PATH" "$BIN/containerd" --config "$nd/config/containerd.toml"
+	wait_for "containerd of node $i" 60 test -S "$(node_sock "$i")"
+	cat >"$nd/config/kubelet.yaml" <<EOF
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
 authentication:
@@ -229,7 +374,8 @@ authentication:
   webhook: {enabled: false}
 authorization: {mode: AlwaysAllow}
 cgroupDriver: cgroupfs
-containerRuntimeEndpoint: unix://$CTR_SOCK
+cgroupRoot: /$(node_cgroup "$i")
+containerRuntimeEndpoint: unix://$(node_sock "$i")
 failSwapOn: false
 failCgroupV1: false
 serializeImagePulls: false
@@ -240,12 +386,21 @@ evictionHard:
   imagefs.available: "2%"
 imageGCHighThresholdPercent: 100
 EOF
-	start kubelet env PATH="$BIN:$PATH" "$BIN/kubelet" --config="$W/kubelet/config.yaml" \
-		--kubeconfig="$KC" --node-ip="$NODE_IP" --hostname-override="$NODE" \
+	node_start "$i" "kubelet-$i" env PATH="$BIN:$PATH" "$BIN/kubelet" --config="$nd/config/kubelet.yaml" \
+		--kubeconfig="$KC" --node-ip="$ip" --hostname-override="$name" \
 		--root-dir="$KUBELET_DIR"
-	start kube-proxy "$BIN/kube-proxy" --kubeconfig="$KC" --hostname-override="$NODE" \
-		--proxy-mode=iptables --cluster-cidr="$POD_CIDR" --conntrack-max-per-core=0
-	wait_for "node $NODE Ready" 180 k wait --for=condition=Ready "node/$NODE" --timeout=5s
+	node_start "$i" "kube-proxy-$i" "$BIN/kube-proxy" --kubeconfig="$KC" --hostname-override="$name" \
+		--proxy-mode=iptables --cluster-cidr="$POD_CIDRS" --conntrack-max-per-core=0
+}
+
+start_nodes() {
+	local i
+	for i in $(nodes); do
+		start_node "$i"
+	done
+	for i in $(nodes); do
+		wait_for "node $(node_name "$i") Ready" 180 k wait --for=condition=Ready "node/$(node_name "$i")" --timeout=5s
+	done
 }
 
 # image REF ENTRYPOINT SRC:DEST...: an image of those files, imported into containerd.
@@ -278,10 +433,21 @@ image() {
 	rm -rf "$rootfs" "$rootfs.tar"
 }
 
+# ctr_import TAR: into every node's containerd, side by side.
 ctr_import() {
-	# (ctr warns on every call that cgroup v1 is deprecated: kept out of the log)
-	"$BIN/ctr" --address "$CTR_SOCK" -n k8s.io images import "$1" >/dev/null 2>&1 ||
-		"$BIN/ctr" --address "$CTR_SOCK" -n k8s.io images import "$1"
+	local i pids=() rc=0
+	for i in $(nodes); do
+		# (ctr warns on every call that cgroup v1 is deprecated: kept out of the log)
+		{
+			"$BIN/ctr" --address "$(node_sock "$i")" -n k8s.io images import "$1" >/dev/null 2>&1 ||
+				"$BIN/ctr" --address "$(node_sock "$i")" -n k8s.io images import "$1"
+		} &
+		pids+=($!)
+	done
+	for i in "${pids[@]}"; do
+		wait "$i" || rc=1
+	done
+	return "$rc"
 }
 
 import_images() {
@@ -296,7 +462,7 @@ import_images() {
 	image "$HEALTH_REF" /csi-external-health-monitor-controller \
 		"$SIDECARS/csi-external-health-monitor-controller:/csi-external-health-monitor-controller"
 	ctr_import "$W-images/stowage-image.tar"
-	"$BIN/ctr" --address "$CTR_SOCK" -n k8s.io images ls -q 2>/dev/null | grep -v '^sha256:'
+	"$BIN/ctr" --address "$(node_sock 1)" -n k8s.io images ls -q 2>/dev/null | grep -v '^sha256:'
 }
 
 start_snapshot_controller() {
@@ -306,17 +472,25 @@ start_snapshot_controller() {
 }
 
 install_stowage() {
+	local peers=() i
+	for i in $(nodes); do
+		peers+=(--set "peer.nodes[$((i - 1))]=$(node_name "$i")=$(node_ip "$i"):7420")
+	done
 	"$BIN/helm" --kubeconfig "$KC" install stowage "$ROOT/deploy/helm/stowage" \
 		--namespace stowage --create-namespace \
 		--set "node.kubeletDir=$KUBELET_DIR" \
 		--set "node.stateDir=$STATE_DIR" \
 		--set "pool.size=8GiB" \
-		--set "peer.nodes[0]=$NODE=$NODE_IP:7420" \
+		"${peers[@]}" \
 		--set "clusterSecret.value=$CLUSTER_SECRET_VALUE" \
 		--wait --timeout 180s
 	k -n stowage get pods -o wide
-	wait_for "CSINode of $NODE lists csi.stowage.dev" 60 \
-		sh -c "'$BIN/kubectl' --kubeconfig '$KC' get csinode '$NODE' -o jsonpath='{.spec.drivers[*].name}' | grep -q csi.stowage.dev"
+	local name
+	for i in $(nodes); do
+		name=$(node_name "$i")
+		wait_for "CSINode of $name lists csi.stowage.dev" 60 \
+			sh -c "'$BIN/kubectl' --kubeconfig '$KC' get csinode '$name' -o jsonpath='{.spec.drivers[*].name}' | grep -q csi.stowage.dev"
+	done
 }
 
 dump_diagnostics() {
@@ -347,14 +521,16 @@ stop_pid_file() {
 	rm -f "$f"
 }
 
-# Loop devices the node daemon bound to its pool and volume images. The kernel
+# Loop devices a node daemon bound to its pool and volume images. The kernel
 # names their files by the daemon container's own path (/pool.img,
 # /images/volumes/...), which the host cannot match: match inodes instead.
+# detach_state_loops DIR: those whose files are below DIR.
 detach_state_loops() {
-	[[ -d $STATE_DIR ]] || return 0
+	local dir=$1
+	[[ -d $dir ]] || return 0
 	local dev inodes
-	dev=$(stat -c '%d' "$STATE_DIR")
-	inodes=" $(find "$STATE_DIR" -xdev -type f -printf '%i ' 2>/dev/null) "
+	dev=$(stat -c '%d' "$dir")
+	inodes=" $(find "$dir" -xdev -type f -printf '%i ' 2>/dev/null) "
 	local name ino majmin
 	while read -r name ino majmin; do
 		[[ -n $name && $inodes == *" $ino "* ]] || continue
@@ -365,6 +541,41 @@ detach_state_loops() {
 	done < <(losetup -l -n -O NAME,BACK-INO,BACK-MAJ:MIN 2>/dev/null)
 }
 
+# stop_node N: its kubelet and kube-proxy, its containers, containerd, then its
+# init: with PID 1 of its PID namespace gone, the kernel kills everything left in
+# it, and with the last of them its mount namespace and every mount in it goes.
+stop_node() {
+	local i=$1 sock
+	sock=$(node_sock "$i")
+	stop_pid_file "kubelet-$i"
+	stop_pid_file "kube-proxy-$i"
+	if [[ -S $sock ]]; then
+		local t
+		for t in $("$BIN/ctr" --address "$sock" -n k8s.io tasks ls -q 2>/dev/null); do
+			"$BIN/ctr" --address "$sock" -n k8s.io tasks kill -s SIGKILL "$t" >/dev/null 2>&1 || true
+		done
+		sleep 1
+	fi
+	stop_pid_file "containerd-$i"
+	local init
+	init=$(cat "$W/pids/node$i.init" 2>/dev/null || true)
+	if [[ -n $init ]] && kill -0 "$init" 2>/dev/null; then
+		# Unmount the volumes while the node still holds them (lazily, for a
+		# process that might still be on its way out).
+		nsenter --target "$init" --mount -- sh -c \
+			"umount -R '$KUBELET_DIR' '$STATE_DIR' 2>/dev/null || umount -R -l '$KUBELET_DIR' '$STATE_DIR'" \
+			2>/dev/null || true
+	fi
+	stop_pid_file "node$i"
+	if [[ -n $init ]]; then
+		stowage_stop_pid "$init" 5 || true
+	fi
+	rm -f "$W/pids/node$i.init"
+	# Whatever escaped (a process started by an earlier run): every process in the
+	# node's cgroups.
+	remove_cgroup_root "$i"
+}
+
 cluster_down() {
 	if [[ -f $KC && -f $W/pids/kube-apiserver ]]; then
 		# Volumes are unmounted and removed by the driver while it still runs.
@@ -372,37 +583,34 @@ cluster_down() {
 		"$BIN/helm" --kubeconfig "$KC" uninstall stowage -n stowage --wait --timeout 90s \
 			>/dev/null 2>&1 || true
 	fi
-	stop_pid_file kubelet
-	stop_pid_file kube-proxy
-	if [[ -S $CTR_SOCK ]]; then
-		local t
-		for t in $("$BIN/ctr" --address "$CTR_SOCK" -n k8s.io tasks ls -q 2>/dev/null); do
-			"$BIN/ctr" --address "$CTR_SOCK" -n k8s.io tasks kill -s SIGKILL "$t" >/dev/null 2>&1 || true
-		done
-		sleep 1
-	fi
-	stop_pid_file containerd
-	pkill -9 -f "containerd-shim-runc-v2.*$W" 2>/dev/null || true
-	# Whatever a container still runs (its shim gone, it holds its mounts and so
-	# its loop devices): every process in a pod's cgroup.
-	local f
-	for f in $(grep -l kubepods /proc/[0-9]*/cgroup 2>/dev/null); do
-		f=${f#/proc/}
-		kill -9 "${f%/cgroup}" 2>/dev/null || true
+	local i
+	# Every node an earlier run may have started, not only this run's count.
+	for i in $({ ls "$W/nodes" 2>/dev/null || true; nodes; } | sort -un); do
+		if [[ $i =~ ^[0-9]+$ ]]; then
+			stop_node "$i"
+		fi
 	done
+	pkill -9 -f "containerd-shim-runc-v2.*$W" 2>/dev/null || true
 	local p
 	for p in snapshot-controller kube-scheduler kube-controller-manager kube-apiserver etcd; do
 		stop_pid_file "$p"
 	done
+	for i in $(nodes); do
+		if ((i > 1)); then
+			ip netns del "$(node_netns "$i")" 2>/dev/null || true
+		fi
+	done
 	ip netns del "$NS" 2>/dev/null || true
 	ip link del sk8s-h 2>/dev/null || true
 	if [[ -e $KUBELET_MARK ]]; then
-		stowage_unmount_under "$KUBELET_DIR" || true
-		stowage_remove_dir "$KUBELET_DIR" || true
+		rm -f "$KUBELET_MARK"
+		rmdir "$KUBELET_DIR" 2>/dev/null || stowage_log "$KUBELET_DIR left: not empty"
 	fi
 	if [[ -d $W ]]; then
 		stowage_unmount_under "$W" || true
-		detach_state_loops
+		for i in $(ls "$W/nodes" 2>/dev/null); do
+			detach_state_loops "$W/nodes/$i/state"
+		done
 		stowage_remove_dir "$W" || true
 	fi
 	rm -rf "$W-images"

@@ -106,10 +106,11 @@ pub fn loop_configure(
     Ok(())
 }
 
-/// The inode number of the file bound to loop device `dev` (LOOP_GET_STATUS64).
-/// Unlike sysfs's `backing_file`, which is a path as seen from the mount namespace
-/// of whoever bound the device, the inode names the file in every namespace.
-pub fn loop_backing_inode(dev: BorrowedFd<'_>) -> io::Result<u64> {
+/// The device and inode numbers of the file bound to loop device `dev`
+/// (LOOP_GET_STATUS64), the device encoded as `stat`'s `st_dev` is. Unlike
+/// sysfs's `backing_file`, which is a path as seen from the mount namespace of
+/// whoever bound the device, these name the file in every namespace.
+pub fn loop_backing_file_id(dev: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
     let mut info = LoopInfo64::zeroed();
     // SAFETY: LOOP_GET_STATUS64 writes one `struct loop_info64`, which `LoopInfo64`
     // mirrors with #[repr(C)]; the pointer is valid and exclusive for the call.
@@ -120,7 +121,7 @@ pub fn loop_backing_inode(dev: BorrowedFd<'_>) -> io::Result<u64> {
             &mut info as *mut LoopInfo64,
         )
     })?;
-    Ok(info.lo_inode)
+    Ok((info.lo_device, info.lo_inode))
 }
 
 /// Unbinds a loop device from its backing file.

@@ -204,6 +204,31 @@ fn the_controller_layout_runs_the_sidecars_centrally_over_the_peer_link() {
         binding["subjects"][0]["name"].as_str(),
         Some("stowage-controller")
     );
+    // Provisioner v6 watches and updates the snapshots it restores from (a
+    // finalizer while it does); a real cluster logged "forbidden" without this.
+    let role = find(&docs, "ClusterRole", "stowage-external-provisioner").unwrap();
+    let snapshots = role["rules"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|r| {
+            r["resources"]
+                .as_sequence()
+                .is_some_and(|rs| rs.iter().any(|x| x.as_str() == Some("volumesnapshots")))
+        })
+        .expect("a rule for volumesnapshots");
+    let verbs: Vec<&str> = snapshots["verbs"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    for v in ["get", "list", "watch", "update"] {
+        assert!(
+            verbs.contains(&v),
+            "provisioner lacks {v} on volumesnapshots: {verbs:?}"
+        );
+    }
 }
 
 #[test]

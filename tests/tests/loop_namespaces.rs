@@ -51,6 +51,46 @@ fn bind_from_another_namespace(real: &Path, view: &Path, image: &Path) -> String
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
+/// Kills and reaps the process on drop.
+struct Alive(std::process::Child);
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// As `bind_from_another_namespace`, but the namespace lives on (a process stays
+/// in it) until the returned guard is dropped.
+fn bind_from_a_live_namespace(real: &Path, view: &Path, image: &Path) -> (String, Alive) {
+    use std::io::BufRead;
+    let script = format!(
+        "mount --bind '{}' '{}' && losetup -f --show '{}' && exec sleep 600",
+        real.display(),
+        view.display(),
+        image.display()
+    );
+    let mut child = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .env("PATH", path_env())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("unshare");
+    let stdout = child.stdout.take().unwrap();
+    let alive = Alive(child);
+    let mut line = String::new();
+    std::io::BufReader::new(stdout)
+        .read_line(&mut line)
+        .unwrap();
+    let device = line.trim().to_string();
+    assert!(
+        device.starts_with("/dev/loop"),
+        "losetup printed '{device}'"
+    );
+    (device, alive)
+}
+
 #[test]
 fn a_loop_device_bound_through_another_namespace_is_found_by_its_file() {
     require_root();
@@ -90,4 +130,50 @@ fn a_loop_device_bound_through_another_namespace_is_found_by_its_file() {
     std::fs::create_dir_all(&other).unwrap();
     std::fs::write(other.join("disk.img"), b"x").unwrap();
     assert!(loops.find(&other.join("disk.img")).unwrap().is_empty());
+}
+
+#[test]
+fn a_loop_device_bound_at_the_same_path_in_another_namespace_is_not_ours() {
+    // Two daemons on one kernel (two nodes of a test cluster, two containers), each
+    // with its own state directory bound at the same path: the kernel names the
+    // other's device by exactly this daemon's path for its own file. Found by path,
+    // the second node of a real test cluster adopted the first node's pool device
+    // and mounted the first node's pool.
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let theirs = dir.path().join("node-1");
+    let state = dir.path().join("state");
+    let rel = "images/volumes/v-1/disk.img";
+    for root in [&theirs, &state] {
+        std::fs::create_dir_all(root.join("images/volumes/v-1")).unwrap();
+        std::fs::File::create(root.join(rel))
+            .unwrap()
+            .set_len(8 << 20)
+            .unwrap();
+    }
+    let mine = state.join(rel).canonicalize().unwrap();
+
+    // The other namespace stays alive (its daemon still runs), so the kernel can
+    // still name the file by its full path there.
+    let (device, _alive) = bind_from_a_live_namespace(&theirs, &state, &state.join(rel));
+    let _detach = Detach(device.clone());
+    let loops = RealLoopControl::new("/dev", "/sys");
+    let seen = loops
+        .list()
+        .unwrap()
+        .into_iter()
+        .find(|l| l.device == Path::new(&device))
+        .expect("the device is listed");
+    assert_eq!(
+        seen.backing_file, mine,
+        "the kernel names the other's file by this daemon's path"
+    );
+    assert!(
+        loops.find(&mine).unwrap().is_empty(),
+        "another namespace's file at the same path is not this one"
+    );
+    assert_eq!(
+        seen.backing_under(&state.join("images/volumes").canonicalize().unwrap()),
+        None
+    );
 }

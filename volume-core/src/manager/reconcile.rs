@@ -184,8 +184,7 @@ impl VolumeManager {
             let ours = volumes_dirs.iter().any(|d| l.backing_under(d).is_some());
             let staged = staged_images.iter().any(|i| {
                 i.canonicalize().is_ok_and(|c| {
-                    std::fs::metadata(&c)
-                        .is_ok_and(|m| l.backs(&c, std::os::unix::fs::MetadataExt::ino(&m)))
+                    std::fs::metadata(&c).is_ok_and(|m| l.backs(&c, crate::os::FileId::of(&m)))
                 })
             });
             if ours && !staged {

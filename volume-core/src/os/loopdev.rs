@@ -18,53 +18,70 @@ pub struct LoopInfo {
     pub backing_file: PathBuf,
     /// Whether the loop driver does direct I/O on the file.
     pub direct_io: bool,
-    /// The backing file's inode number, as the loop driver reports it.
-    pub inode: Option<u64>,
+    /// The backing file's device and inode numbers, as the loop driver reports them.
+    pub file_id: Option<FileId>,
+}
+
+/// A file's identity on this host: the device and inode numbers of `stat`. Two
+/// paths name the same file exactly when these agree (a file bound to a loop
+/// device is held open, so its inode number cannot go to another file meanwhile).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileId {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+impl FileId {
+    pub fn of(meta: &std::fs::Metadata) -> Self {
+        Self {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        }
+    }
 }
 
 impl LoopInfo {
-    /// True when this device is backed by `file` (canonical, with inode `inode`).
+    /// True when this device is backed by `file` (canonical, whose identity is `id`).
     ///
     /// The kernel names a backing file by its path in the mount namespace of the
-    /// process that bound the device. A daemon restarted in a new container (a new
-    /// mount namespace over the same host directory) sees only the part below the
-    /// bind mount's root, e.g. `/images/volumes/v-…/disk.img`. Matching paths alone
-    /// then finds nothing, and a second loop device would be bound to a file whose
-    /// filesystem is mounted through the first. So a path that is a proper suffix of
-    /// `file` (two components or more, never a deleted file) matches too when the
-    /// inode is the same.
-    pub fn backs(&self, file: &Path, inode: u64) -> bool {
-        if self.backing_file == file {
-            return true;
+    /// process that bound the device, so a path means nothing across namespaces:
+    /// - A daemon restarted in a new container (a new mount namespace over the
+    ///   same host directory) sees only the part below the bind mount's root, e.g.
+    ///   `/images/volumes/v-…/disk.img`. Matched by path it found nothing and bound
+    ///   a second loop device to a file whose filesystem was mounted through the
+    ///   first.
+    /// - Two daemons on one kernel (two nodes of a test cluster, two containers)
+    ///   each with its own directory bound at the same path see each other's
+    ///   devices under their own files' names. Matched by path, one adopted the
+    ///   other's pool device and mounted the other's pool.
+    ///
+    /// So the file's identity decides whenever the kernel gave it, and the path only
+    /// when it did not.
+    pub fn backs(&self, file: &Path, id: FileId) -> bool {
+        match self.file_id {
+            Some(known) => known == id,
+            None => self.backing_file == file,
         }
-        let Ok(rel) = self.backing_file.strip_prefix("/") else {
-            return false;
-        };
-        let deleted = rel.to_str().is_some_and(|s| s.ends_with(" (deleted)"));
-        let parts = rel
-            .components()
-            .filter(|c| matches!(c, Component::Normal(_)))
-            .count();
-        !deleted && parts >= 2 && file.ends_with(rel) && self.inode == Some(inode)
     }
 
     /// The file under `dir` that backs this device, when one does: the kernel's path
     /// itself, or (seen from another mount namespace) `dir` joined with what follows
-    /// `dir`'s last component in the kernel's path, if that file has the inode.
+    /// `dir`'s last component in the kernel's path; either only if it is that file.
     pub fn backing_under(&self, dir: &Path) -> Option<PathBuf> {
-        if self.backing_file.starts_with(dir) {
-            return Some(self.backing_file.clone());
-        }
-        let last = dir.file_name()?;
-        let parts: Vec<_> = self.backing_file.components().collect();
-        let at = parts
-            .iter()
-            .position(|c| matches!(c, Component::Normal(n) if *n == last))?;
-        let candidate = parts[at + 1..]
-            .iter()
-            .fold(dir.to_path_buf(), |p, c| p.join(c));
-        let inode = std::fs::metadata(&candidate).ok()?.ino();
-        self.backs(&candidate, inode).then_some(candidate)
+        let candidate = if self.backing_file.starts_with(dir) {
+            self.backing_file.clone()
+        } else {
+            let last = dir.file_name()?;
+            let parts: Vec<_> = self.backing_file.components().collect();
+            let at = parts
+                .iter()
+                .position(|c| matches!(c, Component::Normal(n) if *n == last))?;
+            parts[at + 1..]
+                .iter()
+                .fold(dir.to_path_buf(), |p, c| p.join(c))
+        };
+        let id = FileId::of(&std::fs::metadata(&candidate).ok()?);
+        self.backs(&candidate, id).then_some(candidate)
     }
 }
 
@@ -95,7 +112,7 @@ pub trait LoopControl: Send + Sync + Debug {
         Ok(self
             .list()?
             .into_iter()
-            .filter(|l| l.backs(&want, meta.ino()))
+            .filter(|l| l.backs(&want, FileId::of(&meta)))
             .collect())
     }
 }
@@ -151,7 +168,7 @@ impl LoopControl for RealLoopControl {
                         device,
                         backing_file: file.canonicalize()?,
                         direct_io: direct,
-                        inode: Some(backing.metadata()?.ino()),
+                        file_id: Some(FileId::of(&backing.metadata()?)),
                     });
                 }
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) => continue,
@@ -194,14 +211,15 @@ impl LoopControl for RealLoopControl {
                 continue; // not bound
             };
             let device = self.dev.join(format!("loop{n}"));
-            let inode = File::open(&device)
-                .and_then(|d| sys::loop_backing_inode(d.as_fd()))
-                .ok();
+            let file_id = File::open(&device)
+                .and_then(|d| sys::loop_backing_file_id(d.as_fd()))
+                .ok()
+                .map(|(dev, ino)| FileId { dev, ino });
             out.push(LoopInfo {
                 device,
                 backing_file: PathBuf::from(text.trim_end_matches('\n')),
                 direct_io: read_sys_flag(&self.sys, n, "dio").unwrap_or(false),
-                inode,
+                file_id,
             });
         }
         out.sort_by(|a, b| a.device.cmp(&b.device));
@@ -218,51 +236,72 @@ fn read_sys_flag(sys: &Path, n: u32, name: &str) -> io::Result<bool> {
 mod tests {
     use super::*;
 
-    /// A loop device as a daemon in another mount namespace sees it: the kernel's
-    /// path is relative to the bind mount the image was opened through.
-    fn seen_from_elsewhere(rel: &str, inode: Option<u64>) -> LoopInfo {
+    /// A loop device as a daemon in some mount namespace reads it: the kernel's
+    /// path (relative to whatever the binder's namespace had there) and, when the
+    /// loop driver answered, the file's identity.
+    fn seen(path: &str, file_id: Option<FileId>) -> LoopInfo {
         LoopInfo {
             device: "/dev/loop7".into(),
-            backing_file: rel.into(),
+            backing_file: path.into(),
             direct_io: true,
-            inode,
+            file_id,
         }
     }
 
-    #[test]
-    fn a_device_bound_from_another_mount_namespace_is_found_by_inode() {
-        let dir = tempfile::tempdir().unwrap();
-        let vols = dir.path().join("state/images/volumes");
+    fn image_in(dir: &Path, name: &str) -> (PathBuf, FileId) {
+        let vols = dir.join(name).join("images/volumes");
         std::fs::create_dir_all(vols.join("v-1")).unwrap();
         let image = vols.join("v-1/disk.img");
         std::fs::write(&image, b"x").unwrap();
         let image = image.canonicalize().unwrap();
-        let ino = std::fs::metadata(&image).unwrap().ino();
+        let id = FileId::of(&std::fs::metadata(&image).unwrap());
+        (image, id)
+    }
 
-        let same_ns = seen_from_elsewhere(image.to_str().unwrap(), None);
-        assert!(same_ns.backs(&image, ino), "the kernel's own path matches");
-        let other_ns = seen_from_elsewhere("/images/volumes/v-1/disk.img", Some(ino));
-        assert!(other_ns.backs(&image, ino));
+    #[test]
+    fn a_device_bound_from_another_mount_namespace_is_found_by_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let (image, id) = image_in(dir.path(), "state");
+        let vols = image.parent().unwrap().parent().unwrap().to_path_buf();
+
+        assert!(seen(image.to_str().unwrap(), Some(id)).backs(&image, id));
+        // A daemon restarted in a new container: only the part below its bind mount.
+        let other_ns = seen("/images/volumes/v-1/disk.img", Some(id));
+        assert!(other_ns.backs(&image, id));
+        assert_eq!(other_ns.backing_under(&vols), Some(image.clone()));
+        // Another file with that tail, or none at all, is not it.
+        let other = FileId {
+            dev: id.dev,
+            ino: id.ino + 1,
+        };
+        assert!(!seen("/images/volumes/v-1/disk.img", Some(other)).backs(&image, id));
         assert_eq!(
-            other_ns.backing_under(&vols.canonicalize().unwrap()),
-            Some(image.clone())
-        );
-        // A suffix alone is not enough: the inode must agree, the file must not be
-        // a deleted one, and one component names nothing.
-        assert!(
-            !seen_from_elsewhere("/images/volumes/v-1/disk.img", Some(ino + 1)).backs(&image, ino)
-        );
-        assert!(!seen_from_elsewhere("/images/volumes/v-1/disk.img", None).backs(&image, ino));
-        assert!(
-            !seen_from_elsewhere("/images/volumes/v-1/disk.img (deleted)", Some(ino))
-                .backs(&image, ino)
-        );
-        assert!(!seen_from_elsewhere("/disk.img", Some(ino)).backs(&image, ino));
-        assert!(!seen_from_elsewhere("/other/v-1/disk.img", Some(ino)).backs(&image, ino));
-        assert_eq!(
-            seen_from_elsewhere("/images/volumes/v-2/disk.img", Some(ino))
-                .backing_under(&vols.canonicalize().unwrap()),
+            seen("/images/volumes/v-2/disk.img", Some(id)).backing_under(&vols),
             None
         );
+        // Without the loop driver's answer only the kernel's own path matches.
+        assert!(seen(image.to_str().unwrap(), None).backs(&image, id));
+        assert!(!seen("/images/volumes/v-1/disk.img", None).backs(&image, id));
+    }
+
+    #[test]
+    fn the_same_path_in_another_namespace_is_not_the_same_file() {
+        // Two daemons on one kernel, each with its own directory bound at the same
+        // path: the kernel's path for the other's device is exactly this daemon's
+        // path for its own file. Matched by path, a test cluster's second node
+        // adopted the first node's pool device and mounted its pool.
+        let dir = tempfile::tempdir().unwrap();
+        let (mine, my_id) = image_in(dir.path(), "node-2");
+        let (_, their_id) = image_in(dir.path(), "node-1");
+        let theirs = seen(mine.to_str().unwrap(), Some(their_id));
+        assert!(!theirs.backs(&mine, my_id));
+        let vols = mine.parent().unwrap().parent().unwrap().to_path_buf();
+        assert_eq!(theirs.backing_under(&vols), None);
+        // Same inode number on another filesystem: not the same file either.
+        let elsewhere = FileId {
+            dev: my_id.dev + 1,
+            ino: my_id.ino,
+        };
+        assert!(!seen(mine.to_str().unwrap(), Some(elsewhere)).backs(&mine, my_id));
     }
 }

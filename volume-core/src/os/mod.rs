@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 pub use btrfs::{Btrfs, RealBtrfs};
 pub use copy::{RealTreeCopy, TreeCopy};
-pub use loopdev::{LoopControl, LoopInfo, RealLoopControl};
+pub use loopdev::{FileId, LoopControl, LoopInfo, RealLoopControl};
 pub use mkfs::{Formatter, RealFormatter};
 pub use mount::{Expected, Found, MountEntry, MountOptions, Mounter, RealMounter};
 pub use mountpoint::MountPoint;

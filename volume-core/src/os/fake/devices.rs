@@ -12,9 +12,7 @@ impl LoopControl for FakeHost {
             device: PathBuf::from(format!("/dev/loop{n}")),
             backing_file: file.canonicalize().unwrap_or_else(|_| file.to_path_buf()),
             direct_io,
-            inode: std::fs::metadata(file)
-                .ok()
-                .map(|m| std::os::unix::fs::MetadataExt::ino(&m)),
+            file_id: std::fs::metadata(file).ok().map(|m| FileId::of(&m)),
         };
         st.loops.push(info.clone());
         Ok(info)

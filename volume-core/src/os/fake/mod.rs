@@ -15,7 +15,7 @@ use crate::model::FsType;
 use crate::os::Host;
 use crate::os::btrfs::{Btrfs, QgroupUsage, ReceiveSink, SendStream};
 use crate::os::copy::TreeCopy;
-use crate::os::loopdev::{LoopControl, LoopInfo};
+use crate::os::loopdev::{FileId, LoopControl, LoopInfo};
 use crate::os::mkfs::Formatter;
 use crate::os::mount::{Expected, Found, MountEntry, MountOptions, Mounter};
 use crate::os::mountpoint::MountPoint;
