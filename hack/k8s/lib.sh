@@ -208,9 +208,10 @@ check_sidecars() {
 		cat >&2 <<EOF
 hack/k8s/cluster.sh: missing sidecar binaries in $SIDECARS: ${missing[*]}
 The Go module proxy does not serve node-driver-registrar, external-resizer,
-livenessprobe or external-health-monitor: build each from its public repository
-(go build -mod=vendor ./cmd/NAME, CGO_ENABLED=0) and put the binaries there, or
-point STOWAGE_K8S_SIDECARS at them.
+livenessprobe or external-health-monitor: clone their public repositories
+(github.com/kubernetes-csi/...) into one directory and run
+hack/k8s/sidecars.sh DIR, or point STOWAGE_K8S_SIDECARS at binaries built
+elsewhere.
 EOF
 		return 1
 	fi

@@ -29,6 +29,16 @@ pub(super) fn btrfs_mounted_at(host: &Host, mount: &Path) -> Result<bool> {
         .any(|m| m.mount_point == mount && m.fs_type == "btrfs"))
 }
 
+/// The source of the btrfs mounted at `mount`, if one is.
+fn btrfs_source_at(host: &Host, mount: &Path) -> Result<Option<String>> {
+    let mounts = host.mounter.mounts().ctx(|| "read mount table".into())?;
+    Ok(mounts
+        .into_iter()
+        .rev()
+        .find(|m| m.mount_point == mount && m.fs_type == "btrfs")
+        .map(|m| m.source))
+}
+
 /// Mounts the btrfs on block device `device` at `mount` (reusing a mount already there).
 pub(super) fn open_device(host: &Host, device: &Path, mount: &Path) -> Result<()> {
     use std::os::unix::fs::FileTypeExt;
@@ -68,8 +78,19 @@ pub(super) fn open_embedded(host: &Host, image: &Path, mount: &Path, size: u64) 
         // Images made before pools were root-only.
         crate::mode::set_mode(image, 0o600)?;
     }
-    if btrfs_mounted_at(host, mount)? {
-        tracing::info!(pool = %mount.display(), "embedded pool already mounted");
+    if let Some(source) = btrfs_source_at(host, mount)? {
+        // Only this image's own loop device: another daemon's pool mounted here (two
+        // daemons on one kernel) would hand this one the other's volumes.
+        let ours = host.loops.find(image).ctx(|| "list loop devices".into())?;
+        if !ours.iter().any(|l| l.device == Path::new(&source)) {
+            return Err(Error::FailedPrecondition(format!(
+                "the pool's mount point {} holds {source}, which is not bound to {}: \
+                 unmount it (another pool's filesystem?)",
+                mount.display(),
+                image.display()
+            )));
+        }
+        tracing::info!(pool = %mount.display(), device = %source, "embedded pool already mounted");
         return Ok(());
     }
     if !image.exists() {

@@ -40,6 +40,39 @@ fn embedded_pool_is_created_attached_mounted_and_reused() {
 }
 
 #[test]
+fn embedded_pool_refuses_a_btrfs_at_its_mount_point_that_is_not_its_image() {
+    // Another daemon's pool mounted where this one's goes (two daemons on one
+    // kernel): reused, it would hand this daemon the other's volumes.
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeHost::new(true);
+    let mount = dir.path().join("pool");
+    std::fs::create_dir_all(&mount).unwrap();
+    let target = crate::os::MountPoint::own(&mount).unwrap();
+    fake.host()
+        .mounter
+        .mount(
+            Path::new("/dev/loop9"),
+            &target,
+            "btrfs",
+            &MountOptions::volume_defaults(),
+        )
+        .unwrap();
+    let config = PoolConfig::Embedded {
+        image: dir.path().join("pool.img"),
+        mount,
+        size: 1 << 30,
+        images: dir.path().join("images"),
+        loop_layout: Layout::HostImage,
+    };
+    let err = Pool::open(&config, fake.host()).unwrap_err();
+    assert!(
+        matches!(err, Error::FailedPrecondition(ref m) if m.contains("/dev/loop9")),
+        "{err:?}"
+    );
+    assert!(fake.attached().is_empty());
+}
+
+#[test]
 fn failed_pool_mount_detaches_the_loop_it_attached() {
     let dir = tempfile::tempdir().unwrap();
     let fake = FakeHost::new(true);
