@@ -10,7 +10,8 @@
 #
 # STOWAGE_E2E_FOCUS (a regular expression over spec names) picks the suites; the
 # default is the ones that fit a CI run. Serial, Disruptive, Slow, Flaky and Windows
-# specs are skipped (other Feature specs run: the snapshot suites carry one).
+# specs are skipped (other Feature specs run: the snapshot suites carry one), or
+# what STOWAGE_E2E_SKIP says.
 # Prints, per suite, N passed, N failed, N skipped (from the JUnit report), and
 # "e2e: N passed, N failed, N skipped" last.
 set -uo pipefail
@@ -19,8 +20,8 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 # shellcheck source=hack/k8s/lib.sh
 source "$ROOT/hack/k8s/lib.sh"
 
-FOCUS=${STOWAGE_E2E_FOCUS:-'External.Storage.*(\] provisioning |\] volumes |\] volumeMode |\] snapshottable |\] volume-expand |\] multiVolume |\] ephemeral )'}
-SKIP='\[Serial\]|\[Disruptive\]|\[Slow\]|\[Flaky\]|\[Feature:Windows\]'
+FOCUS=${STOWAGE_E2E_FOCUS:-'External.Storage.*(\] provisioning |\] volumes |\] volumeMode |\] snapshottable |\] volume-expand |\] multiVolume |\] ephemeral |\] capacity |\] fsgroupchangepolicy )'}
+SKIP=${STOWAGE_E2E_SKIP:-'\[Serial\]|\[Disruptive\]|\[Slow\]|\[Flaky\]|\[Feature:Windows\]'}
 # Outside $W, so that the report outlives the way down (the next run replaces it).
 OUT=$W-e2e
 rm -rf "$OUT" && mkdir -p "$OUT"
