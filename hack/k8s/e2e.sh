@@ -11,7 +11,8 @@
 # STOWAGE_E2E_FOCUS (a regular expression over spec names) picks the suites; the
 # default is the ones that fit a CI run. Serial, Disruptive, Slow, Flaky and Windows
 # specs are skipped (other Feature specs run: the snapshot suites carry one), or
-# what STOWAGE_E2E_SKIP says.
+# what STOWAGE_E2E_SKIP says. STOWAGE_E2E_DRIVER names another driver file
+# (hack/k8s/e2e-driver-pool-image.yaml: loop volumes inside the pool).
 # Prints, per suite, N passed, N failed, N skipped (from the JUnit report), and
 # "e2e: N passed, N failed, N skipped" last.
 set -uo pipefail
@@ -38,6 +39,13 @@ image localhost/e2e/pause:3.10.1 /pause "$BIN/pause:/pause"
 # The exec specs run a shell in the suite's nginx image; no nginx is needed for that,
 # so a busybox stands in under its name.
 BUSYBOX_APPLETS=1 image localhost/e2e/nginx:1.14-4 "" /bin/busybox:/bin/busybox
+# Likewise the multiVolume suite's pods, which run a shell and GNU dd (oflag=nocache,
+# which busybox's dd lacks) in jessie-dnsutils: this machine's dd and dash (busybox's
+# sh runs its own dd whatever PATH holds) with their library.
+BUSYBOX_APPLETS=1 image localhost/e2e/jessie-dnsutils:1.7 "" /bin/busybox:/bin/busybox \
+	/usr/bin/dd:/bin/dd /bin/dash:/bin/sh \
+	/lib/x86_64-linux-gnu/libc.so.6:/lib/x86_64-linux-gnu/libc.so.6 \
+	/lib64/ld-linux-x86-64.so.2:/lib64/ld-linux-x86-64.so.2
 cat >"$OUT/repo-list.yaml" <<EOF
 promoterE2eRegistry: localhost/e2e
 gcRegistry: localhost/e2e
@@ -47,7 +55,7 @@ EOF
 t0=$SECONDS
 KUBE_TEST_REPO_LIST=$OUT/repo-list.yaml "$BIN/e2e.test" \
 	--kubeconfig="$KC" --kubectl-path="$BIN/kubectl" --provider=local \
-	--repo-root="$ROOT" -storage.testdriver=hack/k8s/e2e-driver.yaml \
+	--repo-root="$ROOT" -storage.testdriver="${STOWAGE_E2E_DRIVER:-hack/k8s/e2e-driver.yaml}" \
 	--ginkgo.focus="$FOCUS" --ginkgo.skip="$SKIP" \
 	--ginkgo.timeout=60m --ginkgo.no-color \
 	--ginkgo.junit-report="$OUT/junit.xml" \

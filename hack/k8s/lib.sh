@@ -424,6 +424,8 @@ image() {
 		src=${pair%%:*}
 		dest=${pair#*:}
 		mkdir -p "$rootfs$(dirname "$dest")"
+		# (over a busybox applet's link, not through it)
+		rm -f "$rootfs$dest"
 		cp -L --preserve=mode "$src" "$rootfs$dest"
 	done
 	mkdir -p "$rootfs/tmp" && chmod 1777 "$rootfs/tmp"
