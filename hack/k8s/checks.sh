@@ -59,16 +59,16 @@ ${5:-}
 EOF
 }
 
-# run_pod NAME PVC SCRIPT: a pod with PVC at /data running SCRIPT to completion;
-# prints its output. Fails unless it succeeds within 180 s.
-run_pod() {
-	local name=$1 claim=$2 script=$3
+# make_pod NAME PVC SCRIPT [RESTART_POLICY]: creates a pod on node ${ON:-$NODE} with PVC
+# at /data, running SCRIPT.
+make_pod() {
+	local name=$1 claim=$2 script=$3 restart=${4:-Always}
 	kc apply -f - <<EOF >/dev/null
 apiVersion: v1
 kind: Pod
 metadata: {name: $name}
 spec:
-  restartPolicy: Never
+  restartPolicy: $restart
   terminationGracePeriodSeconds: 1
   nodeSelector: {kubernetes.io/hostname: ${ON:-$NODE}}
   containers:
@@ -81,6 +81,13 @@ spec:
     - name: v
       persistentVolumeClaim: {claimName: $claim}
 EOF
+}
+
+# run_pod NAME PVC SCRIPT: a pod with PVC at /data running SCRIPT to completion;
+# prints its output. Fails unless it succeeds within 180 s.
+run_pod() {
+	local name=$1 claim=$2 script=$3
+	make_pod "$name" "$claim" "$script" Never
 	if ! until_true 180 sh -c "'$BIN/kubectl' --kubeconfig '$KC' -n $NSC get pod $name -o jsonpath='{.status.phase}' | grep -qE 'Succeeded|Failed'"; then
 		kc describe pod "$name" | tail -20
 		fail "pod $name did not finish"
@@ -152,23 +159,7 @@ EOF
 online_expansion() {
 	local grow=grow${SUFFIX:-}
 	pvc "$grow" stowage-loop-xfs 512Mi >/dev/null
-	kc apply -f - <<EOF >/dev/null
-apiVersion: v1
-kind: Pod
-metadata: {name: $grow}
-spec:
-  terminationGracePeriodSeconds: 1
-  nodeSelector: {kubernetes.io/hostname: ${ON:-$NODE}}
-  containers:
-    - name: c
-      image: $BUSYBOX_REF
-      imagePullPolicy: Never
-      command: ["/bin/sh", "-c", "sleep 100000"]
-      volumeMounts: [{name: v, mountPath: /data}]
-  volumes:
-    - name: v
-      persistentVolumeClaim: {claimName: $grow}
-EOF
+	make_pod "$grow" "$grow" "sleep 100000"
 	kc wait --for=condition=Ready "pod/$grow" --timeout=180s >/dev/null || return 1
 	local before after
 	before=$(kc exec "$grow" -- sh -c 'df -k /data' | awk 'NR==2{print $2}')
@@ -318,23 +309,8 @@ delete_removes_volume() {
 # keeps writing, the daemon comes back, and a new pod reads every line.
 daemon_restart() {
 	pvc steady stowage-loop-ext4 64Mi >/dev/null
-	kc apply -f - <<EOF >/dev/null
-apiVersion: v1
-kind: Pod
-metadata: {name: steady}
-spec:
-  terminationGracePeriodSeconds: 1
-  nodeSelector: {kubernetes.io/hostname: ${ON:-$NODE}}
-  containers:
-    - name: c
-      image: $BUSYBOX_REF
-      imagePullPolicy: Never
-      command: ["/bin/sh", "-c", "i=0; while true; do i=\$((i+1)); echo \$i >> /data/log; sync; sleep 0.2; done"]
-      volumeMounts: [{name: v, mountPath: /data}]
-  volumes:
-    - name: v
-      persistentVolumeClaim: {claimName: steady}
-EOF
+	# shellcheck disable=SC2016 # (the pod's shell expands it)
+	make_pod steady steady 'i=0; while true; do i=$((i+1)); echo $i >> /data/log; sync; sleep 0.2; done'
 	kc wait --for=condition=Ready pod/steady --timeout=180s >/dev/null || return 1
 	local pod restarts_before pid cid
 	pod=$(node_pod)
@@ -431,23 +407,7 @@ cross_node_restore() {
 	ON=$NODE2 SUFFIX=-n2 roundtrip stowage-loop-ext4 64Mi || return 1
 	snapshot snap-n2 rt-loop-ext4-n2 || return 1
 	pvc restored-n2 stowage-loop-ext4 64Mi Filesystem "  dataSource: {name: snap-n2, kind: VolumeSnapshot, apiGroup: snapshot.storage.k8s.io}" >/dev/null
-	kc apply -f - <<EOF >/dev/null
-apiVersion: v1
-kind: Pod
-metadata: {name: restored-n2-on1}
-spec:
-  terminationGracePeriodSeconds: 1
-  nodeSelector: {kubernetes.io/hostname: $NODE}
-  containers:
-    - name: c
-      image: $BUSYBOX_REF
-      imagePullPolicy: Never
-      command: ["/bin/sh", "-c", "cat /data/f"]
-      volumeMounts: [{name: v, mountPath: /data}]
-  volumes:
-    - name: v
-      persistentVolumeClaim: {claimName: restored-n2}
-EOF
+	ON=$NODE make_pod restored-n2-on1 restored-n2 "cat /data/f"
 	events() {
 		kc get events --field-selector involvedObject.name=restored-n2,reason=ProvisioningFailed \
 			-o jsonpath='{range .items[*]}{.message}{"\n"}{end}'

@@ -569,10 +569,11 @@ stop_node() {
 			"umount -R '$KUBELET_DIR' '$STATE_DIR' 2>/dev/null || umount -R -l '$KUBELET_DIR' '$STATE_DIR'" \
 			2>/dev/null || true
 	fi
-	stop_pid_file "node$i"
+	# The init first (it exits on SIGTERM); unshare, waiting for it, follows.
 	if [[ -n $init ]]; then
 		stowage_stop_pid "$init" 5 || true
 	fi
+	stop_pid_file "node$i"
 	rm -f "$W/pids/node$i.init"
 	# Whatever escaped (a process started by an earlier run): every process in the
 	# node's cgroups.

@@ -29,28 +29,6 @@ fn path_env() -> String {
     )
 }
 
-/// Binds `image` (a path below `view`, which the child mounts `real` on) to a loop
-/// device from a private mount namespace, and returns the device.
-fn bind_from_another_namespace(real: &Path, view: &Path, image: &Path) -> String {
-    let script = format!(
-        "mount --bind '{}' '{}' && losetup -f --show '{}'",
-        real.display(),
-        view.display(),
-        image.display()
-    );
-    let out = Command::new("unshare")
-        .args(["-m", "--propagation", "private", "sh", "-c", &script])
-        .env("PATH", path_env())
-        .output()
-        .expect("unshare");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
 /// Kills and reaps the process on drop.
 struct Alive(std::process::Child);
 
@@ -61,8 +39,9 @@ impl Drop for Alive {
     }
 }
 
-/// As `bind_from_another_namespace`, but the namespace lives on (a process stays
-/// in it) until the returned guard is dropped.
+/// Binds `image` (a path below `view`, which the child mounts `real` on) to a loop
+/// device from a private mount namespace, which lives on (a process stays in it)
+/// until the returned guard is dropped; returns the device and the guard.
 fn bind_from_a_live_namespace(real: &Path, view: &Path, image: &Path) -> (String, Alive) {
     use std::io::BufRead;
     let script = format!(
@@ -89,6 +68,15 @@ fn bind_from_a_live_namespace(real: &Path, view: &Path, image: &Path) -> (String
         "losetup printed '{device}'"
     );
     (device, alive)
+}
+
+/// As `bind_from_a_live_namespace`, the namespace gone when it returns (the
+/// daemon's old container): the kernel then names the file by its path below the
+/// bind mount.
+fn bind_from_another_namespace(real: &Path, view: &Path, image: &Path) -> String {
+    let (device, alive) = bind_from_a_live_namespace(real, view, image);
+    drop(alive);
+    device
 }
 
 #[test]
