@@ -79,6 +79,16 @@ fn bind_from_another_namespace(real: &Path, view: &Path, image: &Path) -> String
     device
 }
 
+/// What this namespace reads for `device`.
+fn listed(loops: &RealLoopControl, device: &str) -> volume_core::os::LoopInfo {
+    loops
+        .list()
+        .unwrap()
+        .into_iter()
+        .find(|l| l.device == Path::new(device))
+        .expect("the device is listed")
+}
+
 #[test]
 fn a_loop_device_bound_through_another_namespace_is_found_by_its_file() {
     require_root();
@@ -99,12 +109,7 @@ fn a_loop_device_bound_through_another_namespace_is_found_by_its_file() {
     let _detach = Detach(device.clone());
     let loops = RealLoopControl::new("/dev", "/sys");
     // What this namespace reads for it: the child's path below its bind mount.
-    let seen = loops
-        .list()
-        .unwrap()
-        .into_iter()
-        .find(|l| l.device == Path::new(&device))
-        .expect("the device is listed");
+    let seen = listed(&loops, &device);
     assert_eq!(seen.backing_file, Path::new("/images/volumes/v-1/disk.img"));
 
     let found = loops.find(&image).unwrap();
@@ -146,12 +151,7 @@ fn a_loop_device_bound_at_the_same_path_in_another_namespace_is_not_ours() {
     let (device, _alive) = bind_from_a_live_namespace(&theirs, &state, &state.join(rel));
     let _detach = Detach(device.clone());
     let loops = RealLoopControl::new("/dev", "/sys");
-    let seen = loops
-        .list()
-        .unwrap()
-        .into_iter()
-        .find(|l| l.device == Path::new(&device))
-        .expect("the device is listed");
+    let seen = listed(&loops, &device);
     assert_eq!(
         seen.backing_file, mine,
         "the kernel names the other's file by this daemon's path"
