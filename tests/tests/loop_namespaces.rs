@@ -108,9 +108,19 @@ fn a_loop_device_bound_through_another_namespace_is_found_by_its_file() {
         bind_from_another_namespace(&real, &view, &view.join("images/volumes/v-1/disk.img"));
     let _detach = Detach(device.clone());
     let loops = RealLoopControl::new("/dev", "/sys");
-    // What this namespace reads for it: the child's path below its bind mount.
-    let seen = listed(&loops, &device);
-    assert_eq!(seen.backing_file, Path::new("/images/volumes/v-1/disk.img"));
+    // What this namespace reads for it once the child's namespace is released (the
+    // kernel does that a little after the child is reaped): the path below its bind
+    // mount.
+    let below = Path::new("/images/volumes/v-1/disk.img");
+    let mut seen = listed(&loops, &device);
+    for _ in 0..100 {
+        if seen.backing_file == below {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        seen = listed(&loops, &device);
+    }
+    assert_eq!(seen.backing_file, below);
 
     let found = loops.find(&image).unwrap();
     assert_eq!(
