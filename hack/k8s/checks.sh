@@ -176,19 +176,7 @@ online_expansion() {
 }
 
 snapshot_restore() {
-	kc apply -f - <<EOF >/dev/null
-apiVersion: snapshot.storage.k8s.io/v1
-kind: VolumeSnapshot
-metadata: {name: snap-ext4}
-spec:
-  volumeSnapshotClassName: stowage-snapshots
-  source: {persistentVolumeClaimName: rt-loop-ext4}
-EOF
-	until_true 120 sh -c "'$BIN/kubectl' --kubeconfig '$KC' -n $NSC get volumesnapshot snap-ext4 -o jsonpath='{.status.readyToUse}' | grep -qx true" ||
-		{
-			kc describe volumesnapshot snap-ext4 | tail -15
-			fail "snapshot not ready"
-		}
+	snapshot snap-ext4 rt-loop-ext4 || return 1
 	pvc restored stowage-loop-ext4 64Mi Filesystem "  dataSource: {name: snap-ext4, kind: VolumeSnapshot, apiGroup: snapshot.storage.k8s.io}" >/dev/null
 	local got
 	got=$(run_pod restored-r restored "cat /data/f") || return 1
@@ -372,9 +360,10 @@ capacity_objects() {
 	((seen > 0)) || fail "no CSIStorageCapacity for stowage classes: $(caps)"
 	# An object per class on every node (the provisioner publishes them as it
 	# finds the nodes' topology).
+	has_capacity() { caps | grep -q "^stowage-loop-ext4 $1 "; }
 	local n
 	for n in "$NODE" $( ((NODE_COUNT > 1)) && echo "$NODE2"); do
-		until_true 120 sh -c "'$BIN/kubectl' --kubeconfig '$KC' -n stowage get csistoragecapacities -o jsonpath='{range .items[*]}{.storageClassName} {.nodeTopology.matchLabels.topology\\.stowage\\.dev/node}{\"\\n\"}{end}' | grep -qx 'stowage-loop-ext4 $n'" ||
+		until_true 120 has_capacity "$n" ||
 			fail "no capacity of stowage-loop-ext4 on $n: $(caps)"
 	done
 }
@@ -412,7 +401,8 @@ cross_node_restore() {
 		kc get events --field-selector involvedObject.name=restored-n2,reason=ProvisioningFailed \
 			-o jsonpath='{range .items[*]}{.message}{"\n"}{end}'
 	}
-	until_true 120 sh -c "'$BIN/kubectl' --kubeconfig '$KC' -n $NSC get events --field-selector involvedObject.name=restored-n2,reason=ProvisioningFailed -o jsonpath='{.items[*].message}' | grep -q ResourceExhausted" ||
+	exhausted() { events | grep -q ResourceExhausted; }
+	until_true 120 exhausted ||
 		fail "no ProvisioningFailed event with ResourceExhausted for restored-n2: $(events)"
 	events | grep ResourceExhausted | head -1
 	[[ $(kc get pvc restored-n2 -o jsonpath='{.status.phase}') == Pending ]] ||

@@ -17,8 +17,8 @@ export PATH=$PATH:/usr/local/go/bin:/usr/sbin:/sbin
 # stowage-k8s-nN at 10.201.(N-1).2, routed through node 1's namespace; pods get
 # 10.202.(N-1).0/24.
 node_name() { if (($1 == 1)); then echo stowage-k8s-node; else echo "stowage-k8s-node$1"; fi; }
-node_ip() { if (($1 == 1)); then echo 10.201.0.2; else echo "10.201.$(($1 - 1)).2"; fi; }
-node_netns() { if (($1 == 1)); then echo stowage-k8s; else echo "stowage-k8s-n$1"; fi; }
+node_ip() { if (($1 == 1)); then echo "$NODE_IP"; else echo "10.201.$(($1 - 1)).2"; fi; }
+node_netns() { if (($1 == 1)); then echo "$NS"; else echo "stowage-k8s-n$1"; fi; }
 node_dir() { echo "$W/nodes/$1"; }
 node_sock() { echo "$W/nodes/$1/containerd/containerd.sock"; }
 node_cgroup() { echo "stowage-k8s-n$1"; }
@@ -587,19 +587,22 @@ cluster_down() {
 		"$BIN/helm" --kubeconfig "$KC" uninstall stowage -n stowage --wait --timeout 90s \
 			>/dev/null 2>&1 || true
 	fi
-	local i
+	local i down=()
 	# Every node an earlier run may have started, not only this run's count.
 	for i in $({ ls "$W/nodes" 2>/dev/null || true; nodes; } | sort -un); do
 		if [[ $i =~ ^[0-9]+$ ]]; then
-			stop_node "$i"
+			down+=("$i")
 		fi
+	done
+	for i in "${down[@]}"; do
+		stop_node "$i"
 	done
 	pkill -9 -f "containerd-shim-runc-v2.*$W" 2>/dev/null || true
 	local p
 	for p in snapshot-controller kube-scheduler kube-controller-manager kube-apiserver etcd; do
 		stop_pid_file "$p"
 	done
-	for i in $(nodes); do
+	for i in "${down[@]}"; do
 		if ((i > 1)); then
 			ip netns del "$(node_netns "$i")" 2>/dev/null || true
 		fi
@@ -612,8 +615,8 @@ cluster_down() {
 	fi
 	if [[ -d $W ]]; then
 		stowage_unmount_under "$W" || true
-		for i in $(ls "$W/nodes" 2>/dev/null); do
-			detach_state_loops "$W/nodes/$i/state"
+		for i in "${down[@]}"; do
+			detach_state_loops "$(node_dir "$i")/state"
 		done
 		stowage_remove_dir "$W" || true
 	fi

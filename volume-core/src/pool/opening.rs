@@ -21,15 +21,8 @@ pub(super) fn restrict_to_root(root: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Whether a btrfs is mounted at `mount` (the pool, after a daemon restart).
-pub(super) fn btrfs_mounted_at(host: &Host, mount: &Path) -> Result<bool> {
-    let mounts = host.mounter.mounts().ctx(|| "read mount table".into())?;
-    Ok(mounts
-        .iter()
-        .any(|m| m.mount_point == mount && m.fs_type == "btrfs"))
-}
-
-/// The source of the btrfs mounted at `mount`, if one is.
+/// The source of the btrfs mounted at `mount`, if one is (the pool, after a
+/// daemon restart).
 fn btrfs_source_at(host: &Host, mount: &Path) -> Result<Option<String>> {
     let mounts = host.mounter.mounts().ctx(|| "read mount table".into())?;
     Ok(mounts
@@ -50,7 +43,7 @@ pub(super) fn open_device(host: &Host, device: &Path, mount: &Path) -> Result<()
         )));
     }
     std::fs::create_dir_all(mount).ctx(|| format!("create {}", mount.display()))?;
-    if btrfs_mounted_at(host, mount)? {
+    if btrfs_source_at(host, mount)?.is_some() {
         tracing::info!(pool = %mount.display(), "pool device already mounted");
         return Ok(());
     }
